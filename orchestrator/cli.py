@@ -1,0 +1,205 @@
+"""`ganops` command line: parse, call the Python API, render. Human text on stderr, `--json` on stdout.
+
+Exit codes: 0 success, 1 a run failed, 2 a usage or spec error. Tracebacks only with GANOPS_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+for _k, _v in {"MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}.items():
+    os.environ.setdefault(_k, _v)  # before mlflow / ray are imported: no chatter, no phoning home
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.logging import RichHandler  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from search_spaces.loader import SpecError, load_spec  # noqa: E402
+
+app = typer.Typer(help="Find a GAN that trains well: Ray Tune sweeps of PyTorch GANs, tracked in MLflow.", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+# Wide enough for the leaderboard when stderr is a file or a CI log rather than a terminal.
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a spec value, e.g. --set trainer.steps=200 (repeatable).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable result on stdout.")]
+
+
+def _debug() -> bool:
+    return os.environ.get("GANOPS_DEBUG") == "1"
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=err, show_path=False)], format="%(message)s", force=True)
+    for name in ("orchestrator", "trainers", "search_spaces", "infra"):
+        logging.getLogger(name).setLevel(logging.DEBUG if _debug() else logging.INFO)
+
+
+def _load(file: Path, overrides: list[str] | None):
+    try:
+        text = file.read_text(encoding="utf-8") if file.is_file() else None
+        return load_spec(file, overrides or []), text
+    except SpecError as e:
+        err.print(f"[bold red]spec error[/] ({len(e.issues)} issue{'s' if len(e.issues) != 1 else ''}):", highlight=False)
+        err.print(e.render(), highlight=False, markup=False)
+        err.print("Nothing was launched. Fix the spec and run `ganops validate FILE` to check it.", style="dim")
+        raise typer.Exit(2) from None
+    except UnicodeDecodeError:
+        err.print(f"[bold red]spec error[/] {file}: not UTF-8 text; a spec is a YAML file")
+        raise typer.Exit(2) from None
+
+
+def _fail(msg: str, code: int = 1) -> None:
+    err.print(f"[bold red]error[/] {msg}", highlight=False)
+    raise typer.Exit(code)
+
+
+@app.command()
+def validate(file: Annotated[Path, typer.Argument(help="Spec YAML file.")], set_: SetOpt = None, json_: JsonOpt = False) -> None:
+    """Check a spec without running it.
+
+    Example: ganops validate search_spaces/dcgan.yaml --set sweep.num_samples=4
+    """
+    spec, _ = _load(file, set_)
+    from search_spaces.tune_space import param_space
+
+    param_space(spec)  # the translation to Ray Tune must succeed too
+    if json_:
+        typer.echo(json.dumps({"valid": True, "name": spec.name, "spec_hash": spec.spec_hash, "spec": spec.model_dump(mode="json")}))
+        return
+    grid = 1
+    for d in spec.search.values():
+        grid *= len(d.args) if d.kind == "grid" else 1
+    err.print(f"[green]valid[/] {file}: sweep [bold]{spec.name}[/] ({spec.trainer.model} on {spec.trainer.data}), "
+              f"{spec.sweep.num_samples * grid} trials over {', '.join(spec.search) or 'no searched settings'}, "
+              f"ranked by {spec.metric} ({spec.mode}); spec hash {spec.spec_hash}", highlight=False)
+    err.print(f"Run it: ganops sweep {file}", style="dim")
+
+
+@app.command()
+def sweep(
+    file: Annotated[Path, typer.Argument(help="Spec YAML file.")],
+    set_: SetOpt = None,
+    address: Annotated[Optional[str], typer.Option(help="Existing Ray cluster address (e.g. ray://head:10001 or auto); default: local Ray.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Run a sweep: every trial a GAN trained by Ray Train workers, tracked in MLflow.
+
+    Example: ganops sweep search_spaces/dcgan.yaml --set sweep.num_samples=4
+    """
+    _setup_logging()
+    spec, text = _load(file, set_)
+    from orchestrator.api import run_sweep
+
+    try:
+        result = run_sweep(spec, spec_text=text, address=address, console=err)
+    except KeyboardInterrupt:
+        _fail("interrupted; finished trials are in MLflow (`ganops ui`)", 1)
+    except Exception as e:  # noqa: BLE001 - shown to the person, traceback with GANOPS_DEBUG=1
+        if _debug():
+            raise
+        _fail(f"the sweep could not run: {e}", 1)
+    if json_:
+        typer.echo(json.dumps(result.to_dict(), default=str))
+    else:
+        _print_leaderboard(result)
+    if not any(t.status in ("done", "stopped") for t in result.trials):
+        raise typer.Exit(1)
+
+
+def _print_leaderboard(result) -> None:
+    from orchestrator.progress import fmt
+
+    searched = list(result.trials[0].config) if result.trials else []
+    extra = ["modes", "hq_pct", "reverse_kl"] if result.metric in ("mix_score", "modes", "hq_pct", "reverse_kl") else ["loss_d", "loss_g", "d_x", "d_g_z"]
+    extra = [k for k in extra if k != result.metric]
+    table = Table(title=f"{result.sweep_id}: best {result.metric} ({result.mode}) first", title_justify="left")
+    for col in ["#", "trial", *searched, result.metric, *extra, "step", "status"]:
+        table.add_column(col, justify="right" if col not in ("trial", "status") else "left")
+    for i, t in enumerate(result.trials, 1):
+        style = "bold green" if i == 1 and t.status != "failed" else None
+        table.add_row(str(i), t.trial_id, *[fmt(t.config.get(k)) for k in searched], fmt(t.metrics.get(result.metric, "-")),
+                      *[fmt(t.metrics.get(k, "-")) for k in extra], str(t.step), t.status + (f": {t.error}" if t.error else ""), style=style)
+    err.print(table)
+    err.print(f"{len(result.trials)} trials in {result.wall_seconds:.0f}s. MLflow: {result.tracking_uri}, experiment {result.experiment!r}, sweep run {result.parent_run_id}")
+    best = result.best
+    err.print("Next:", style="bold")
+    err.print(f"  ganops ui{_uri_flag(result.tracking_uri)}                      # compare trials side by side", highlight=False)
+    if best:
+        err.print(f"  ganops sample {best.trial_id} --n 64 --out best.png{_uri_flag(result.tracking_uri)}   # look at the best generator", highlight=False)
+
+
+def _uri_flag(uri: str) -> str:
+    from orchestrator.tracking import default_tracking_uri
+
+    return "" if uri == default_tracking_uri() else f" --tracking-uri {uri}"
+
+
+TrackingOpt = Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI; default: the local store under ./ganops_runs (or $GANOPS_HOME).")]
+
+
+@app.command()
+def ui(
+    tracking_uri: TrackingOpt = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    host: Annotated[str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless you mean to share it.")] = "127.0.0.1",
+) -> None:
+    """Open the MLflow UI on the sweep's store: one parent run per sweep, one child run per trial.
+
+    Example: ganops ui --port 5001
+    """
+    from orchestrator.tracking import home, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    exe = shutil.which("mlflow") or f"{sys.executable} -m mlflow"
+    cmd = [*exe.split(), "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    if uri.startswith("sqlite:///"):
+        cmd += ["--default-artifact-root", (home() / "mlartifacts").as_uri()]
+    err.print(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop) for {uri}", highlight=False)
+    # Job execution spawns ~2 GB of worker processes that the UI does not need.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    try:
+        raise typer.Exit(subprocess.call(cmd, env=env))
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+@app.command()
+def sample(
+    run: Annotated[str, typer.Argument(help="The trial's MLflow run id or its Ray trial id (from the leaderboard).")],
+    n: Annotated[int, typer.Option("--n", min=1, max=100_000, help="Number of samples.")] = 64,
+    out: Annotated[Path, typer.Option("--out", help="Output file: .npy ((N,2) points or (N,C,H,W) images in [-1,1]) or .png.")] = Path("samples.png"),
+    seed: Annotated[int, typer.Option(help="Seed of the latent draws.")] = 0,
+    tracking_uri: TrackingOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Write N samples from a trial's generator.
+
+    Example: ganops sample 3f2a1_00004 --n 2500 --out points.npy
+    """
+    from orchestrator.sample import SampleError, sample as _sample
+    from orchestrator.tracking import resolve_tracking_uri
+
+    try:
+        info = _sample(resolve_tracking_uri(tracking_uri), run, n, out, seed)
+    except SampleError as e:
+        _fail(str(e), 2)
+    if json_:
+        typer.echo(json.dumps(info))
+    else:
+        err.print(f"wrote {info['n']} samples {tuple(info['shape'])} of run {info['run_id']} to {info['out']}", highlight=False)
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

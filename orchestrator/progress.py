@@ -1,0 +1,129 @@
+"""Live progress of a sweep on stderr, and the trial-end bookkeeping Tune tells us about.
+
+A Tune `Callback` runs in the sweep's driver process: it sees every trial's reports and how
+each trial ended, so it both draws the live table and closes MLflow runs that Tune stopped
+(their driver was killed before it could close them itself).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from ray.tune import Callback
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from orchestrator import tracking
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        return f"{v:.3g}" if (abs(v) < 1e-2 or abs(v) >= 1e4) and v != 0 else f"{v:.4g}"
+    return str(v)
+
+
+class SweepProgress(Callback):
+    def __init__(self, *, metric: str, mode: str, steps: int, searched: list[str], tracking_uri: str, console: Console | None, experiment_ids: list[str]):
+        self.metric, self.mode, self.steps, self.searched = metric, mode, steps, searched
+        self.tracking_uri, self.experiment_ids = tracking_uri, experiment_ids
+        self.console = console
+        self.live: Live | None = None
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.started = time.monotonic()
+        self.first_result_s: float | None = None
+
+    def __getstate__(self):
+        # Tune pickles its callbacks with the experiment state; a terminal is not state.
+        state = self.__dict__.copy()
+        state["console"] = state["live"] = None
+        return state
+
+    # -- Tune hooks ---------------------------------------------------------------------
+    def setup(self, **info):
+        if self.console is not None:
+            self.live = Live(self._render(), console=self.console, refresh_per_second=2, transient=False)
+            self.live.start()
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._row(trial)["state"] = "running"
+        self._refresh()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.first_result_s is None:
+            self.first_result_s = time.monotonic() - self.started
+        row = self._row(trial)
+        row["state"] = "running"
+        row["step"] = result.get("step")
+        if self.metric in result:
+            row["metric"] = result[self.metric]
+        self._refresh()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        row = self._row(trial)
+        done = (trial.last_result or {}).get("step", 0) >= self.steps
+        row["state"] = "done" if done else "stopped"
+        if not done:  # Tune stopped it (scheduler or stopper): its driver never closed the run
+            self._close_run(trial.trial_id, "KILLED", row.get("stop_reason") or "stopped by scheduler")
+        self._refresh()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._row(trial)["state"] = "failed"
+        self._close_run(trial.trial_id, "FAILED", "error")
+        self._refresh()
+
+    def on_experiment_end(self, trials, **info):
+        self.close()
+
+    # -- helpers ------------------------------------------------------------------------
+    def close(self):
+        if self.live is not None:
+            self._refresh()
+            self.live.stop()
+            self.live = None
+
+    def _row(self, trial) -> dict[str, Any]:
+        return self.rows.setdefault(trial.trial_id, {"config": {k: trial.config.get(k) for k in self.searched}, "state": "pending"})
+
+    def _close_run(self, trial_id: str, status: str, reason: str) -> None:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(self.tracking_uri)
+        run_id = tracking.find_trial_run(client, trial_id, self.experiment_ids)
+        if run_id and client.get_run(run_id).info.status == "RUNNING":
+            tracking.end_run(client, run_id, status, reason)
+
+    def best(self) -> tuple[str, float] | None:
+        scored = [(tid, r["metric"]) for tid, r in self.rows.items() if isinstance(r.get("metric"), (int, float)) and math.isfinite(r["metric"])]
+        if not scored:
+            return None
+        return (min if self.mode == "min" else max)(scored, key=lambda x: x[1])
+
+    def _refresh(self):
+        if self.live is not None:
+            self.live.update(self._render())
+
+    def _render(self):
+        counts = {s: sum(r["state"] == s for r in self.rows.values()) for s in ("pending", "running", "done", "stopped", "failed")}
+        best = self.best()
+        head = Text.assemble(
+            ("sweep ", "bold"), f"{time.monotonic() - self.started:5.0f}s  ",
+            (f"running {counts['running']}", "cyan"), "  ", (f"done {counts['done']}", "green"), "  ",
+            (f"stopped {counts['stopped']}", "yellow"), "  ", (f"failed {counts['failed']}", "red"), "  ",
+            f"best {self.metric} " + (f"{fmt(best[1])} ({best[0]})" if best else "-"),
+        )
+        table = Table(box=None, pad_edge=False, show_header=True, header_style="dim")
+        table.add_column("trial")
+        for k in self.searched:
+            table.add_column(k)
+        table.add_column("step", justify="right")
+        table.add_column(self.metric, justify="right")
+        table.add_column("state")
+        for tid, r in self.rows.items():
+            table.add_row(tid, *[fmt(r["config"].get(k)) for k in self.searched], f"{r.get('step') or 0}/{self.steps}", fmt(r.get("metric", "-")), r["state"])
+        return Group(head, table)

@@ -1,0 +1,200 @@
+"""Build and run the Tune sweep for a spec, and summarise what it found."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from orchestrator import tracking
+from search_spaces.spec import SweepSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrialSummary:
+    trial_id: str
+    run_id: str | None
+    status: str  # done | stopped | failed
+    config: dict[str, Any]  # the sampled values
+    metrics: dict[str, float]  # the last report
+    step: int
+    error: str | None = None
+
+
+@dataclass
+class SweepResult:
+    sweep_id: str
+    experiment: str
+    experiment_id: str
+    parent_run_id: str
+    tracking_uri: str
+    storage: str
+    metric: str
+    mode: str
+    wall_seconds: float
+    first_result_seconds: float | None
+    trials: list[TrialSummary] = field(default_factory=list)
+
+    @property
+    def best(self) -> TrialSummary | None:
+        scored = [t for t in self.trials if isinstance(t.metrics.get(self.metric), (int, float)) and math.isfinite(t.metrics[self.metric])]
+        if not scored:
+            return None
+        key = lambda t: t.metrics[self.metric]  # noqa: E731
+        return min(scored, key=key) if self.mode == "min" else max(scored, key=key)
+
+    def leaderboard(self) -> list[TrialSummary]:
+        best_first = sorted(
+            self.trials,
+            key=lambda t: (
+                not isinstance(t.metrics.get(self.metric), (int, float)) or not math.isfinite(t.metrics.get(self.metric, math.nan)),
+                (t.metrics.get(self.metric, 0) if self.mode == "min" else -t.metrics.get(self.metric, 0)),
+            ),
+        )
+        return best_first
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["best"] = asdict(self.best) if self.best else None
+        return d
+
+
+def quiet_environment() -> None:
+    """No phoning home from a sweep (usage stats, telemetry), and a snappier Ray Train teardown."""
+    for k, v in {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}.items():
+        os.environ.setdefault(k, v)
+
+
+def _init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Worker chatter stays in Ray's log files; the sweep shows its own progress and errors.
+    kwargs = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(include_dashboard=False, **kwargs)
+
+
+def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | None = None, console: Console | None = None) -> SweepResult:
+    """Run the sweep described by `spec` to the end and return its trials, best first."""
+    import ray
+    from mlflow import MlflowClient
+    from ray import tune
+
+    from orchestrator.progress import SweepProgress
+    from orchestrator.trial import make_trainable
+    from search_spaces.tune_space import param_space
+
+    quiet_environment()
+    started = time.monotonic()
+    sweep_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    uri = tracking.resolve_tracking_uri(spec.tracking.uri)
+    client = MlflowClient(uri)
+    experiment = spec.tracking.experiment or spec.name
+    experiment_id = tracking.ensure_experiment(client, experiment, uri)
+    storage = spec.storage or str(tracking.home() / "ray")
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+
+    feature_cache = None
+    if spec.trainer.is_image:
+        # Train (or load) the FID feature classifier once here, not once per trial.
+        from trainers.evaluate import default_cache_dir
+        from trainers.metrics import load_feature_extractor
+
+        feature_cache = str(default_cache_dir())
+        load_feature_extractor(Path(feature_cache))
+
+    parent = tracking.start_sweep_run(client, experiment_id, sweep_id, spec.model_dump(mode="json"), spec.spec_hash, spec_text, spec.description)
+    _init_ray(address)
+    per_trial = spec.resources.workers_per_trial * spec.resources.cpus_per_worker
+    concurrent = spec.sweep.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
+
+    progress = SweepProgress(
+        metric=spec.metric, mode=spec.mode, steps=spec.trainer.steps, searched=list(spec.search),
+        tracking_uri=uri, console=console, experiment_ids=[experiment_id],
+    )
+    context = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent, "sweep_id": sweep_id, "storage": storage, "feature_cache": feature_cache}
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    # Random/grid search; the seed makes the sampled configs repeatable.
+    search_alg = BasicVariantGenerator(random_state=spec.sweep.seed, max_concurrent=concurrent)
+    tuner = tune.Tuner(
+        make_trainable(spec, context),
+        param_space=param_space(spec),
+        tune_config=tune.TuneConfig(
+            metric=spec.metric, mode=spec.mode, num_samples=spec.sweep.num_samples,
+            search_alg=search_alg,
+        ),
+        run_config=tune.RunConfig(
+            name=sweep_id, storage_path=storage, callbacks=[progress], verbose=0,
+            failure_config=tune.FailureConfig(max_failures=0),  # Train restarts workers; a failed driver is a failed trial
+        ),
+    )
+    status = "FAILED"
+    try:
+        # Tune prints banners on stdout; stdout is reserved for --json.
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            grid = tuner.fit()
+        status = "FINISHED"
+    finally:
+        progress.close()
+        if status != "FINISHED":
+            client.set_terminated(parent, status=status)
+
+    trials = []
+    for r in grid:
+        m = dict(r.metrics or {})
+        trial_id = m.get("trial_id") or (r.path and Path(r.path).name)
+        row = progress.rows.get(trial_id, {})
+        state = "failed" if r.error else row.get("state", "done")
+        if state == "running":
+            state = "done"
+        numeric = {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("trial_id",)}
+        trials.append(TrialSummary(
+            trial_id=trial_id,
+            run_id=tracking.find_trial_run(client, trial_id, [experiment_id]),
+            status=state,
+            config={k: r.config.get(k) for k in spec.search},
+            metrics=numeric,
+            step=int(m.get("step", 0) or 0),
+            error=str(r.error).splitlines()[0][:300] if r.error else None,
+        ))
+    result = SweepResult(
+        sweep_id=sweep_id, experiment=experiment, experiment_id=experiment_id, parent_run_id=parent,
+        tracking_uri=uri, storage=storage, metric=spec.metric, mode=spec.mode,
+        wall_seconds=time.monotonic() - started, first_result_seconds=progress.first_result_s, trials=trials,
+    )
+    result.trials = result.leaderboard()
+    _finish_parent(client, result)
+    return result
+
+
+def _finish_parent(client, result: SweepResult) -> None:
+    """Leaderboard and best trial on the parent run, so the MLflow UI answers 'which won?'."""
+    from mlflow.entities import Metric, RunTag
+
+    lines = [f"| rank | trial | status | {result.metric} | step | sampled |", "|---|---|---|---|---|---|"]
+    for i, t in enumerate(result.trials, 1):
+        lines.append(f"| {i} | {t.trial_id} | {t.status} | {t.metrics.get(result.metric, float('nan')):.4g} | {t.step} | {t.config} |")
+    client.log_text(result.parent_run_id, "\n".join(lines) + "\n", "leaderboard.md")
+    best = result.best
+    tags = [RunTag("ganops.trials", str(len(result.trials)))]
+    metrics = [Metric("sweep_wall_seconds", result.wall_seconds, int(time.time() * 1000), 0)]
+    if best is not None:
+        tags += [RunTag("ganops.best_trial", best.trial_id), RunTag("ganops.best_run_id", best.run_id or "")]
+        metrics.append(Metric(f"best_{result.metric}", best.metrics[result.metric], int(time.time() * 1000), 0))
+    client.log_batch(result.parent_run_id, metrics=metrics, tags=tags)
+    client.set_terminated(result.parent_run_id, status="FINISHED")

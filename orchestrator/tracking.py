@@ -1,0 +1,124 @@
+"""The MLflow side of a sweep: one parent run per sweep, one child run per trial.
+
+Everything goes through `MlflowClient` with explicit run ids (no fluent global state), so
+the trial drivers, the workers and the CLI can each write to the right run from any process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Param, RunTag
+
+log = logging.getLogger(__name__)
+
+TAG_KIND = "ganops.kind"  # "sweep" on the parent, "trial" on children
+TAG_SWEEP = "ganops.sweep_id"
+TAG_TRIAL = "ganops.trial_id"
+TAG_SPEC_HASH = "ganops.spec_hash"
+TAG_STOP = "stop_reason"
+TAG_PARENT = "mlflow.parentRunId"
+
+
+def home() -> Path:
+    """Where the embedded defaults live: $GANOPS_HOME or ./ganops_runs."""
+    return Path(os.environ.get("GANOPS_HOME") or "ganops_runs").resolve()
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    if uri is None:
+        home().mkdir(parents=True, exist_ok=True)
+        return default_tracking_uri()
+    return uri
+
+
+def git_commit() -> str | None:
+    """The project's git commit, when it runs from a checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    # With a SQLite store, pin artifacts beside the database by absolute path: Ray workers
+    # run in other directories, and MLflow's default ./mlruns would scatter them.
+    location = None
+    if tracking_uri.startswith("sqlite:///"):
+        location = (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def _params(d: dict[str, Any]) -> list[Param]:
+    return [Param(k, str(v)) for k, v in sorted(d.items())]
+
+
+def start_sweep_run(client: MlflowClient, experiment_id: str, sweep_id: str, spec_dump: dict, spec_hash: str, spec_text: str | None, description: str | None) -> str:
+    tags = {TAG_KIND: "sweep", TAG_SWEEP: sweep_id, TAG_SPEC_HASH: spec_hash, "mlflow.runName": sweep_id}
+    if description:
+        tags["mlflow.note.content"] = description
+    if sha := git_commit():
+        tags["ganops.git_commit"] = sha
+    run = client.create_run(experiment_id, tags=tags, run_name=sweep_id)
+    rid = run.info.run_id
+    flat = {f"trainer.{k}": v for k, v in spec_dump["trainer"].items()}
+    flat.update({f"search.{k}": json.dumps({dk: dv for dk, dv in v.items() if dv is not None}) for k, v in spec_dump["search"].items()})
+    flat.update({f"sweep.{k}": v for k, v in spec_dump["sweep"].items()})
+    flat.update({f"resources.{k}": v for k, v in spec_dump["resources"].items()})
+    client.log_batch(rid, params=_params(flat))
+    if spec_text is not None:
+        client.log_text(rid, spec_text, "spec/spec.yaml")
+    client.log_dict(rid, spec_dump, "spec/resolved.json")
+    return rid
+
+
+def trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, sweep_id: str, trial_id: str, trial_name: str, spec_hash: str, trainer_cfg: dict, sampled: dict) -> str:
+    """The trial's child run: found again by its trial id when Ray restarts the trial, else created."""
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_TRIAL}` = '{trial_id}' and tags.`{TAG_SWEEP}` = '{sweep_id}'",
+        max_results=1,
+    )
+    if found:
+        rid = found[0].info.run_id
+        client.update_run(rid, status="RUNNING")
+        return rid
+    tags = {
+        TAG_KIND: "trial",
+        TAG_PARENT: parent_run_id,
+        TAG_SWEEP: sweep_id,
+        TAG_TRIAL: trial_id,
+        TAG_SPEC_HASH: spec_hash,
+        "ganops.sampled": json.dumps(sampled, sort_keys=True),
+    }
+    run = client.create_run(experiment_id, tags=tags, run_name=trial_name)
+    client.log_batch(run.info.run_id, params=_params(trainer_cfg))
+    return run.info.run_id
+
+
+def find_trial_run(client: MlflowClient, trial_id: str, experiment_ids: list[str] | None = None) -> str | None:
+    ids = experiment_ids or [e.experiment_id for e in client.search_experiments()]
+    found = client.search_runs(ids, filter_string=f"tags.`{TAG_TRIAL}` = '{trial_id}'", max_results=1)
+    return found[0].info.run_id if found else None
+
+
+def end_run(client: MlflowClient, run_id: str, status: str, stop_reason: str | None = None) -> None:
+    """Close a run as FINISHED / KILLED / FAILED, with the reason when it did not finish."""
+    tags = [RunTag(TAG_STOP, stop_reason)] if stop_reason else []
+    if tags:
+        client.log_batch(run_id, tags=tags)
+    client.set_terminated(run_id, status=status)

@@ -1,0 +1,79 @@
+"""One trial = one Tune function trainable that builds and fits a Ray Train `TorchTrainer`.
+
+Ray Train V2 layering: Tune schedules the trial driver (this function, asking for no CPU
+so the workers can have them all), the driver opens the trial's MLflow run and starts
+`TorchTrainer(train_per_worker, ScalingConfig(...))`, and `TuneReportCallback` carries
+the workers' reports back to Tune's schedulers, stoppers and progress display.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ray import tune
+
+from orchestrator import tracking
+from search_spaces.spec import SweepSpec
+from search_spaces.tune_space import trial_trainer_config
+
+log = logging.getLogger(__name__)
+
+# The driver only waits on its workers: a token of memory instead of a CPU, or a 2-worker
+# trial could never be scheduled on a 2-CPU machine.
+DRIVER_RESOURCES = {"cpu": 0, "memory": 64 * 1024**2}
+
+
+def make_trainable(spec: SweepSpec, context: dict[str, Any]):
+    """Build the Tune trainable for `spec`. `context`: tracking_uri, experiment_id,
+    parent_run_id, sweep_id, storage (Ray storage path), feature_cache."""
+    spec_dump = spec.model_dump(mode="json")
+
+    def run_trial(config: dict[str, Any]) -> None:
+        from mlflow import MlflowClient
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from trainers.loop import train_per_worker
+
+        s = SweepSpec.model_validate(spec_dump)  # re-validate at the process boundary
+        trainer_cfg = trial_trainer_config(s, config)
+        ctx = tune.get_context()
+        trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
+        client = MlflowClient(context["tracking_uri"])
+        run_id = tracking.trial_run(
+            client, context["experiment_id"], context["parent_run_id"], context["sweep_id"],
+            trial_id, trial_name, s.spec_hash, trainer_cfg, {k: config[k] for k in s.search},
+        )
+        r = s.resources
+        trainer = TorchTrainer(
+            train_per_worker,
+            train_loop_config={
+                "trainer": trainer_cfg,
+                "run": {"tracking_uri": context["tracking_uri"], "run_id": run_id, "feature_cache": context.get("feature_cache")},
+            },
+            scaling_config=ScalingConfig(
+                num_workers=r.workers_per_trial,
+                use_gpu=r.gpus_per_worker > 0,
+                resources_per_worker={"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.gpus_per_worker else {})},
+            ),
+            run_config=RunConfig(
+                name=trial_id,
+                storage_path=f"{context['storage']}/{context['sweep_id']}/train",
+                callbacks=[TuneReportCallback()],
+                # Worker or node lost -> restart from the last checkpoint; a controller that
+                # cannot start fails at once instead of retrying forever.
+                failure_config=FailureConfig(max_failures=s.sweep.max_failures, controller_failure_limit=0),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+            ),
+        )
+        try:
+            trainer.fit()
+        except Exception as e:
+            reason = "divergence" if "DivergenceError" in repr(e) else "error"
+            tracking.end_run(client, run_id, "FAILED", reason)
+            raise
+        tracking.end_run(client, run_id, "FINISHED")
+
+    return tune.with_resources(run_trial, DRIVER_RESOURCES)

@@ -1,0 +1,151 @@
+"""The sweep spec: what a person writes in YAML, validated into one frozen `SweepSpec`.
+
+Each field is written once, here (or in `trainers.config.TrainerConfig` for the trainer's
+own settings); the CLI, the Tune search space, MLflow params and the workers derive from
+it. Loading and error reporting live in `search_spaces.loader`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trainers.config import TrainerConfig
+
+# What each dataset's trials report, and which way is better. The sweep metric must be one.
+IMAGE_METRICS = {"fid": "min", "loss_g": "min", "loss_d": "min", "d_x": "max", "d_g_z": "max", "class_coverage": "max", "pixel_hist": "min"}
+MIXTURE_METRICS = {"mix_score": "max", "modes": "max", "hq_pct": "max", "reverse_kl": "min", "loss_g": "min", "loss_d": "min"}
+
+DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform", "qloguniform")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Distribution(_Model):
+    """One searched hyperparameter; exactly one key, e.g. `{loguniform: [1e-4, 1e-3]}`."""
+
+    choice: list[Any] | None = Field(None, min_length=1, description="Sample uniformly from these values.")
+    grid: list[Any] | None = Field(None, min_length=1, description="Try every value (multiplies the trial count).")
+    uniform: tuple[float, float] | None = Field(None, description="[low, high], uniform.")
+    loguniform: tuple[float, float] | None = Field(None, description="[low, high], uniform in log space; low > 0.")
+    randint: tuple[int, int] | None = Field(None, description="[low, high), integer.")
+    quniform: tuple[float, float, float] | None = Field(None, description="[low, high, q], uniform rounded to a multiple of q.")
+    qloguniform: tuple[float, float, float] | None = Field(None, description="[low, high, q], log-uniform rounded to a multiple of q.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Distribution":
+        given = [k for k in DISTRIBUTIONS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(DISTRIBUTIONS)} (got {', '.join(given) or 'none'})")
+        kind = given[0]
+        if kind in ("choice", "grid"):
+            return self
+        low, high = getattr(self, kind)[:2]
+        if not low < high:
+            raise ValueError(f"{kind}: low must be below high (got [{low}, {high}])")
+        if kind in ("loguniform", "qloguniform") and low <= 0:
+            raise ValueError(f"{kind}: low must be > 0 (got {low}); use uniform for ranges that include 0")
+        if kind.startswith("q") and getattr(self, kind)[2] <= 0:
+            raise ValueError(f"{kind}: q must be > 0")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in DISTRIBUTIONS if getattr(self, k) is not None)
+
+    @property
+    def args(self) -> Any:
+        return getattr(self, self.kind)
+
+    def candidates(self) -> list[Any]:
+        """Values that must each form a valid trainer setting (list entries or the range's ends)."""
+        if self.kind in ("choice", "grid"):
+            return list(self.args)
+        low, high = self.args[:2]
+        if self.kind == "randint":
+            return [low, high - 1]
+        if self.kind.startswith("q"):
+            q = self.args[2]
+            return [math.ceil(low / q) * q, math.floor(high / q) * q]
+        return [low, high]
+
+
+class Sweep(_Model):
+    """How many trials, how many at once, and what 'best' means."""
+
+    num_samples: int = Field(8, ge=1, le=100_000, description="Trials to sample (times the grid size when `grid` is used).")
+    max_concurrent_trials: int | None = Field(None, ge=1, description="Trials running at once; default: as many as the cluster's CPUs allow.")
+    metric: str | None = Field(None, description="Metric that ranks trials; default fid (images) or mix_score (2-D mixtures).")
+    mode: Literal["min", "max"] | None = Field(None, description="Whether lower or higher `metric` is better; default: the metric's natural direction.")
+    seed: int | None = Field(0, description="Seed of the search algorithm (same seed, same sampled configs).")
+    max_failures: int = Field(1, ge=0, le=100, description="Restarts of a trial from its last checkpoint after a worker or node is lost.")
+
+
+class Resources(_Model):
+    """What one trial asks of the cluster."""
+
+    workers_per_trial: int = Field(1, ge=1, le=1024, description="Ray Train workers per trial (data parallel; gradients averaged).")
+    cpus_per_worker: float = Field(1.0, gt=0, le=1024, description="CPUs reserved per worker.")
+    gpus_per_worker: float = Field(0.0, ge=0, le=16, description="GPUs per worker; 0 trains on CPU.")
+
+
+class Tracking(_Model):
+    """Where MLflow records the sweep."""
+
+    uri: str | None = Field(None, description="MLflow tracking URI; default: a SQLite store under ./ganops_runs (or $GANOPS_HOME).")
+    experiment: str | None = Field(None, description="MLflow experiment; default: the spec's name.")
+
+
+class SweepSpec(_Model):
+    """One sweep: a trainer with fixed settings, the settings to search, and where to run and record it."""
+
+    name: str = Field(..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Sweep name: letters, digits, '_', '.', '-'.")
+    description: str | None = Field(None, description="Free text shown in MLflow.")
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Fixed trainer settings (see trainers/config.py).")
+    search: dict[str, Distribution] = Field(default_factory=dict, description="Trainer settings to search, by name.")
+    sweep: Sweep = Field(default_factory=Sweep)
+    resources: Resources = Field(default_factory=Resources)
+    tracking: Tracking = Field(default_factory=Tracking)
+    storage: str | None = Field(None, description="Ray checkpoints and experiment state: a local directory (default ./ganops_runs/ray) or s3://bucket/prefix.")
+
+    @model_validator(mode="after")
+    def _search_fits_trainer(self) -> "SweepSpec":
+        fields = TrainerConfig.model_fields
+        base = self.trainer.model_dump()
+        for key, dist in self.search.items():
+            if key not in fields:
+                raise ValueError(f"search.{key}: not a trainer setting; searchable settings: {', '.join(sorted(fields))}")
+            for value in dist.candidates():
+                try:
+                    TrainerConfig.model_validate({**base, key: value})
+                except ValidationError as e:
+                    msg = "; ".join(err["msg"] for err in e.errors())
+                    raise ValueError(f"search.{key}.{dist.kind}: value {value!r} is not a valid trainer.{key}: {msg}") from None
+        metrics = self.metric_table
+        if self.sweep.metric is not None and self.sweep.metric not in metrics:
+            raise ValueError(f"sweep.metric: {self.sweep.metric!r} is not reported for data {self.trainer.data!r}; choose one of: {', '.join(metrics)}")
+        return self
+
+    @property
+    def metric_table(self) -> dict[str, str]:
+        return IMAGE_METRICS if self.trainer.is_image else MIXTURE_METRICS
+
+    @property
+    def metric(self) -> str:
+        return self.sweep.metric or ("fid" if self.trainer.is_image else "mix_score")
+
+    @property
+    def mode(self) -> str:
+        return self.sweep.mode or self.metric_table[self.metric]
+
+    @property
+    def spec_hash(self) -> str:
+        """Content hash of the resolved spec: same settings, same hash, whatever the YAML's layout."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]

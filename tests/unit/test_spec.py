@@ -1,0 +1,143 @@
+"""The spec: safe loading, validation, errors that say where and what to do."""
+
+import pytest
+
+from search_spaces.loader import SpecError, load_spec, spec_from_text
+from search_spaces.tune_space import param_space, trial_trainer_config
+from tests.conftest import SPECS
+
+GOOD = """
+name: t
+trainer: {model: mlp2d, data: grid25, steps: 10}
+search:
+  lr_g: {loguniform: [1.0e-4, 1.0e-3]}
+  dg_ratio: {choice: ["1:1", "2:1", "1:2"]}
+"""
+
+
+def issues(text, overrides=None):
+    with pytest.raises(SpecError) as e:
+        spec_from_text(text, "s.yaml", overrides)
+    return e.value.issues
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.name for p in SPECS])
+def test_every_shipped_spec_validates_and_translates(path):
+    """Each YAML in search_spaces/ is a valid spec that Ray Tune accepts."""
+    spec = load_spec(path)
+    assert param_space(spec).keys() == spec.search.keys()
+
+
+def test_good_spec_fills_defaults_and_derives_metric():
+    """Absent sections take defaults; the metric follows the data (mixtures rank by mix_score)."""
+    spec = spec_from_text(GOOD)
+    assert spec.trainer.steps == 10 and spec.sweep.num_samples == 8
+    assert (spec.metric, spec.mode) == ("mix_score", "max")
+
+
+def test_unknown_key_names_field_and_line():
+    """A misspelt key is rejected with its field path and line."""
+    (i,) = issues("name: t\ntrainer:\n  lr_gg: 0.1\n")
+    assert i.path == "trainer.lr_gg" and i.line == 3 and "unknown key" in i.message
+
+
+def test_out_of_range_value_names_field_and_line():
+    """A value outside its range says what is allowed."""
+    (i,) = issues("name: t\ntrainer:\n  lr_g: -1\n")
+    assert i.path == "trainer.lr_g" and i.line == 3 and "greater than 0" in i.message
+
+
+def test_bad_literal_lists_allowed_values():
+    """An enumeration lists its choices."""
+    (i,) = issues("name: t\ntrainer:\n  model: resnet\n")
+    assert "dcgan28" in i.message and "mlp2d" in i.message
+
+
+def test_search_of_unknown_setting_is_rejected():
+    """Only trainer settings can be searched."""
+    (i,) = issues("name: t\nsearch:\n  lr_x: {choice: [1]}\n")
+    assert i.path == "search.lr_x" and i.line == 3 and "searchable settings" in i.message
+
+
+def test_search_range_outside_trainer_bounds_is_rejected():
+    """A range whose end is not a valid trainer value is caught before anything runs."""
+    (i,) = issues("name: t\nsearch:\n  lr_d: {loguniform: [1.0e-5, 2]}\n")
+    assert i.path.startswith("search.lr_d") and "less than or equal to 1" in i.message
+
+
+def test_loguniform_needs_positive_low_and_one_distribution():
+    """Distributions check their own arguments."""
+    assert "low must be > 0" in issues("name: t\nsearch:\n  lr_d: {loguniform: [0, 1]}\n")[0].message
+    assert "exactly one" in issues("name: t\nsearch:\n  lr_d: {uniform: [0.1, 1], choice: [1]}\n")[0].message
+
+
+def test_bad_dg_ratio_format():
+    """The D:G ratio is 'n_d:n_g'."""
+    assert "n_d:n_g" in issues("name: t\ntrainer:\n  dg_ratio: 3\n")[0].message
+
+
+def test_model_and_data_must_fit():
+    """An MLP for 2-D points cannot train on MNIST."""
+    assert "cannot train on" in issues("name: t\ntrainer: {model: mlp2d, data: mnist}\n")[0].message
+
+
+def test_metric_must_be_reported_for_the_data():
+    """The sweep metric must be one the trainer reports."""
+    assert "choose one of" in issues("name: t\nsweep: {metric: accuracy}\n")[0].message
+
+
+def test_python_tags_are_refused():
+    """YAML loads safely: no object construction."""
+    assert "not allowed" in issues("name: !!python/object/apply:os.system [echo hi]\n")[0].message
+
+
+def test_aliases_are_refused():
+    """No anchors/aliases, so no billion-laughs expansion."""
+    text = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n"
+    assert "aliases" in issues(text)[0].message
+
+
+def test_not_a_mapping_and_broken_yaml():
+    """Non-mapping documents and syntax errors get a line."""
+    assert "mapping" in issues("- 1\n- 2\n")[0].message
+    i = issues("name: t\ntrainer: {lr_g: 1\n")[0]
+    assert "not valid YAML" in i.message and i.line
+
+
+def test_missing_name_is_required():
+    """`name` has no default."""
+    (i,) = issues("trainer: {steps: 5}\n")
+    assert i.path == "name" and "required" in i.message
+
+
+def test_overrides_apply_and_are_validated():
+    """--set values are parsed as YAML and validated like the file."""
+    spec = spec_from_text(GOOD, overrides=["trainer.steps=7", "sweep.num_samples=3", "search.lr_g.loguniform=[1e-4, 2e-4]"])
+    assert spec.trainer.steps == 7 and spec.sweep.num_samples == 3 and spec.search["lr_g"].loguniform == (1e-4, 2e-4)
+    assert "must look like" in issues(GOOD, ["trainer.steps"])[0].message
+    assert "not a section" in issues(GOOD, ["name.x=1"])[0].message
+    assert issues(GOOD, ["trainer.steps=0"])[0].path == "trainer.steps"
+
+
+def test_spec_hash_ignores_layout():
+    """Same settings, same hash, whatever the YAML's order or comments."""
+    a = spec_from_text("name: t\ntrainer: {steps: 5, lr_g: 0.001}\n")
+    b = spec_from_text("# comment\ntrainer:\n  lr_g: 1.0e-3\n  steps: 5\nname: t\n")
+    assert a.spec_hash == b.spec_hash != spec_from_text("name: t\ntrainer: {steps: 6}\n").spec_hash
+
+
+def test_trial_config_merges_sampled_values_and_casts_q_ints():
+    """A trial's config is the fixed settings plus the sampled ones, validated."""
+    spec = spec_from_text("name: t\nsearch:\n  width: {quniform: [8, 32, 8]}\n  lr_g: {uniform: [0.001, 0.002]}\n")
+    cfg = trial_trainer_config(spec, {"width": 16.0, "lr_g": 0.0015})
+    assert cfg["width"] == 16 and isinstance(cfg["width"], int) and cfg["lr_g"] == 0.0015 and cfg["steps"] == spec.trainer.steps
+
+
+def test_missing_file_and_non_utf8(tmp_path):
+    """A missing or binary file is a spec error, not a traceback."""
+    with pytest.raises(SpecError, match="no such file"):
+        load_spec(tmp_path / "nope.yaml")
+    p = tmp_path / "bin.yaml"
+    p.write_bytes(b"\xff\xfe\x00name")
+    with pytest.raises(SpecError, match="UTF-8"):
+        load_spec(p)

@@ -1,0 +1,102 @@
+"""Checkpoints: everything needed to resume bit-for-bit, and a generator-only file for sampling.
+
+Files are written atomically (temporary file + os.replace) so a preempted worker never
+leaves a half-written checkpoint, and read with weights_only=True so loading one cannot
+execute code.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainers.config import TrainerConfig
+from trainers.models import build_models
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    # DistributedDataParallel prefixes keys with "module."; store the bare model so a
+    # checkpoint loads the same with or without Ray Train.
+    return getattr(module, "module", module)
+
+
+def _atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)  # atomic on POSIX within one filesystem
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_state(
+    path: str | os.PathLike,
+    G: nn.Module,
+    D: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    step: int,
+    cfg_dict: dict[str, Any],
+    generator: torch.Generator,
+) -> None:
+    """Write models, optimizers, step, both RNG states and the config (plain values) to one file."""
+    _atomic_save(
+        {
+            "G": _unwrap(G).state_dict(),
+            "D": _unwrap(D).state_dict(),
+            "opt_g": opt_g.state_dict(),
+            "opt_d": opt_d.state_dict(),
+            "step": int(step),
+            "torch_rng": torch.get_rng_state(),
+            "generator": generator.get_state(),
+            "config": dict(cfg_dict),
+        },
+        path,
+    )
+
+
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a save_state file onto the CPU."""
+    return torch.load(path, weights_only=True, map_location="cpu")
+
+
+def restore(
+    state: dict[str, Any],
+    G: nn.Module,
+    D: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> int:
+    """Load `state` into the given objects (in place); returns the step it was saved at."""
+    _unwrap(G).load_state_dict(state["G"])
+    _unwrap(D).load_state_dict(state["D"])
+    # Optimizer.load_state_dict moves its state to each parameter's device.
+    opt_g.load_state_dict(state["opt_g"])
+    opt_d.load_state_dict(state["opt_d"])
+    torch.set_rng_state(state["torch_rng"])
+    generator.set_state(state["generator"])
+    return int(state["step"])
+
+
+def save_generator(path: str | os.PathLike, G: nn.Module, cfg_dict: dict[str, Any]) -> None:
+    """Write G's weights with the config that rebuilds it (for `ganops sample`)."""
+    _atomic_save({"G": _unwrap(G).state_dict(), "config": dict(cfg_dict)}, path)
+
+
+def load_generator(path: str | os.PathLike) -> tuple[nn.Module, TrainerConfig]:
+    """Rebuild G from a save_generator (or save_state) file; returned in eval mode on the CPU."""
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    cfg = TrainerConfig.model_validate(state["config"])
+    G, _ = build_models(cfg)
+    G.load_state_dict(state["G"])
+    return G.eval(), cfg

