@@ -126,7 +126,7 @@ def _print_leaderboard(result) -> None:
     for i, t in enumerate(result.trials, 1):
         style = "bold green" if i == 1 and t.status != "failed" else None
         table.add_row(str(i), t.trial_id, *[fmt(t.config.get(k)) for k in searched], fmt(t.metrics.get(result.metric, "-")),
-                      *[fmt(t.metrics.get(k, "-")) for k in extra], str(t.step), t.status + (f": {t.error}" if t.error else ""), style=style)
+                      *[fmt(t.metrics.get(k, "-")) for k in extra], str(t.step), t.status + (f": {t.stop_reason or t.error}" if (t.stop_reason or t.error) else ""), style=style)
     err.print(table)
     err.print(f"{len(result.trials)} trials in {result.wall_seconds:.0f}s. MLflow: {result.tracking_uri}, experiment {result.experiment!r}, sweep run {result.parent_run_id}")
     best = result.best

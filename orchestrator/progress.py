@@ -7,6 +7,7 @@ each trial ended, so it both draws the live table and closes MLflow runs that Tu
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from typing import Any
@@ -29,7 +30,8 @@ def fmt(v: Any) -> str:
 
 
 class SweepProgress(Callback):
-    def __init__(self, *, metric: str, mode: str, steps: int, searched: list[str], tracking_uri: str, console: Console | None, experiment_ids: list[str]):
+    def __init__(self, *, metric: str, mode: str, steps: int, searched: list[str], tracking_uri: str, console: Console | None, experiment_ids: list[str], stopper=None):
+        self.stopper = stopper
         self.metric, self.mode, self.steps, self.searched = metric, mode, steps, searched
         self.tracking_uri, self.experiment_ids = tracking_uri, experiment_ids
         self.console = console
@@ -66,10 +68,14 @@ class SweepProgress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         row = self._row(trial)
-        done = (trial.last_result or {}).get("step", 0) >= self.steps
+        verdict = self.stopper.verdicts.get(trial.trial_id) if self.stopper else None
+        done = verdict is None and (trial.last_result or {}).get("step", 0) >= self.steps
         row["state"] = "done" if done else "stopped"
-        if not done:  # Tune stopped it (scheduler or stopper): its driver never closed the run
-            self._close_run(trial.trial_id, "KILLED", row.get("stop_reason") or "stopped by scheduler")
+        if verdict is not None:
+            row["stop_reason"] = verdict.describe()
+        if not done:  # Tune stopped it (stopper or scheduler): its driver never closed the run
+            status = "FAILED" if verdict is not None and verdict.rule == "divergence" else "KILLED"
+            self._close_run(trial.trial_id, status, verdict.rule if verdict else "scheduler", verdict)
         self._refresh()
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -90,12 +96,16 @@ class SweepProgress(Callback):
     def _row(self, trial) -> dict[str, Any]:
         return self.rows.setdefault(trial.trial_id, {"config": {k: trial.config.get(k) for k in self.searched}, "state": "pending"})
 
-    def _close_run(self, trial_id: str, status: str, reason: str) -> None:
+    def _close_run(self, trial_id: str, status: str, reason: str, verdict=None) -> None:
         from mlflow import MlflowClient
 
         client = MlflowClient(self.tracking_uri)
         run_id = tracking.find_trial_run(client, trial_id, self.experiment_ids)
-        if run_id and client.get_run(run_id).info.status == "RUNNING":
+        if not run_id:
+            return
+        if verdict is not None:  # the evidence, for the person asking "why was this stopped?"
+            client.set_tag(run_id, "stop_evidence", json.dumps(verdict.evidence, default=float))
+        if client.get_run(run_id).info.status == "RUNNING" or verdict is not None:
             tracking.end_run(client, run_id, status, reason)
 
     def best(self) -> tuple[str, float] | None:
@@ -125,5 +135,6 @@ class SweepProgress(Callback):
         table.add_column(self.metric, justify="right")
         table.add_column("state")
         for tid, r in self.rows.items():
-            table.add_row(tid, *[fmt(r["config"].get(k)) for k in self.searched], f"{r.get('step') or 0}/{self.steps}", fmt(r.get("metric", "-")), r["state"])
+            state = r["state"] + (f": {r['stop_reason']}" if r.get("stop_reason") else "")
+            table.add_row(tid, *[fmt(r["config"].get(k)) for k in self.searched], f"{r.get('step') or 0}/{self.steps}", fmt(r.get("metric", "-")), state)
         return Group(head, table)

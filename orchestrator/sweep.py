@@ -28,6 +28,7 @@ class TrialSummary:
     metrics: dict[str, float]  # the last report
     step: int
     error: str | None = None
+    stop_reason: str | None = None  # the balance rule and its evidence, when stopped early
 
 
 @dataclass
@@ -94,6 +95,7 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
     from ray import tune
 
     from orchestrator.progress import SweepProgress
+    from orchestrator.stopping import BalanceStopper
     from orchestrator.trial import make_trainable
     from search_spaces.tune_space import param_space
 
@@ -122,9 +124,10 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
     per_trial = spec.resources.workers_per_trial * spec.resources.cpus_per_worker
     concurrent = spec.sweep.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
 
+    stopper = BalanceStopper(spec.stopping, spec.metric, spec.mode)
     progress = SweepProgress(
         metric=spec.metric, mode=spec.mode, steps=spec.trainer.steps, searched=list(spec.search),
-        tracking_uri=uri, console=console, experiment_ids=[experiment_id],
+        tracking_uri=uri, console=console, experiment_ids=[experiment_id], stopper=stopper,
     )
     context = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent, "sweep_id": sweep_id, "storage": storage, "feature_cache": feature_cache}
     from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -139,7 +142,7 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
             search_alg=search_alg,
         ),
         run_config=tune.RunConfig(
-            name=sweep_id, storage_path=storage, callbacks=[progress], verbose=0,
+            name=sweep_id, storage_path=storage, callbacks=[progress], verbose=0, stop=stopper,
             failure_config=tune.FailureConfig(max_failures=0),  # Train restarts workers; a failed driver is a failed trial
         ),
     )
@@ -159,7 +162,9 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
         m = dict(r.metrics or {})
         trial_id = m.get("trial_id") or (r.path and Path(r.path).name)
         row = progress.rows.get(trial_id, {})
-        state = "failed" if r.error else row.get("state", "done")
+        state = row.get("state", "done")
+        if r.error and state != "stopped":
+            state = "failed"
         if state == "running":
             state = "done"
         numeric = {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("trial_id",)}
@@ -170,7 +175,8 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
             config={k: r.config.get(k) for k in spec.search},
             metrics=numeric,
             step=int(m.get("step", 0) or 0),
-            error=str(r.error).splitlines()[0][:300] if r.error else None,
+            error=_error_line(r.error) if r.error else None,
+            stop_reason=row.get("stop_reason"),
         ))
     result = SweepResult(
         sweep_id=sweep_id, experiment=experiment, experiment_id=experiment_id, parent_run_id=parent,
@@ -182,13 +188,22 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
     return result
 
 
+def _error_line(error: BaseException) -> str:
+    """The line of a trial's error a person needs (Ray wraps it in several layers)."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "Error" in ln or "error" in ln:
+            return ln[:300]
+    return (lines[-1] if lines else repr(error))[:300]
+
+
 def _finish_parent(client, result: SweepResult) -> None:
     """Leaderboard and best trial on the parent run, so the MLflow UI answers 'which won?'."""
     from mlflow.entities import Metric, RunTag
 
-    lines = [f"| rank | trial | status | {result.metric} | step | sampled |", "|---|---|---|---|---|---|"]
+    lines = [f"| rank | trial | status | {result.metric} | step | sampled | stop reason |", "|---|---|---|---|---|---|---|"]
     for i, t in enumerate(result.trials, 1):
-        lines.append(f"| {i} | {t.trial_id} | {t.status} | {t.metrics.get(result.metric, float('nan')):.4g} | {t.step} | {t.config} |")
+        lines.append(f"| {i} | {t.trial_id} | {t.status} | {t.metrics.get(result.metric, float('nan')):.4g} | {t.step} | {t.config} | {t.stop_reason or t.error or ''} |")
     client.log_text(result.parent_run_id, "\n".join(lines) + "\n", "leaderboard.md")
     best = result.best
     tags = [RunTag("ganops.trials", str(len(result.trials)))]

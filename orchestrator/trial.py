@@ -69,11 +69,13 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
             ),
         )
         try:
-            trainer.fit()
-        except Exception as e:
-            reason = "divergence" if "DivergenceError" in repr(e) else "error"
-            tracking.end_run(client, run_id, "FAILED", reason)
+            result = trainer.fit()
+        except Exception:
+            tracking.end_run(client, run_id, "FAILED", "error")
             raise
+        if (result.metrics or {}).get("diverged"):
+            tracking.end_run(client, run_id, "FAILED", "divergence")
+            raise RuntimeError(f"trial diverged at step {result.metrics.get('step')} (non-finite loss or gradient)")
         tracking.end_run(client, run_id, "FINISHED")
 
     return tune.with_resources(run_trial, DRIVER_RESOURCES)

@@ -95,6 +95,61 @@ class Resources(_Model):
     gpus_per_worker: float = Field(0.0, ge=0, le=16, description="GPUs per worker; 0 trains on CPU.")
 
 
+class Divergence(_Model):
+    """Non-finite loss or gradient: stop at once (no thresholds)."""
+
+
+class DOverpowers(_Model):
+    """D wins outright: D(G(z)) near 0, D(x) near 1, G's loss high and not falling."""
+
+    d_g_z_below: float = Field(0.05, gt=0, lt=0.5, description="D(G(z)) below this (balance is 0.5).")
+    d_x_above: float = Field(0.95, gt=0.5, lt=1, description="D(x) above this (balance is 0.5).")
+    loss_g_above: float = Field(3.0, gt=0, description="G's loss above this (-ln 0.05 = 3.0; balance is ln 2 = 0.693).")
+    patience: int = Field(3, ge=1, description="Consecutive evals before stopping.")
+
+
+class DFooled(_Model):
+    """D calls everything real: G's loss collapses toward 0."""
+
+    loss_g_below: float = Field(0.1, gt=0, description="G's loss below this (balance is ln 2 = 0.693).")
+    d_g_z_above: float = Field(0.9, gt=0.5, lt=1, description="D(G(z)) above this.")
+    patience: int = Field(3, ge=1, description="Consecutive evals before stopping.")
+
+
+class GradientExplosion(_Model):
+    """A gradient norm of D or G above a threshold."""
+
+    threshold: float = Field(1000.0, gt=0, description="ganhacks warns above 100, but a healthy 28x28 DCGAN's D norm reaches ~350 here, so the default is 1000.")
+    patience: int = Field(3, ge=1, description="Consecutive evals before stopping.")
+
+
+class ModeCollapse(_Model):
+    """Sample-based collapse: balanced losses are not proof of health."""
+
+    min_classes: int | None = Field(5, ge=1, le=10, description="Images: fewer MNIST classes than this among the generated samples.")
+    min_modes: int | None = Field(None, ge=1, description="2-D mixtures: fewer modes captured than this (off by default: coverage grows slowly).")
+    after_step: int = Field(200, ge=0, description="Ignore evals before this iteration: a fresh G draws one blob (warm-up).")
+    patience: int = Field(2, ge=1, description="Consecutive evals before stopping.")
+
+
+class Plateau(_Model):
+    """The sweep metric stopped improving."""
+
+    patience: int = Field(3, ge=1, description="Evals without improvement.")
+    min_delta: float = Field(0.0, ge=0, description="Smallest change that counts as improvement.")
+
+
+class Stopping(_Model):
+    """Balance rules that stop a trial early; set a rule to null to turn it off."""
+
+    divergence: Divergence | None = Field(default_factory=Divergence)
+    d_overpowers: DOverpowers | None = Field(default_factory=DOverpowers)
+    d_fooled: DFooled | None = Field(default_factory=DFooled)
+    gradient_explosion: GradientExplosion | None = Field(default_factory=GradientExplosion)
+    mode_collapse: ModeCollapse | None = Field(default_factory=ModeCollapse)
+    plateau: Plateau | None = Field(None, description="Off by default.")
+
+
 class Tracking(_Model):
     """Where MLflow records the sweep."""
 
@@ -111,6 +166,7 @@ class SweepSpec(_Model):
     search: dict[str, Distribution] = Field(default_factory=dict, description="Trainer settings to search, by name.")
     sweep: Sweep = Field(default_factory=Sweep)
     resources: Resources = Field(default_factory=Resources)
+    stopping: Stopping = Field(default_factory=Stopping)
     tracking: Tracking = Field(default_factory=Tracking)
     storage: str | None = Field(None, description="Ray checkpoints and experiment state: a local directory (default ./ganops_runs/ray) or s3://bucket/prefix.")
 

@@ -80,6 +80,10 @@ class _MlflowSink:
 
             self.client = MlflowClient(tracking_uri)
 
+    def tag(self, key: str, value: str) -> None:
+        if self.client is not None:
+            self.client.set_tag(self.run_id, key, value[:5000])
+
     def log(self, step: int, metrics: dict[str, float], image: np.ndarray | None, generator_file: Path | None) -> None:
         if self.client is None:
             return
@@ -130,12 +134,17 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
         G.train()
         D.train()
         try:
-            m = train_step(G, D, opt_g, opt_d, data, cfg, gen, sync_grads=sync)
+            m = train_step(G, D, opt_g, opt_d, data, cfg, gen, sync_grads=sync, step=step + 1)
         except DivergenceError as e:
-            # The trial ends here; report the evidence so stoppers and the leaderboard see why.
+            # Not a crash to retry from a checkpoint (it would diverge again): the trial ends
+            # here and reports why, so the stopper and the leaderboard can say so.
+            log.warning("trial diverged: %s", e)
+            report = {"diverged": 1.0, "step": step + 1, "train_seconds": train_seconds}
             if sink is not None:
-                sink.log(step + 1, {"diverged": 1.0}, None, None)
-            raise
+                sink.log(step + 1, report, None, None)
+                sink.tag("divergence", str(e))
+            ray.train.report(report)
+            return
         train_seconds += time.perf_counter() - t0
         step += 1
         for k, v in m.items():

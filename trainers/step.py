@@ -79,11 +79,16 @@ def train_step(
     ############################
     # (1) Update D network: maximize log(D(x)) + log(1 - D(G(z)))
     ###########################
-    for _ in range(cfg.d_steps):
+    for i in range(cfg.d_steps):
         real = data.sample(B, generator).to(device)  # (B, 1, 28, 28) or (B, 2)
         z = sample_latent(B, cfg, generator).to(device)  # (B, latent_dim)
-        with torch.no_grad():  # D's update must not build (or move) G's graph
-            fake = G(z)
+        last = i == cfg.d_steps - 1
+        # The last D update's fakes are kept with their graph and reused by G's first update,
+        # as pytorch/examples' dcgan does: one G forward per iteration instead of two.
+        # Earlier ones need no graph; D only ever sees them detached.
+        with torch.set_grad_enabled(last):
+            fake_g = G(z)
+        fake = fake_g.detach()
         opt_d.zero_grad(set_to_none=True)
         # Real and fake in separate batches so D's BN sees all-real / all-fake statistics (ganhacks).
         out_real = D(real).view(-1)  # (B,) logits
@@ -110,11 +115,11 @@ def train_step(
     # update cannot touch D (GAN_NOTES "update discipline").
     D.requires_grad_(False)
     try:
-        for _ in range(cfg.g_steps):
-            z = sample_latent(B, cfg, generator).to(device)
+        for j in range(cfg.g_steps):
+            if j > 0:  # the first G update reuses the last D update's fakes (and their graph)
+                fake_g = G(sample_latent(B, cfg, generator).to(device))  # (B, 1, 28, 28) or (B, 2)
             opt_g.zero_grad(set_to_none=True)
-            fake = G(z)  # (B, 1, 28, 28) or (B, 2)
-            out = D(fake).view(-1)  # (B,)
+            out = D(fake_g).view(-1)  # (B,)
             # Non-saturating loss (Goodfellow et al. 2014): target 1, not 1 - log(1 - D),
             # keeps G's gradient alive when D rejects its samples. No smoothing on G's target.
             loss_g = F.binary_cross_entropy_with_logits(out, torch.ones_like(out))

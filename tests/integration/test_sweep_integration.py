@@ -20,6 +20,7 @@ search:
   lr_g: {loguniform: [1.0e-4, 1.0e-3]}
   real_label: {choice: [0.9, 1.0]}
 sweep: {num_samples: 2, seed: 1}
+stopping: {mode_collapse: null}  # 4 iterations: a fresh G draws one class
 """
 
 

@@ -1,0 +1,152 @@
+"""Stop trials whose generator and discriminator have fallen out of balance.
+
+The rules are pure functions of one trial's history of eval reports (oldest first); each
+returns `None` (keep going) or a `Verdict` naming the rule and the values that triggered
+it. `BalanceStopper` is the thin Tune adapter. Thresholds come from the spec's `stopping`
+section; defaults and their sources are in `search_spaces.spec.Stopping`.
+
+Balance means D outputs 0.5 on both real and fake and each BCE term sits at ln 2 ~ 0.693.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ray.tune import Stopper
+
+History = list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    rule: str
+    evidence: dict[str, float]
+
+    def describe(self) -> str:
+        ev = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.evidence.items())
+        return f"{self.rule} ({ev})"
+
+
+def _tail(history: History, n: int) -> History | None:
+    return history[-n:] if len(history) >= n else None
+
+
+def divergence(history: History, cfg) -> Verdict | None:
+    """A non-finite loss or gradient, or the loop's own divergence report: stop at once."""
+    last = history[-1]
+    if last.get("diverged"):
+        return Verdict("divergence", {"step": last.get("step", 0)})
+    for k in ("loss_d", "loss_g", "grad_norm_d", "grad_norm_g"):
+        v = last.get(k)
+        if isinstance(v, (int, float)) and not math.isfinite(v):
+            return Verdict("divergence", {k: v, "step": last.get("step", 0)})
+    return None
+
+
+def d_overpowers(history: History, cfg) -> Verdict | None:
+    """D(G(z)) near 0 and D(x) near 1 for `patience` evals while G's loss does not come down
+    (ganhacks #2: G error 0.76 -> 4.97 while D error fell 0.60 -> 0.007)."""
+    tail = _tail(history, cfg.patience)
+    if tail is None:
+        return None
+    if all(r.get("d_g_z", 1) < cfg.d_g_z_below and r.get("d_x", 0) > cfg.d_x_above and r.get("loss_g", 0) > cfg.loss_g_above for r in tail):
+        if tail[-1]["loss_g"] >= tail[0]["loss_g"] - 1e-6 or cfg.patience == 1:
+            return Verdict("d_overpowers", {k: float(tail[-1][k]) for k in ("d_x", "d_g_z", "loss_g")} | {"evals": len(tail)})
+    return None
+
+
+def d_fooled(history: History, cfg) -> Verdict | None:
+    """G's loss near 0 / D calling everything real, for `patience` evals."""
+    tail = _tail(history, cfg.patience)
+    if tail is None:
+        return None
+    if all(r.get("loss_g", 1) < cfg.loss_g_below and r.get("d_g_z", 0) > cfg.d_g_z_above for r in tail):
+        return Verdict("d_fooled", {k: float(tail[-1][k]) for k in ("loss_g", "d_g_z")} | {"evals": len(tail)})
+    return None
+
+
+def gradient_explosion(history: History, cfg) -> Verdict | None:
+    """A gradient norm above the threshold for `patience` evals."""
+    tail = _tail(history, cfg.patience)
+    if tail is None:
+        return None
+    for k in ("grad_norm_d", "grad_norm_g"):
+        if all(r.get(k, 0) > cfg.threshold for r in tail):
+            return Verdict("gradient_explosion", {k: float(tail[-1][k]), "threshold": cfg.threshold, "evals": len(tail)})
+    return None
+
+
+def mode_collapse(history: History, cfg) -> Verdict | None:
+    """Class coverage (images) or mode coverage (2-D mixtures) below its floor for `patience`
+    evals, once past the warm-up: balanced losses do not prove health (GAN_NOTES)."""
+    tail = _tail(history, cfg.patience)
+    if tail is None or tail[0].get("step", 0) < cfg.after_step:
+        return None
+    for key, floor in (("class_coverage", cfg.min_classes), ("modes", cfg.min_modes)):
+        if floor is not None and all(key in r and r[key] < floor for r in tail):
+            return Verdict("mode_collapse", {key: float(tail[-1][key]), "floor": floor, "evals": len(tail)})
+    return None
+
+
+def plateau(history: History, cfg, metric: str, mode: str) -> Verdict | None:
+    """The sweep metric has not improved by `min_delta` over its best in the last `patience` evals."""
+    if len(history) <= cfg.patience:
+        return None
+    values = [r.get(metric) for r in history]
+    if any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
+        return None
+    sign = 1 if mode == "min" else -1
+    best_before = min(sign * v for v in values[: -cfg.patience])
+    best_recent = min(sign * v for v in values[-cfg.patience :])
+    if best_recent > best_before - cfg.min_delta:
+        return Verdict("plateau", {metric: float(values[-1]), "best": float(sign * best_before), "evals": cfg.patience})
+    return None
+
+
+RULES: dict[str, Callable[..., Verdict | None]] = {
+    "divergence": divergence,
+    "d_overpowers": d_overpowers,
+    "d_fooled": d_fooled,
+    "gradient_explosion": gradient_explosion,
+    "mode_collapse": mode_collapse,
+}
+
+
+def judge(history: History, stopping, metric: str, mode: str) -> Verdict | None:
+    """First rule (in the order above, then plateau) that fires on this history, if any."""
+    if not history:
+        return None
+    for name, rule in RULES.items():
+        cfg = getattr(stopping, name, None)
+        if cfg is not None and (v := rule(history, cfg)):
+            return v
+    if stopping.plateau is not None:
+        return plateau(history, stopping.plateau, metric, mode)
+    return None
+
+
+@dataclass
+class BalanceStopper(Stopper):
+    """Tune stopper: feed each trial's reports to the rules; remember why a trial was stopped."""
+
+    stopping: Any
+    metric: str
+    mode: str
+    histories: dict[str, History] = field(default_factory=dict)
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        if "step" not in result:
+            return False
+        history = self.histories.setdefault(trial_id, [])
+        history.append({k: v for k, v in result.items() if isinstance(v, (int, float))})
+        verdict = judge(history, self.stopping, self.metric, self.mode)
+        if verdict is not None:
+            self.verdicts[trial_id] = verdict
+            return True
+        return False
+
+    def stop_all(self) -> bool:
+        return False
