@@ -23,12 +23,15 @@ from trainers.models import build_models, sample_latent
 from trainers.step import build_optimizers, train_step
 
 
-def reference_loop(cfg: TrainerConfig, iters: int) -> float:
-    torch.manual_seed(cfg.seed)
+def setup(cfg: TrainerConfig):
+    """Identical models, optimizers, data and RNG for both loops."""
     G, D = build_models(cfg)
     opt_g, opt_d = build_optimizers(G, D, cfg)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    data = make_data(cfg)
+    return G, D, opt_g, opt_d, torch.Generator().manual_seed(cfg.seed), make_data(cfg)
+
+
+def reference_loop(cfg: TrainerConfig, iters: int) -> float:
+    G, D, opt_g, opt_d, gen, data = setup(cfg)
     B = cfg.batch_size
     t0 = time.perf_counter()
     for _ in range(iters):
@@ -54,11 +57,7 @@ def reference_loop(cfg: TrainerConfig, iters: int) -> float:
 
 
 def ganops_loop(cfg: TrainerConfig, iters: int) -> float:
-    torch.manual_seed(cfg.seed)
-    G, D = build_models(cfg)
-    opt_g, opt_d = build_optimizers(G, D, cfg)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    data = make_data(cfg)
+    G, D, opt_g, opt_d, gen, data = setup(cfg)
     t0 = time.perf_counter()
     for _ in range(iters):
         train_step(G, D, opt_g, opt_d, data, cfg, gen)

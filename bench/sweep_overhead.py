@@ -27,9 +27,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("spec")
     ap.add_argument("--set", action="append", default=[], dest="overrides")
+    ap.add_argument("--keep", help="Keep the sweep's runs in this directory (default: a temp dir, removed).")
     args = ap.parse_args()
     spec = str(Path(args.spec).resolve())
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep or scratch
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "GANOPS_HOME": str(Path(tmp) / "runs")}
         cmd = [sys.executable, "-m", "orchestrator.cli", "sweep", spec, "--json", *sum((["--set", o] for o in args.overrides), [])]
         launched = time.time()

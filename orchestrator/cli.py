@@ -97,9 +97,12 @@ def sweep(
     _setup_logging()
     spec, text = _load(file, set_)
     from orchestrator.api import run_sweep
+    from orchestrator.sweep import SweepError
 
     try:
         result = run_sweep(spec, spec_text=text, address=address, console=err)
+    except SweepError as e:
+        _fail(f"{e}. Nothing was launched.", 2)
     except KeyboardInterrupt:
         _fail("interrupted; finished trials are in MLflow (`ganops ui`)", 1)
     except Exception as e:  # noqa: BLE001 - shown to the person, traceback with GANOPS_DEBUG=1

@@ -69,10 +69,44 @@ class SweepResult:
         return d
 
 
+SWEEP_ENV = {
+    # No phoning home from a sweep.
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    # Snappier Ray Train teardown.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+    # A stopped trial's driver sits inside TorchTrainer.fit(), so Tune's graceful stop never
+    # lands and Tune force-kills it only after this many seconds (default 600). Until then
+    # the stopped trial keeps training and holds its CPUs: early stopping would save nothing.
+    "TUNE_FORCE_TRIAL_CLEANUP_S": "2",
+    # In a sweep, a trial's workers wait for CPUs that a finishing trial is about to free;
+    # Ray Train's default 60 s wait fails such trials. Infeasible requests are refused up front.
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "900",
+}
+
+
+class SweepError(Exception):
+    """A sweep that cannot start as asked (e.g. a trial needs more than the cluster has)."""
+
+
 def quiet_environment() -> None:
-    """No phoning home from a sweep (usage stats, telemetry), and a snappier Ray Train teardown."""
-    for k, v in {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}.items():
+    for k, v in SWEEP_ENV.items():
         os.environ.setdefault(k, v)
+
+
+def check_fits(spec: SweepSpec, resources: dict[str, float]) -> None:
+    """Refuse a trial that no node set of this cluster could ever hold, instead of hanging."""
+    r = spec.resources
+    need = {"CPU": r.workers_per_trial * r.cpus_per_worker, "GPU": r.workers_per_trial * r.gpus_per_worker}
+    for name, amount in need.items():
+        have = resources.get(name, 0.0)
+        if amount > have:
+            raise SweepError(
+                f"one trial needs {amount:g} {name} (resources.workers_per_trial={r.workers_per_trial} x "
+                f"{name.lower()}s_per_worker) but the Ray cluster has {have:g}; lower resources.* in the spec "
+                f"or pass --address of a bigger cluster"
+            )
 
 
 def _init_ray(address: str | None) -> None:
@@ -119,8 +153,9 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
         feature_cache = str(default_cache_dir())
         load_feature_extractor(Path(feature_cache))
 
-    parent = tracking.start_sweep_run(client, experiment_id, sweep_id, spec.model_dump(mode="json"), spec.spec_hash, spec_text, spec.description)
     _init_ray(address)
+    check_fits(spec, ray.cluster_resources())
+    parent = tracking.start_sweep_run(client, experiment_id, sweep_id, spec.model_dump(mode="json"), spec.spec_hash, spec_text, spec.description)
     per_trial = spec.resources.workers_per_trial * spec.resources.cpus_per_worker
     concurrent = spec.sweep.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
 

@@ -141,3 +141,16 @@ def test_missing_file_and_non_utf8(tmp_path):
     p.write_bytes(b"\xff\xfe\x00name")
     with pytest.raises(SpecError, match="UTF-8"):
         load_spec(p)
+
+
+def test_trial_bigger_than_cluster_is_refused_up_front():
+    """A trial that no cluster node set can hold is a clear error, not a hang."""
+    from orchestrator.sweep import SweepError, check_fits
+
+    spec = spec_from_text("name: t\nresources: {workers_per_trial: 3, cpus_per_worker: 1}\n")
+    with pytest.raises(SweepError, match="needs 3 CPU"):
+        check_fits(spec, {"CPU": 2.0})
+    check_fits(spec, {"CPU": 4.0})
+    gpu = spec_from_text("name: t\nresources: {gpus_per_worker: 1}\n")
+    with pytest.raises(SweepError, match="GPU"):
+        check_fits(gpu, {"CPU": 2.0})
