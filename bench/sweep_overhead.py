@@ -56,9 +56,11 @@ def main() -> None:
             if hist:
                 first = min(m.timestamp for m in hist)
                 first_metric_ms = first if first_metric_ms is None else min(first_metric_ms, first)
-        concurrent = min(len(runs), max(1, int(os.cpu_count() or 1)))
-        spec_concurrency = json.loads(subprocess.run([sys.executable, "-m", "orchestrator.cli", "validate", spec, "--json", *sum((["--set", o] for o in args.overrides), [])], capture_output=True, text=True).stdout)["spec"]["sweep"]["max_concurrent_trials"]
-        concurrent = spec_concurrency or concurrent
+        # Trials that can TRAIN at once: the CPU slots (ganops starts one more trial ahead,
+        # but it only waits for a CPU; counting it would flatter the ideal).
+        res = json.loads(subprocess.run([sys.executable, "-m", "orchestrator.cli", "validate", spec, "--json", *sum((["--set", o] for o in args.overrides), [])], capture_output=True, text=True).stdout)["spec"]["resources"]
+        slots = max(1, int((os.cpu_count() or 1) // (res["workers_per_trial"] * res["cpus_per_worker"])))
+        concurrent = min(len(runs), slots)
         ideal = train / concurrent
         wall = ended - launched
         report = {

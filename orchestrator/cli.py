@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-for _k, _v in {"MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}.items():
+for _k, _v in {"MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
     os.environ.setdefault(_k, _v)  # before mlflow / ray are imported: no chatter, no phoning home
 
 import typer  # noqa: E402

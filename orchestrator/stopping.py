@@ -52,7 +52,8 @@ def d_overpowers(history: History, cfg) -> Verdict | None:
     if tail is None:
         return None
     if all(r.get("d_g_z", 1) < cfg.d_g_z_below and r.get("d_x", 0) > cfg.d_x_above and r.get("loss_g", 0) > cfg.loss_g_above for r in tail):
-        if tail[-1]["loss_g"] >= tail[0]["loss_g"] - 1e-6 or cfg.patience == 1:
+        # G is "fighting back" only if its loss fell by more than 10% over the window.
+        if tail[-1]["loss_g"] >= 0.9 * tail[0]["loss_g"] or cfg.patience == 1:
             return Verdict("d_overpowers", {k: float(tail[-1][k]) for k in ("d_x", "d_g_z", "loss_g")} | {"evals": len(tail)})
     return None
 

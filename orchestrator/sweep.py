@@ -122,6 +122,32 @@ def _init_ray(address: str | None) -> None:
         ray.init(include_dashboard=False, **kwargs)
 
 
+def build_search(spec: SweepSpec, concurrent: int):
+    """The spec's search algorithm and scheduler, as Ray Tune objects."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if spec.sweep.search_alg == "optuna":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+            import optuna  # noqa: F401
+        except ImportError:
+            raise SweepError("search_alg: optuna needs Optuna: pip install optuna") from None
+        searcher = ConcurrencyLimiter(OptunaSearch(seed=spec.sweep.seed), max_concurrent=concurrent)
+    else:
+        # Random/grid search; the seed makes the sampled configs repeatable.
+        searcher = BasicVariantGenerator(random_state=spec.sweep.seed, max_concurrent=concurrent)
+    if spec.sweep.scheduler == "asha":
+        evals = max(1, spec.trainer.steps // spec.trainer.eval_every)
+        a = spec.sweep.asha
+        # Time is counted in evals (Tune's training_iteration): one rung = one or more evals.
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=evals, grace_period=min(a.grace_period, evals), reduction_factor=a.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    return searcher, scheduler
+
+
 def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | None = None, console: Console | None = None) -> SweepResult:
     """Run the sweep described by `spec` to the end and return its trials, best first."""
     import ray
@@ -157,7 +183,10 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
     check_fits(spec, ray.cluster_resources())
     parent = tracking.start_sweep_run(client, experiment_id, sweep_id, spec.model_dump(mode="json"), spec.spec_hash, spec_text, spec.description)
     per_trial = spec.resources.workers_per_trial * spec.resources.cpus_per_worker
-    concurrent = spec.sweep.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
+    # One trial more than the CPUs hold: its driver and Ray Train controller start (~15 s
+    # here) while the others train, and its workers take the CPUs the moment they free.
+    concurrent = spec.sweep.max_concurrent_trials or slots + 1
 
     stopper = BalanceStopper(spec.stopping, spec.metric, spec.mode)
     progress = SweepProgress(
@@ -165,16 +194,13 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
         tracking_uri=uri, console=console, experiment_ids=[experiment_id], stopper=stopper,
     )
     context = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent, "sweep_id": sweep_id, "storage": storage, "feature_cache": feature_cache}
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    # Random/grid search; the seed makes the sampled configs repeatable.
-    search_alg = BasicVariantGenerator(random_state=spec.sweep.seed, max_concurrent=concurrent)
+    search_alg, scheduler = build_search(spec, concurrent)
     tuner = tune.Tuner(
         make_trainable(spec, context),
         param_space=param_space(spec),
         tune_config=tune.TuneConfig(
             metric=spec.metric, mode=spec.mode, num_samples=spec.sweep.num_samples,
-            search_alg=search_alg,
+            search_alg=search_alg, scheduler=scheduler,
         ),
         run_config=tune.RunConfig(
             name=sweep_id, storage_path=storage, callbacks=[progress], verbose=0, stop=stopper,

@@ -76,8 +76,19 @@ class Distribution(_Model):
         return [low, high]
 
 
+class Asha(_Model):
+    """Asynchronous successive halving on the sweep metric (Ray Tune's ASHAScheduler)."""
+
+    grace_period: int = Field(1, ge=1, description="Evals every trial gets before it can be cut.")
+    reduction_factor: float = Field(3.0, gt=1, description="Keep the best 1/reduction_factor at each rung.")
+
+
 class Sweep(_Model):
     """How many trials, how many at once, and what 'best' means."""
+
+    scheduler: Literal["fifo", "asha"] = Field("fifo", description="fifo runs every trial to its end (or its balance stop); asha cuts the worse trials at rungs.")
+    asha: Asha = Field(default_factory=Asha, description="ASHA settings, used when scheduler is asha.")
+    search_alg: Literal["random", "optuna"] = Field("random", description="random (and grid) sampling, or Optuna's TPE (needs `pip install optuna`).")
 
     num_samples: int = Field(8, ge=1, le=100_000, description="Trials to sample (times the grid size when `grid` is used).")
     max_concurrent_trials: int | None = Field(None, ge=1, description="Trials running at once; default: as many as the cluster's CPUs allow.")
@@ -183,6 +194,10 @@ class SweepSpec(_Model):
                 except ValidationError as e:
                     msg = "; ".join(err["msg"] for err in e.errors())
                     raise ValueError(f"search.{key}.{dist.kind}: value {value!r} is not a valid trainer.{key}: {msg}") from None
+        if self.sweep.search_alg == "optuna":
+            grids = [k for k, d in self.search.items() if d.kind == "grid"]
+            if grids:
+                raise ValueError(f"search.{grids[0]}: Optuna cannot take grid values; use choice, or search_alg: random")
         metrics = self.metric_table
         if self.sweep.metric is not None and self.sweep.metric not in metrics:
             raise ValueError(f"sweep.metric: {self.sweep.metric!r} is not reported for data {self.trainer.data!r}; choose one of: {', '.join(metrics)}")

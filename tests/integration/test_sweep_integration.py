@@ -90,3 +90,27 @@ resources: {workers_per_trial: 2, cpus_per_worker: 1}
     r = CliRunner().invoke(app, ["sample", t.trial_id, "--n", "50", "--out", "pts.npy"])
     assert r.exit_code == 0, r.output
     assert np.load("pts.npy").shape == (50, 2)
+
+
+def test_d_dominated_trial_is_stopped_with_its_reason_and_evidence(local_ray, ganops_home):
+    """A trial whose D overpowers G (G barely learns, D takes 5 steps at a high lr) is stopped
+    early in a real Tune run: KILLED in MLflow with stop_reason and the evidence."""
+    text = """
+name: d-wins
+trainer: {model: mlp2d, data: grid25, steps: 400, eval_every: 20, batch_size: 128, width: 64, lr_g: 1.0e-6, lr_d: 1.0e-2, dg_ratio: "5:1"}
+sweep: {num_samples: 1}
+stopping:
+  d_overpowers: {d_x_above: 0.9, d_g_z_below: 0.1, loss_g_above: 2.0, patience: 2}
+"""
+    result = run_sweep(spec_from_text(text))
+    (t,) = result.trials
+    assert t.status == "stopped" and t.stop_reason.startswith("d_overpowers"), t
+    assert t.step < 400
+    client = MlflowClient(result.tracking_uri)
+    run = client.get_run(t.run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["stop_reason"] == "d_overpowers"
+    evidence = json.loads(run.data.tags["stop_evidence"])
+    assert evidence["d_g_z"] < 0.1 and evidence["d_x"] > 0.9
+    with open(client.download_artifacts(result.parent_run_id, "leaderboard.md")) as f:
+        assert "d_overpowers" in f.read()
