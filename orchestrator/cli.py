@@ -200,6 +200,42 @@ def sample(
         err.print(f"wrote {info['n']} samples {tuple(info['shape'])} of run {info['run_id']} to {info['out']}", highlight=False)
 
 
+@app.command()
+def compare(
+    sweep_id: Annotated[str, typer.Argument(metavar="SWEEP", help="Sweep id (as the leaderboard prints it) or the sweep's MLflow run id.")],
+    tracking_uri: TrackingOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Table of a sweep's trials from MLflow: sampled values, metric, balance, stop reason. Works while it runs.
+
+    Example: ganops compare dcgan-mnist-20261123-120402
+    """
+    from orchestrator.compare import CompareError, compare as _compare
+    from orchestrator.progress import fmt
+    from orchestrator.tracking import resolve_tracking_uri
+
+    try:
+        out = _compare(resolve_tracking_uri(tracking_uri), sweep_id)
+    except CompareError as e:
+        _fail(str(e), 2)
+    if json_:
+        typer.echo(json.dumps(out, default=str))
+        return
+    trials = out["trials"]
+    sampled = sorted({k for t in trials for k in t["sampled"]})
+    metric = out["metric"]
+    extra = [k for k in ("modes", "hq_pct", "reverse_kl", "loss_d", "loss_g", "d_x", "d_g_z") if k != metric and any(k in t for t in trials)]
+    table = Table(title=f"{out['sweep_id']} ({out['status']}): best {metric} ({out['mode']}) first", title_justify="left")
+    for col in ["#", "trial", *sampled, metric, *extra, "step", "status", "stop reason"]:
+        table.add_column(col)
+    for i, t in enumerate(trials, 1):
+        table.add_row(str(i), t["trial_id"] or "-", *[fmt(t["sampled"].get(k, "-")) for k in sampled], fmt(t.get(metric) if t.get(metric) is not None else "-"),
+                      *[fmt(t.get(k, "-")) for k in extra], str(t["step"]), t["status"], t["stop_reason"] or "")
+    err.print(table)
+    if trials:
+        err.print(f"Next: ganops sample {trials[0]['trial_id']} --n 64 --out best.png", style="dim", highlight=False)
+
+
 def main() -> None:  # pragma: no cover - console script entry
     app()
 

@@ -67,8 +67,8 @@ def _params(d: dict[str, Any]) -> list[Param]:
     return [Param(k, str(v)) for k, v in sorted(d.items())]
 
 
-def start_sweep_run(client: MlflowClient, experiment_id: str, sweep_id: str, spec_dump: dict, spec_hash: str, spec_text: str | None, description: str | None) -> str:
-    tags = {TAG_KIND: "sweep", TAG_SWEEP: sweep_id, TAG_SPEC_HASH: spec_hash, "mlflow.runName": sweep_id}
+def start_sweep_run(client: MlflowClient, experiment_id: str, sweep_id: str, spec_dump: dict, spec_hash: str, spec_text: str | None, description: str | None, metric: str, mode: str) -> str:
+    tags = {TAG_KIND: "sweep", TAG_SWEEP: sweep_id, TAG_SPEC_HASH: spec_hash, "mlflow.runName": sweep_id, "ganops.metric": metric, "ganops.mode": mode}
     if description:
         tags["mlflow.note.content"] = description
     if sha := git_commit():
@@ -122,3 +122,22 @@ def end_run(client: MlflowClient, run_id: str, status: str, stop_reason: str | N
     if tags:
         client.log_batch(run_id, tags=tags)
     client.set_terminated(run_id, status=status)
+
+
+def find_sweep_run(client: MlflowClient, sweep: str):
+    """A sweep's parent run, by sweep id (as the leaderboard prints it) or by MLflow run id."""
+    from mlflow.exceptions import MlflowException
+
+    ids = [e.experiment_id for e in client.search_experiments()]
+    found = client.search_runs(ids, filter_string=f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_KIND}` = 'sweep'", max_results=1) if ids else []
+    if found:
+        return found[0]
+    try:
+        run = client.get_run(sweep)
+    except MlflowException:
+        return None
+    return run if run.data.tags.get(TAG_KIND) == "sweep" else None
+
+
+def trial_runs(client: MlflowClient, parent) -> list:
+    return client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent.info.run_id}'", max_results=10_000)

@@ -43,7 +43,7 @@ def test_sweep_records_parent_and_child_runs_with_metrics_images_and_generator(l
     client = MlflowClient(result.tracking_uri)
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["ganops.kind"] == "sweep"
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"leaderboard.md", "spec"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"leaderboard.md", "leaderboard.csv", "spec"}
     children = trial_runs(client, result)
     assert set(children) == {t.trial_id for t in result.trials}
     for t in result.trials:
@@ -61,8 +61,15 @@ def test_sweep_records_parent_and_child_runs_with_metrics_images_and_generator(l
     best = result.best
     assert best is not None and best.metrics["fid"] == min(t.metrics["fid"] for t in result.trials)
 
-    # `ganops sample` by Ray trial id: raw samples in [-1, 1] and a PNG grid.
+    # `ganops compare` reads the same sweep back from MLflow, best first.
     runner = CliRunner()
+    r = runner.invoke(app, ["compare", result.sweep_id, "--json"])
+    assert r.exit_code == 0, r.output
+    table = json.loads(r.stdout)
+    assert [t["trial_id"] for t in table["trials"]] == [t.trial_id for t in result.trials]
+    assert runner.invoke(app, ["compare", "no-such-sweep"]).exit_code == 2
+
+    # `ganops sample` by Ray trial id: raw samples in [-1, 1] and a PNG grid.
     r = runner.invoke(app, ["sample", best.trial_id, "--n", "10", "--out", "s.npy", "--json"])
     assert r.exit_code == 0, r.output
     x = np.load("s.npy")
