@@ -30,8 +30,9 @@ def fmt(v: Any) -> str:
 
 
 class SweepProgress(Callback):
-    def __init__(self, *, metric: str, mode: str, steps: int, searched: list[str], tracking_uri: str, console: Console | None, experiment_ids: list[str], stopper=None):
+    def __init__(self, *, metric: str, mode: str, steps: int, searched: list[str], tracking_uri: str, console: Console | None, experiment_ids: list[str], stopper=None, board=None):
         self.stopper = stopper
+        self.board = board
         self.metric, self.mode, self.steps, self.searched = metric, mode, steps, searched
         self.tracking_uri, self.experiment_ids = tracking_uri, experiment_ids
         self.console = console
@@ -74,6 +75,8 @@ class SweepProgress(Callback):
         if verdict is not None:
             row["stop_reason"] = verdict.describe()
         if not done:  # Tune stopped it (stopper or scheduler): its driver never closed the run
+            if self.board is not None:
+                self.board.stop.remote(trial.trial_id)  # its workers end their loop and free the CPUs
             status = "FAILED" if verdict is not None and verdict.rule == "divergence" else "KILLED"
             self._close_run(trial.trial_id, status, verdict.rule if verdict else "scheduler", verdict)
         self._refresh()

@@ -76,12 +76,12 @@ SWEEP_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     # Snappier Ray Train teardown.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
-    # A stopped trial's driver sits inside TorchTrainer.fit(), so Tune's graceful stop never
-    # lands and Tune force-kills it only after this many seconds (default 600). Until then
-    # the stopped trial keeps training and holds its CPUs: early stopping would save nothing.
-    "TUNE_FORCE_TRIAL_CLEANUP_S": "2",
+    # A stopped trial ends itself through the StopBoard (orchestrator/stopping.py); Tune's
+    # force-kill of its driver (default after 600 s) stays only as a backstop.
+    "TUNE_FORCE_TRIAL_CLEANUP_S": "120",
     # In a sweep, a trial's workers wait for CPUs that a finishing trial is about to free;
     # Ray Train's default 60 s wait fails such trials. Infeasible requests are refused up front.
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "900",
@@ -157,7 +157,7 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
     from ray import tune
 
     from orchestrator.progress import SweepProgress
-    from orchestrator.stopping import BalanceStopper
+    from orchestrator.stopping import BalanceStopper, start_stop_board
     from orchestrator.trial import make_trainable
     from search_spaces.tune_space import param_space
 
@@ -189,12 +189,13 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
     # overlaps the others' training, measured slower here: 550 s vs 525 s for dcgan.yaml.)
     concurrent = spec.sweep.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
 
+    board_name, board = start_stop_board(sweep_id)
     stopper = BalanceStopper(spec.stopping, spec.metric, spec.mode)
     progress = SweepProgress(
         metric=spec.metric, mode=spec.mode, steps=spec.trainer.steps, searched=list(spec.search),
-        tracking_uri=uri, console=console, experiment_ids=[experiment_id], stopper=stopper,
+        tracking_uri=uri, console=console, experiment_ids=[experiment_id], stopper=stopper, board=board,
     )
-    context = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent, "sweep_id": sweep_id, "storage": storage, "feature_cache": feature_cache}
+    context = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent, "sweep_id": sweep_id, "storage": storage, "feature_cache": feature_cache, "stop_board": board_name}
     search_alg, scheduler = build_search(spec, concurrent)
     tuner = tune.Tuner(
         make_trainable(spec, context),
@@ -281,4 +282,10 @@ def _finish_parent(client, result: SweepResult) -> None:
         tags += [RunTag("ganops.best_trial", best.trial_id), RunTag("ganops.best_run_id", best.run_id or "")]
         metrics.append(Metric(f"best_{result.metric}", best.metrics[result.metric], int(time.time() * 1000), 0))
     client.log_batch(result.parent_run_id, metrics=metrics, tags=tags)
+    from orchestrator.contact_sheet import log_contact_sheet
+
+    try:
+        log_contact_sheet(client, result.parent_run_id, [(t.trial_id, t.run_id) for t in result.trials if t.run_id])
+    except Exception:  # noqa: BLE001 - a picture must never cost the sweep its result
+        log.warning("could not build the contact sheet", exc_info=True)
     client.set_terminated(result.parent_run_id, status="FINISHED")

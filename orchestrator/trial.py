@@ -51,7 +51,10 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
             train_per_worker,
             train_loop_config={
                 "trainer": trainer_cfg,
-                "run": {"tracking_uri": context["tracking_uri"], "run_id": run_id, "feature_cache": context.get("feature_cache")},
+                "run": {
+                    "tracking_uri": context["tracking_uri"], "run_id": run_id, "feature_cache": context.get("feature_cache"),
+                    "trial_id": trial_id, "stop_board": context.get("stop_board"),
+                },
             },
             scaling_config=ScalingConfig(
                 num_workers=r.workers_per_trial,

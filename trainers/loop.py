@@ -97,6 +97,38 @@ class _MlflowSink:
             self.client.log_artifact(self.run_id, str(generator_file), artifact_path="generator")
 
 
+class _StopSignal:
+    """Asks the sweep's stop board (a named Ray actor) whether this trial was stopped.
+
+    Rank 0 asks every `every` steps and broadcasts the answer so all workers leave the loop
+    at the same step (a worker left behind would wait in the next all-reduce forever)."""
+
+    def __init__(self, board_name: str | None, trial_id: str | None, rank: int, every: int = 20):
+        # `active` is the same on every rank (it comes from the config), so all ranks take part
+        # in the same broadcasts; only rank 0 talks to the board.
+        self.active = bool(board_name and trial_id)
+        self.board, self.trial_id, self.rank, self.every = None, trial_id, rank, every
+        if self.active and rank == 0:
+            import ray
+
+            try:
+                self.board = ray.get_actor(board_name)
+            except ValueError:
+                log.warning("stop board %s not found; this trial will only stop at its end", board_name)
+
+    def requested(self, step: int) -> bool:
+        if not self.active or step % self.every:
+            return False
+        import ray
+
+        flag = torch.tensor([0])
+        if self.board is not None:
+            flag[0] = int(ray.get(self.board.is_stopped.remote(self.trial_id)))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast(flag, src=0)
+        return bool(flag[0])
+
+
 def train_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point. `loop_config` = {"trainer": TrainerConfig dump, "run": {...}}."""
     import ray.train
@@ -128,7 +160,11 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
     window: dict[str, list[float]] = {}
     train_seconds = 0.0
 
+    stop = _StopSignal(run.get("stop_board"), run.get("trial_id"), rank)
     while step < cfg.steps:
+        if stop.requested(step):
+            log.info("sweep stopped this trial at step %d", step)
+            return
         t0 = time.perf_counter()
         G.train()
         D.train()

@@ -24,11 +24,22 @@ stopping: {mode_collapse: null}  # 4 iterations: a fresh G draws one class
 """
 
 
+FAKE_KEY_ID = "AKIAGANOPSFAKE0000000"
+FAKE_SECRET = "ganops-fake-secret-never-logged-0123456789"
+
+
 @pytest.fixture(scope="module")
 def local_ray():
+    # Fake credentials in the environment of the sweep and of every Ray worker: nothing the
+    # sweep writes may contain them (checked by the two-worker test).
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AWS_ACCESS_KEY_ID", FAKE_KEY_ID)
+    mp.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
+    mp.setenv("MLFLOW_TRACKING_TOKEN", FAKE_SECRET)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+    mp.undo()
 
 
 def trial_runs(client, result):
@@ -43,7 +54,7 @@ def test_sweep_records_parent_and_child_runs_with_metrics_images_and_generator(l
     client = MlflowClient(result.tracking_uri)
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["ganops.kind"] == "sweep"
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"leaderboard.md", "leaderboard.csv", "spec"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"leaderboard.md", "leaderboard.csv", "spec", "contact_sheet.png"}
     children = trial_runs(client, result)
     assert set(children) == {t.trial_id for t in result.trials}
     for t in result.trials:
@@ -97,6 +108,13 @@ resources: {workers_per_trial: 2, cpus_per_worker: 1}
     r = CliRunner().invoke(app, ["sample", t.trial_id, "--n", "50", "--out", "pts.npy"])
     assert r.exit_code == 0, r.output
     assert np.load("pts.npy").shape == (50, 2)
+
+    # No credential reaches MLflow (params, tags, metrics, artifacts) or Ray's storage.
+    written = [p for p in ganops_home.rglob("*") if p.is_file()]
+    assert any(p.name == "mlflow.db" for p in written) and any("checkpoint" in str(p) for p in written)
+    for p in written:
+        data = p.read_bytes()
+        assert FAKE_SECRET.encode() not in data and FAKE_KEY_ID.encode() not in data, p
 
 
 def test_d_dominated_trial_is_stopped_with_its_reason_and_evidence(local_ray, ganops_home):
