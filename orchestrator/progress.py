@@ -74,9 +74,7 @@ class SweepProgress(Callback):
         row["state"] = "done" if done else "stopped"
         if verdict is not None:
             row["stop_reason"] = verdict.describe()
-        if not done:  # Tune stopped it (stopper or scheduler): its driver never closed the run
-            if self.board is not None:
-                self.board.stop.remote(trial.trial_id)  # its workers end their loop and free the CPUs
+        if not done:  # stopped by a balance rule or the scheduler: the sweep closes its run
             status = "FAILED" if verdict is not None and verdict.rule == "divergence" else "KILLED"
             self._close_run(trial.trial_id, status, verdict.rule if verdict else "scheduler", verdict)
         self._refresh()

@@ -135,19 +135,25 @@ class BalanceStopper(Stopper):
     stopping: Any
     metric: str
     mode: str
+    board: Any = None  # a StopBoard actor handle: the trial stops itself (see StopBoard)
     histories: dict[str, History] = field(default_factory=dict)
     verdicts: dict[str, Verdict] = field(default_factory=dict)
 
     def __call__(self, trial_id: str, result: dict) -> bool:
-        if "step" not in result:
+        if "step" not in result or trial_id in self.verdicts:
             return False
         history = self.histories.setdefault(trial_id, [])
         history.append({k: v for k, v in result.items() if isinstance(v, (int, float))})
         verdict = judge(history, self.stopping, self.metric, self.mode)
-        if verdict is not None:
-            self.verdicts[trial_id] = verdict
-            return True
-        return False
+        if verdict is None:
+            return False
+        self.verdicts[trial_id] = verdict
+        if self.board is not None:
+            # Cooperative stop: the trial's workers leave their loop and TorchTrainer tears down
+            # cleanly. Tune's own stop kills the driver mid-fit() and leaks the workers' CPUs.
+            self.board.stop.remote(trial_id)
+            return False
+        return True
 
     def stop_all(self) -> bool:
         return False
@@ -174,3 +180,20 @@ def start_stop_board(sweep_id: str):
 
     name = f"ganops-stop-{sweep_id}"
     return name, ray.remote(num_cpus=0)(StopBoard).options(name=name).remote()
+
+
+def cooperative(scheduler_cls):
+    """A Tune scheduler whose STOP decisions go to the StopBoard (the trial ends itself)."""
+
+    class Cooperative(scheduler_cls):
+        board = None
+
+        def on_trial_result(self, tune_controller, trial, result):
+            decision = super().on_trial_result(tune_controller, trial, result)
+            if decision == self.STOP and self.board is not None:
+                self.board.stop.remote(trial.trial_id)
+                return self.CONTINUE
+            return decision
+
+    Cooperative.__name__ = f"Cooperative{scheduler_cls.__name__}"
+    return Cooperative

@@ -124,11 +124,13 @@ def _init_ray(address: str | None) -> None:
         ray.init(include_dashboard=False, **kwargs)
 
 
-def build_search(spec: SweepSpec, concurrent: int):
+def build_search(spec: SweepSpec, concurrent: int, board=None):
     """The spec's search algorithm and scheduler, as Ray Tune objects."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from orchestrator.stopping import cooperative
 
     if spec.sweep.search_alg == "optuna":
         try:
@@ -144,7 +146,8 @@ def build_search(spec: SweepSpec, concurrent: int):
         evals = max(1, spec.trainer.steps // spec.trainer.eval_every)
         a = spec.sweep.asha
         # Time is counted in evals (Tune's training_iteration): one rung = one or more evals.
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=evals, grace_period=min(a.grace_period, evals), reduction_factor=a.reduction_factor)
+        scheduler = cooperative(ASHAScheduler)(time_attr="training_iteration", max_t=evals, grace_period=min(a.grace_period, evals), reduction_factor=a.reduction_factor)
+        scheduler.board = board
     else:
         scheduler = FIFOScheduler()
     return searcher, scheduler
@@ -190,13 +193,13 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
     concurrent = spec.sweep.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
 
     board_name, board = start_stop_board(sweep_id)
-    stopper = BalanceStopper(spec.stopping, spec.metric, spec.mode)
+    stopper = BalanceStopper(spec.stopping, spec.metric, spec.mode, board=board)
     progress = SweepProgress(
         metric=spec.metric, mode=spec.mode, steps=spec.trainer.steps, searched=list(spec.search),
         tracking_uri=uri, console=console, experiment_ids=[experiment_id], stopper=stopper, board=board,
     )
     context = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent, "sweep_id": sweep_id, "storage": storage, "feature_cache": feature_cache, "stop_board": board_name}
-    search_alg, scheduler = build_search(spec, concurrent)
+    search_alg, scheduler = build_search(spec, concurrent, board)
     tuner = tune.Tuner(
         make_trainable(spec, context),
         param_space=param_space(spec),

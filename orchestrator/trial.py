@@ -71,14 +71,22 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
             ),
         )
+        def close(status: str, reason: str | None = None) -> None:
+            # A trial the sweep stopped was already closed (KILLED, with its reason) by the
+            # sweep's callback; its driver's own ending must not overwrite that.
+            if client.get_run(run_id).info.status == "RUNNING":
+                tracking.end_run(client, run_id, status, reason)
+
         try:
             result = trainer.fit()
         except Exception:
-            tracking.end_run(client, run_id, "FAILED", "error")
+            close("FAILED", "error")
             raise
         if (result.metrics or {}).get("diverged"):
-            tracking.end_run(client, run_id, "FAILED", "divergence")
+            close("FAILED", "divergence")
             raise RuntimeError(f"trial diverged at step {result.metrics.get('step')} (non-finite loss or gradient)")
-        tracking.end_run(client, run_id, "FINISHED")
+        if (result.metrics or {}).get("step", 0) < trainer_cfg["steps"]:
+            return  # the sweep stopped it; its callback closes the run with the reason
+        close("FINISHED")
 
     return tune.with_resources(run_trial, DRIVER_RESOURCES)
