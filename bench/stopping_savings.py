@@ -31,7 +31,10 @@ def sweep(spec: str, overrides: list[str]) -> tuple[dict, float]:
         out = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"sweep failed:\n{out.stderr[-3000:]}")
-        return json.loads(out.stdout), time.time() - t0
+        result, end = json.JSONDecoder().raw_decode(out.stdout)
+        if out.stdout[end:].strip():
+            print(f"note: stdout after the JSON: {out.stdout[end:end + 300]!r}", file=sys.stderr)
+        return result, time.time() - t0
 
 
 def key(trial: dict) -> str:
