@@ -30,9 +30,8 @@ def fmt(v: Any) -> str:
 
 
 class SweepProgress(Callback):
-    def __init__(self, *, metric: str, mode: str, steps: int, searched: list[str], tracking_uri: str, console: Console | None, experiment_ids: list[str], stopper=None, board=None):
+    def __init__(self, *, metric: str, mode: str, steps: int, searched: list[str], tracking_uri: str, console: Console | None, experiment_ids: list[str], stopper=None):
         self.stopper = stopper
-        self.board = board
         self.metric, self.mode, self.steps, self.searched = metric, mode, steps, searched
         self.tracking_uri, self.experiment_ids = tracking_uri, experiment_ids
         self.console = console

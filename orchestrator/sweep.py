@@ -196,7 +196,7 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
     stopper = BalanceStopper(spec.stopping, spec.metric, spec.mode, board=board)
     progress = SweepProgress(
         metric=spec.metric, mode=spec.mode, steps=spec.trainer.steps, searched=list(spec.search),
-        tracking_uri=uri, console=console, experiment_ids=[experiment_id], stopper=stopper, board=board,
+        tracking_uri=uri, console=console, experiment_ids=[experiment_id], stopper=stopper,
     )
     context = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent, "sweep_id": sweep_id, "storage": storage, "feature_cache": feature_cache, "stop_board": board_name}
     search_alg, scheduler = build_search(spec, concurrent, board)
