@@ -135,7 +135,7 @@ class BalanceStopper(Stopper):
     stopping: Any
     metric: str
     mode: str
-    board: Any = None  # a StopBoard actor handle: the trial stops itself (see StopBoard)
+    board: Any = None  # a TrialBoard actor handle: the trial stops itself (orchestrator/board.py)
     histories: dict[str, History] = field(default_factory=dict)
     verdicts: dict[str, Verdict] = field(default_factory=dict)
 
@@ -149,8 +149,8 @@ class BalanceStopper(Stopper):
             return False
         self.verdicts[trial_id] = verdict
         if self.board is not None:
-            # Cooperative stop: the trial's workers leave their loop and TorchTrainer tears down
-            # cleanly. Tune's own stop kills the driver mid-fit() and leaks the workers' CPUs.
+            # Cooperative stop (orchestrator/board.py): the trial's workers leave their loop and
+            # TorchTrainer tears down cleanly.
             self.board.stop.remote(trial_id)
             return False
         return True
@@ -159,31 +159,8 @@ class BalanceStopper(Stopper):
         return False
 
 
-class StopBoard:
-    """Where the sweep posts the trials it has stopped; each trial's rank-0 worker polls it and
-    ends its training loop cleanly. Tune's own stop cannot reach a driver blocked in
-    TorchTrainer.fit(), and force-killing that driver leaked its workers' CPUs (measured: the
-    next trials waited 900 s for them). A named Ray actor, so it works across nodes."""
-
-    def __init__(self) -> None:
-        self.stopped: set[str] = set()
-
-    def stop(self, trial_id: str) -> None:
-        self.stopped.add(trial_id)
-
-    def is_stopped(self, trial_id: str) -> bool:
-        return trial_id in self.stopped
-
-
-def start_stop_board(sweep_id: str):
-    import ray
-
-    name = f"ganops-stop-{sweep_id}"
-    return name, ray.remote(num_cpus=0)(StopBoard).options(name=name).remote()
-
-
 def cooperative(scheduler_cls):
-    """A Tune scheduler whose STOP decisions go to the StopBoard (the trial ends itself)."""
+    """A Tune scheduler whose STOP decisions go to the trial board (the trial ends itself)."""
 
     class Cooperative(scheduler_cls):
         board = None

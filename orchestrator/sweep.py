@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import logging
 import math
 import os
@@ -79,7 +80,7 @@ SWEEP_ENV = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     # Snappier Ray Train teardown.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
-    # A stopped trial ends itself through the StopBoard (orchestrator/stopping.py); Tune's
+    # A stopped trial ends itself through the trial board (orchestrator/board.py); Tune's
     # force-kill of its driver (default after 600 s) stays only as a backstop.
     "TUNE_FORCE_TRIAL_CLEANUP_S": "120",
     # In a sweep, a trial's workers wait for CPUs that a finishing trial is about to free;
@@ -124,7 +125,7 @@ def _init_ray(address: str | None) -> None:
         ray.init(include_dashboard=False, **kwargs)
 
 
-def build_search(spec: SweepSpec, concurrent: int, board=None):
+def build_search(spec: SweepSpec, concurrent: int, board=None, storage: str = ""):
     """The spec's search algorithm and scheduler, as Ray Tune objects."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -148,6 +149,16 @@ def build_search(spec: SweepSpec, concurrent: int, board=None):
         # Time is counted in evals (Tune's training_iteration): one rung = one or more evals.
         scheduler = cooperative(ASHAScheduler)(time_attr="training_iteration", max_t=evals, grace_period=min(a.grace_period, evals), reduction_factor=a.reduction_factor)
         scheduler.board = board
+    elif spec.sweep.scheduler == "pbt":
+        from orchestrator.pbt import build_pbt
+        from search_spaces.tune_space import param_space
+
+        if spec.sweep.num_samples > concurrent:
+            log.warning(
+                "pbt: %d trials but %d run at once; the others join the population as running ones finish "
+                "(set sweep.num_samples to at most %d for a population that trains together)", spec.sweep.num_samples, concurrent, concurrent,
+            )
+        scheduler = build_pbt(spec, board, storage, param_space(spec))
     else:
         scheduler = FIFOScheduler()
     return searcher, scheduler
@@ -160,7 +171,8 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
     from ray import tune
 
     from orchestrator.progress import SweepProgress
-    from orchestrator.stopping import BalanceStopper, start_stop_board
+    from orchestrator.board import start_board
+    from orchestrator.stopping import BalanceStopper
     from orchestrator.trial import make_trainable
     from search_spaces.tune_space import param_space
 
@@ -192,14 +204,14 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
     # overlaps the others' training, measured slower here: 550 s vs 525 s for dcgan.yaml.)
     concurrent = spec.sweep.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
 
-    board_name, board = start_stop_board(sweep_id)
+    board_name, board = start_board(sweep_id)
     stopper = BalanceStopper(spec.stopping, spec.metric, spec.mode, board=board)
     progress = SweepProgress(
         metric=spec.metric, mode=spec.mode, steps=spec.trainer.steps, searched=list(spec.search),
         tracking_uri=uri, console=console, experiment_ids=[experiment_id], stopper=stopper,
     )
-    context = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent, "sweep_id": sweep_id, "storage": storage, "feature_cache": feature_cache, "stop_board": board_name}
-    search_alg, scheduler = build_search(spec, concurrent, board)
+    context = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent, "sweep_id": sweep_id, "storage": storage, "feature_cache": feature_cache, "board": board_name}
+    search_alg, scheduler = build_search(spec, concurrent, board, storage)
     tuner = tune.Tuner(
         make_trainable(spec, context),
         param_space=param_space(spec),
@@ -233,12 +245,18 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
             state = "failed"
         if state == "running":
             state = "done"
+        run_id = tracking.find_trial_run(client, trial_id, [experiment_id])
+        config = {k: r.config.get(k) for k in spec.search}
+        if spec.sweep.scheduler == "pbt" and run_id:
+            # Tune keeps the sampled config; the settings a PBT exploit switched to are
+            # recorded by the trial itself (trainers/loop.py).
+            config.update(json.loads(client.get_run(run_id).data.tags.get("pbt.config", "{}")))
         numeric = {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("trial_id",)}
         trials.append(TrialSummary(
             trial_id=trial_id,
-            run_id=tracking.find_trial_run(client, trial_id, [experiment_id]),
+            run_id=run_id,
             status=state,
-            config={k: r.config.get(k) for k in spec.search},
+            config=config,
             metrics=numeric,
             step=int(m.get("step", 0) or 0),
             error=_error_line(r.error) if r.error else None,

@@ -53,7 +53,8 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
                 "trainer": trainer_cfg,
                 "run": {
                     "tracking_uri": context["tracking_uri"], "run_id": run_id, "feature_cache": context.get("feature_cache"),
-                    "trial_id": trial_id, "stop_board": context.get("stop_board"),
+                    "trial_id": trial_id, "board": context.get("board"),
+                    "pbt": s.pbt_mutations if s.sweep.scheduler == "pbt" else None,
                 },
             },
             scaling_config=ScalingConfig(
@@ -68,7 +69,8 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
                 # Worker or node lost -> restart from the last checkpoint; a controller that
                 # cannot start fails at once instead of retrying forever.
                 failure_config=FailureConfig(max_failures=s.sweep.max_failures, controller_failure_limit=0),
-                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                # PBT donors' checkpoints must outlive the exploit orders that name them.
+                checkpoint_config=CheckpointConfig(num_to_keep=4 if s.sweep.scheduler == "pbt" else 2),
             ),
         )
         def close(status: str, reason: str | None = None) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from trainers.config import TrainerConfig
+from trainers.config import MUTABLE_IN_FLIGHT, TrainerConfig
 
 # What each dataset's trials report, and which way is better. The sweep metric must be one.
 IMAGE_METRICS = {"fid": "min", "loss_g": "min", "loss_d": "min", "d_x": "max", "d_g_z": "max", "class_coverage": "max", "pixel_hist": "min"}
@@ -83,11 +83,24 @@ class Asha(_Model):
     reduction_factor: float = Field(3.0, gt=1, description="Keep the best 1/reduction_factor at each rung.")
 
 
+class Pbt(_Model):
+    """Population Based Training (Ray Tune's PopulationBasedTraining, asynchronous): every
+    `perturbation_interval` evals a trial in the bottom quantile takes the weights of one in
+    the top quantile and a perturbed copy of its settings."""
+
+    perturbation_interval: int = Field(2, ge=1, description="Evals between a trial's exploit/explore decisions.")
+    burn_in: int = Field(0, ge=0, description="Evals before the first decision.")
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5, description="Bottom fraction that exploits the top fraction.")
+    resample_probability: float = Field(0.25, ge=0, le=1, description="Chance a mutated setting is resampled from its search distribution instead of perturbed (x0.8 / x1.2, or a neighbouring choice).")
+    mutate: list[str] | None = Field(None, description="Searched settings PBT mutates; default: every searched one among lr_g, lr_d, beta1, beta2, momentum, real_label, dg_ratio.")
+
+
 class Sweep(_Model):
     """How many trials, how many at once, and what 'best' means."""
 
-    scheduler: Literal["fifo", "asha"] = Field("fifo", description="fifo runs every trial to its end (or its balance stop); asha cuts the worse trials at rungs.")
+    scheduler: Literal["fifo", "asha", "pbt"] = Field("fifo", description="fifo runs every trial to its end (or its balance stop); asha cuts the worse trials at rungs; pbt (Population Based Training) moves the worse trials onto the better ones' weights with perturbed settings.")
     asha: Asha = Field(default_factory=Asha, description="ASHA settings, used when scheduler is asha.")
+    pbt: Pbt = Field(default_factory=Pbt, description="PBT settings, used when scheduler is pbt.")
     search_alg: Literal["random", "optuna"] = Field("random", description="random (and grid) sampling, or Optuna's TPE (needs `pip install optuna`).")
 
     num_samples: int = Field(8, ge=1, le=100_000, description="Trials to sample (times the grid size when `grid` is used).")
@@ -198,10 +211,25 @@ class SweepSpec(_Model):
             grids = [k for k, d in self.search.items() if d.kind == "grid"]
             if grids:
                 raise ValueError(f"search.{grids[0]}: Optuna cannot take grid values; use choice, or search_alg: random")
+        if self.sweep.scheduler == "pbt":
+            if self.sweep.search_alg != "random":
+                raise ValueError("sweep.search_alg: PBT samples its initial population itself; use search_alg: random with scheduler: pbt")
+            for key in self.sweep.pbt.mutate or []:
+                if key not in MUTABLE_IN_FLIGHT:
+                    raise ValueError(f"sweep.pbt.mutate: {key!r} cannot change inside a running trial; PBT can mutate: {', '.join(sorted(MUTABLE_IN_FLIGHT))}")
+                if key not in self.search:
+                    raise ValueError(f"sweep.pbt.mutate: {key!r} is not searched; add it under search: (PBT perturbs within its distribution)")
+            if not self.pbt_mutations:
+                raise ValueError(f"sweep.scheduler: pbt needs at least one searched setting it can mutate ({', '.join(sorted(MUTABLE_IN_FLIGHT))})")
         metrics = self.metric_table
         if self.sweep.metric is not None and self.sweep.metric not in metrics:
             raise ValueError(f"sweep.metric: {self.sweep.metric!r} is not reported for data {self.trainer.data!r}; choose one of: {', '.join(metrics)}")
         return self
+
+    @property
+    def pbt_mutations(self) -> list[str]:
+        """The settings PBT mutates: pbt.mutate, or every searched setting it can mutate."""
+        return list(self.sweep.pbt.mutate) if self.sweep.pbt.mutate is not None else [k for k in self.search if k in MUTABLE_IN_FLIGHT]
 
     @property
     def metric_table(self) -> dict[str, str]:

@@ -88,6 +88,16 @@ def restore(
     return int(state["step"])
 
 
+def adopt(state: dict[str, Any], G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer) -> int:
+    """Take another trial's networks and optimizer states (a PBT exploit), keeping this
+    trial's own step and RNG streams; returns the step the donor's state was saved at."""
+    _unwrap(G).load_state_dict(state["G"])
+    _unwrap(D).load_state_dict(state["D"])
+    opt_g.load_state_dict(state["opt_g"])
+    opt_d.load_state_dict(state["opt_d"])
+    return int(state["step"])
+
+
 def save_generator(path: str | os.PathLike, G: nn.Module, cfg_dict: dict[str, Any]) -> None:
     """Write G's weights with the config that rebuilds it (for `ganops sample`)."""
     _atomic_save({"G": _unwrap(G).state_dict(), "config": dict(cfg_dict)}, path)

@@ -14,6 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 _RATIO = re.compile(r"^\s*([1-9][0-9]?)\s*:\s*([1-9][0-9]?)\s*$")
 
+# Settings a running trial can change between two iterations (a PBT exploit/explore), without
+# rebuilding its networks or data: the optimizers' hyperparameters, the labels, the D:G ratio.
+MUTABLE_IN_FLIGHT = frozenset({"lr_g", "lr_d", "beta1", "beta2", "momentum", "real_label", "dg_ratio"})
+
 MODEL_DATA = {"dcgan28": {"mnist"}, "mlp2d": {"grid25", "ring8"}}
 
 
@@ -29,8 +33,11 @@ class TrainerConfig(BaseModel):
     eval_every: int = Field(100, ge=1, description="Report metrics, a sample grid and a checkpoint every this many iterations.")
     lr_g: float = Field(2e-4, gt=0, le=1.0, description="Generator learning rate.")
     lr_d: float = Field(2e-4, gt=0, le=1.0, description="Discriminator learning rate (TTUR: tune it apart from lr_g).")
+    optimizer_g: Literal["adam", "rmsprop", "sgd"] = Field("adam", description="G's optimizer: adam (with beta1, beta2), rmsprop or sgd (with momentum).")
+    optimizer_d: Literal["adam", "rmsprop", "sgd"] = Field("adam", description="D's optimizer: adam (with beta1, beta2), rmsprop or sgd (with momentum). ganhacks #9: SGD for D, Adam for G.")
     beta1: float = Field(0.5, ge=0, lt=1, description="Adam beta1 for both networks (DCGAN uses 0.5).")
     beta2: float = Field(0.999, ge=0, lt=1, description="Adam beta2 for both networks.")
+    momentum: float = Field(0.0, ge=0, lt=1, description="Momentum of sgd and rmsprop (both networks).")
     real_label: float = Field(1.0, gt=0.5, le=1.0, description="Target for real samples in D's loss; 0.9 is one-sided label smoothing (Salimans et al. 2016).")
     dg_ratio: str = Field("1:1", description="D:G updates per iteration as 'n_d:n_g', e.g. '2:1' (D-heavy) or '1:2' (G-heavy, as TF-Slim's DCGAN).")
     latent_dim: int = Field(100, ge=1, le=4096, description="Size of z.")

@@ -7,6 +7,7 @@ driver) and writes the checkpoint it reports to Ray.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import tempfile
@@ -17,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainers.checkpoint import load_state, restore, save_generator, save_state
-from trainers.config import TrainerConfig
+from trainers.checkpoint import adopt, load_state, restore, save_generator, save_state
+from trainers.config import MUTABLE_IN_FLIGHT, TrainerConfig
 from trainers.data import make_data
 from trainers.evaluate import Evaluator
 from trainers.models import build_models, sample_latent
-from trainers.step import DivergenceError, build_optimizers, train_step
+from trainers.step import DivergenceError, build_optimizers, set_hyperparams, train_step
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +98,12 @@ class _MlflowSink:
             self.client.log_artifact(self.run_id, str(generator_file), artifact_path="generator")
 
 
-class _StopSignal:
-    """Asks the sweep's stop board (a named Ray actor) whether this trial was stopped.
+class _Orders:
+    """The sweep's orders for this trial (orchestrator/board.py): "stop", or a PBT exploit.
 
-    Rank 0 asks every `every` steps and broadcasts the answer so all workers leave the loop
-    at the same step (a worker left behind would wait in the next all-reduce forever)."""
+    Rank 0 polls the board (a named Ray actor) every `every` steps and broadcasts what it got,
+    so all workers act at the same step (a worker left behind would wait in the next
+    all-reduce forever)."""
 
     def __init__(self, board_name: str | None, trial_id: str | None, rank: int, every: int = 20):
         # `active` is the same on every rank (it comes from the config), so all ranks take part
@@ -114,19 +116,44 @@ class _StopSignal:
             try:
                 self.board = ray.get_actor(board_name)
             except ValueError:
-                log.warning("stop board %s not found; this trial will only stop at its end", board_name)
+                log.warning("trial board %s not found; this trial will only stop at its end", board_name)
 
-    def requested(self, step: int) -> bool:
+    def poll(self, step: int) -> str | dict[str, Any] | None:
         if not self.active or step % self.every:
-            return False
+            return None
         import ray
 
-        flag = torch.tensor([0])
-        if self.board is not None:
-            flag[0] = int(ray.get(self.board.is_stopped.remote(self.trial_id)))
+        order = [ray.get(self.board.poll.remote(self.trial_id)) if self.board is not None else None]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.broadcast(flag, src=0)
-        return bool(flag[0])
+            torch.distributed.broadcast_object_list(order, src=0)
+        return order[0]
+
+
+def _exploit(order: dict[str, Any], cfg: TrainerConfig, G, D, opt_g, opt_d) -> TrainerConfig | None:
+    """Load the donor's networks and optimizer states and switch to the explored settings
+    (PBT, orchestrator/pbt.py). Returns the new config, or None if the donor's checkpoint is
+    gone (it was rotated out): then the trial goes on as it was."""
+    import ray.train
+
+    try:
+        with ray.train.Checkpoint(order["checkpoint"]).as_directory() as d:
+            state = load_state(Path(d) / CHECKPOINT_FILE)
+    except (FileNotFoundError, OSError) as e:
+        log.warning("pbt: donor checkpoint %s unreadable (%s); keeping this trial's weights", order["checkpoint"], e)
+        return None
+    adopt(state, G, D, opt_g, opt_d)
+    new = TrainerConfig.model_validate({**cfg.model_dump(), **order["config"]})
+    set_hyperparams(opt_g, opt_d, new)
+    return new
+
+
+def _hparams(cfg: TrainerConfig, keys) -> dict[str, float]:
+    """The PBT-mutated settings as metrics (`hp_lr_d`, ...): MLflow params cannot change, a
+    metric's history shows the schedule a trial actually trained with. D:G as n_d / n_g."""
+    out = {}
+    for k in keys:
+        out[f"hp_{k}"] = cfg.d_steps / cfg.g_steps if k == "dg_ratio" else float(getattr(cfg, k))
+    return out
 
 
 def train_per_worker(loop_config: dict[str, Any]) -> None:
@@ -149,7 +176,11 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            step = restore(load_state(Path(d) / CHECKPOINT_FILE), G, D, opt_g, opt_d, gen)
+            state = load_state(Path(d) / CHECKPOINT_FILE)
+        step = restore(state, G, D, opt_g, opt_d, gen)
+        # Settings a PBT exploit changed in flight live in the checkpoint, not in loop_config.
+        cfg = TrainerConfig.model_validate({**cfg.model_dump(), **{k: state["config"][k] for k in MUTABLE_IN_FLIGHT if k in state["config"]}})
+        set_hyperparams(opt_g, opt_d, cfg)
         log.info("resumed from checkpoint at step %d", step)
     _broadcast_params(world, G, D)
     sync = _grad_sync(world)
@@ -160,11 +191,23 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
     window: dict[str, list[float]] = {}
     train_seconds = 0.0
 
-    stop = _StopSignal(run.get("stop_board"), run.get("trial_id"), rank)
+    orders = _Orders(run.get("board"), run.get("trial_id"), rank)
+    exploits = 0
+    if sink is not None and run.get("pbt"):
+        sink.log(step, _hparams(cfg, run["pbt"]), None, None)
     while step < cfg.steps:
-        if stop.requested(step):
+        order = orders.poll(step)
+        if order == "stop":
             log.info("sweep stopped this trial at step %d", step)
             return
+        if isinstance(order, dict) and (new_cfg := _exploit(order, cfg, G, D, opt_g, opt_d)) is not None:
+            exploits += 1
+            if sink is not None:
+                settings = {k: [getattr(cfg, k), getattr(new_cfg, k)] for k in order["config"]}  # [before, after]
+                sink.tag(f"pbt.exploit.{exploits}", json.dumps({"step": step, "donor": order["donor"], "donor_step": order.get("donor_step"), "settings": settings}))
+                sink.tag("pbt.config", json.dumps({k: getattr(new_cfg, k) for k in order["config"]}))
+                sink.log(step, {"pbt_exploits": exploits, **_hparams(new_cfg, order["config"])}, None, None)
+            cfg = new_cfg
         t0 = time.perf_counter()
         G.train()
         D.train()

@@ -29,13 +29,29 @@ class DivergenceError(RuntimeError):
         super().__init__(f"training diverged{where}: {quantity} = {value}; lower the learning rates or restore a checkpoint")
 
 
-def build_optimizers(G: nn.Module, D: nn.Module, cfg: TrainerConfig) -> tuple[torch.optim.Adam, torch.optim.Adam]:
-    """(opt_g, opt_d): Adam with separate learning rates (TTUR) and shared betas."""
-    betas = (cfg.beta1, cfg.beta2)
-    return (
-        torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=betas),
-        torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=betas),
-    )
+def _optimizer(name: str, params, lr: float, cfg: TrainerConfig) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2))
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=cfg.momentum)
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum)
+
+
+def build_optimizers(G: nn.Module, D: nn.Module, cfg: TrainerConfig) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """(opt_g, opt_d), each network with its own optimizer and learning rate (TTUR)."""
+    return _optimizer(cfg.optimizer_g, G.parameters(), cfg.lr_g, cfg), _optimizer(cfg.optimizer_d, D.parameters(), cfg.lr_d, cfg)
+
+
+def set_hyperparams(opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, cfg: TrainerConfig) -> None:
+    """Put cfg's learning rates, betas and momentum into existing optimizers (after a PBT
+    exploit loaded the donor's optimizer states, which carry the donor's values)."""
+    for opt, lr in ((opt_g, cfg.lr_g), (opt_d, cfg.lr_d)):
+        for group in opt.param_groups:
+            group["lr"] = lr
+            if "betas" in group:
+                group["betas"] = (cfg.beta1, cfg.beta2)
+            if "momentum" in group:
+                group["momentum"] = cfg.momentum
 
 
 def _grad_norm(module: nn.Module) -> Tensor:

@@ -154,3 +154,36 @@ def test_trial_bigger_than_cluster_is_refused_up_front():
     gpu = spec_from_text("name: t\nresources: {gpus_per_worker: 1}\n")
     with pytest.raises(SweepError, match="GPU"):
         check_fits(gpu, {"CPU": 2.0})
+
+
+def test_pbt_mutates_the_searched_settings_a_running_trial_can_change():
+    """scheduler: pbt mutates, by default, every searched setting that can change in flight."""
+    spec = spec_from_text(GOOD + "  width: {choice: [64, 128]}\nsweep: {scheduler: pbt}\n")
+    assert spec.pbt_mutations == ["lr_g", "dg_ratio"]  # width would need new networks
+
+
+@pytest.mark.parametrize("extra,message", [
+    ("sweep: {scheduler: pbt, search_alg: optuna}", "PBT samples its initial population itself"),
+    ("sweep: {scheduler: pbt, pbt: {mutate: [width]}}", "'width' cannot change inside a running trial"),
+    ("sweep: {scheduler: pbt, pbt: {mutate: [lr_d]}}", "'lr_d' is not searched"),
+])
+def test_pbt_settings_that_cannot_work_are_refused(extra, message):
+    (i,) = issues(GOOD + extra + "\n")
+    assert message in i.message
+
+
+def test_pbt_needs_a_mutable_searched_setting():
+    (i,) = issues("name: t\ntrainer: {model: mlp2d, data: grid25}\nsearch:\n  width: {choice: [64, 128]}\nsweep: {scheduler: pbt}\n")
+    assert "at least one searched setting it can mutate" in i.message
+
+
+def test_pbt_explores_choices_by_neighbour_and_keeps_ranges_inside_their_bounds():
+    """Choices mutate to a neighbouring value (a string can't be multiplied by 1.2); a
+    range setting perturbed past its end is clamped back into the searched range."""
+    from orchestrator.pbt import build_pbt
+
+    spec = spec_from_text(GOOD + "sweep: {scheduler: pbt}\n")
+    pbt = build_pbt(spec, board=None, storage="/tmp", param_space=param_space(spec))
+    assert pbt._hyperparam_mutations["dg_ratio"] == ["1:1", "2:1", "1:2"]
+    assert pbt._custom_explore_fn({"lr_g": 1.2e-3, "dg_ratio": "1:1"})["lr_g"] == 1.0e-3
+    assert pbt._custom_explore_fn({"lr_g": 0.8e-4, "dg_ratio": "1:1"})["lr_g"] == 1.0e-4

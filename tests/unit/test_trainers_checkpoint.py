@@ -64,3 +64,33 @@ def test_saved_generator_rebuilds_from_its_config_alone(tmp_path):
     z = sample_latent(4, cfg, torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(G.eval()(z), G2(z))
+
+
+def test_pbt_exploit_adopts_the_donors_networks_and_optimizers_with_the_explored_settings(tmp_path):
+    """The in-trial exploit (trainers/loop.py): the donor's G, D and optimizer states are
+    loaded, the explored settings go into the optimizers, the trial's own RNG is untouched;
+    a donor checkpoint that is gone leaves the trial as it was."""
+    from trainers.loop import CHECKPOINT_FILE, _exploit
+
+
+    cfg = TrainerConfig(model="mlp2d", data="grid25", width=16, latent_dim=4, batch_size=32, lr_d=1e-3)
+    torch.manual_seed(1)
+    donor = build_models(cfg)
+    d_opts = build_optimizers(*donor, cfg)
+    gen = torch.Generator().manual_seed(1)
+    train_step(*donor, *d_opts, make_data(cfg), cfg, gen)
+    save_state(tmp_path / CHECKPOINT_FILE, *donor, *d_opts, 40, cfg.model_dump(), gen)
+
+    torch.manual_seed(2)
+    G, D = build_models(cfg)
+    opt_g, opt_d = build_optimizers(G, D, cfg)
+    rng = torch.get_rng_state()
+    order = {"donor": "d", "checkpoint": str(tmp_path), "config": {"lr_d": 2.5e-4, "dg_ratio": "2:1"}}
+    new = _exploit(order, cfg, G, D, opt_g, opt_d)
+    assert new.lr_d == 2.5e-4 and new.d_steps == 2 and new.lr_g == cfg.lr_g
+    assert all(torch.equal(a, b) for a, b in zip(G.state_dict().values(), donor[0].state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(D.state_dict().values(), donor[1].state_dict().values()))
+    assert opt_d.param_groups[0]["lr"] == 2.5e-4 and opt_d.state_dict()["state"]  # donor's Adam moments, new lr
+    assert torch.equal(torch.get_rng_state(), rng)
+
+    assert _exploit({**order, "checkpoint": str(tmp_path / "rotated-out")}, cfg, G, D, opt_g, opt_d) is None

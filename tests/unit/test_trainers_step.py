@@ -145,3 +145,27 @@ def test_step_and_models_import_with_ray_mlflow_and_boto3_blocked():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("name,cls", [("adam", torch.optim.Adam), ("rmsprop", torch.optim.RMSprop), ("sgd", torch.optim.SGD)])
+def test_each_network_gets_the_optimizer_and_learning_rate_the_config_names(name, cls):
+    """optimizer_g / optimizer_d pick the optimizer per network; lr_g / lr_d and momentum reach it."""
+    cfg = TINY_MLP.model_copy(update={"optimizer_d": name, "lr_d": 3e-3, "lr_g": 7e-4, "momentum": 0.5})
+    G, D = build_models(cfg)
+    opt_g, opt_d = build_optimizers(G, D, cfg)
+    assert isinstance(opt_g, torch.optim.Adam) and opt_g.param_groups[0]["lr"] == 7e-4
+    assert isinstance(opt_d, cls) and opt_d.param_groups[0]["lr"] == 3e-3
+    if name != "adam":
+        assert opt_d.param_groups[0]["momentum"] == 0.5
+
+
+def test_sgd_at_a_reckless_learning_rate_diverges_with_a_typed_error():
+    """SGD (momentum 0.9) at lr 1.0 on the 28x28 DCGAN blows D's loss up to inf within a few
+    dozen iterations: train_step raises DivergenceError naming the quantity, never steps on it."""
+    cfg = TrainerConfig(model="dcgan28", data="mnist", width=16, batch_size=64, optimizer_d="sgd", optimizer_g="sgd", lr_d=1.0, lr_g=1.0, momentum=0.9)
+    torch.manual_seed(0)
+    G, D, og, od, data, g = _setup(cfg)
+    with pytest.raises(DivergenceError) as e:
+        for i in range(1, 201):
+            train_step(G, D, og, od, data, cfg, g, step=i)
+    assert not math.isfinite(e.value.value) and e.value.quantity in {"loss_d", "loss_g", "grad_norm_d", "grad_norm_g"}
