@@ -5,9 +5,10 @@
     print(result.best.trial_id, result.best.metrics[result.metric])
 """
 
+from orchestrator.report import ReportError, report
 from orchestrator.sample import sample
 from orchestrator.sweep import SweepResult, TrialSummary, run_sweep
 from search_spaces.loader import SpecError, load_spec, spec_from_text
 from search_spaces.spec import SweepSpec
 
-__all__ = ["SpecError", "SweepResult", "SweepSpec", "TrialSummary", "load_spec", "run_sweep", "sample", "spec_from_text"]
+__all__ = ["ReportError", "SpecError", "SweepResult", "SweepSpec", "TrialSummary", "load_spec", "report", "run_sweep", "sample", "spec_from_text"]

@@ -236,6 +236,30 @@ def compare(
         err.print(f"Next: ganops sample {trials[0]['trial_id']} --n 64 --out best.png", style="dim", highlight=False)
 
 
+@app.command()
+def report(
+    sweep_id: Annotated[str, typer.Argument(metavar="SWEEP", help="Sweep id (as the leaderboard prints it) or the sweep's MLflow run id.")],
+    out: Annotated[Path, typer.Option("--out", help="The HTML file to write.")] = Path("report.html"),
+    tracking_uri: TrackingOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Write one self-contained HTML page of a sweep: leaderboard, contact sheet, each trial's curves and newest samples. Works while it runs.
+
+    Example: ganops report dcgan-mnist-20261123-120402 --out report.html
+    """
+    from orchestrator.report import ReportError, report as _report
+    from orchestrator.tracking import resolve_tracking_uri
+
+    try:
+        info = _report(resolve_tracking_uri(tracking_uri), sweep_id, out)
+    except ReportError as e:
+        _fail(str(e), 2)
+    if json_:
+        typer.echo(json.dumps(info))
+    else:
+        err.print(f"wrote {info['path']}: {info['trials']} trials of sweep {info['sweep_id']} ({info['status']}); open it in a browser", highlight=False)
+
+
 def main() -> None:  # pragma: no cover - console script entry
     app()
 

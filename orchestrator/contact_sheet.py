@@ -19,7 +19,7 @@ CELL = 96  # px per cell side
 LABEL_W = 110  # px for the trial label column
 
 
-def _trial_images(client: MlflowClient, run_id: str) -> dict[int, str]:
+def trial_images(client: MlflowClient, run_id: str) -> dict[int, str]:
     """step -> artifact path of the trial's sample grid (PNG, not the webp preview)."""
     out = {}
     for a in client.list_artifacts(run_id, "images"):
@@ -39,7 +39,7 @@ def _cell(path: str) -> Image.Image:
 
 def build(client: MlflowClient, trials: list[tuple[str, str]], max_cols: int = 12) -> Image.Image | None:
     """`trials`: (label, run_id) best first. None when no trial has logged a picture yet."""
-    per_trial = [(label, run_id, _trial_images(client, run_id)) for label, run_id in trials]
+    per_trial = [(label, run_id, trial_images(client, run_id)) for label, run_id in trials]
     steps = sorted({s for _, _, imgs in per_trial for s in imgs})
     if not steps:
         return None
