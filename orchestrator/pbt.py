@@ -87,6 +87,7 @@ def build_pbt(spec, board, storage: str, param_space: dict) -> InTrialPBT:
     return InTrialPBT(
         board=board, storage=storage, steps=spec.trainer.steps,
         time_attr="training_iteration",  # evals
+        require_attrs=False,  # a diverged trial's last report has no metric
         perturbation_interval=p.perturbation_interval,
         burn_in_period=p.burn_in,
         quantile_fraction=p.quantile_fraction,

@@ -117,25 +117,41 @@ resources: {workers_per_trial: 2, cpus_per_worker: 1}
         assert FAKE_SECRET.encode() not in data and FAKE_KEY_ID.encode() not in data, p
 
 
-def test_d_dominated_trial_is_stopped_with_its_reason_and_evidence(local_ray, ganops_home):
-    """A trial whose D overpowers G (G barely learns, D takes 5 steps at a high lr) is stopped
-    early in a real Tune run: KILLED in MLflow with stop_reason and the evidence."""
+def test_balance_rules_stop_the_diverging_and_the_d_dominated_trial_and_let_the_healthy_one_finish(local_ray, ganops_home):
+    """One real Tune run, three DCGAN trials that differ only in D's SGD learning rate:
+    lr_d 1.0 blows up (non-finite loss: FAILED, divergence), 1e-2 lets D overpower G
+    (KILLED, d_overpowers, with the evidence), 1e-4 trains to its end (FINISHED)."""
     text = """
-name: d-wins
-trainer: {model: mlp2d, data: grid25, steps: 400, eval_every: 20, batch_size: 128, width: 64, lr_g: 1.0e-6, lr_d: 1.0e-2, dg_ratio: "5:1"}
+name: three-fates
+trainer: {model: dcgan28, data: mnist, steps: 400, eval_every: 40, batch_size: 64, width: 16, eval_samples: 200, optimizer_d: sgd, momentum: 0.9}
+search:
+  lr_d: {grid: [1.0, 1.0e-2, 1.0e-4]}
 sweep: {num_samples: 1}
-stopping:
-  d_overpowers: {d_x_above: 0.9, d_g_z_below: 0.1, loss_g_above: 2.0, patience: 2}
+stopping: {mode_collapse: null}
 """
     result = run_sweep(spec_from_text(text))
-    (t,) = result.trials
-    assert t.status == "stopped" and t.stop_reason.startswith("d_overpowers"), t
-    assert t.step < 400
+    by_lr = {t.config["lr_d"]: t for t in result.trials}
     client = MlflowClient(result.tracking_uri)
-    run = client.get_run(t.run_id)
-    assert run.info.status == "KILLED"
-    assert run.data.tags["stop_reason"] == "d_overpowers"
+
+    diverged = by_lr[1.0]
+    assert diverged.status == "stopped" and diverged.stop_reason.startswith("divergence"), diverged
+    run = client.get_run(diverged.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["stop_reason"] == "divergence"
+    assert "non-finite" in run.data.tags["divergence"] or "inf" in run.data.tags["divergence"] or "nan" in run.data.tags["divergence"]
+
+    dominated = by_lr[1.0e-2]
+    assert dominated.status == "stopped" and dominated.stop_reason.startswith("d_overpowers"), dominated
+    assert dominated.step < 400
+    run = client.get_run(dominated.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["stop_reason"] == "d_overpowers"
     evidence = json.loads(run.data.tags["stop_evidence"])
-    assert evidence["d_g_z"] < 0.1 and evidence["d_x"] > 0.9
+    assert evidence["d_g_z"] < 0.05 and evidence["d_x"] > 0.95 and evidence["loss_g"] > 3.0
+
+    healthy = by_lr[1.0e-4]
+    assert healthy.status == "done" and healthy.step == 400 and healthy.stop_reason is None, healthy
+    assert client.get_run(healthy.run_id).info.status == "FINISHED"
+    assert result.best.trial_id == healthy.trial_id
+
     with open(client.download_artifacts(result.parent_run_id, "leaderboard.md")) as f:
-        assert "d_overpowers" in f.read()
+        board = f.read()
+    assert "d_overpowers" in board and "divergence" in board
