@@ -89,15 +89,22 @@ def sweep(
     set_: SetOpt = None,
     address: Annotated[Optional[str], typer.Option(help="Existing Ray cluster address (e.g. ray://head:10001 or auto); default: local Ray.")] = None,
     json_: JsonOpt = False,
+    require: Annotated[Optional[list[str]], typer.Option("--require", help="Quality gate on the best trial, e.g. 'fid<30' (repeatable): exit 0 only if all hold.")] = None,
 ) -> None:
     """Run a sweep: every trial a GAN trained by Ray Train workers, tracked in MLflow.
 
-    Example: ganops sweep search_spaces/dcgan.yaml --set sweep.num_samples=4
+    Example: ganops sweep search_spaces/dcgan.yaml --set sweep.num_samples=4 --require 'fid<80'
     """
     _setup_logging()
     spec, text = _load(file, set_)
+    from orchestrator import gate
     from orchestrator.api import run_sweep
     from orchestrator.sweep import SweepError
+
+    try:
+        conditions = gate.parse(require or [], spec)
+    except gate.GateError as e:
+        _fail(f"{e}. Nothing was launched.", 2)
 
     try:
         result = run_sweep(spec, spec_text=text, address=address, console=err)
@@ -109,11 +116,16 @@ def sweep(
         if _debug():
             raise
         _fail(f"the sweep could not run: {e}", 1)
+    verdict = gate.evaluate(conditions, result) if conditions else None
     if json_:
-        typer.echo(json.dumps(result.to_dict(), default=str))
+        typer.echo(json.dumps({**result.to_dict(), "mlflow_urls": result.mlflow_urls(), **({"gate": verdict} if verdict else {})}, default=str))
     else:
         _print_leaderboard(result)
-    if not any(t.status in ("done", "stopped") for t in result.trials):
+        if verdict:
+            for c in verdict["conditions"]:
+                err.print(f"  {'[green]met[/]' if c['met'] else '[red]not met[/]'}  {c['require']}  (best trial: {c['value']})", highlight=False)
+            err.print("[bold green]quality gate passed[/]" if verdict["passed"] else "[bold red]quality gate failed[/]")
+    if not any(t.status in ("done", "stopped") for t in result.trials) or (verdict and not verdict["passed"]):
         raise typer.Exit(1)
 
 

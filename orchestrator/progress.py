@@ -8,7 +8,9 @@ each trial ended, so it both draws the live table and closes MLflow runs that Tu
 from __future__ import annotations
 
 import json
+import logging
 import math
+import threading
 import time
 from typing import Any
 
@@ -20,6 +22,9 @@ from rich.text import Text
 
 from orchestrator import tracking
 
+log = logging.getLogger(__name__)
+SHEET_EVERY_S = 60.0  # refresh the parent run's contact sheet at most this often (and at each trial end)
+
 
 def fmt(v: Any) -> str:
     if isinstance(v, float):
@@ -30,8 +35,11 @@ def fmt(v: Any) -> str:
 
 
 class SweepProgress(Callback):
-    def __init__(self, *, metric: str, mode: str, steps: int, searched: list[str], tracking_uri: str, console: Console | None, experiment_ids: list[str], stopper=None):
+    def __init__(self, *, metric: str, mode: str, steps: int, searched: list[str], tracking_uri: str, console: Console | None, experiment_ids: list[str], stopper=None, parent_run_id: str | None = None):
         self.stopper = stopper
+        self.parent_run_id = parent_run_id
+        self._sheet_at = time.monotonic()
+        self._sheet_thread: threading.Thread | None = None
         self.metric, self.mode, self.steps, self.searched = metric, mode, steps, searched
         self.tracking_uri, self.experiment_ids = tracking_uri, experiment_ids
         self.console = console
@@ -43,7 +51,7 @@ class SweepProgress(Callback):
     def __getstate__(self):
         # Tune pickles its callbacks with the experiment state; a terminal is not state.
         state = self.__dict__.copy()
-        state["console"] = state["live"] = None
+        state["console"] = state["live"] = state["_sheet_thread"] = None
         return state
 
     # -- Tune hooks ---------------------------------------------------------------------
@@ -65,6 +73,7 @@ class SweepProgress(Callback):
         if self.metric in result:
             row["metric"] = result[self.metric]
         self._refresh()
+        self._refresh_sheet()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         row = self._row(trial)
@@ -77,6 +86,7 @@ class SweepProgress(Callback):
             status = "FAILED" if verdict is not None and verdict.rule == "divergence" else "KILLED"
             self._close_run(trial.trial_id, status, verdict.rule if verdict else "scheduler", verdict)
         self._refresh()
+        self._refresh_sheet(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._row(trial)["state"] = "failed"
@@ -88,6 +98,8 @@ class SweepProgress(Callback):
 
     # -- helpers ------------------------------------------------------------------------
     def close(self):
+        if self._sheet_thread is not None:
+            self._sheet_thread.join(timeout=120)  # the sweep's final sheet must not be overwritten by a late one
         if self.live is not None:
             self._refresh()
             self.live.stop()
@@ -107,6 +119,31 @@ class SweepProgress(Callback):
             client.set_tag(run_id, "stop_evidence", json.dumps(verdict.evidence, default=float))
         if client.get_run(run_id).info.status == "RUNNING" or verdict is not None:
             tracking.end_run(client, run_id, status, reason)
+
+    def _refresh_sheet(self, force: bool = False) -> None:
+        """Rebuild the parent run's contact sheet in the background, so a person watching the
+        MLflow UI sees the sweep's state; at most every SHEET_EVERY_S, and at each trial end."""
+        if self.parent_run_id is None or (self._sheet_thread is not None and self._sheet_thread.is_alive()):
+            return
+        if not force and time.monotonic() - self._sheet_at < SHEET_EVERY_S:
+            return
+        self._sheet_at = time.monotonic()
+        sign = 1 if self.mode == "min" else -1
+        ranked = sorted(self.rows.items(), key=lambda kv: (not isinstance(kv[1].get("metric"), (int, float)), sign * (kv[1].get("metric") or 0)))
+        self._sheet_thread = threading.Thread(target=self._log_sheet, args=([tid for tid, _ in ranked],), daemon=True, name="contact-sheet")
+        self._sheet_thread.start()
+
+    def _log_sheet(self, trial_ids: list[str]) -> None:
+        from mlflow import MlflowClient
+
+        from orchestrator.contact_sheet import log_contact_sheet
+
+        try:
+            client = MlflowClient(self.tracking_uri)
+            trials = [(tid, run_id) for tid in trial_ids if (run_id := tracking.find_trial_run(client, tid, self.experiment_ids))]
+            log_contact_sheet(client, self.parent_run_id, trials)
+        except Exception:  # noqa: BLE001 - a picture must never cost the sweep anything
+            log.debug("contact sheet refresh failed", exc_info=True)
 
     def best(self) -> tuple[str, float] | None:
         scored = [(tid, r["metric"]) for tid, r in self.rows.items() if isinstance(r.get("metric"), (int, float)) and math.isfinite(r["metric"])]

@@ -62,11 +62,13 @@ def render(client: MlflowClient, parent, table: dict, uri: str) -> str:
         histories = {t["run_id"]: _histories(client, t["run_id"], metric) for t in trials}
         blocks = [_trial_block(client, i, t, metric, histories[t["run_id"]], tmp) for i, t in enumerate(trials, 1)]
         missing = "the sweep is still running; it is written when the sweep ends" if status == "RUNNING" else f"the sweep ended {status} without writing it"
+        sheet_missing = ("the sweep draws it when its first trial ends, then refreshes it as it runs" if status == "RUNNING"
+                         else f"the sweep ended {status} without drawing it")
         leaderboard = (_csv_table(board.read_text(encoding="utf-8"), metric) if board else
                        f'<p class="note">No leaderboard yet: {missing}. Standings from MLflow now:</p>{_live_table(table)}')
         contact = (f'<img class="contact-sheet" alt="contact sheet" src="{_data_uri(sheet)}">'
                    '<p class="note">Rows: trials, best first. Columns: eval steps. Every cell is drawn from the same fixed noise.</p>'
-                   if sheet else f'<p class="note">No contact sheet yet: {missing}. Each trial\'s newest samples are below.</p>')
+                   if sheet else f'<p class="note">No contact sheet yet: {sheet_missing}. Each trial\'s newest samples are below.</p>')
     overview = _overview_svg(trials, histories, metric) if any(histories[t["run_id"]].get(metric) for t in trials) else '<p class="note">No trial has reported yet.</p>'
     sweep_id = table["sweep_id"] or parent.info.run_id
     when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")

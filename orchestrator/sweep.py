@@ -66,6 +66,14 @@ class SweepResult:
         )
         return best_first
 
+    def mlflow_urls(self) -> dict[str, str] | None:
+        """Links to the sweep's and the best trial's runs in the MLflow UI (an http(s) tracking server only)."""
+        if not self.tracking_uri.startswith(("http://", "https://")):
+            return None
+        base = f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/"
+        best = self.best
+        return {"parent": base + self.parent_run_id, **({"best": base + best.run_id} if best and best.run_id else {})}
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["best"] = asdict(self.best) if self.best else None
@@ -211,7 +219,7 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
     stopper = BalanceStopper(spec.stopping, spec.metric, spec.mode, board=board)
     progress = SweepProgress(
         metric=spec.metric, mode=spec.mode, steps=spec.trainer.steps, searched=list(spec.search),
-        tracking_uri=uri, console=console, experiment_ids=[experiment_id], stopper=stopper,
+        tracking_uri=uri, console=console, experiment_ids=[experiment_id], stopper=stopper, parent_run_id=parent,
     )
     context = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent, "sweep_id": sweep_id, "storage": storage, "feature_cache": feature_cache, "board": board_name}
     search_alg, scheduler = build_search(spec, concurrent, board, storage)

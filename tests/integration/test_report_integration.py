@@ -156,7 +156,7 @@ def test_report_of_a_running_sweep_says_what_is_missing_and_shows_what_is_there(
     text = Path(info["path"]).read_text(encoding="utf-8")
     assert_self_contained(text)
     assert "No leaderboard yet: the sweep is still running" in text
-    assert "No contact sheet yet: the sweep is still running" in text
+    assert "No contact sheet yet: the sweep draws it when its first trial ends" in text
     assert "samples at step 4" in text and "no samples yet" in text
 
     seen, _ = browse(chromium, Path(info["path"]), tmp_path)

@@ -45,3 +45,13 @@ def test_sample_unknown_run_exits_2(ganops_home):
     """Sampling a run that does not exist says where to find run ids."""
     r = runner.invoke(app, ["sample", "nope_00000", "--out", "x.npy"])
     assert r.exit_code == 2 and "leaderboard" in r.output
+
+
+def test_a_bad_quality_gate_is_a_usage_error_and_launches_nothing(tmp_path):
+    """`--require` is checked against the spec before anything starts: exit 2, a clear message."""
+    p = tmp_path / "s.yaml"
+    p.write_text("name: t\ntrainer: {model: mlp2d, data: grid25}\n")
+    r = runner.invoke(app, ["sweep", str(p), "--require", "fid<30"])
+    assert r.exit_code == 2 and "'fid' is not reported for data 'grid25'" in r.output and "Nothing was launched" in r.output
+    r = runner.invoke(app, ["sweep", str(p), "--require", "modes is 25"])
+    assert r.exit_code == 2 and "write METRIC OP NUMBER" in r.output

@@ -1,0 +1,56 @@
+"""Quality gates for CI: `--require 'fid<30'`, conditions on the best trial's last metrics.
+
+Parsed and checked against the spec before anything launches (a typo is a usage error, exit
+2); evaluated on the sweep's result (exit 0 when every condition holds, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass
+from typing import Any
+
+_OPS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt}
+_COND = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|==|!=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+BALANCE = ("loss_d", "loss_d_real", "loss_d_fake", "loss_g", "d_x", "d_g_z", "grad_norm_d", "grad_norm_g", "step")
+
+
+class GateError(ValueError):
+    """A condition that cannot be parsed or names a metric the sweep does not report."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    metric: str
+    op: str
+    value: float
+
+    def __str__(self) -> str:
+        return f"{self.metric}{self.op}{self.value:g}"
+
+    def holds(self, metrics: dict[str, Any]) -> bool:
+        v = metrics.get(self.metric)
+        return isinstance(v, (int, float)) and _OPS[self.op](float(v), self.value)
+
+
+def parse(texts: list[str], spec) -> list[Condition]:
+    """Conditions from `--require` texts; GateError names the bad one and what is allowed."""
+    known = [*spec.metric_table, *BALANCE]
+    out = []
+    for text in texts:
+        m = _COND.match(text)
+        if not m:
+            raise GateError(f"--require {text!r}: write METRIC OP NUMBER, e.g. 'fid<30' or 'modes>=24' (OP: <, <=, >, >=, ==, !=)")
+        if m.group(1) not in known:
+            raise GateError(f"--require {text!r}: {m.group(1)!r} is not reported for data {spec.trainer.data!r}; choose one of: {', '.join(known)}")
+        out.append(Condition(m.group(1), m.group(2), float(m.group(3))))
+    return out
+
+
+def evaluate(conditions: list[Condition], result) -> dict[str, Any]:
+    """{"passed", "best_trial", "conditions": [{"require", "value", "met"}]}; no best trial fails every condition."""
+    best = result.best
+    metrics = best.metrics if best is not None else {}
+    rows = [{"require": str(c), "value": metrics.get(c.metric), "met": best is not None and c.holds(metrics)} for c in conditions]
+    return {"passed": all(r["met"] for r in rows), "best_trial": best.trial_id if best else None, "conditions": rows}
