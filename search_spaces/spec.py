@@ -124,7 +124,7 @@ class Divergence(_Model):
 
 
 class DOverpowers(_Model):
-    """D wins outright: D(G(z)) near 0, D(x) near 1, G's loss high and not falling."""
+    """D wins outright: D(G(z)) near 0, D(x) near 1 and G's loss high, for `patience` evals in a row."""
 
     d_g_z_below: float = Field(0.05, gt=0, lt=0.5, description="D(G(z)) below this (balance is 0.5).")
     d_x_above: float = Field(0.95, gt=0.5, lt=1, description="D(x) above this (balance is 0.5).")
