@@ -124,11 +124,11 @@ class Divergence(_Model):
 
 
 class DOverpowers(_Model):
-    """D wins outright: D(G(z)) near 0, D(x) near 1 and G's loss high, for `patience` evals in a row."""
+    """D wins outright: it rejects G's samples with near certainty while calling real data real,
+    for `patience` evals in a row."""
 
-    d_g_z_below: float = Field(0.05, gt=0, lt=0.5, description="D(G(z)) below this (balance is 0.5).")
+    d_g_z_below: float = Field(0.05, gt=0, lt=0.5, description="D(G(z)) below this, as a geometric mean over the window: exp(-G's loss), i.e. G's loss above -ln 0.05 = 3.0 (balance: 0.5, G's loss ln 2 = 0.693). The arithmetic mean of D(G(z)) misses a D that rejects most fakes with certainty and passes a few.")
     d_x_above: float = Field(0.95, gt=0.5, lt=1, description="D(x) above this (balance is 0.5).")
-    loss_g_above: float = Field(3.0, gt=0, description="G's loss above this (-ln 0.05 = 3.0; balance is ln 2 = 0.693).")
     patience: int = Field(3, ge=1, description="Consecutive evals before stopping.")
 
 

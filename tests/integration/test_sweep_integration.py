@@ -145,7 +145,7 @@ stopping: {mode_collapse: null}
     run = client.get_run(dominated.run_id)
     assert run.info.status == "KILLED" and run.data.tags["stop_reason"] == "d_overpowers"
     evidence = json.loads(run.data.tags["stop_evidence"])
-    assert evidence["d_g_z"] < 0.05 and evidence["d_x"] > 0.95 and evidence["loss_g"] > 3.0
+    assert evidence["d_g_z_geo"] < 0.05 and evidence["d_x"] > 0.95 and evidence["loss_g"] > 3.0
 
     healthy = by_lr[1.0e-4]
     assert healthy.status == "done" and healthy.step == 400 and healthy.stop_reason is None, healthy

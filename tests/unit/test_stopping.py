@@ -2,6 +2,8 @@
 
 import math
 
+import pytest
+
 from orchestrator.stopping import BalanceStopper, judge
 from search_spaces.spec import Stopping
 
@@ -25,18 +27,28 @@ def test_non_finite_loss_stops_at_once_as_divergence():
 
 
 def test_d_overpowering_g_needs_patience():
-    """D(G(z)) -> 0 with D(x) -> 1 and G's loss high: stopped after `patience` evals, not before,
-    whether G's loss climbs or drifts down."""
+    """D(x) -> 1 and G's loss high (geometric-mean D(G(z)) near 0): stopped after `patience`
+    evals, not before, whether G's loss climbs or drifts down."""
     bad = [{"d_x": 0.99, "d_g_z": 0.01, "loss_g": 9.0 - i} for i in range(3)]
     assert judge(history(*bad[:2]), Stopping(), "fid", "min") is None
     v = judge(history(*bad), Stopping(), "fid", "min")
-    assert v.rule == "d_overpowers" and v.evidence["d_g_z"] == 0.01 and v.evidence["evals"] == 3
+    assert v.rule == "d_overpowers" and v.evidence["evals"] == 3
+    assert v.evidence["d_g_z_geo"] == pytest.approx(math.exp(-7.0)) and v.evidence["loss_g"] == 7.0
+
+
+def test_d_overpowering_in_bursts_is_caught_by_the_geometric_mean():
+    """A D that rejects most fakes with certainty and passes a few: arithmetic D(G(z)) 0.1,
+    but G's loss 25 (measured at Adam lr_d 0.1) - that is D overpowering G."""
+    bursts = [{"d_x": 0.96, "d_g_z": 0.1, "loss_g": 25.0}] * 3
+    assert judge(history(*bursts), Stopping(), "fid", "min").rule == "d_overpowers"
 
 
 def test_d_overpowering_but_g_recovering_is_spared():
-    """G fighting back lifts D(G(z)) off the floor within the window: keep the trial."""
-    recovering = [{"d_x": 0.99, "d_g_z": z, "loss_g": 6.0} for z in (0.01, 0.03, 0.08)]
+    """G fighting back brings its loss under -ln 0.05 = 3.0 within the window: keep the trial."""
+    recovering = [{"d_x": 0.99, "d_g_z": 0.02, "loss_g": g} for g in (6.0, 4.0, 2.5)]
     assert judge(history(*recovering), Stopping(), "fid", "min") is None
+    unsure_d = [{"d_x": 0.9, "d_g_z": 0.01, "loss_g": 6.0}] * 3  # D not sure of the reals
+    assert judge(history(*unsure_d), Stopping(), "fid", "min") is None
 
 
 def test_d_fooled():
