@@ -5,6 +5,7 @@ Exit codes: 0 success, 1 a run failed, 2 a usage or spec error. Tracebacks only 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -107,7 +108,13 @@ def sweep(
         _fail(f"{e}. Nothing was launched.", 2)
 
     try:
-        result = run_sweep(spec, spec_text=text, address=address, console=err)
+        # stdout is for --json alone: Ray's own late messages (e.g. its "(raylet) WARNING ..."
+        # at shutdown) go to stderr, and Ray is shut down before the JSON is printed.
+        with contextlib.redirect_stdout(sys.stderr):
+            try:
+                result = run_sweep(spec, spec_text=text, address=address, console=err)
+            finally:
+                _shutdown_ray()
     except SweepError as e:
         _fail(f"{e}. Nothing was launched.", 2)
     except KeyboardInterrupt:
@@ -127,6 +134,14 @@ def sweep(
             err.print("[bold green]quality gate passed[/]" if verdict["passed"] else "[bold red]quality gate failed[/]")
     if not any(t.status in ("done", "stopped") for t in result.trials) or (verdict and not verdict["passed"]):
         raise typer.Exit(1)
+
+
+def _shutdown_ray() -> None:
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 def _print_leaderboard(result) -> None:
