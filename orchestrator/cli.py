@@ -137,6 +137,8 @@ def _print_leaderboard(result) -> None:
     err.print(f"  ganops ui{_uri_flag(result.tracking_uri)}                      # compare trials side by side", highlight=False)
     if best:
         err.print(f"  ganops sample {best.trial_id} --n 64 --out best.png{_uri_flag(result.tracking_uri)}   # look at the best generator", highlight=False)
+    if result.registered_model:
+        err.print(f"  ganops sample {result.registered_model} --out best.png{_uri_flag(result.tracking_uri)}   # the same, from the model registry", highlight=False)
 
 
 def _uri_flag(uri: str) -> str:
@@ -176,7 +178,7 @@ def ui(
 
 @app.command()
 def sample(
-    run: Annotated[str, typer.Argument(help="The trial's MLflow run id or its Ray trial id (from the leaderboard).")],
+    run: Annotated[str, typer.Argument(help="The trial's MLflow run id, its Ray trial id (from the leaderboard), or a registered model: models:/NAME/VERSION or models:/NAME@best.")],
     n: Annotated[int, typer.Option("--n", min=1, max=100_000, help="Number of samples.")] = 64,
     out: Annotated[Path, typer.Option("--out", help="Output file: .npy ((N,2) points or (N,C,H,W) images in [-1,1]) or .png.")] = Path("samples.png"),
     seed: Annotated[int, typer.Option(help="Seed of the latent draws.")] = 0,
@@ -185,7 +187,7 @@ def sample(
 ) -> None:
     """Write N samples from a trial's generator.
 
-    Example: ganops sample 3f2a1_00004 --n 2500 --out points.npy
+    Example: ganops sample 3f2a1_00004 --n 2500 --out points.npy   (or: ganops sample models:/ganops-dcgan-mnist@best)
     """
     from orchestrator.sample import SampleError, sample as _sample
     from orchestrator.tracking import resolve_tracking_uri

@@ -15,7 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
-from orchestrator import tracking
+from orchestrator import registry, tracking
 from search_spaces.spec import SweepSpec
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class SweepResult:
     wall_seconds: float
     first_result_seconds: float | None
     trials: list[TrialSummary] = field(default_factory=list)
+    registered_model: str | None = None  # models:/ganops-<spec name>/<version>: the best generator
 
     @property
     def best(self) -> TrialSummary | None:
@@ -250,6 +251,7 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
         wall_seconds=time.monotonic() - started, first_result_seconds=progress.first_result_s, trials=trials,
     )
     result.trials = result.leaderboard()
+    result.registered_model = registry.try_register_best(client, result, spec.name)
     _finish_parent(client, result)
     return result
 
