@@ -163,6 +163,9 @@ def ui(
     from orchestrator.tracking import home, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
+        err.print(f"{uri} is an MLflow tracking server: open it in a browser (it serves the UI itself)", highlight=False)
+        raise typer.Exit(0)
     exe = shutil.which("mlflow") or f"{sys.executable} -m mlflow"
     cmd = [*exe.split(), "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     if uri.startswith("sqlite:///"):

@@ -56,7 +56,10 @@ def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str
     if exp is not None:
         return exp.experiment_id
     # With a SQLite store, pin artifacts beside the database by absolute path: Ray workers
-    # run in other directories, and MLflow's default ./mlruns would scatter them.
+    # run in other directories, and MLflow's default ./mlruns would scatter them. A tracking
+    # server (http://...) decides itself: mlflow-artifacts:/ when it proxies artifacts (to
+    # its --artifacts-destination, e.g. S3, with its own credentials), else its
+    # --default-artifact-root, which clients then write to directly.
     location = None
     if tracking_uri.startswith("sqlite:///"):
         location = (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
