@@ -78,6 +78,9 @@ SWEEP_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # stdout is reserved for --json: with a tracking server, MLflow prints "View run <url>"
+    # there each time a run ends.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     # Snappier Ray Train teardown.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
     # A stopped trial ends itself through the StopBoard (orchestrator/stopping.py); Tune's

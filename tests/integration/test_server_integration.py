@@ -88,6 +88,8 @@ def test_sweep_logs_to_a_tracking_server_with_artifacts_in_s3(services, clean_ra
     url = services.mlflow.url
     text = SPEC.replace("URI", url)
     result = run_sweep(spec_from_text(text), spec_text=text)
+    swept = capfd.readouterr()
+    assert swept.out == "", swept.out  # stdout is --json's alone (MLflow prints run URLs there for a server)
     assert result.tracking_uri == url
     assert len(result.trials) == 2 and all(t.status == "done" for t in result.trials), result.trials
 
@@ -152,7 +154,7 @@ def test_sweep_logs_to_a_tracking_server_with_artifacts_in_s3(services, clean_ra
     written = {
         "params and tags": json.dumps([[r.data.params, r.data.tags] for r in runs]).encode(),
         "registry": json.dumps([dict(version.tags), version.source, version.description]).encode(),
-        "stdout/stderr": (out.out + out.err + "".join(printed)).encode(),
+        "stdout/stderr": (swept.err + out.out + out.err + "".join(printed)).encode(),
         "server database": (services.dir / "mlflow" / "mlflow.db").read_bytes(),
         "server log": services.mlflow.log.read_bytes(),
         **{f"s3://{BUCKET}/{k}": v for k, v in _objects(services).items()},
