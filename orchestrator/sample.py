@@ -48,7 +48,10 @@ def load_generator(client: MlflowClient, run: str):
                 local = client.download_artifacts(run_id, "generator/generator.pt", tmp)
             except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing artifact
                 raise SampleError(f"run {run_id} has no generator checkpoint yet (it is logged at the trial's first eval): {e}") from None
-        G, cfg = _load(Path(local))
+        try:
+            G, cfg = _load(Path(local))
+        except Exception as e:  # noqa: BLE001 - weights_only refusals, missing keys, a config that no longer validates
+            raise SampleError(f"{run}: its generator.pt is not a ganops generator file that loads safely (weights only): {e}") from None
     return G, cfg, run_id
 
 

@@ -34,3 +34,29 @@ def test_sample_of_a_bad_or_unknown_model_uri_exits_2(ganops_home, uri, says):
     """`ganops sample models:/...` that names nothing: exit 2 and what to pass instead."""
     r = CliRunner().invoke(app, ["sample", uri, "--out", "x.png"])
     assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output
+
+
+class _Planted:
+    """What a hostile generator.pt would hold: unpickling it runs a command."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch planted-code-ran",))
+
+
+def test_sample_refuses_a_generator_file_that_needs_unpickling(ganops_home, tmp_path):
+    """A run whose generator.pt holds more than tensors and plain values: exit 2, nothing executed."""
+    import torch
+    from mlflow import MlflowClient
+
+    from orchestrator import tracking
+
+    uri = tracking.resolve_tracking_uri(None)
+    client = MlflowClient(uri)
+    run = client.create_run(tracking.ensure_experiment(client, "planted", uri)).info.run_id
+    torch.save({"G": _Planted(), "config": {}}, tmp_path / "generator.pt")
+    client.log_artifact(run, str(tmp_path / "generator.pt"), "generator")
+    r = CliRunner().invoke(app, ["sample", run, "--out", "x.png"])
+    assert r.exit_code == 2 and "loads safely" in r.output, r.output
+    assert not (ganops_home.parent / "planted-code-ran").exists()

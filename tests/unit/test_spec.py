@@ -154,3 +154,12 @@ def test_trial_bigger_than_cluster_is_refused_up_front():
     gpu = spec_from_text("name: t\nresources: {gpus_per_worker: 1}\n")
     with pytest.raises(SweepError, match="GPU"):
         check_fits(gpu, {"CPU": 2.0})
+
+
+def test_tracking_uri_with_a_password_is_refused_without_echoing_it():
+    """A password in tracking.uri would be logged with the spec: refused at its line, env vars suggested."""
+    with pytest.raises(SpecError) as e:
+        spec_from_text('name: t\ntracking: {uri: "https://bob:hunter2@mlflow.example:443"}\n')
+    text = e.value.render()
+    assert "<spec>:2 tracking.uri" in text and "MLFLOW_TRACKING_PASSWORD" in text and "hunter2" not in text
+    assert spec_from_text("name: t\ntracking: {uri: http://127.0.0.1:5000}\n").tracking.uri == "http://127.0.0.1:5000"
