@@ -228,6 +228,7 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
             client.set_terminated(parent, status=status)
 
     trials = []
+    run_ids = tracking.trial_run_ids(client, experiment_id, parent)
     for r in grid:
         m = dict(r.metrics or {})
         trial_id = m.get("trial_id") or (r.path and Path(r.path).name)
@@ -240,7 +241,7 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
         numeric = {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("trial_id",)}
         trials.append(TrialSummary(
             trial_id=trial_id,
-            run_id=tracking.find_trial_run(client, trial_id, [experiment_id]),
+            run_id=run_ids.get(trial_id),
             status=state,
             config={k: r.config.get(k) for k in spec.search},
             metrics=numeric,
