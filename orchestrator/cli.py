@@ -164,6 +164,8 @@ def _print_leaderboard(result) -> None:
     err.print(f"  ganops ui{_uri_flag(result.tracking_uri)}                      # compare trials side by side", highlight=False)
     if best:
         err.print(f"  ganops sample {best.trial_id} --n 64 --out best.png{_uri_flag(result.tracking_uri)}   # look at the best generator", highlight=False)
+    if result.registered_model:
+        err.print(f"  ganops sample {result.registered_model} --out best.png{_uri_flag(result.tracking_uri)}   # the same, from the model registry", highlight=False)
 
 
 def _uri_flag(uri: str) -> str:
@@ -188,6 +190,9 @@ def ui(
     from orchestrator.tracking import home, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
+        err.print(f"{uri} is an MLflow tracking server: open it in a browser (it serves the UI itself)", highlight=False)
+        raise typer.Exit(0)
     exe = shutil.which("mlflow") or f"{sys.executable} -m mlflow"
     cmd = [*exe.split(), "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     if uri.startswith("sqlite:///"):
@@ -203,7 +208,7 @@ def ui(
 
 @app.command()
 def sample(
-    run: Annotated[str, typer.Argument(help="The trial's MLflow run id or its Ray trial id (from the leaderboard).")],
+    run: Annotated[str, typer.Argument(help="The trial's MLflow run id, its Ray trial id (from the leaderboard), or a registered model: models:/NAME/VERSION or models:/NAME@best.")],
     n: Annotated[int, typer.Option("--n", min=1, max=100_000, help="Number of samples.")] = 64,
     out: Annotated[Path, typer.Option("--out", help="Output file: .npy ((N,2) points or (N,C,H,W) images in [-1,1]) or .png.")] = Path("samples.png"),
     seed: Annotated[int, typer.Option(help="Seed of the latent draws.")] = 0,
@@ -212,7 +217,7 @@ def sample(
 ) -> None:
     """Write N samples from a trial's generator.
 
-    Example: ganops sample 3f2a1_00004 --n 2500 --out points.npy
+    Example: ganops sample 3f2a1_00004 --n 2500 --out points.npy   (or: ganops sample models:/ganops-dcgan-mnist@best)
     """
     from orchestrator.sample import SampleError, sample as _sample
     from orchestrator.tracking import resolve_tracking_uri

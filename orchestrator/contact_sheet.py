@@ -1,5 +1,5 @@
-"""The sweep's contact sheet: rows = trials (best first), columns = eval steps, every cell drawn
-from the SAME sweep-wide fixed noise, so a person compares trials at a glance.
+"""The sweep's contact sheet: rows = trials (best first, the best 32 at most), columns = eval
+steps, every cell drawn from the SAME sweep-wide fixed noise, so a person compares trials at a glance.
 
 Built from the `samples` images the trials logged to MLflow, and logged on the sweep's parent run.
 """
@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import mlflow.artifacts
 import numpy as np
 from mlflow import MlflowClient
 from PIL import Image, ImageDraw
@@ -17,16 +19,28 @@ from PIL import Image, ImageDraw
 _STEP = re.compile(r"samples\+step\+(\d+)\+")
 CELL = 96  # px per cell side
 LABEL_W = 110  # px for the trial label column
+MAX_ROWS = 32  # the best trials; past a few dozen rows a sheet is no longer read at a glance
+
+
+def _trial_images(client: MlflowClient, run_id: str) -> tuple[str, dict[int, str]]:
+    """The run's artifact root and step -> path of its sample grids (PNG, not the webp preview).
+
+    Read through the run's artifact root, not `client.list_artifacts(run_id, ...)`: MLflow 3
+    routes those through `runs:/`, which costs two more requests per call (a get_run and a
+    logged-model search) - minutes for a few hundred trials on a tracking server."""
+    root = client.get_run(run_id).info.artifact_uri
+    out = {}
+    for a in mlflow.artifacts.list_artifacts(artifact_uri=f"{root}/images", tracking_uri=client.tracking_uri):
+        name = a.path.rsplit("/", 1)[-1]
+        m = _STEP.search(name)
+        if m and name.endswith(".png") and "compressed" not in name:
+            out[int(m.group(1))] = f"images/{name}"
+    return root, out
 
 
 def trial_images(client: MlflowClient, run_id: str) -> dict[int, str]:
-    """step -> artifact path of the trial's sample grid (PNG, not the webp preview)."""
-    out = {}
-    for a in client.list_artifacts(run_id, "images"):
-        m = _STEP.search(a.path)
-        if m and a.path.endswith(".png") and "compressed" not in a.path:
-            out[int(m.group(1))] = a.path
-    return out
+    """step -> artifact path (within the run) of the trial's sample grids."""
+    return _trial_images(client, run_id)[1]
 
 
 def _cell(path: str) -> Image.Image:
@@ -37,9 +51,12 @@ def _cell(path: str) -> Image.Image:
     return img.resize((CELL, CELL), Image.NEAREST)
 
 
-def build(client: MlflowClient, trials: list[tuple[str, str]], max_cols: int = 12) -> Image.Image | None:
-    """`trials`: (label, run_id) best first. None when no trial has logged a picture yet."""
-    per_trial = [(label, run_id, trial_images(client, run_id)) for label, run_id in trials]
+def build(client: MlflowClient, trials: list[tuple[str, str]], max_cols: int = 12, max_rows: int = MAX_ROWS) -> Image.Image | None:
+    """`trials`: (label, run_id) best first; the first `max_rows` make the rows. None when no
+    trial has logged a picture yet."""
+    trials = trials[:max_rows]
+    with ThreadPoolExecutor(4) as pool:  # requests to a tracking server overlap; the sheet waits on them
+        per_trial = list(pool.map(lambda t: (t[0], *_trial_images(client, t[1])), trials))
     steps = sorted({s for _, _, imgs in per_trial for s in imgs})
     if not steps:
         return None
@@ -50,14 +67,16 @@ def build(client: MlflowClient, trials: list[tuple[str, str]], max_cols: int = 1
     draw = ImageDraw.Draw(sheet)
     for c, s in enumerate(steps):
         draw.text((LABEL_W + c * CELL + 4, 3), f"step {s}", fill="black")
-    with tempfile.TemporaryDirectory() as tmp:
-        for r, (label, run_id, imgs) in enumerate(per_trial):
-            y = 18 + r * CELL
-            draw.text((4, y + CELL // 2 - 6), label, fill="black")
-            for c, s in enumerate(steps):
-                if s in imgs:
-                    local = client.download_artifacts(run_id, imgs[s], dst_path=str(Path(tmp) / run_id))
-                    sheet.paste(_cell(local), (LABEL_W + c * CELL, y))
+    cells = [(r, c, root, imgs[s]) for r, (_, root, imgs) in enumerate(per_trial) for c, s in enumerate(steps) if s in imgs]
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(4) as pool:
+        def fetch(cell):
+            r, c, root, path = cell
+            return r, c, mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/{path}", dst_path=str(Path(tmp) / f"{r}-{c}"), tracking_uri=client.tracking_uri)
+
+        for r, c, local in pool.map(fetch, cells):
+            sheet.paste(_cell(local), (LABEL_W + c * CELL, 18 + r * CELL))
+    for r, (label, _, _) in enumerate(per_trial):
+        draw.text((4, 18 + r * CELL + CELL // 2 - 6), label, fill="black")
     return sheet
 
 

@@ -1,14 +1,15 @@
-"""Draw samples from a trial's generator: find its MLflow run, load the generator, write a file."""
+"""Draw samples from a trial's generator (by run or trial id) or a registered one (models:/...): load it, write a file."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from mlflow import MlflowClient
 
-from orchestrator import tracking
+from orchestrator import registry, tracking
 
 
 class SampleError(Exception):
@@ -29,14 +30,29 @@ def resolve_run(client: MlflowClient, run: str) -> str:
     return rid
 
 
-def load_generator(client: MlflowClient, run_id: str):
+def load_generator(client: MlflowClient, run: str):
+    """The generator of a run / trial id, or of a registered model version (`models:/NAME/VERSION`,
+    `models:/NAME@ALIAS`); returns (G, config, run id). Only ever a state dict read with
+    weights_only=True: never an unpickled model (see orchestrator/registry.py)."""
     from trainers.checkpoint import load_generator as _load
 
-    try:
-        local = client.download_artifacts(run_id, "generator/generator.pt")
-    except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing artifact
-        raise SampleError(f"run {run_id} has no generator checkpoint yet (it is logged at the trial's first eval): {e}") from None
-    return _load(Path(local))
+    with tempfile.TemporaryDirectory() as tmp:
+        if run.startswith("models:/"):
+            try:
+                local, run_id = registry.download_weights(client, run, Path(tmp))
+            except LookupError as e:
+                raise SampleError(str(e)) from None
+        else:
+            run_id = resolve_run(client, run)
+            try:
+                local = client.download_artifacts(run_id, "generator/generator.pt", tmp)
+            except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing artifact
+                raise SampleError(f"run {run_id} has no generator checkpoint yet (it is logged at the trial's first eval): {e}") from None
+        try:
+            G, cfg = _load(Path(local))
+        except Exception as e:  # noqa: BLE001 - weights_only refusals, missing keys, a config that no longer validates
+            raise SampleError(f"{run}: its generator.pt is not a ganops generator file that loads safely (weights only): {e}") from None
+    return G, cfg, run_id
 
 
 def sample(tracking_uri: str, run: str, n: int, out: Path, seed: int = 0) -> dict:
@@ -47,8 +63,7 @@ def sample(tracking_uri: str, run: str, n: int, out: Path, seed: int = 0) -> dic
     if out.suffix not in (".npy", ".png"):
         raise SampleError(f"--out {out}: use a .npy (raw samples) or .png (a picture) file name")
     client = MlflowClient(tracking_uri)
-    run_id = resolve_run(client, run)
-    G, cfg = load_generator(client, run_id)
+    G, cfg, run_id = load_generator(client, run)
     G.eval()
     with torch.no_grad():
         x = G(sample_latent(n, cfg, torch.Generator().manual_seed(seed)))
@@ -60,4 +75,4 @@ def sample(tracking_uri: str, run: str, n: int, out: Path, seed: int = 0) -> dic
 
         pic = image_grid(x, nrow=max(1, int(np.ceil(np.sqrt(n))))) if cfg.is_image else scatter_png(x, cfg.data)
         Image.fromarray(pic).save(out)
-    return {"run_id": run_id, "out": str(out), "n": n, "shape": list(x.shape), "data": cfg.data}
+    return {"run_id": run_id, "source": run, "out": str(out), "n": n, "shape": list(x.shape), "data": cfg.data}

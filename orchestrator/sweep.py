@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from orchestrator import tracking
+from orchestrator import registry, tracking
 from search_spaces.spec import SweepSpec
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class SweepResult:
     wall_seconds: float
     first_result_seconds: float | None
     trials: list[TrialSummary] = field(default_factory=list)
+    registered_model: str | None = None  # models:/ganops-<spec name>/<version>: the best generator
 
     @property
     def best(self) -> TrialSummary | None:
@@ -86,6 +87,9 @@ SWEEP_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # stdout is reserved for --json: with a tracking server, MLflow prints "View run <url>"
+    # there each time a run ends.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     # Snappier Ray Train teardown.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
     # A stopped trial ends itself through the trial board (orchestrator/board.py); Tune's
@@ -247,6 +251,7 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
             client.set_terminated(parent, status=status)
 
     trials = []
+    run_ids = tracking.trial_run_ids(client, experiment_id, parent)
     for r in grid:
         m = dict(r.metrics or {})
         trial_id = m.get("trial_id") or (r.path and Path(r.path).name)
@@ -256,7 +261,7 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
             state = "failed"
         if state == "running":
             state = "done"
-        run_id = tracking.find_trial_run(client, trial_id, [experiment_id])
+        run_id = run_ids.get(trial_id)
         config = {k: r.config.get(k) for k in spec.search}
         if spec.sweep.scheduler == "pbt" and run_id:
             # Tune keeps the sampled config; the settings a PBT exploit switched to are
@@ -279,6 +284,7 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
         wall_seconds=time.monotonic() - started, first_result_seconds=progress.first_result_s, trials=trials,
     )
     result.trials = result.leaderboard()
+    result.registered_model = registry.try_register_best(client, result, spec.name)
     _finish_parent(client, result)
     return result
 

@@ -56,7 +56,10 @@ def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str
     if exp is not None:
         return exp.experiment_id
     # With a SQLite store, pin artifacts beside the database by absolute path: Ray workers
-    # run in other directories, and MLflow's default ./mlruns would scatter them.
+    # run in other directories, and MLflow's default ./mlruns would scatter them. A tracking
+    # server (http://...) decides itself: mlflow-artifacts:/ when it proxies artifacts (to
+    # its --artifacts-destination, e.g. S3, with its own credentials), else its
+    # --default-artifact-root, which clients then write to directly.
     location = None
     if tracking_uri.startswith("sqlite:///"):
         location = (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
@@ -139,5 +142,15 @@ def find_sweep_run(client: MlflowClient, sweep: str):
     return run if run.data.tags.get(TAG_KIND) == "sweep" else None
 
 
+def _children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list:
+    return client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'", max_results=10_000)
+
+
 def trial_runs(client: MlflowClient, parent) -> list:
-    return client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent.info.run_id}'", max_results=10_000)
+    return _children(client, parent.info.experiment_id, parent.info.run_id)
+
+
+def trial_run_ids(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[str, str]:
+    """Trial id -> run id for a whole sweep in one search (one search per trial took 12 s for
+    200 trials against a tracking server)."""
+    return {r.data.tags[TAG_TRIAL]: r.info.run_id for r in _children(client, experiment_id, parent_run_id) if TAG_TRIAL in r.data.tags}

@@ -12,7 +12,7 @@ import json
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainers.config import MUTABLE_IN_FLIGHT, TrainerConfig
 
@@ -177,8 +177,19 @@ class Stopping(_Model):
 class Tracking(_Model):
     """Where MLflow records the sweep."""
 
-    uri: str | None = Field(None, description="MLflow tracking URI; default: a SQLite store under ./ganops_runs (or $GANOPS_HOME).")
+    uri: str | None = Field(None, description="MLflow tracking URI (e.g. http://mlflow.internal:5000); default: a SQLite store under ./ganops_runs (or $GANOPS_HOME).")
     experiment: str | None = Field(None, description="MLflow experiment; default: the spec's name.")
+
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials(cls, uri: str | None) -> str | None:
+        # The spec is logged to MLflow and printed; a password in the URI would be too.
+        from urllib.parse import urlsplit
+
+        if uri and urlsplit(uri).scheme in ("http", "https") and urlsplit(uri).password is not None:
+            raise ValueError("has a password in it, and the spec is logged to MLflow; drop user:password@ and set "
+                             "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment")
+        return uri
 
 
 class SweepSpec(_Model):

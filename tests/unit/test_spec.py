@@ -187,3 +187,12 @@ def test_pbt_explores_choices_by_neighbour_and_keeps_ranges_inside_their_bounds(
     assert pbt._hyperparam_mutations["dg_ratio"] == ["1:1", "2:1", "1:2"]
     assert pbt._custom_explore_fn({"lr_g": 1.2e-3, "dg_ratio": "1:1"})["lr_g"] == 1.0e-3
     assert pbt._custom_explore_fn({"lr_g": 0.8e-4, "dg_ratio": "1:1"})["lr_g"] == 1.0e-4
+
+
+def test_tracking_uri_with_a_password_is_refused_without_echoing_it():
+    """A password in tracking.uri would be logged with the spec: refused at its line, env vars suggested."""
+    with pytest.raises(SpecError) as e:
+        spec_from_text('name: t\ntracking: {uri: "https://bob:hunter2@mlflow.example:443"}\n')
+    text = e.value.render()
+    assert "<spec>:2 tracking.uri" in text and "MLFLOW_TRACKING_PASSWORD" in text and "hunter2" not in text
+    assert spec_from_text("name: t\ntracking: {uri: http://127.0.0.1:5000}\n").tracking.uri == "http://127.0.0.1:5000"
