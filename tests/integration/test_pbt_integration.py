@@ -34,8 +34,10 @@ def local_ray():
     ray.shutdown()
 
 
-def test_pbt_exploit_moves_the_worse_trial_onto_the_better_ones_weights_and_settings(local_ray, ganops_home):
-    result = run_sweep(spec_from_text(PBT))
+@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
+def test_pbt_exploit_moves_the_worse_trial_onto_the_better_ones_weights_and_settings(local_ray, ganops_home, workers):
+    """With 2 workers per trial (half a CPU each), rank 0 takes the order and every worker loads the donor."""
+    result = run_sweep(spec_from_text(PBT + f"resources: {{workers_per_trial: {workers}, cpus_per_worker: {1 / workers}}}\n"))
     assert len(result.trials) == 2 and all(t.status == "done" and t.step == 3000 for t in result.trials), result.trials
     client = MlflowClient(result.tracking_uri)
     runs = {t.trial_id: client.get_run(t.run_id) for t in result.trials}
