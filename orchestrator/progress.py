@@ -140,7 +140,8 @@ class SweepProgress(Callback):
 
         try:
             client = MlflowClient(self.tracking_uri)
-            trials = [(tid, run_id) for tid in trial_ids if (run_id := tracking.find_trial_run(client, tid, self.experiment_ids))]
+            run_ids = tracking.trial_run_ids(client, self.experiment_ids[0], self.parent_run_id)  # one search, not one per trial
+            trials = [(tid, run_ids[tid]) for tid in trial_ids if tid in run_ids]
             log_contact_sheet(client, self.parent_run_id, trials)
         except Exception:  # noqa: BLE001 - a picture must never cost the sweep anything
             log.debug("contact sheet refresh failed", exc_info=True)
