@@ -3,13 +3,22 @@
     from orchestrator.api import load_spec, run_sweep
     result = run_sweep(load_spec("search_spaces/dcgan.yaml", ["sweep.num_samples=2"]))
     print(result.best.trial_id, result.best.metrics[result.metric])
+
+On a Ray cluster, through the Ray Jobs API:
+
+    handle = submit(load_spec("search_spaces/dcgan.yaml"), "http://127.0.0.1:8265")
+    outcome = wait(handle.job_id, handle.address)        # JobOutcome: status, result
 """
 
-from orchestrator.report import ReportError, report
 from orchestrator.gate import GateError, evaluate as check_gate, parse as parse_gate
+from orchestrator.jobs import JobError, JobOutcome, SweepHandle, cancel, logs, status, submit, wait
+from orchestrator.report import ReportError, report
 from orchestrator.sample import sample
-from orchestrator.sweep import SweepResult, TrialSummary, run_sweep
+from orchestrator.sweep import SweepError, SweepResult, TrialSummary, resume_sweep, run_sweep
 from search_spaces.loader import SpecError, load_spec, spec_from_text
 from search_spaces.spec import SweepSpec
 
-__all__ = ["GateError", "check_gate", "parse_gate", "ReportError", "SpecError", "SweepResult", "SweepSpec", "TrialSummary", "load_spec", "report", "run_sweep", "sample", "spec_from_text"]
+__all__ = [
+    "GateError", "JobError", "JobOutcome", "ReportError", "SpecError", "SweepError", "SweepHandle", "SweepResult", "SweepSpec", "TrialSummary",
+    "cancel", "check_gate", "load_spec", "logs", "parse_gate", "report", "resume_sweep", "run_sweep", "sample", "spec_from_text", "status", "submit", "wait",
+]

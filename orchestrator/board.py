@@ -41,3 +41,16 @@ def start_board(sweep_id: str):
 
     name = f"ganops-board-{sweep_id}"
     return name, ray.remote(num_cpus=0)(TrialBoard).options(name=name).remote()
+
+
+class HoldsBoard:
+    """For the Tune objects that hold the board (stopper, schedulers): Tune pickles them into
+    the experiment state, and a handle to a dead sweep's actor cannot be unpickled by the
+    process that resumes it (`ganops resume`), which gives them its own board."""
+
+    board = None
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["board"] = None
+        return state

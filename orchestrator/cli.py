@@ -31,6 +31,9 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a spec value, e.g. --set trainer.steps=200 (repeatable).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable result on stdout.")]
+AddressOpt = Annotated[Optional[str], typer.Option(help="Existing Ray cluster address (e.g. ray://head:10001 or auto); default: local Ray.")]
+TrackingOpt = Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI; default: the local store under ./ganops_runs (or $GANOPS_HOME).")]
+RequireOpt = Annotated[Optional[list[str]], typer.Option("--require", help="Quality gate on the best trial, e.g. 'fid<30' (repeatable): exit 0 only if all hold.")]
 
 
 def _debug() -> bool:
@@ -88,9 +91,11 @@ def validate(file: Annotated[Path, typer.Argument(help="Spec YAML file.")], set_
 def sweep(
     file: Annotated[Path, typer.Argument(help="Spec YAML file.")],
     set_: SetOpt = None,
-    address: Annotated[Optional[str], typer.Option(help="Existing Ray cluster address (e.g. ray://head:10001 or auto); default: local Ray.")] = None,
+    address: AddressOpt = None,
     json_: JsonOpt = False,
-    require: Annotated[Optional[list[str]], typer.Option("--require", help="Quality gate on the best trial, e.g. 'fid<30' (repeatable): exit 0 only if all hold.")] = None,
+    require: RequireOpt = None,
+    sweep_id: Annotated[Optional[str], typer.Option("--sweep-id", help="Name the sweep (default: spec name + time); `ganops submit` derives it from the spec.")] = None,
+    resume_: Annotated[bool, typer.Option("--resume", help="With --sweep-id: continue that sweep if it exists (as `ganops resume` does), else start it.")] = False,
 ) -> None:
     """Run a sweep: every trial a GAN trained by Ray Train workers, tracked in MLflow.
 
@@ -100,32 +105,178 @@ def sweep(
     spec, text = _load(file, set_)
     from orchestrator import gate
     from orchestrator.api import run_sweep
-    from orchestrator.sweep import SweepError
 
     try:
         conditions = gate.parse(require or [], spec)
     except gate.GateError as e:
         _fail(f"{e}. Nothing was launched.", 2)
+    if resume_ and not sweep_id:
+        _fail("--resume needs --sweep-id: the sweep to continue", 2)
+    result = _running(lambda: run_sweep(spec, spec_text=text, address=address, console=err, sweep_id=sweep_id, resume=resume_), launched=resume_)
+    _finish(result, conditions, json_)
+
+
+@app.command()
+def resume(
+    sweep_id: Annotated[str, typer.Argument(metavar="SWEEP", help="Sweep id (as the leaderboard prints it) or the sweep's MLflow run id.")],
+    tracking_uri: TrackingOpt = None,
+    address: AddressOpt = None,
+    json_: JsonOpt = False,
+    require: RequireOpt = None,
+) -> None:
+    """Continue a sweep whose `ganops sweep` process died: finished trials stay, unfinished ones go on from their checkpoints.
+
+    Example: ganops resume dcgan-mnist-20261123-120402
+    """
+    _setup_logging()
+    from orchestrator import gate
+    from orchestrator.sweep import resume_sweep
+    from orchestrator.tracking import resolve_tracking_uri
+
+    try:
+        conditions = gate.parse(require or [], None)
+    except gate.GateError as e:
+        _fail(f"{e}. Nothing was resumed.", 2)
+    result = _running(lambda: resume_sweep(sweep_id, tracking_uri=resolve_tracking_uri(tracking_uri), address=address, console=err), launched=True)
+    _finish(result, conditions, json_)
+
+
+JobAddressOpt = Annotated[str, typer.Option("--address", envvar="RAY_API_SERVER_ADDRESS", help="The Ray cluster's Jobs API (its dashboard), e.g. http://127.0.0.1:8265; or set RAY_API_SERVER_ADDRESS.")]
+JobArg = Annotated[str, typer.Argument(metavar="JOB", help="The job id `ganops submit` printed.")]
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help="Spec YAML file.")],
+    address: JobAddressOpt,
+    set_: SetOpt = None,
+    wait_: Annotated[bool, typer.Option("--wait", help="Wait for the sweep to end; then print its leaderboard (or --json) and apply --require.")] = False,
+    json_: JsonOpt = False,
+    require: RequireOpt = None,
+    home: Annotated[str, typer.Option(help="GANOPS_HOME on the cluster: its MLflow store and Ray storage (unless the spec names others); must outlive one job.")] = "~/ganops_runs",
+) -> None:
+    """Run a sweep on a Ray cluster as a Ray job. Submitting the same spec again finds the same job (or resumes it if it died).
+
+    Example: ganops submit search_spaces/dcgan.yaml --address http://127.0.0.1:8265 --wait --require 'fid<80'
+    """
+    _setup_logging()
+    spec, _ = _load(file, set_)
+    from orchestrator import gate, jobs
+
+    try:
+        conditions = gate.parse(require or [], spec)
+    except gate.GateError as e:
+        _fail(f"{e}. Nothing was launched.", 2)
+    try:
+        handle = jobs.submit(spec, address, home=home)
+    except jobs.JobError as e:
+        _fail(str(e), 2)
+    what = "found running job" if handle.existing else (f"resumed {handle.resumes} as" if handle.resumes else "submitted")
+    err.print(f"{what} [bold]{handle.job_id}[/] on {address} (sweep {handle.sweep_id})", highlight=False)
+    if not wait_:
+        if json_:
+            typer.echo(json.dumps(handle.to_dict()))
+        err.print(f"Next: ganops status {handle.job_id} --address {address}   |   ganops logs {handle.job_id} --address {address}", style="dim", highlight=False)
+        return
+    outcome = _wait_job(handle.job_id, address)
+    if outcome.result is None:
+        if json_:
+            typer.echo(json.dumps({"job": handle.to_dict(), **outcome.to_dict()}))
+        _fail(f"job {handle.job_id} ended {outcome.status} without a sweep result ({outcome.message}); see `ganops logs {handle.job_id} --address {address}`", 1)
+    _finish(outcome.result, conditions, json_, extra={"job": {**handle.to_dict(), "status": outcome.status}})
+
+
+def _wait_job(job_id: str, address: str):
+    from orchestrator import jobs
+
+    try:
+        return jobs.wait(job_id, address, on_status=lambda s: err.print(f"job {job_id}: {s}", highlight=False))
+    except jobs.JobError as e:
+        _fail(str(e), 2)
+    except KeyboardInterrupt:
+        _fail(f"stopped waiting; the job goes on (`ganops status {job_id} --address {address}`, `ganops cancel {job_id} --address {address}`)", 1)
+
+
+@app.command()
+def status(job: JobArg, address: JobAddressOpt, json_: JsonOpt = False, wait_: Annotated[bool, typer.Option("--wait", help="Wait for the job to end.")] = False) -> None:
+    """State of a submitted sweep (and its best trial once it has ended). Exit 1 if the job failed.
+
+    Example: ganops status ganops-dcgan-mnist-3f2a1b4c5d6e --address http://127.0.0.1:8265
+    """
+    from orchestrator import jobs
+
+    try:
+        out = _wait_job(job, address) if wait_ else jobs.status(job, address)
+    except jobs.JobError as e:
+        _fail(str(e), 2)
+    if json_:
+        typer.echo(json.dumps(out.to_dict(), default=str))
+    else:
+        err.print(f"job {out.job_id}: [bold]{out.status}[/]" + (f" ({out.message})" if out.message else ""), highlight=False)
+        if out.result is not None:
+            _print_leaderboard(out.result)
+    if out.status in ("FAILED", "STOPPED"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def logs(job: JobArg, address: JobAddressOpt) -> None:
+    """Everything a submitted sweep has printed so far.
+
+    Example: ganops logs ganops-dcgan-mnist-3f2a1b4c5d6e --address http://127.0.0.1:8265
+    """
+    from orchestrator import jobs
+
+    try:
+        typer.echo(jobs.logs(job, address), nl=False)
+    except jobs.JobError as e:
+        _fail(str(e), 2)
+
+
+@app.command()
+def cancel(job: JobArg, address: JobAddressOpt) -> None:
+    """Stop a submitted sweep. Submitting the same spec again continues it from its checkpoints.
+
+    Example: ganops cancel ganops-dcgan-mnist-3f2a1b4c5d6e --address http://127.0.0.1:8265
+    """
+    from orchestrator import jobs
+
+    try:
+        stopped = jobs.cancel(job, address)
+    except jobs.JobError as e:
+        _fail(str(e), 2)
+    err.print(f"job {job}: {'stopping' if stopped else 'had already ended'}", highlight=False)
+
+
+def _running(start, launched: bool):
+    """Run a sweep (new or resumed) in this process: errors as messages, Ray shut down after."""
+    from orchestrator.sweep import SweepError
 
     try:
         # stdout is for --json alone: Ray's own late messages (e.g. its "(raylet) WARNING ..."
         # at shutdown) go to stderr, and Ray is shut down before the JSON is printed.
         with contextlib.redirect_stdout(sys.stderr):
             try:
-                result = run_sweep(spec, spec_text=text, address=address, console=err)
+                return start()
             finally:
                 _shutdown_ray()
     except SweepError as e:
-        _fail(f"{e}. Nothing was launched.", 2)
+        _fail(str(e) if launched else f"{e}. Nothing was launched.", 2)
     except KeyboardInterrupt:
-        _fail("interrupted; finished trials are in MLflow (`ganops ui`)", 1)
+        _fail("interrupted; finished trials are in MLflow (`ganops ui`); continue with `ganops resume SWEEP`", 1)
     except Exception as e:  # noqa: BLE001 - shown to the person, traceback with GANOPS_DEBUG=1
         if _debug():
             raise
         _fail(f"the sweep could not run: {e}", 1)
+
+
+def _finish(result, conditions, json_: bool, extra: dict | None = None) -> None:
+    """Leaderboard (or JSON) and the quality gate's verdict; exit 1 if the gate fails or no trial ran."""
+    from orchestrator import gate
+
     verdict = gate.evaluate(conditions, result) if conditions else None
     if json_:
-        typer.echo(json.dumps({**result.to_dict(), "mlflow_urls": result.mlflow_urls(), **({"gate": verdict} if verdict else {})}, default=str))
+        typer.echo(json.dumps({**result.to_dict(), "mlflow_urls": result.mlflow_urls(), **({"gate": verdict} if verdict else {}), **(extra or {})}, default=str))
     else:
         _print_leaderboard(result)
         if verdict:
@@ -172,9 +323,6 @@ def _uri_flag(uri: str) -> str:
     from orchestrator.tracking import default_tracking_uri
 
     return "" if uri == default_tracking_uri() else f" --tracking-uri {uri}"
-
-
-TrackingOpt = Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI; default: the local store under ./ganops_runs (or $GANOPS_HOME).")]
 
 
 @app.command()

@@ -35,15 +35,22 @@ class Condition:
 
 
 def parse(texts: list[str], spec) -> list[Condition]:
-    """Conditions from `--require` texts; GateError names the bad one and what is allowed."""
-    known = [*spec.metric_table, *BALANCE]
+    """Conditions from `--require` texts; GateError names the bad one and what is allowed.
+    Without a spec (e.g. `ganops resume`, which reads it from MLflow) any metric ganops reports is allowed."""
+    if spec is None:
+        from search_spaces.spec import IMAGE_METRICS, MIXTURE_METRICS
+
+        known = list(dict.fromkeys([*IMAGE_METRICS, *MIXTURE_METRICS, *BALANCE]))
+    else:
+        known = [*spec.metric_table, *BALANCE]
     out = []
     for text in texts:
         m = _COND.match(text)
         if not m:
             raise GateError(f"--require {text!r}: write METRIC OP NUMBER, e.g. 'fid<30' or 'modes>=24' (OP: <, <=, >, >=, ==, !=)")
         if m.group(1) not in known:
-            raise GateError(f"--require {text!r}: {m.group(1)!r} is not reported for data {spec.trainer.data!r}; choose one of: {', '.join(known)}")
+            where = f"for data {spec.trainer.data!r}" if spec is not None else "by ganops"
+            raise GateError(f"--require {text!r}: {m.group(1)!r} is not reported {where}; choose one of: {', '.join(known)}")
         out.append(Condition(m.group(1), m.group(2), float(m.group(3))))
     return out
 

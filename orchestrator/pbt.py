@@ -23,6 +23,8 @@ import random
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 from ray.tune.schedulers import PopulationBasedTraining
 
+from orchestrator.board import HoldsBoard
+
 log = logging.getLogger(__name__)
 
 
@@ -36,7 +38,7 @@ def checkpoint_uri(path: str | None, storage: str) -> str | None:
     return path
 
 
-class InTrialPBT(PopulationBasedTraining):
+class InTrialPBT(HoldsBoard, PopulationBasedTraining):
     """Tune's PBT whose exploit is carried out by the running trial (see module doc)."""
 
     def __init__(self, *, board, storage: str, steps: int, **kwargs):

@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 from ray.tune import Stopper
 
+from orchestrator.board import HoldsBoard
+
 History = list[dict[str, Any]]
 
 
@@ -135,7 +137,7 @@ def judge(history: History, stopping, metric: str, mode: str) -> Verdict | None:
 
 
 @dataclass
-class BalanceStopper(Stopper):
+class BalanceStopper(HoldsBoard, Stopper):
     """Tune stopper: feed each trial's reports to the rules; remember why a trial was stopped."""
 
     stopping: Any
@@ -168,9 +170,7 @@ class BalanceStopper(Stopper):
 def cooperative(scheduler_cls):
     """A Tune scheduler whose STOP decisions go to the trial board (the trial ends itself)."""
 
-    class Cooperative(scheduler_cls):
-        board = None
-
+    class Cooperative(HoldsBoard, scheduler_cls):
         def on_trial_result(self, tune_controller, trial, result):
             decision = super().on_trial_result(tune_controller, trial, result)
             if decision == self.STOP and self.board is not None:

@@ -136,7 +136,17 @@ def _init_ray(address: str | None) -> None:
     kwargs = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
     if address:
         ray.init(address=address, **kwargs)
-    else:
+        return
+    try:
+        ray.init(include_dashboard=False, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        # On a busy machine Ray's dashboard agent can miss the raylet's 15 s start-up window
+        # ("The current node timed out during startup"; measured here with another sweep
+        # running). A second start finds its imports warm.
+        if "timed out during startup" not in str(e):
+            raise
+        log.warning("local Ray did not start in time (busy machine?); starting it again")
+        ray.shutdown()
         ray.init(include_dashboard=False, **kwargs)
 
 
@@ -179,41 +189,121 @@ def build_search(spec: SweepSpec, concurrent: int, board=None, storage: str = ""
     return searcher, scheduler
 
 
-def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | None = None, console: Console | None = None) -> SweepResult:
-    """Run the sweep described by `spec` to the end and return its trials, best first."""
-    import ray
-    from mlflow import MlflowClient
-    from ray import tune
+def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | None = None, console: Console | None = None, sweep_id: str | None = None, resume: bool = False) -> SweepResult:
+    """Run the sweep described by `spec` to the end and return its trials, best first.
 
-    from orchestrator.progress import SweepProgress
-    from orchestrator.board import start_board
-    from orchestrator.stopping import BalanceStopper
-    from orchestrator.trial import make_trainable
-    from search_spaces.tune_space import param_space
+    `sweep_id` names the sweep (default: spec name + time); `ganops submit` passes one derived
+    from the spec so that a resubmission finds the same sweep, and `resume=True` so that it
+    continues that sweep if it exists (see `resume_sweep`)."""
+    from mlflow import MlflowClient
 
     quiet_environment()
     started = time.monotonic()
-    sweep_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    sweep_id = sweep_id or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     uri = tracking.resolve_tracking_uri(spec.tracking.uri)
     client = MlflowClient(uri)
+    if tracking.find_sweep_run(client, sweep_id) is not None:
+        if resume:
+            return resume_sweep(sweep_id, tracking_uri=uri, address=address, console=console)
+        raise SweepError(f"sweep {sweep_id} already exists in {uri}; continue it with `ganops resume {sweep_id}`")
     experiment = spec.tracking.experiment or spec.name
     experiment_id = tracking.ensure_experiment(client, experiment, uri)
     storage = spec.storage or str(tracking.home() / "ray")
     if "://" not in storage:
         storage = str(Path(storage).resolve())
-
-    feature_cache = None
-    if spec.trainer.is_image:
-        # Train (or load) the FID feature classifier once here, not once per trial.
-        from trainers.evaluate import default_cache_dir
-        from trainers.metrics import load_feature_extractor
-
-        feature_cache = str(default_cache_dir())
-        load_feature_extractor(Path(feature_cache))
-
+    feature_cache = _feature_cache(spec)
     _init_ray(address)
+    import ray
+
     check_fits(spec, ray.cluster_resources())
-    parent = tracking.start_sweep_run(client, experiment_id, sweep_id, spec.model_dump(mode="json"), spec.spec_hash, spec_text, spec.description, spec.metric, spec.mode)
+    parent = tracking.start_sweep_run(client, experiment_id, sweep_id, spec.model_dump(mode="json"), spec.spec_hash, spec_text, spec.description, spec.metric, spec.mode, storage)
+
+    def new_tuner(trainable, param_space, tune_config, run_config):
+        from ray import tune
+
+        return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+    return _execute(spec, client, uri, experiment, experiment_id, parent, sweep_id, storage, feature_cache, console, started, new_tuner)
+
+
+def resume_sweep(sweep: str, *, tracking_uri: str | None = None, address: str | None = None, console: Console | None = None) -> SweepResult:
+    """Continue a sweep whose driver died (killed, crashed, machine lost) from its storage.
+
+    Tune restores the experiment (`Tuner.restore`): finished trials are not re-run, unfinished
+    ones start again and their Ray Train run resumes from its newest checkpoint. Each trial
+    finds its MLflow run again by trial id, so it keeps one run and one value per step."""
+    from mlflow import MlflowClient
+    from ray import tune
+
+    quiet_environment()
+    started = time.monotonic()
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    parent_run = tracking.find_sweep_run(client, sweep)
+    if parent_run is None:
+        raise SweepError(f"no sweep {sweep!r} in {uri}; `ganops compare` lists a sweep's trials, the MLflow UI (`ganops ui`) lists sweeps")
+    tags = parent_run.data.tags
+    sweep_id, parent = tags[tracking.TAG_SWEEP], parent_run.info.run_id
+    if parent_run.info.status == "FINISHED":
+        raise SweepError(f"sweep {sweep_id} already finished; nothing to resume (`ganops compare {sweep_id}` shows its trials)")
+    storage = tags.get(tracking.TAG_STORAGE)
+    if not storage:
+        raise SweepError(f"sweep {sweep_id} has no {tracking.TAG_STORAGE} tag (started by an older ganops); it cannot be resumed")
+    path = f"{storage}/{sweep_id}"
+    if not tune.Tuner.can_restore(path):
+        raise SweepError(f"no Ray Tune experiment state under {path}; the sweep's storage is gone or unreachable")
+    spec = SweepSpec.model_validate(_load_json_artifact(client, parent, "spec/resolved.json"))
+    experiment_id = parent_run.info.experiment_id
+    experiment = client.get_experiment(experiment_id).name
+    feature_cache = _feature_cache(spec)
+    _init_ray(address)
+    import ray
+
+    check_fits(spec, ray.cluster_resources())
+    client.update_run(parent, status="RUNNING")
+    client.set_tag(parent, "ganops.resumes", str(int(tags.get("ganops.resumes", "0")) + 1))
+
+    def restored_tuner(trainable, param_space, tune_config, run_config):
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False, param_space=param_space)
+        # Tune pickled the dead driver's scheduler, stopper and callbacks (with handles to
+        # that driver's trial board); this process brings its own. Same name and storage
+        # path as the restored run (Ray 2.60: the restored Tuner keeps them in these fields).
+        tuner._local_tuner._tune_config = tune_config
+        tuner._local_tuner._run_config = run_config
+        return tuner
+
+    return _execute(spec, client, uri, experiment, experiment_id, parent, sweep_id, storage, feature_cache, console, started, restored_tuner)
+
+
+def _load_json_artifact(client, run_id: str, path: str) -> dict:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(client.download_artifacts(run_id, path, tmp)).read_text())
+
+
+def _feature_cache(spec: SweepSpec) -> str | None:
+    if not spec.trainer.is_image:
+        return None
+    # Train (or load) the FID feature classifier once here, not once per trial.
+    from trainers.evaluate import default_cache_dir
+    from trainers.metrics import load_feature_extractor
+
+    feature_cache = str(default_cache_dir())
+    load_feature_extractor(Path(feature_cache))
+    return feature_cache
+
+
+def _execute(spec, client, uri, experiment, experiment_id, parent, sweep_id, storage, feature_cache, console, started, make_tuner) -> SweepResult:
+    import ray
+    from ray import tune
+
+    from orchestrator.board import start_board
+    from orchestrator.progress import SweepProgress
+    from orchestrator.stopping import BalanceStopper
+    from orchestrator.trial import make_trainable
+    from search_spaces.tune_space import param_space
+
     per_trial = spec.resources.workers_per_trial * spec.resources.cpus_per_worker
     # As many trials as the CPUs hold. (Starting one more ahead, so its Ray Train startup
     # overlaps the others' training, measured slower here: 550 s vs 525 s for dcgan.yaml.)
@@ -227,14 +317,11 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
     )
     context = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent, "sweep_id": sweep_id, "storage": storage, "feature_cache": feature_cache, "board": board_name}
     search_alg, scheduler = build_search(spec, concurrent, board, storage)
-    tuner = tune.Tuner(
+    tuner = make_tuner(
         make_trainable(spec, context),
-        param_space=param_space(spec),
-        tune_config=tune.TuneConfig(
-            metric=spec.metric, mode=spec.mode, num_samples=spec.sweep.num_samples,
-            search_alg=search_alg, scheduler=scheduler,
-        ),
-        run_config=tune.RunConfig(
+        param_space(spec),
+        tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=spec.sweep.num_samples, search_alg=search_alg, scheduler=scheduler),
+        tune.RunConfig(
             name=sweep_id, storage_path=storage, callbacks=[progress], verbose=0, stop=stopper,
             failure_config=tune.FailureConfig(max_failures=0),  # Train restarts workers; a failed driver is a failed trial
         ),
@@ -245,28 +332,32 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
             grid = tuner.fit()
         status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
         progress.close()
         if status != "FINISHED":
             client.set_terminated(parent, status=status)
 
     trials = []
-    run_ids = tracking.trial_run_ids(client, experiment_id, parent)
+    runs = tracking.trial_runs_by_id(client, experiment_id, parent)
     for r in grid:
         m = dict(r.metrics or {})
         trial_id = m.get("trial_id") or (r.path and Path(r.path).name)
-        row = progress.rows.get(trial_id, {})
+        run = runs.get(trial_id)
+        row = progress.rows.get(trial_id) or _row_from_run(run)
         state = row.get("state", "done")
         if r.error and state != "stopped":
             state = "failed"
         if state == "running":
             state = "done"
-        run_id = run_ids.get(trial_id)
+        run_id = run.info.run_id if run else None
         config = {k: r.config.get(k) for k in spec.search}
-        if spec.sweep.scheduler == "pbt" and run_id:
+        if spec.sweep.scheduler == "pbt" and run is not None:
             # Tune keeps the sampled config; the settings a PBT exploit switched to are
             # recorded by the trial itself (trainers/loop.py).
-            config.update(json.loads(client.get_run(run_id).data.tags.get("pbt.config", "{}")))
+            config.update(json.loads(run.data.tags.get("pbt.config", "{}")))
         numeric = {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("trial_id",)}
         trials.append(TrialSummary(
             trial_id=trial_id,
@@ -287,6 +378,17 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
     result.registered_model = registry.try_register_best(client, result, spec.name)
     _finish_parent(client, result)
     return result
+
+
+def _row_from_run(run) -> dict[str, Any]:
+    """How a trial that ended before this process took over the sweep (`ganops resume`)
+    ended, from its MLflow run."""
+    if run is None:
+        return {}
+    state = {"FINISHED": "done", "KILLED": "stopped", "FAILED": "failed"}.get(run.info.status, "done")
+    reason = run.data.tags.get(tracking.TAG_STOP)
+    evidence = run.data.tags.get("stop_evidence")
+    return {"state": state, "stop_reason": f"{reason} {evidence}" if reason and evidence else reason}
 
 
 def _error_line(error: BaseException) -> str:

@@ -20,3 +20,17 @@ def ganops_home(tmp_path, monkeypatch):
     monkeypatch.setenv("GANOPS_HOME", str(home))
     monkeypatch.chdir(tmp_path)
     return home
+
+
+def pids_whose_cmdline_has(*needles: str) -> list[int]:
+    """Processes whose command line contains every needle, e.g. one Ray cluster's temp dir or
+    session name (`ray stop` would stop every Ray on the machine, other tests' too)."""
+    out = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if all(n in cmd for n in needles) and int(proc.name) != os.getpid():
+            out.append(int(proc.name))
+    return out

@@ -75,17 +75,26 @@ class _MlflowSink:
     def __init__(self, tracking_uri: str | None, run_id: str | None):
         self.run_id = run_id
         self.client = None
+        self.logged_through = -1  # steps up to here are in the run already (a resumed trial)
         if tracking_uri and run_id:
             from mlflow import MlflowClient
 
             self.client = MlflowClient(tracking_uri)
+
+    def resume_after(self, step: int) -> None:
+        """A trial resumed from its checkpoint at `step` replays the steps after it; those it had
+        logged before it was interrupted stay as they were (one value per step, and on CPU the
+        replay computes the same values)."""
+        if self.client is not None:
+            history = self.client.get_metric_history(self.run_id, "step")
+            self.logged_through = max([int(m.step) for m in history] + [step])
 
     def tag(self, key: str, value: str) -> None:
         if self.client is not None:
             self.client.set_tag(self.run_id, key, value[:5000])
 
     def log(self, step: int, metrics: dict[str, float], image: np.ndarray | None, generator_file: Path | None) -> None:
-        if self.client is None:
+        if self.client is None or step <= self.logged_through:
             return
         from mlflow.entities import Metric
 
@@ -191,6 +200,9 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
     window: dict[str, list[float]] = {}
     train_seconds = 0.0
 
+    if sink is not None and step > 0:
+        sink.resume_after(step)
+        sink.tag("ganops.resumed_from_step", str(step))
     orders = _Orders(run.get("board"), run.get("trial_id"), rank)
     exploits = 0
     if sink is not None and run.get("pbt"):
