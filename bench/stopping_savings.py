@@ -20,7 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-RULES_OFF = [f"stopping.{r}=null" for r in ("divergence", "d_overpowers", "d_fooled", "gradient_explosion", "mode_collapse", "plateau")]
+from search_spaces.spec import Stopping
+
+RULES_OFF = [f"stopping.{r}=null" for r in Stopping.model_fields]  # every rule, including ones added later
 
 
 def sweep(spec: str, overrides: list[str]) -> tuple[dict, float]:

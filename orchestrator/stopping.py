@@ -87,16 +87,30 @@ def gradient_explosion(history: History, cfg) -> Verdict | None:
     return None
 
 
-def mode_collapse(history: History, cfg) -> Verdict | None:
-    """Class coverage (images) or mode coverage (2-D mixtures) below its floor for `patience`
-    evals, once past the warm-up: balanced losses do not prove health (GAN_NOTES)."""
+def _below_floors(history: History, cfg, rule: str, floors: tuple[tuple[str, float | None], ...]) -> Verdict | None:
+    """A sample metric under its floor at each of the last `patience` evals, all past `after_step`."""
     tail = _tail(history, cfg.patience)
     if tail is None or tail[0].get("step", 0) < cfg.after_step:
         return None
-    for key, floor in (("class_coverage", cfg.min_classes), ("modes", cfg.min_modes)):
+    for key, floor in floors:
         if floor is not None and all(key in r and r[key] < floor for r in tail):
-            return Verdict("mode_collapse", {key: float(tail[-1][key]), "floor": floor, "evals": len(tail)})
+            return Verdict(rule, {key: float(tail[-1][key]), "floor": floor, "evals": len(tail)})
     return None
+
+
+def mode_collapse(history: History, cfg) -> Verdict | None:
+    """Images: fewer MNIST classes than the floor among the samples for `patience` evals, once
+    past the warm-up: balanced losses do not prove health (GAN_NOTES)."""
+    return _below_floors(history, cfg, "mode_collapse", (("class_coverage", cfg.min_classes),))
+
+
+def mixture_quality(history: History, cfg) -> Verdict | None:
+    """2-D mixtures: the samples stay off the modes (high-quality % under its floor) or sit on
+    too few of them, for `patience` evals past the warm-up. Loss rules fire late on mixtures:
+    D's dominance builds over thousands of iterations, and a G whose losses sit at balance can
+    still spread its samples like noise (GAN_NOTES: balanced losses are not proof of health).
+    Defaults and the measurements behind them: `search_spaces.spec.MixtureQuality`."""
+    return _below_floors(history, cfg, "mixture_quality", (("hq_pct", cfg.min_hq_pct), ("modes", cfg.min_modes)))
 
 
 def plateau(history: History, cfg, metric: str, mode: str) -> Verdict | None:
@@ -120,6 +134,7 @@ RULES: dict[str, Callable[..., Verdict | None]] = {
     "d_fooled": d_fooled,
     "gradient_explosion": gradient_explosion,
     "mode_collapse": mode_collapse,
+    "mixture_quality": mixture_quality,
 }
 
 

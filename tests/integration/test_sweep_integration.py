@@ -155,3 +155,25 @@ stopping: {mode_collapse: null}
     with open(client.download_artifacts(result.parent_run_id, "leaderboard.md")) as f:
         board = f.read()
     assert "d_overpowers" in board and "divergence" in board
+
+
+def test_mixture_quality_stops_a_grid25_trial_whose_generator_never_leaves_its_first_blob(local_ray, ganops_home):
+    """A 2-D mixture trial whose G barely moves (lr_g 1e-7) keeps its samples off the modes
+    or on one: the mixture rule, on by default, stops it once past its warm-up (shortened
+    here), and the run ends KILLED with the rule and the sample evidence (d_overpowers is
+    off, so the sample rule is the one that acts)."""
+    text = """
+name: frozen-g
+trainer: {model: mlp2d, data: grid25, steps: 400, eval_every: 50, batch_size: 256, width: 32, latent_dim: 16, lr_g: 1.0e-7}
+sweep: {num_samples: 1}
+stopping: {d_overpowers: null, mixture_quality: {after_step: 100}}
+"""
+    result = run_sweep(spec_from_text(text))
+    (trial,) = result.trials
+    assert trial.status == "stopped" and trial.stop_reason.startswith("mixture_quality"), trial
+    assert 150 <= trial.step < 400  # the first full window past the warm-up is the evals at 100 and 150
+    run = MlflowClient(result.tracking_uri).get_run(trial.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["stop_reason"] == "mixture_quality"
+    evidence = json.loads(run.data.tags["stop_evidence"])
+    assert evidence["evals"] == 2
+    assert (evidence.get("hq_pct", 100) < 5.0 and evidence["floor"] == 5.0) or (evidence.get("modes", 25) < 2 and evidence["floor"] == 2)

@@ -72,12 +72,74 @@ def test_mode_collapse_by_class_coverage_and_warmup():
     assert judge(history(*collapsed, start=300), s, "fid", "min").rule == "mode_collapse"
 
 
-def test_mode_collapse_on_mixtures_when_enabled():
-    """Mixtures use modes captured; off by default."""
-    h = [{"modes": 2, "step": 100}, {"modes": 2, "step": 200}]
-    assert judge(h, Stopping(), "mix_score", "max") is None
-    s = Stopping.model_validate({"mode_collapse": {"min_modes": 10, "after_step": 0}})
-    assert judge(h, s, "mix_score", "max").rule == "mode_collapse"
+# Measured histories (hq_pct per 500-iteration eval, from step 500), MLP on grid25:
+# bench/specs/grid25_bad_regions.yaml's control and the shipped grid25.yaml with rules off.
+NEVER_LEARNT = [1.72, 1.92, 2.24, 1.8, 2.6, 1.92, 1.92, 2.08, 0.32, 1.12, 0.8, 0.52]  # lr_g 2.7e-4: balanced losses, final mix_score 0.0015
+LATE_START = [1.6, 0.7, 0.5, 0.6, 0.4, 0.2, 0.1, 12.7, 14.3, 17.6, 23.7, 27.9]  # grid25.yaml lr_d 3e-4: 25 modes / 66% at 12,500
+SLOW = [1.2, 2.12, 1.88, 2.76, 4.64, 11.4, 20.04, 29.28, 34.68, 40.6, 43.92, 47.92]  # lr_g 8.4e-5, 5:1: final mix_score 0.31
+
+
+def mixture(hq, modes=20, start=500, every=500):
+    return [{**BALANCED, "step": start + every * i, "hq_pct": h, "modes": modes, "reverse_kl": 0.05} for i, h in enumerate(hq)]
+
+
+def first_stop(hist, stopping):
+    return next(((r["step"], v) for i, r in enumerate(hist) if (v := judge(hist[: i + 1], stopping, "mix_score", "max"))), None)
+
+
+def test_mixture_samples_off_the_modes_are_stopped_after_the_warmup():
+    """A G that never puts more than chance (~2%) of its samples on the modes, with balanced
+    losses that no loss rule sees, is stopped at the first full window past the warm-up."""
+    step, v = first_stop(mixture(NEVER_LEARNT), Stopping())
+    assert (step, v.rule) == (4500, "mixture_quality")
+    assert v.evidence == {"hq_pct": 0.32, "floor": 5.0, "evals": 2}
+
+
+def test_mixture_collapsed_onto_one_mode_is_stopped():
+    """Sharp samples all on one mode (a G that never left its first blob, measured) is collapse."""
+    hist = mixture([22.04, 15.72, 10.52, 9.6, 19.24, 33.44, 62.04, 91.84, 98.68, 99.68], modes=1)  # measured: lr_g 1.9e-6
+    step, v = first_stop(hist, Stopping())
+    assert (step, v.rule, v.evidence["modes"]) == (4500, "mixture_quality", 1.0)
+
+
+def test_slow_healthy_mixtures_are_not_stopped():
+    """Trials that ended in the better half of their sweep after a slow start under the floor
+    (down to 0.1% at 3,500) run to their end under the defaults."""
+    for hq in (LATE_START, SLOW):
+        assert first_stop(mixture(hq), Stopping()) is None
+
+
+def test_mixture_rule_respects_warmup_and_patience():
+    """Under the floor before `after_step` is ignored; one dip under it is not enough."""
+    s = Stopping.model_validate({"mixture_quality": {"after_step": 1000, "patience": 2}})
+    assert judge(mixture([1.0, 1.0]), s, "mix_score", "max") is None  # 500, 1000: window starts in the warm-up
+    assert judge(mixture([1.0, 1.0, 1.0]), s, "mix_score", "max").rule == "mixture_quality"  # 1000, 1500
+    dip = mixture([1.2, 16.6, 4.4, 25.6, 14.6, 6.9, 7.3], start=3000)  # measured: grid25.yaml lr_d 2e-4, 3,000-6,000
+    assert first_stop(dip, s) is None
+    s3 = Stopping.model_validate({"mixture_quality": {"after_step": 0, "patience": 3}})
+    assert judge(mixture([1.0, 1.0]), s3, "mix_score", "max") is None
+
+
+def test_mixture_rule_floors_can_be_set_and_switched_off():
+    """min_modes is per spec (e.g. 10 of grid25's 25); null turns a floor, or the rule, off."""
+    hist = mixture([50.0] * 10, modes=8)
+    assert first_stop(hist, Stopping()) is None
+    assert first_stop(hist, Stopping.model_validate({"mixture_quality": {"min_modes": 10}}))[1].evidence["modes"] == 8.0
+    low = mixture(NEVER_LEARNT)
+    assert first_stop(low, Stopping.model_validate({"mixture_quality": {"min_hq_pct": None}})) is None
+    assert first_stop(low, Stopping.model_validate({"mixture_quality": None})) is None
+
+
+def test_mixture_rule_ignores_image_trials():
+    """Image reports carry no hq_pct or modes: the mixture rule never fires on them."""
+    images = [{**BALANCED, "step": 1000 * (i + 1)} for i in range(10)]
+    assert first_stop(images, Stopping()) is None
+
+
+def test_min_modes_moved_out_of_mode_collapse_with_a_pointer():
+    """The old place of min_modes says where it went."""
+    with pytest.raises(ValueError, match="stopping.mixture_quality.min_modes"):
+        Stopping.model_validate({"mode_collapse": {"min_modes": 10}})
 
 
 def test_plateau_respects_mode():
