@@ -77,8 +77,10 @@ class SweepProgress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         row = self._row(trial)
-        verdict = self.stopper.verdicts.get(trial.trial_id) if self.stopper else None
-        done = verdict is None and (trial.last_result or {}).get("step", 0) >= self.steps
+        # A trial that trained all its steps is done, even if a rule fired at its last eval
+        # (that verdict stopped nothing).
+        done = (trial.last_result or {}).get("step", 0) >= self.steps
+        verdict = self.stopper.verdicts.get(trial.trial_id) if self.stopper and not done else None
         row["state"] = "done" if done else "stopped"
         if verdict is not None:
             row["stop_reason"] = verdict.describe()

@@ -26,7 +26,7 @@ search:
   lr_d: {grid: [1.0e-3, 2.0e-4]}
 sweep: {num_samples: 1}
 resources: {cpus_per_worker: 1}
-stopping: {d_overpowers: null, d_fooled: null}
+stopping: {d_overpowers: null, d_fooled: null, mixture_quality: null}
 """
 
 LONG = """
@@ -35,7 +35,7 @@ trainer: {model: mlp2d, data: grid25, steps: 4000, eval_every: 500, batch_size: 
 search:
   lr_d: {grid: [1.0e-3]}
 sweep: {num_samples: 1}
-stopping: {d_overpowers: null, d_fooled: null}
+stopping: {d_overpowers: null, d_fooled: null, mixture_quality: null}
 """
 
 

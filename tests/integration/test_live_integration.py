@@ -22,7 +22,7 @@ trainer: {model: mlp2d, data: grid25, steps: 4000, eval_every: 1000, batch_size:
 search:
   lr_d: {grid: [1.0e-3, 2.0e-4]}
 sweep: {num_samples: 1, max_concurrent_trials: 1}
-stopping: {d_overpowers: null, d_fooled: null}
+stopping: {d_overpowers: null, d_fooled: null, mixture_quality: null}
 """
 
 

@@ -23,7 +23,7 @@ sweep:
   seed: 0
   scheduler: pbt
   pbt: {perturbation_interval: 1, quantile_fraction: 0.5, resample_probability: 0.0}
-stopping: {d_overpowers: null, d_fooled: null}
+stopping: {d_overpowers: null, d_fooled: null, mixture_quality: null}
 """
 
 

@@ -25,7 +25,7 @@ trainer: {model: mlp2d, data: grid25, steps: 4000, eval_every: 500, batch_size: 
 search:
   lr_d: {grid: [1.0e-3, 2.0e-4]}
 sweep: {num_samples: 1, max_concurrent_trials: 1}
-stopping: {d_overpowers: null, d_fooled: null}
+stopping: {d_overpowers: null, d_fooled: null, mixture_quality: null}
 """
 EVAL_STEPS = list(range(500, 4001, 500))
 
