@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -97,8 +97,8 @@ def _ray(*args: str) -> int:
 @cluster_app.command()
 def config(
     profile_path: ProfileArg,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write the YAML here (default: stdout).")] = None,
-    security_group_id: Annotated[Optional[str], typer.Option("--security-group-id", help="The security group every node joins (default: the profile's).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the YAML here (default: stdout).")] = None,
+    security_group_id: Annotated[str | None, typer.Option("--security-group-id", help="The security group every node joins (default: the profile's).")] = None,
 ) -> None:
     """Generate Ray's cluster-launcher YAML from a profile, checked against Ray's schema.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -40,7 +40,7 @@ class ClusterProfile(_Strict):
     head_instance_type: InstanceType = Field(description="The head node, always on demand: it runs every trial driver, so a spot reclaim never kills one.")
     workers: list[WorkerType] = Field(min_length=1, description="GPU worker instance types; the autoscaler picks among them.")
     spot: bool = Field(True, description="Workers on spot instances.")
-    max_price: Optional[float] = Field(None, gt=0, description="Highest spot price to pay, USD per instance-hour; default: up to the on-demand price (AWS's default).")
+    max_price: float | None = Field(None, gt=0, description="Highest spot price to pay, USD per instance-hour; default: up to the on-demand price (AWS's default).")
     fallback_on_demand: bool = Field(False, description="Also offer on-demand worker types, used when spot capacity is not there.")
     min_workers: int = Field(0, ge=0, description="Workers kept running even when idle (all types together).")
     max_workers: int = Field(4, ge=1, le=1000, description="Most workers at once (all types together).")
@@ -49,8 +49,8 @@ class ClusterProfile(_Strict):
     iam_instance_profile: str = Field(description="IAM instance profile for every node (ARN or name): how nodes reach the bucket without keys.")
     ssh_cidr: str = Field(description="The only network allowed to SSH to the nodes, e.g. 203.0.113.7/32 (your address).")
     allow_ssh_from_anywhere: bool = Field(False, description="Needed for ssh_cidr 0.0.0.0/0 or ::/0; anyone on the internet can then try to log in.")
-    security_group_id: Optional[str] = Field(None, pattern=r"^sg-[0-9a-f]{8,17}$", description="An existing security group to use instead of the one `ganops cluster up` creates.")
-    image_id: Optional[str] = Field(None, pattern=r"^ami-[0-9a-f]{8,17}$", description="AMI for every node; default: Ray's deep-learning AMI for the region.")
+    security_group_id: str | None = Field(None, pattern=r"^sg-[0-9a-f]{8,17}$", description="An existing security group to use instead of the one `ganops cluster up` creates.")
+    image_id: str | None = Field(None, pattern=r"^ami-[0-9a-f]{8,17}$", description="AMI for every node; default: Ray's deep-learning AMI for the region.")
     on_demand_usd_per_hour: dict[str, float] = Field(default_factory=dict, description="On-demand USD/h per instance type, overriding infra/aws/prices.py's table (e.g. for another region).")
 
     @field_validator("ssh_cidr")
@@ -69,7 +69,7 @@ class ClusterProfile(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _cross(self) -> "ClusterProfile":
+    def _cross(self) -> ClusterProfile:
         if ipaddress.ip_network(self.ssh_cidr).prefixlen == 0 and not self.allow_ssh_from_anywhere:
             raise ValueError(f"ssh_cidr: {self.ssh_cidr} opens SSH to the whole internet; give your own network (e.g. 203.0.113.7/32), "
                              "or set allow_ssh_from_anywhere: true if you really mean it")

@@ -8,8 +8,9 @@ is not in moto), overridable per profile with `on_demand_usd_per_hour`.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Optional, Protocol
+from typing import Any, Protocol
 
 # On-demand Linux USD per instance-hour in us-east-1, from AWS's public price list
 # (aws.amazon.com/ec2/pricing/on-demand), as the author knew them in 2024-2025; NOT fetched
@@ -36,11 +37,11 @@ class SpotOffer:
     instance_type: str
     zone: str
     spot_usd_per_hour: float
-    on_demand_usd_per_hour: Optional[float]
+    on_demand_usd_per_hour: float | None
     on_demand_source: str  # "profile", "table (us-east-1 list price)" or "unknown"
 
     @property
-    def saving_pct(self) -> Optional[float]:
+    def saving_pct(self) -> float | None:
         """How much cheaper spot is than on demand, in percent (None without an on-demand price)."""
         if not self.on_demand_usd_per_hour:
             return None
@@ -50,7 +51,7 @@ class SpotOffer:
         return {**asdict(self), "saving_pct": None if self.saving_pct is None else round(self.saving_pct, 2)}
 
 
-def on_demand_price(instance_type: str, region: str, overrides: dict[str, float] | None = None) -> tuple[Optional[float], str]:
+def on_demand_price(instance_type: str, region: str, overrides: dict[str, float] | None = None) -> tuple[float | None, str]:
     """(USD/h, where it came from): the profile's override first, then the table."""
     if overrides and instance_type in overrides:
         return overrides[instance_type], "profile"
@@ -83,7 +84,7 @@ def spot_prices(region: str, instance_types: list[str], *, ec2: SpotPriceHistory
 
         ec2 = client("ec2", region)
     pages = ec2.get_paginator("describe_spot_price_history").paginate(
-        InstanceTypes=list(instance_types), ProductDescriptions=["Linux/UNIX"], StartTime=now or dt.datetime.now(dt.timezone.utc))
+        InstanceTypes=list(instance_types), ProductDescriptions=["Linux/UNIX"], StartTime=now or dt.datetime.now(dt.UTC))
     best = cheapest_per_zone(r for page in pages for r in page["SpotPriceHistory"])
     offers = []
     for (itype, zone), price in best.items():

@@ -13,7 +13,13 @@ import pytest
 import yaml
 
 from infra.aws.cluster import ClusterProfile, load_profile
-from infra.aws.launcher import DRIVER_RESOURCE, head_type, launcher_config, unsafe_reasons, validate_with_ray
+from infra.aws.launcher import (
+    DRIVER_RESOURCE,
+    head_type,
+    launcher_config,
+    unsafe_reasons,
+    validate_with_ray,
+)
 from search_spaces.loader import SpecError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,7 +179,7 @@ def test_spot_prices_against_moto(aws_env):
     from infra.aws.prices import spot_prices
 
     with mock_aws():
-        offers = spot_prices("us-east-1", ["g4dn.xlarge", "p3.2xlarge"], on_demand_overrides={"p3.2xlarge": 3.5}, now=dt.datetime.now(dt.timezone.utc))
+        offers = spot_prices("us-east-1", ["g4dn.xlarge", "p3.2xlarge"], on_demand_overrides={"p3.2xlarge": 3.5}, now=dt.datetime.now(dt.UTC))
     assert offers and {o.instance_type for o in offers} <= {"g4dn.xlarge", "p3.2xlarge"}
     keys = [(o.instance_type, o.zone) for o in offers]
     assert len(keys) == len(set(keys))  # one per type and zone
