@@ -23,9 +23,11 @@ from rich.console import Console  # noqa: E402
 from rich.logging import RichHandler  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from orchestrator.cluster_cli import cluster_app  # noqa: E402
 from search_spaces.loader import SpecError, load_spec  # noqa: E402
 
 app = typer.Typer(help="Find a GAN that trains well: Ray Tune sweeps of PyTorch GANs, tracked in MLflow.", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app.add_typer(cluster_app, name="cluster")
 # Wide enough for the leaderboard when stderr is a file or a CI log rather than a terminal.
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from search_spaces.spec import SweepSpec
 
@@ -111,8 +111,9 @@ def _friendly(err: dict) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def spec_from_text(text: str, source: str = "<spec>", overrides: list[str] | None = None) -> SweepSpec:
-    """Validate spec text into a `SweepSpec`, or raise `SpecError` with every issue found."""
+def spec_from_text(text: str, source: str = "<spec>", overrides: list[str] | None = None, model: type[BaseModel] = SweepSpec) -> Any:
+    """Validate spec text into a `SweepSpec` (or another pydantic `model`, e.g. a cluster
+    profile), or raise `SpecError` with every issue found."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         lines = _line_map(node) if node is not None else {}
@@ -131,10 +132,10 @@ def spec_from_text(text: str, source: str = "<spec>", overrides: list[str] | Non
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise SpecError(source, [SpecIssue("", 1, f"a spec is a mapping of sections (name, trainer, search, sweep, ...), not a {type(data).__name__}")])
+        raise SpecError(source, [SpecIssue("", 1, f"a spec is a mapping of sections ({', '.join(list(model.model_fields)[:4])}, ...), not a {type(data).__name__}")])
     data = apply_overrides(data, overrides or [])
     try:
-        return SweepSpec.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         issues = []
         for err in e.errors():
@@ -147,15 +148,19 @@ def spec_from_text(text: str, source: str = "<spec>", overrides: list[str] | Non
         raise SpecError(source, issues) from None
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
-    """Read, safely parse and validate a spec file (`--set key=value` overrides applied)."""
+def read_yaml_text(path: str | Path, what: str = "spec", example: str = "search_spaces/dcgan.yaml") -> str:
+    """The text of a small YAML file (`what`: a spec, a cluster profile), or SpecError saying why not."""
     p = Path(path)
     if not p.is_file():
-        raise SpecError(str(path), [SpecIssue("", None, "no such file; pass the path of a spec YAML, e.g. search_spaces/dcgan.yaml")])
+        raise SpecError(str(path), [SpecIssue("", None, f"no such file; pass the path of a {what} YAML, e.g. {example}")])
     if p.stat().st_size > MAX_SPEC_BYTES:
-        raise SpecError(str(path), [SpecIssue("", None, f"file is larger than {MAX_SPEC_BYTES:,} bytes; a spec is a short YAML file")])
+        raise SpecError(str(path), [SpecIssue("", None, f"file is larger than {MAX_SPEC_BYTES:,} bytes; a {what} is a short YAML file")])
     try:
-        text = p.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise SpecError(str(path), [SpecIssue("", None, "not UTF-8 text; a spec is a YAML file")]) from None
-    return spec_from_text(text, str(path), overrides)
+        raise SpecError(str(path), [SpecIssue("", None, f"not UTF-8 text; a {what} is a YAML file")]) from None
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
+    """Read, safely parse and validate a spec file (`--set key=value` overrides applied)."""
+    return spec_from_text(read_yaml_text(path), str(path), overrides)

@@ -1,0 +1,160 @@
+"""Generate Ray's cluster-launcher YAML (what `ray up` reads) from a `ClusterProfile`.
+
+Choices, and why:
+- The head is on demand and carries a custom resource, `ganops_driver`. Trial drivers ask for
+  a little of it, so they only ever run on the head: a spot reclaim can take a GPU worker
+  (and the Ray Train workers on it, which resume from a checkpoint) but never a driver.
+  The head also advertises CPU 0, so no training work lands on it.
+- GPU workers are spot (`InstanceMarketOptions`, `MaxPrice` when the profile caps it).
+- Fallback to on demand: one more worker type per instance type, on demand, at a lower
+  `priority`. Ray's autoscaler v2 (enabled on the head) ranks candidate types by fit, then by
+  how recently a type failed to launch, then by priority: spot first while spot is there, on
+  demand when spot launches fail. The shared `max_workers` caps both.
+- Network: nodes get the security group `ganops cluster up` creates (SSH from `ssh_cidr`
+  only, everything else only from the group itself; `infra/aws/network.py`), through
+  `node_config.SecurityGroupIds`. Without a group id, Ray would create one itself and always
+  add SSH from 0.0.0.0/0 to it (`ray/autoscaler/_private/aws/config.py`,
+  `_create_default_ssh_inbound_rules`) beside our `provider.security_group` rules, so
+  `launcher_config` reports that as unsafe and the CLI refuses to `up` such a file.
+- The dashboard binds 127.0.0.1 on the head: reach it with `ray dashboard FILE` (an SSH tunnel).
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+from typing import Any
+
+from infra.aws.cluster import ClusterProfile
+
+DRIVER_RESOURCE = "ganops_driver"
+DRIVER_SLOTS = 1000  # trial drivers that fit on the head at once, at 1 unit each
+RAY_VERSION = "2.60.0"
+SPOT_PRIORITY, ON_DEMAND_PRIORITY = 10, 0
+
+
+def head_type(profile: ClusterProfile) -> str:
+    return "head-" + profile.head_instance_type.replace(".", "-")
+
+
+def worker_type(instance_type: str, spot: bool) -> str:
+    return ("spot-" if spot else "ondemand-") + instance_type.replace(".", "-")
+
+
+def ssh_permissions(cidr: str) -> list[dict[str, Any]]:
+    """The only inbound rule from outside the cluster: TCP 22 from `cidr`."""
+    net = ipaddress.ip_network(cidr)
+    ranges = {"Ipv6Ranges": [{"CidrIpv6": str(net), "Description": "ganops: SSH"}]} if net.version == 6 else {"IpRanges": [{"CidrIp": str(net), "Description": "ganops: SSH"}]}
+    return [{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, **ranges}]
+
+
+def security_group_name(profile: ClusterProfile) -> str:
+    return f"ganops-{profile.name}"
+
+
+def _node_config(profile: ClusterProfile, instance_type: str, security_group_id: str | None, market: dict | None = None) -> dict[str, Any]:
+    cfg: dict[str, Any] = {"InstanceType": instance_type, "IamInstanceProfile": profile.iam_instance_profile_ref,
+                           # IMDSv2 only: a process on the node cannot be tricked into leaking the role's keys through a plain GET.
+                           "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"}}
+    if security_group_id:
+        cfg["SecurityGroupIds"] = [security_group_id]
+    if profile.image_id:
+        cfg["ImageId"] = profile.image_id
+    if market:
+        cfg["InstanceMarketOptions"] = market
+    return cfg
+
+
+def _spot_market(profile: ClusterProfile) -> dict[str, Any]:
+    options: dict[str, Any] = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
+    if profile.max_price is not None:
+        options["MaxPrice"] = f"{profile.max_price:.4f}"  # EC2 takes a string
+    return {"MarketType": "spot", "SpotOptions": options}
+
+
+def launcher_config(profile: ClusterProfile, security_group_id: str | None = None) -> dict[str, Any]:
+    """The `ray up` configuration for `profile`; `security_group_id`: the group every node joins
+    (default: the profile's). Pass it for anything you launch (see the module docstring)."""
+    sg = security_group_id or profile.security_group_id
+    head = head_type(profile)
+    node_types: dict[str, Any] = {
+        head: {"node_config": _node_config(profile, profile.head_instance_type, sg),
+               "resources": {"CPU": 0, DRIVER_RESOURCE: DRIVER_SLOTS}, "min_workers": 0, "max_workers": 0},
+    }
+    for i, w in enumerate(profile.workers):
+        market = _spot_market(profile) if profile.spot else None  # a fresh dict per node: no YAML anchors in the file
+        # min_workers is a cluster-wide floor; keep it on the first (preferred) type only.
+        nt = {"node_config": _node_config(profile, w.instance_type, sg, market), "resources": {"GPU": w.gpus},
+              "min_workers": profile.min_workers if i == 0 else 0, "max_workers": profile.max_workers}
+        if profile.fallback_on_demand:
+            nt["priority"] = SPOT_PRIORITY
+        node_types[worker_type(w.instance_type, profile.spot)] = nt
+        if profile.fallback_on_demand:
+            node_types[worker_type(w.instance_type, False)] = {
+                "node_config": _node_config(profile, w.instance_type, sg), "resources": {"GPU": w.gpus},
+                "min_workers": 0, "max_workers": profile.max_workers, "priority": ON_DEMAND_PRIORITY}
+    return {
+        "cluster_name": profile.name,
+        "max_workers": profile.max_workers,
+        "idle_timeout_minutes": profile.idle_timeout_minutes,
+        "upscaling_speed": 1.0,
+        "provider": {
+            "type": "aws", "region": profile.region,
+            "cache_stopped_nodes": False,  # a stopped spot node is not a spot node you get back; terminate
+            "security_group": {"GroupName": security_group_name(profile), "IpPermissions": ssh_permissions(profile.ssh_cidr)},
+        },
+        "auth": {"ssh_user": "ubuntu"},
+        "available_node_types": node_types,
+        "head_node_type": head,
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "initialization_commands": [],
+        "setup_commands": [f"pip install -q 'ray[default,tune,train]=={RAY_VERSION}' 'boto3>=1.35'"],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [
+            "ray stop",
+            # autoscaler v2: it honours node-type `priority` and backs off a type whose launches fail (spot first, then on demand).
+            "ulimit -n 65536; RAY_enable_autoscaler_v2=1 ray start --head --port=6379 --object-manager-port=8076 "
+            "--autoscaling-config=~/ray_bootstrap_config.yaml --dashboard-host=127.0.0.1",
+        ],
+        "worker_start_ray_commands": ["ray stop", "ulimit -n 65536; ray start --address=$RAY_HEAD_IP:6379 --object-manager-port=8076"],
+    }
+
+
+def dump(config: dict[str, Any], source: str) -> str:
+    """The config as YAML text, headed by where it came from and how to launch it."""
+    import yaml
+
+    head = (f"# Ray cluster launcher config generated by ganops from {source}; edit the profile, not this file.\n"
+            "# Launch with `ganops cluster up PROFILE` (it creates the security group first).\n")
+    return head + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+
+
+def unsafe_reasons(config: dict[str, Any]) -> list[str]:
+    """Why launching `config` would expose the cluster, or [] if it would not."""
+    out = []
+    missing = [n for n, t in config["available_node_types"].items() if not t["node_config"].get("SecurityGroupIds")]
+    if missing:
+        out.append(f"node types {', '.join(missing)} have no SecurityGroupIds: Ray would create a group with SSH open to 0.0.0.0/0")
+    for perm in config.get("provider", {}).get("security_group", {}).get("IpPermissions", []):
+        if perm.get("FromPort") != 22 or perm.get("ToPort") != 22:
+            out.append(f"an inbound rule opens ports {perm.get('FromPort')}-{perm.get('ToPort')}; only SSH (22) may be open")
+    return out
+
+
+def validate_with_ray(config: dict[str, Any]) -> None:
+    """Check `config` as `ray up` does before it calls AWS: Ray's JSON schema on the file as
+    written, then Ray's own `prepare_config` (defaults merged) and `validate_config`
+    (schema again, head type present, min_workers within max_workers).
+    Raises jsonschema.ValidationError or ValueError."""
+    import json
+    import os
+
+    import jsonschema
+    import ray.autoscaler
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    with open(os.path.join(os.path.dirname(ray.autoscaler.__file__), "ray-schema.json")) as f:
+        jsonschema.validate(config, json.load(f))
+    validate_config(prepare_config(copy.deepcopy(config)))

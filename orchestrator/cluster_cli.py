@@ -1,0 +1,200 @@
+"""`ganops cluster config|prices|up|down|status`: an AWS Ray cluster of spot GPU workers from a
+profile (infra/clusters/*.yaml). Human text on stderr, YAML / `--json` on stdout.
+
+`up`, `down` and `status` hand over to Ray's own cluster launcher (`ray up|down|exec`) on a
+file generated from the profile; ganops adds the checks and the security group before it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from search_spaces.loader import SpecError
+
+cluster_app = typer.Typer(help="AWS Ray clusters of spot GPU workers (profile: infra/clusters/*.yaml).", no_args_is_help=True)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+ProfileArg = Annotated[Path, typer.Argument(metavar="PROFILE", help="Cluster profile YAML, e.g. infra/clusters/aws-spot-gpu.yaml.")]
+YesOpt = Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation.")]
+
+
+def _fail(msg: str, code: int = 1) -> None:
+    err.print(f"[bold red]error[/] {msg}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _profile(path: Path):
+    from infra.aws.cluster import load_profile
+
+    try:
+        return load_profile(path)
+    except SpecError as e:
+        err.print(f"[bold red]profile error[/] ({len(e.issues)} issue{'s' if len(e.issues) != 1 else ''}):", highlight=False)
+        err.print(e.render(), highlight=False, markup=False)
+        err.print("Nothing was created. Fix the profile (fields: infra/aws/cluster.py) and run `ganops cluster config PROFILE` to check it.", style="dim")
+        raise typer.Exit(2) from None
+
+
+def _checked_config(profile, security_group_id: str | None) -> dict:
+    from infra.aws.launcher import launcher_config, validate_with_ray
+
+    config = launcher_config(profile, security_group_id)
+    try:
+        validate_with_ray(config)
+    except Exception as e:  # a generator bug, not user input: say so plainly
+        _fail(f"the generated cluster config fails Ray's own validation ({type(e).__name__}: {str(e).splitlines()[0]}); please report it")
+    return config
+
+
+def _cluster_file(profile) -> Path:
+    from orchestrator.tracking import home
+
+    return home() / "clusters" / f"{profile.name}.yaml"
+
+
+def _aws_ready(profile) -> str:
+    """Create (or find) the cluster's security group; its id."""
+    from infra.aws.launcher import security_group_name
+    from infra.aws.network import SecurityGroupError, ensure_security_group
+    from infra.aws.session import AwsUnavailable, client
+
+    if profile.security_group_id:
+        return profile.security_group_id
+    try:
+        return ensure_security_group(client("ec2", profile.region), security_group_name(profile), profile.ssh_cidr, profile.allow_ssh_from_anywhere)
+    except (AwsUnavailable, SecurityGroupError) as e:
+        _fail(str(e), 2 if isinstance(e, AwsUnavailable) else 1)
+    except Exception as e:  # botocore: no credentials, access denied, endpoint down
+        _fail(f"AWS refused or could not be reached while preparing the security group: {type(e).__name__}: {e}")
+
+
+def _write(profile, source: str, sg: str) -> Path:
+    from infra.aws.launcher import dump
+
+    path = _cluster_file(profile)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump(_checked_config(profile, sg), source))
+    return path
+
+
+def _ray(*args: str) -> int:
+    exe = shutil.which("ray")
+    if not exe:
+        _fail("the `ray` command is not on PATH; install ray[default]==2.60.0", 2)
+    err.print(f"$ ray {' '.join(args)}", style="dim", highlight=False)
+    return subprocess.call([exe, *args])
+
+
+@cluster_app.command()
+def config(
+    profile_path: ProfileArg,
+    out: Annotated[Path | None, typer.Option("--out", help="Write the YAML here (default: stdout).")] = None,
+    security_group_id: Annotated[str | None, typer.Option("--security-group-id", help="The security group every node joins (default: the profile's).")] = None,
+) -> None:
+    """Generate Ray's cluster-launcher YAML from a profile, checked against Ray's schema.
+
+    Example: ganops cluster config infra/clusters/aws-spot-gpu.yaml --out cluster.yaml
+    """
+    from infra.aws.launcher import dump, unsafe_reasons
+
+    profile = _profile(profile_path)
+    cfg = _checked_config(profile, security_group_id)
+    text = dump(cfg, str(profile_path))
+    if out:
+        out.write_text(text)
+        err.print(f"wrote {out}: {len(cfg['available_node_types']) - 1} worker types, head {profile.head_instance_type} (on demand)", highlight=False)
+    else:
+        typer.echo(text, nl=False)
+    for reason in unsafe_reasons(cfg):
+        err.print(f"[yellow]warning[/] {reason}. Do not `ray up` this file: `ganops cluster up` creates the group (SSH from {profile.ssh_cidr} only) first, "
+                  "or pass --security-group-id.", highlight=False)
+
+
+@cluster_app.command()
+def prices(profile_path: ProfileArg, json_: Annotated[bool, typer.Option("--json", help="Machine-readable result on stdout.")] = False) -> None:
+    """The cheapest spot offer per worker instance type and zone, beside the on-demand price.
+
+    Example: ganops cluster prices infra/clusters/aws-spot-gpu.yaml
+    """
+    from infra.aws.prices import spot_prices
+    from infra.aws.session import AwsUnavailable
+
+    profile = _profile(profile_path)
+    types = [w.instance_type for w in profile.workers]
+    try:
+        offers = spot_prices(profile.region, types, on_demand_overrides=profile.on_demand_usd_per_hour)
+    except AwsUnavailable as e:
+        _fail(str(e), 2)
+    except Exception as e:  # botocore: no credentials, endpoint down, throttled
+        _fail(f"could not read spot prices in {profile.region}: {type(e).__name__}: {e}")
+    if json_:
+        typer.echo(json.dumps({"region": profile.region, "offers": [o.to_dict() for o in offers]}))
+        return
+    table = Table(title=f"spot offers in {profile.region}, cheapest first per type", title_justify="left")
+    for col in ("instance type", "zone", "spot $/h", "on-demand $/h", "saving"):
+        table.add_column(col, justify="right" if "$" in col or col == "saving" else "left")
+    for o in offers:
+        od = "-" if o.on_demand_usd_per_hour is None else f"{o.on_demand_usd_per_hour:.4f}"
+        table.add_row(o.instance_type, o.zone, f"{o.spot_usd_per_hour:.4f}", od, "-" if o.saving_pct is None else f"{o.saving_pct:.0f}%")
+    err.print(table)
+    missing = sorted(set(types) - {o.instance_type for o in offers})
+    if missing:
+        err.print(f"[yellow]no spot offer[/] for {', '.join(missing)} in {profile.region}", highlight=False)
+    sources = sorted({o.on_demand_source for o in offers})
+    err.print(f"on-demand prices: {'; '.join(sources)} (override with on_demand_usd_per_hour in the profile)", style="dim", highlight=False)
+
+
+@cluster_app.command()
+def up(profile_path: ProfileArg, yes: YesOpt = False) -> None:
+    """Create the security group (SSH from ssh_cidr only), then start the cluster with `ray up`.
+
+    Example: ganops cluster up infra/clusters/aws-spot-gpu.yaml
+    """
+    profile = _profile(profile_path)
+    kind = "spot" if profile.spot else "on-demand"
+    if not yes and not typer.confirm(f"Start cluster {profile.name} in {profile.region}: head {profile.head_instance_type} (on demand), up to {profile.max_workers} "
+                                     f"{kind} GPU workers ({', '.join(w.instance_type for w in profile.workers)}). This costs money. Continue?", err=True):
+        _fail("cancelled; nothing was created", 1)
+    path = _write(profile, str(profile_path), _aws_ready(profile))
+    code = _ray("up", "-y", str(path))
+    if code:
+        _fail(f"`ray up` failed (exit {code}); see its output above. Tear down what it started: ganops cluster down {profile_path}", 1)
+    err.print(f"Next: ganops cluster status {profile_path}; ray dashboard {path} (dashboard on http://127.0.0.1:8265 through SSH); "
+              f"ganops submit SPEC --address http://127.0.0.1:8265", style="dim", highlight=False)
+
+
+@cluster_app.command()
+def down(profile_path: ProfileArg, yes: YesOpt = False) -> None:
+    """Terminate every node of the cluster with `ray down` (the security group stays, for the next `up`).
+
+    Example: ganops cluster down infra/clusters/aws-spot-gpu.yaml -y
+    """
+    profile = _profile(profile_path)
+    if not yes and not typer.confirm(f"Terminate every node of cluster {profile.name} in {profile.region}? Running sweeps stop.", err=True):
+        _fail("cancelled; nothing was terminated", 1)
+    path = _write(profile, str(profile_path), _aws_ready(profile))
+    code = _ray("down", "-y", str(path))
+    if code:
+        _fail(f"`ray down` failed (exit {code}); check the EC2 console for instances tagged ray-cluster-name={profile.name}", 1)
+
+
+@cluster_app.command()
+def status(profile_path: ProfileArg) -> None:
+    """Show the cluster's nodes and resources: `ray status` on the head, through `ray exec`.
+
+    Example: ganops cluster status infra/clusters/aws-spot-gpu.yaml
+    """
+    profile = _profile(profile_path)
+    path = _cluster_file(profile)
+    if not path.is_file():
+        _fail(f"no cluster file {path}: this machine has not run `ganops cluster up {profile_path}`", 1)
+    raise typer.Exit(1 if _ray("exec", str(path), "ray status") else 0)
