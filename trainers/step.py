@@ -69,6 +69,42 @@ def _check_finite(values: dict[str, Tensor], step: int | None) -> None:
             raise DivergenceError(name, v, step)
 
 
+def _bce(logits: Tensor, target: float) -> Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor, generator: torch.Generator) -> Tensor:
+    """E[(||grad_x D(x_hat)||_2 - 1)^2] on x_hat = eps x + (1 - eps) G(z), eps ~ U[0, 1] per
+    sample (Gulrajani et al. 2017, Algorithm 1). create_graph so the penalty trains D."""
+    eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), generator=generator).to(real)
+    x_hat = (eps * real + (1 - eps) * fake.detach()).requires_grad_(True)
+    out = D(x_hat)
+    (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+def d_loss(D: nn.Module, out_real: Tensor, out_fake: Tensor, real: Tensor, fake: Tensor, cfg: TrainerConfig, generator: torch.Generator) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """D's loss as (real term, fake term, extras); the total is their sum plus gp_lambda * extras["gp"]."""
+    if cfg.loss == "hinge":
+        return F.relu(1 - out_real).mean(), F.relu(1 + out_fake).mean(), {}
+    if cfg.loss == "wgan-gp":
+        return -out_real.mean(), out_fake.mean(), {"gp": gradient_penalty(D, real, fake, generator)}
+    # real_label < 1 is one-sided label smoothing (Salimans et al. 2016); fakes stay at 0.
+    return _bce(out_real, cfg.real_label), _bce(out_fake, 0.0), {}
+
+
+def g_loss(out: Tensor, cfg: TrainerConfig) -> Tensor:
+    """G's loss on D's outputs for its samples. No smoothing or flipping on G's target."""
+    if cfg.loss == "nonsaturating":
+        # Goodfellow et al. 2014: target 1, i.e. -log D(G(z)), keeps G's gradient alive when
+        # D rejects its samples.
+        return F.binary_cross_entropy_with_logits(out, torch.ones_like(out))
+    if cfg.loss == "minimax":
+        # The game's own objective: minimise log(1 - D(G(z))) = -BCE(out, 0). Saturates when D wins.
+        return -F.binary_cross_entropy_with_logits(out, torch.zeros_like(out))
+    return -out.mean()  # hinge and wgan-gp: raise the critic's score of the fakes
+
+
 def train_step(
     G: nn.Module,
     D: nn.Module,
@@ -107,12 +143,12 @@ def train_step(
         fake = fake_g.detach()
         opt_d.zero_grad(set_to_none=True)
         # Real and fake in separate batches so D's BN sees all-real / all-fake statistics (ganhacks).
-        out_real = D(real).view(-1)  # (B,) logits
-        # real_label < 1 is one-sided label smoothing (Salimans et al. 2016); fakes stay at 0.
-        loss_d_real = F.binary_cross_entropy_with_logits(out_real, torch.full_like(out_real, cfg.real_label))
+        out_real = D(real).view(-1)  # (B,) logits (critic scores for hinge / wgan-gp)
         out_fake = D(fake).view(-1)  # (B,)
-        loss_d_fake = F.binary_cross_entropy_with_logits(out_fake, torch.zeros_like(out_fake))
+        loss_d_real, loss_d_fake, extra = d_loss(D, out_real, out_fake, real, fake, cfg, generator)
         loss_d = loss_d_real + loss_d_fake
+        if "gp" in extra:
+            loss_d = loss_d + cfg.gp_lambda * extra["gp"]
         loss_d.backward()
         # Sync before any check: averaged NaNs reach every worker, so all of them raise together
         # instead of one raising while the others wait in the next all-reduce.
@@ -136,9 +172,7 @@ def train_step(
                 fake_g = G(sample_latent(B, cfg, generator).to(device))  # (B, 1, 28, 28) or (B, 2)
             opt_g.zero_grad(set_to_none=True)
             out = D(fake_g).view(-1)  # (B,)
-            # Non-saturating loss (Goodfellow et al. 2014): target 1, not 1 - log(1 - D),
-            # keeps G's gradient alive when D rejects its samples. No smoothing on G's target.
-            loss_g = F.binary_cross_entropy_with_logits(out, torch.ones_like(out))
+            loss_g = g_loss(out, cfg)
             loss_g.backward()
             if sync_grads is not None:
                 sync_grads(G)
@@ -148,13 +182,26 @@ def train_step(
     finally:
         D.requires_grad_(True)
 
-    return {
-        "loss_d_real": loss_d_real.detach().item(),  # ln 2 ~ 0.693 at equilibrium
+    metrics = {
+        "loss_d_real": loss_d_real.detach().item(),  # BCE: ln 2 ~ 0.693 at equilibrium
         "loss_d_fake": loss_d_fake.detach().item(),
-        "loss_d": loss_d.detach().item(),  # 2 ln 2 ~ 1.386 at equilibrium
+        "loss_d": loss_d.detach().item(),  # BCE: 2 ln 2 ~ 1.386 at equilibrium
         "loss_g": loss_g.detach().item(),
-        "d_x": torch.sigmoid(out_real.detach()).mean().item(),
-        "d_g_z": torch.sigmoid(out_fake.detach()).mean().item(),
-        "grad_norm_d": grad_norm_d.item(),
-        "grad_norm_g": grad_norm_g.item(),
     }
+    if cfg.is_bce:
+        # D's probabilities: what the balance rules (orchestrator/stopping.py) read.
+        metrics["d_x"] = torch.sigmoid(out_real.detach()).mean().item()
+        metrics["d_g_z"] = torch.sigmoid(out_fake.detach()).mean().item()
+        if cfg.loss == "minimax":
+            # The rules also read -mean log D(G(z)) (the non-saturating loss); minimax's own
+            # loss_g is log(1 - D(G(z))) <= 0, so they get this one under its own name.
+            metrics["loss_g_nonsat"] = F.binary_cross_entropy_with_logits(out.detach(), torch.ones_like(out)).item()
+    else:
+        # A critic's output is a score, not a probability: reported raw, under other names, so
+        # no rule mistakes it for D(x) / D(G(z)).
+        metrics["critic_real"] = out_real.detach().mean().item()
+        metrics["critic_fake"] = out_fake.detach().mean().item()
+    metrics.update({k: v.detach().item() for k, v in extra.items()})
+    metrics["grad_norm_d"] = grad_norm_d.item()
+    metrics["grad_norm_g"] = grad_norm_g.item()
+    return metrics

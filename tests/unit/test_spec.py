@@ -196,3 +196,16 @@ def test_tracking_uri_with_a_password_is_refused_without_echoing_it():
     text = e.value.render()
     assert "<spec>:2 tracking.uri" in text and "MLFLOW_TRACKING_PASSWORD" in text and "hunter2" not in text
     assert spec_from_text("name: t\ntracking: {uri: http://127.0.0.1:5000}\n").tracking.uri == "http://127.0.0.1:5000"
+
+
+def test_unknown_loss_names_the_field():
+    assert issues("name: t\ntrainer: {loss: wgan}\n")[0].path == "trainer.loss"
+
+
+def test_probability_metrics_are_refused_for_critic_losses():
+    """d_x / d_g_z are not reported under hinge / wgan-gp: ranking by them would find nothing."""
+    msg = issues("name: t\ntrainer: {loss: hinge}\nsweep: {metric: d_x}\n")[0].message
+    assert "critic_real" in msg
+    searched = "name: t\nsearch:\n  loss: {choice: [nonsaturating, wgan-gp]}\nsweep: {metric: d_g_z}\n"
+    assert "wgan-gp" in issues(searched)[0].message
+    spec_from_text("name: t\ntrainer: {loss: minimax}\nsweep: {metric: d_x}\n")

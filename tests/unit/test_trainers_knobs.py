@@ -1,0 +1,162 @@
+"""The training knobs of issue 3: losses (trainers/step.py)."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from orchestrator.stopping import judge
+from search_spaces.spec import Stopping
+from trainers.config import TrainerConfig
+from trainers.data import make_data
+from trainers.models import build_models
+from trainers.step import (
+    DivergenceError,
+    build_optimizers,
+    d_loss,
+    g_loss,
+    gradient_penalty,
+    train_step,
+)
+
+TINY_MLP = TrainerConfig(model="mlp2d", data="grid25", width=16, latent_dim=4, batch_size=32)
+TINY_DCGAN = TrainerConfig(model="dcgan28", data="mnist", width=4, latent_dim=8, batch_size=8)
+REAL = torch.tensor([2.0, 0.5, -1.0])
+FAKE = torch.tensor([-2.0, 0.0, 1.0])
+
+
+def _setup(cfg):
+    G, D = build_models(cfg)
+    opt_g, opt_d = build_optimizers(G, D, cfg)
+    return G, D, opt_g, opt_d, make_data(cfg), torch.Generator().manual_seed(cfg.seed)
+
+
+def _one_step(cfg):
+    G, D, og, od, data, gen = _setup(cfg)
+    return train_step(G, D, og, od, data, cfg, gen)
+
+
+def _flat(m):
+    return torch.cat([p.detach().reshape(-1) for p in m.parameters()])
+
+
+def _knobs(**kw):
+    return TINY_MLP.model_copy(update=kw)
+
+
+# ---- losses ---------------------------------------------------------------------------------
+
+
+def test_hinge_loss_on_known_logits():
+    """D: mean max(0, 1 - D(x)) + mean max(0, 1 + D(G(z))); G: -mean D(G(z))."""
+    cfg = _knobs(loss="hinge")
+    real_t, fake_t, extra = d_loss(None, REAL, FAKE, None, None, cfg, torch.Generator())
+    assert real_t.item() == pytest.approx((0 + 0.5 + 2.0) / 3)
+    assert fake_t.item() == pytest.approx((0 + 1.0 + 2.0) / 3)
+    assert extra == {}
+    assert g_loss(FAKE, cfg).item() == pytest.approx(1 / 3)
+
+
+def test_minimax_and_nonsaturating_g_losses_on_known_logits():
+    """minimax G minimises mean log(1 - D(G(z))); non-saturating minimises -mean log D(G(z))."""
+    p = torch.sigmoid(FAKE)
+    assert g_loss(FAKE, _knobs(loss="minimax")).item() == pytest.approx(torch.log(1 - p).mean().item(), rel=1e-6)
+    assert g_loss(FAKE, _knobs()).item() == pytest.approx(-torch.log(p).mean().item(), rel=1e-6)
+    # Both BCE losses train D the same way.
+    for loss in ("minimax", "nonsaturating"):
+        real_t, fake_t, _ = d_loss(None, REAL, FAKE, None, None, _knobs(loss=loss), torch.Generator())
+        assert real_t.item() == pytest.approx(-torch.log(torch.sigmoid(REAL)).mean().item(), rel=1e-6)
+        assert fake_t.item() == pytest.approx(-torch.log(1 - p).mean().item(), rel=1e-6)
+
+
+def test_wgan_terms_are_raw_critic_means_plus_a_penalty():
+    cfg = _knobs(loss="wgan-gp")
+    D = nn.Linear(2, 1)
+    real, fake = torch.randn(16, 2), torch.randn(16, 2)
+    real_t, fake_t, extra = d_loss(D, REAL, FAKE, real, fake, cfg, torch.Generator().manual_seed(0))
+    assert real_t.item() == pytest.approx(-REAL.mean().item())
+    assert fake_t.item() == pytest.approx(FAKE.mean().item())
+    assert set(extra) == {"gp"}
+    assert g_loss(FAKE, cfg).item() == pytest.approx(-FAKE.mean().item())
+
+
+@pytest.mark.parametrize("scale, expected", [(1.0, 0.0), (3.0, 4.0), (0.5, 0.25)])
+def test_gradient_penalty_of_a_linear_critic_is_its_slope_minus_one_squared(scale, expected):
+    """A linear critic w.x + b has gradient w everywhere: the penalty is (||w|| - 1)^2, ~0 for a
+    1-Lipschitz one with a unit-norm weight (Gulrajani et al. 2017)."""
+    D = nn.Linear(3, 1)
+    with torch.no_grad():
+        D.weight.copy_(torch.tensor([[1.0, -2.0, 2.0]]) / 3 * scale)
+    gp = gradient_penalty(D, torch.randn(64, 3), torch.randn(64, 3), torch.Generator().manual_seed(0))
+    assert gp.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_gradient_penalty_trains_the_critic():
+    """create_graph: the penalty's gradient reaches D's weights (it pulls ||w|| toward 1)."""
+    D = nn.Linear(2, 1)
+    with torch.no_grad():
+        D.weight.copy_(torch.tensor([[3.0, 4.0]]))  # ||w|| = 5
+    gradient_penalty(D, torch.randn(8, 2), torch.randn(8, 2), torch.Generator().manual_seed(0)).backward()
+    # d/dw (||w|| - 1)^2 = 2 (||w|| - 1) w / ||w|| = 2 * 4 * [0.6, 0.8]
+    assert torch.allclose(D.weight.grad, torch.tensor([[4.8, 6.4]]), atol=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["hinge", "wgan-gp"])
+def test_critic_losses_report_raw_scores_not_probabilities(loss):
+    """hinge / wgan-gp D outputs are scores: d_x / d_g_z are not reported (the balance rules read
+    them as probabilities); critic_real / critic_fake are, and wgan-gp adds the penalty gp."""
+    cfg = _knobs(loss=loss)
+    m = _one_step(cfg)
+    assert "d_x" not in m and "d_g_z" not in m
+    assert {"critic_real", "critic_fake", "loss_d", "loss_g", "grad_norm_d", "grad_norm_g"} <= set(m)
+    assert ("gp" in m) == (loss == "wgan-gp")
+    if loss == "wgan-gp":
+        assert m["loss_d"] == pytest.approx(m["loss_d_real"] + m["loss_d_fake"] + cfg.gp_lambda * m["gp"], rel=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["minimax", "hinge", "wgan-gp"])
+def test_tiny_mlp_runs_each_loss_for_a_few_steps_without_diverging(loss):
+    """30 iterations of mlp2d on grid25 (wgan-gp with the paper's n_critic = 5): finite, and the
+    networks move."""
+    cfg = _knobs(loss=loss, dg_ratio="5:1" if loss == "wgan-gp" else "1:1", lr_g=1e-3, lr_d=1e-3)
+    G, D, og, od, data, gen = _setup(cfg)
+    g0 = _flat(G)
+    for i in range(30):
+        m = train_step(G, D, og, od, data, cfg, gen, step=i + 1)
+        assert all(math.isfinite(v) for v in m.values()), m
+    assert not torch.equal(g0, _flat(G))
+
+
+@pytest.mark.parametrize("loss", ["nonsaturating", "minimax", "hinge", "wgan-gp"])
+def test_every_loss_turns_nan_weights_into_a_divergence_error(loss):
+    cfg = _knobs(loss=loss)
+    G, D, og, od, data, gen = _setup(cfg)
+    with torch.no_grad():
+        next(D.parameters()).fill_(float("nan"))
+    with pytest.raises(DivergenceError) as e:
+        train_step(G, D, og, od, data, cfg, gen, step=7)
+    assert e.value.quantity in ("loss_d", "grad_norm_d") and e.value.step == 7
+
+
+def test_balance_rules_do_not_read_critic_scores_as_probabilities():
+    """A hinge trial whose G loss sits far above -ln 0.05 (what d_overpowers reads for BCE) is
+    not stopped by the probability rules: it reports no d_x / d_g_z."""
+    cfg = _knobs(loss="hinge")
+    m = _one_step(cfg)
+    history = [{**m, "loss_g": 10.0, "step": 100 * (i + 1)} for i in range(5)]
+    assert judge(history, Stopping(), "mix_score", "max") is None
+    bce = [{**h, "d_x": 0.99, "d_g_z": 0.01} for h in history]  # the same losses under BCE would stop
+    assert judge(bce, Stopping(), "mix_score", "max").rule == "d_overpowers"
+
+
+def test_minimax_reports_the_nonsaturating_loss_the_balance_rules_read():
+    """Under minimax loss_g = mean log(1 - D(G(z))) <= 0 could never pass d_overpowers' floor
+    (-ln 0.05 = 3.0); the rules read loss_g_nonsat = -mean log D(G(z)) instead."""
+    m = _one_step(_knobs(loss="minimax"))
+    assert m["loss_g"] <= 0 < m["loss_g_nonsat"]
+    history = [{**m, "loss_g_nonsat": 6.0, "d_x": 0.99, "d_g_z": 0.01, "step": 100 * (i + 1)} for i in range(3)]
+    v = judge(history, Stopping(), "mix_score", "max")
+    assert v.rule == "d_overpowers" and v.evidence["loss_g"] == 6.0
+    fooled = [{**h, "loss_g_nonsat": 0.01, "d_x": 0.5, "d_g_z": 0.99} for h in history]
+    assert judge(fooled, Stopping(), "mix_score", "max").rule == "d_fooled"
