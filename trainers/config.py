@@ -53,9 +53,11 @@ class TrainerConfig(BaseModel):
         "hinge (Lim & Ye 2017, Miyato et al. 2018: D max(0, 1 - D(x)) + max(0, 1 + D(G(z))), G -D(G(z))), "
         "wgan-gp (Gulrajani et al. 2017: critic D(G(z)) - D(x) + gp_lambda * gradient penalty on real/fake interpolates; "
         "use dg_ratio '5:1' for the paper's n_critic = 5; dcgan28's D keeps its BatchNorm, which the paper drops from the critic). hinge and wgan-gp read D's output as a raw score: "
-        "they report critic_real / critic_fake instead of d_x / d_g_z, and ignore real_label.",
+        "they report critic_real / critic_fake instead of d_x / d_g_z, and ignore real_label, soft_labels and label_flip.",
     )
     gp_lambda: float = Field(10.0, ge=0, le=1e4, description="wgan-gp: weight of the gradient penalty (Gulrajani et al. 2017 use 10). Unused by other losses.")
+    soft_labels: bool = Field(False, description="BCE losses: D's targets drawn per sample, real ~ U[0.7, 1.2], fake ~ U[0, 0.3] (ganhacks #6); replaces real_label. Helps when D overpowers G early.")
+    label_flip: float = Field(0.0, ge=0, le=0.5, description="BCE losses: probability that each of D's targets is swapped (a real sample labelled fake and vice versa; ganhacks #7, 'occasionally flip the labels'). 0.05 is typical; noisy labels slow D down.")
     threads: int = Field(1, ge=1, le=256, description="torch intra-op threads per worker (match cpus_per_worker).")
 
     @field_validator("dg_ratio", mode="before")

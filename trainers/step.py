@@ -69,7 +69,30 @@ def _check_finite(values: dict[str, Tensor], step: int | None) -> None:
             raise DivergenceError(name, v, step)
 
 
-def _bce(logits: Tensor, target: float) -> Tensor:
+def d_targets(n: int, cfg: TrainerConfig, generator: torch.Generator) -> tuple[Tensor | float, Tensor | float]:
+    """BCE targets for D's real and fake batches: floats when every sample gets the same one.
+
+    real_label alone is one-sided smoothing (Salimans et al. 2016); soft_labels draws them per
+    sample (real ~ U[0.7, 1.2], fake ~ U[0, 0.3], ganhacks #6); label_flip swaps each sample's
+    target with probability p (ganhacks #7). Draws come from `generator` only when a knob is on,
+    so the default run's random stream is unchanged.
+    """
+    if cfg.soft_labels:
+        t_real: Tensor | float = torch.rand(n, generator=generator) * 0.5 + 0.7
+        t_fake: Tensor | float = torch.rand(n, generator=generator) * 0.3
+    else:
+        t_real, t_fake = cfg.real_label, 0.0
+    if cfg.label_flip > 0:
+        flip_real = torch.rand(n, generator=generator) < cfg.label_flip
+        flip_fake = torch.rand(n, generator=generator) < cfg.label_flip
+        real_v, fake_v = torch.as_tensor(t_real).expand(n), torch.as_tensor(t_fake).expand(n)
+        t_real, t_fake = torch.where(flip_real, fake_v, real_v), torch.where(flip_fake, real_v, fake_v)
+    return t_real, t_fake
+
+
+def _bce(logits: Tensor, target: Tensor | float) -> Tensor:
+    if isinstance(target, Tensor):
+        return F.binary_cross_entropy_with_logits(logits, target.to(logits))
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
@@ -89,8 +112,8 @@ def d_loss(D: nn.Module, out_real: Tensor, out_fake: Tensor, real: Tensor, fake:
         return F.relu(1 - out_real).mean(), F.relu(1 + out_fake).mean(), {}
     if cfg.loss == "wgan-gp":
         return -out_real.mean(), out_fake.mean(), {"gp": gradient_penalty(D, real, fake, generator)}
-    # real_label < 1 is one-sided label smoothing (Salimans et al. 2016); fakes stay at 0.
-    return _bce(out_real, cfg.real_label), _bce(out_fake, 0.0), {}
+    t_real, t_fake = d_targets(out_real.shape[0], cfg, generator)
+    return _bce(out_real, t_real), _bce(out_fake, t_fake), {}
 
 
 def g_loss(out: Tensor, cfg: TrainerConfig) -> Tensor:

@@ -198,8 +198,10 @@ def test_tracking_uri_with_a_password_is_refused_without_echoing_it():
     assert spec_from_text("name: t\ntracking: {uri: http://127.0.0.1:5000}\n").tracking.uri == "http://127.0.0.1:5000"
 
 
-def test_unknown_loss_names_the_field():
+def test_unknown_loss_and_out_of_range_knobs_name_the_field():
     assert issues("name: t\ntrainer: {loss: wgan}\n")[0].path == "trainer.loss"
+    bad = issues("name: t\ntrainer: {model: mlp2d, data: grid25}\nsearch:\n  label_flip: {uniform: [0.0, 0.7]}\n")[0]
+    assert "label_flip" in bad.message and "0.7" in bad.message
 
 
 def test_probability_metrics_are_refused_for_critic_losses():

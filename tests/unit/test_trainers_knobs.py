@@ -1,9 +1,11 @@
-"""The training knobs of issue 3: losses (trainers/step.py)."""
+"""The training knobs of issue 3: losses, labels (trainers/step.py)."""
 
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import nn
 
 from orchestrator.stopping import judge
@@ -15,6 +17,7 @@ from trainers.step import (
     DivergenceError,
     build_optimizers,
     d_loss,
+    d_targets,
     g_loss,
     gradient_penalty,
     train_step,
@@ -160,3 +163,56 @@ def test_minimax_reports_the_nonsaturating_loss_the_balance_rules_read():
     assert v.rule == "d_overpowers" and v.evidence["loss_g"] == 6.0
     fooled = [{**h, "loss_g_nonsat": 0.01, "d_x": 0.5, "d_g_z": 0.99} for h in history]
     assert judge(fooled, Stopping(), "mix_score", "max").rule == "d_fooled"
+
+
+# ---- labels ---------------------------------------------------------------------------------
+
+
+def test_default_labels_draw_nothing_and_keep_one_sided_smoothing():
+    gen = torch.Generator().manual_seed(0)
+    before = gen.get_state()
+    assert d_targets(8, _knobs(real_label=0.9), gen) == (0.9, 0.0)
+    assert torch.equal(gen.get_state(), before)
+
+
+def test_soft_labels_are_uniform_in_the_ganhacks_ranges():
+    t_real, t_fake = d_targets(100_000, _knobs(soft_labels=True), torch.Generator().manual_seed(0))
+    assert 0.7 <= t_real.min() and t_real.max() <= 1.2 and t_real.mean().item() == pytest.approx(0.95, abs=0.005)
+    assert 0.0 <= t_fake.min() and t_fake.max() <= 0.3 and t_fake.mean().item() == pytest.approx(0.15, abs=0.005)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3])
+def test_label_flip_swaps_targets_at_the_configured_rate(p):
+    """Fraction of real samples labelled fake (and fake labelled real) within 5 sigma of p."""
+    n = 100_000
+    t_real, t_fake = d_targets(n, _knobs(label_flip=p, real_label=0.9), torch.Generator().manual_seed(1))
+    sigma = math.sqrt(p * (1 - p) / n)
+    for flipped in ((t_real == 0.0).float().mean().item(), (t_fake == 0.9).float().mean().item()):
+        assert abs(flipped - p) < 5 * sigma
+    assert bool(((t_real == 0.0) | (t_real == torch.tensor(0.9))).all())
+
+
+def test_soft_labels_with_flip_move_flipped_reals_into_the_fake_range():
+    t_real, _ = d_targets(10_000, _knobs(soft_labels=True, label_flip=0.2), torch.Generator().manual_seed(2))
+    low = (t_real <= 0.3).float().mean().item()
+    assert abs(low - 0.2) < 0.02 and bool(((t_real <= 0.3) | (t_real >= 0.7)).all())
+
+
+def test_label_knobs_change_ds_bce_terms():
+    """Soft/flipped targets are what D's BCE is computed against."""
+    out = torch.zeros(4)
+    cfg = _knobs(label_flip=0.5)
+    gen = torch.Generator().manual_seed(3)
+    state = gen.get_state()
+    t_real, t_fake = d_targets(4, cfg, gen)
+    gen.set_state(state)
+    real_t, fake_t, _ = d_loss(None, out, out, None, None, cfg, gen)
+    assert real_t.item() == pytest.approx(F.binary_cross_entropy_with_logits(out, t_real).item())
+    assert fake_t.item() == pytest.approx(F.binary_cross_entropy_with_logits(out, t_fake).item())
+
+
+def test_label_settings_are_bounded():
+    with pytest.raises(ValidationError, match="label_flip"):
+        TrainerConfig(label_flip=0.6)
+    with pytest.raises(ValidationError, match="loss"):
+        TrainerConfig(loss="wgan")
