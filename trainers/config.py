@@ -58,6 +58,7 @@ class TrainerConfig(BaseModel):
     gp_lambda: float = Field(10.0, ge=0, le=1e4, description="wgan-gp: weight of the gradient penalty (Gulrajani et al. 2017 use 10). Unused by other losses.")
     soft_labels: bool = Field(False, description="BCE losses: D's targets drawn per sample, real ~ U[0.7, 1.2], fake ~ U[0, 0.3] (ganhacks #6); replaces real_label. Helps when D overpowers G early.")
     label_flip: float = Field(0.0, ge=0, le=0.5, description="BCE losses: probability that each of D's targets is swapped (a real sample labelled fake and vice versa; ganhacks #7, 'occasionally flip the labels'). 0.05 is typical; noisy labels slow D down.")
+    clip_grad_norm: float | None = Field(None, gt=0, le=1e6, description="Clip each network's total gradient L2 norm to this before its optimizer step (torch.nn.utils.clip_grad_norm_); null = no clipping. The reported grad_norm_d / grad_norm_g are the norms before clipping.")
     threads: int = Field(1, ge=1, le=256, description="torch intra-op threads per worker (match cpus_per_worker).")
 
     @field_validator("dg_ratio", mode="before")

@@ -179,6 +179,8 @@ def train_step(
             sync_grads(D)
         grad_norm_d = _grad_norm(D)
         _check_finite({"loss_d": loss_d, "grad_norm_d": grad_norm_d}, step)
+        if cfg.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(D.parameters(), cfg.clip_grad_norm)
         opt_d.step()
     # Drop D's gradients now: with D frozen below, stale ones would sit there unused.
     opt_d.zero_grad(set_to_none=True)
@@ -201,6 +203,8 @@ def train_step(
                 sync_grads(G)
             grad_norm_g = _grad_norm(G)
             _check_finite({"loss_g": loss_g, "grad_norm_g": grad_norm_g}, step)
+            if cfg.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(G.parameters(), cfg.clip_grad_norm)
             opt_g.step()
     finally:
         D.requires_grad_(True)

@@ -1,4 +1,4 @@
-"""The training knobs of issue 3: losses, labels (trainers/step.py)."""
+"""The training knobs of issue 3: losses, labels, clipping (trainers/step.py)."""
 
 import math
 
@@ -216,3 +216,27 @@ def test_label_settings_are_bounded():
         TrainerConfig(label_flip=0.6)
     with pytest.raises(ValidationError, match="loss"):
         TrainerConfig(loss="wgan")
+
+
+# ---- gradient clipping ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cfg", [TINY_MLP, TINY_DCGAN], ids=["mlp2d", "dcgan28"])
+def test_clip_grad_norm_bounds_each_networks_update(cfg):
+    """Plain SGD (no momentum) moves the weights by lr times the applied gradient: with clipping
+    that gradient's norm is at most clip_grad_norm, without it is larger (and reported before clipping)."""
+    c, lr = 1e-3, 1e-2
+    base = cfg.model_copy(update={"optimizer_g": "sgd", "optimizer_d": "sgd", "lr_g": lr, "lr_d": lr, "momentum": 0.0})
+    for clip in (None, c):
+        run = base.model_copy(update={"clip_grad_norm": clip})
+        G, D, og, od, data, gen = _setup(run)
+        g0, d0 = _flat(G), _flat(D)
+        m = train_step(G, D, og, od, data, run, gen)
+        moved_g, moved_d = (_flat(G) - g0).norm().item() / lr, (_flat(D) - d0).norm().item() / lr
+        if clip is None:
+            assert moved_d > c and moved_g > c
+            assert moved_d == pytest.approx(m["grad_norm_d"], rel=1e-4)
+        else:
+            assert moved_d <= c * (1 + 1e-4) and moved_g <= c * (1 + 1e-4)
+            assert moved_d == pytest.approx(c, rel=1e-3)
+            assert m["grad_norm_d"] > c  # reported before clipping
