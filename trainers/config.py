@@ -59,6 +59,9 @@ class TrainerConfig(BaseModel):
     soft_labels: bool = Field(False, description="BCE losses: D's targets drawn per sample, real ~ U[0.7, 1.2], fake ~ U[0, 0.3] (ganhacks #6); replaces real_label. Helps when D overpowers G early.")
     label_flip: float = Field(0.0, ge=0, le=0.5, description="BCE losses: probability that each of D's targets is swapped (a real sample labelled fake and vice versa; ganhacks #7, 'occasionally flip the labels'). 0.05 is typical; noisy labels slow D down.")
     clip_grad_norm: float | None = Field(None, gt=0, le=1e6, description="Clip each network's total gradient L2 norm to this before its optimizer step (torch.nn.utils.clip_grad_norm_); null = no clipping. The reported grad_norm_d / grad_norm_g are the norms before clipping.")
+    lr_decay: Literal["none", "linear", "exponential"] = Field("none", description="Learning-rate schedule of both networks, stepped once per iteration (torch.optim.lr_scheduler LinearLR / ExponentialLR): the lr goes from lr_g / lr_d to lr_decay_final times it at the last iteration.")
+    lr_decay_final: float = Field(0.1, gt=0, le=1.0, description="lr_decay: the learning rate at the last iteration as a fraction of the initial one (exponential: gamma = lr_decay_final ** (1 / steps)).")
+    ema: float | None = Field(None, ge=0, lt=1, description="Decay of an exponential moving average of G's weights and buffers, updated after every iteration (e.g. 0.999; Yazici et al. 2019, as in ProGAN/StyleGAN/BigGAN). Evaluation, sample grids and the saved generator use the averaged G; null = the raw G.")
     threads: int = Field(1, ge=1, le=256, description="torch intra-op threads per worker (match cpus_per_worker).")
 
     @field_validator("dg_ratio", mode="before")

@@ -7,11 +7,12 @@ loop adds distribution by passing `sync_grads`, and turns DivergenceError into a
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from trainers.config import TrainerConfig
 from trainers.data import DataSource
@@ -42,12 +43,40 @@ def build_optimizers(G: nn.Module, D: nn.Module, cfg: TrainerConfig) -> tuple[to
     return _optimizer(cfg.optimizer_g, G.parameters(), cfg.lr_g, cfg), _optimizer(cfg.optimizer_d, D.parameters(), cfg.lr_d, cfg)
 
 
-def set_hyperparams(opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, cfg: TrainerConfig) -> None:
+def build_schedulers(opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, cfg: TrainerConfig) -> list[torch.optim.lr_scheduler.LRScheduler]:
+    """cfg.lr_decay's schedulers for (opt_g, opt_d), stepped once per iteration by train_step;
+    [] for "none". Both end at lr_decay_final times their initial lr at iteration cfg.steps."""
+    if cfg.lr_decay == "linear":
+        return [torch.optim.lr_scheduler.LinearLR(o, start_factor=1.0, end_factor=cfg.lr_decay_final, total_iters=cfg.steps) for o in (opt_g, opt_d)]
+    if cfg.lr_decay == "exponential":
+        gamma = cfg.lr_decay_final ** (1.0 / cfg.steps)
+        return [torch.optim.lr_scheduler.ExponentialLR(o, gamma=gamma) for o in (opt_g, opt_d)]
+    return []
+
+
+def build_ema(G: nn.Module, cfg: TrainerConfig) -> AveragedModel | None:
+    """An exponential moving average of G's weights and BN buffers (cfg.ema's decay), or None.
+    Its `.module` is a G to evaluate and save; train_step updates it after every iteration."""
+    if cfg.ema is None:
+        return None
+    return AveragedModel(getattr(G, "module", G), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+
+
+def set_hyperparams(opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, cfg: TrainerConfig, schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler] = ()) -> None:
     """Put cfg's learning rates, betas and momentum into existing optimizers (after a PBT
-    exploit loaded the donor's optimizer states, which carry the donor's values)."""
-    for opt, lr in ((opt_g, cfg.lr_g), (opt_d, cfg.lr_d)):
-        for group in opt.param_groups:
-            group["lr"] = lr
+    exploit loaded the donor's optimizer states, which carry the donor's values).
+
+    With an lr schedule (`schedulers` = build_schedulers' list, in the same order) the group's
+    lr is where the schedule has brought it: it is rescaled by new / old initial lr, and the
+    schedulers' base lrs move to the new one (a no-op when the lr did not change)."""
+    for i, (opt, lr) in enumerate(((opt_g, cfg.lr_g), (opt_d, cfg.lr_d))):
+        sched = schedulers[i] if schedulers else None
+        for k, group in enumerate(opt.param_groups):
+            if sched is not None:
+                group["lr"] = group["lr"] * (lr / sched.base_lrs[k])
+                sched.base_lrs[k] = group["initial_lr"] = lr
+            else:
+                group["lr"] = lr
             if "betas" in group:
                 group["betas"] = (cfg.beta1, cfg.beta2)
             if "momentum" in group:
@@ -139,11 +168,14 @@ def train_step(
     sync_grads: Callable[[nn.Module], None] | None = None,
     *,
     step: int | None = None,
+    schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler] = (),
+    ema: AveragedModel | None = None,
 ) -> dict[str, float]:
     """cfg.d_steps D updates then cfg.g_steps G updates; metrics of the last of each.
 
     All randomness (real batches, z) comes from `generator` (a CPU torch.Generator), so
-    restoring its state replays the run. `step` only labels a DivergenceError.
+    restoring its state replays the run. `step` only labels a DivergenceError. After the
+    updates the lr `schedulers` step once and `ema` (build_ema) averages G's new weights in.
     Raises DivergenceError before an optimizer step that would apply a non-finite gradient.
     """
     device = next(G.parameters()).device
@@ -208,6 +240,10 @@ def train_step(
             opt_g.step()
     finally:
         D.requires_grad_(True)
+    for sched in schedulers:
+        sched.step()
+    if ema is not None:
+        ema.update_parameters(getattr(G, "module", G))
 
     metrics = {
         "loss_d_real": loss_d_real.detach().item(),  # BCE: ln 2 ~ 0.693 at equilibrium

@@ -1,4 +1,4 @@
-"""The training knobs of issue 3: losses, labels, clipping (trainers/step.py)."""
+"""The training knobs of issue 3: losses, labels, clipping, lr decay, EMA of G (trainers/step.py)."""
 
 import math
 
@@ -10,16 +10,20 @@ from torch import nn
 
 from orchestrator.stopping import judge
 from search_spaces.spec import Stopping
+from trainers.checkpoint import adopt, load_generator, load_state, restore, save_state
 from trainers.config import TrainerConfig
 from trainers.data import make_data
 from trainers.models import build_models
 from trainers.step import (
     DivergenceError,
+    build_ema,
     build_optimizers,
+    build_schedulers,
     d_loss,
     d_targets,
     g_loss,
     gradient_penalty,
+    set_hyperparams,
     train_step,
 )
 
@@ -240,3 +244,165 @@ def test_clip_grad_norm_bounds_each_networks_update(cfg):
             assert moved_d <= c * (1 + 1e-4) and moved_g <= c * (1 + 1e-4)
             assert moved_d == pytest.approx(c, rel=1e-3)
             assert m["grad_norm_d"] > c  # reported before clipping
+
+
+# ---- lr decay -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("decay", ["linear", "exponential"])
+def test_lr_decay_reaches_the_final_fraction_at_the_last_iteration(decay):
+    cfg = _knobs(lr_decay=decay, lr_decay_final=0.25, steps=6, lr_g=1e-3, lr_d=4e-4)
+    G, D, og, od, data, gen = _setup(cfg)
+    scheds = build_schedulers(og, od, cfg)
+    lrs = []
+    for _ in range(cfg.steps):
+        train_step(G, D, og, od, data, cfg, gen, schedulers=scheds)
+        lrs.append(og.param_groups[0]["lr"])
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] < 1e-3
+    assert og.param_groups[0]["lr"] == pytest.approx(0.25e-3, rel=1e-6)
+    assert od.param_groups[0]["lr"] == pytest.approx(0.25 * 4e-4, rel=1e-6)
+
+
+def test_no_lr_decay_builds_no_scheduler():
+    G, D, og, od, _, _ = _setup(TINY_MLP)
+    assert build_schedulers(og, od, TINY_MLP) == []
+
+
+def test_set_hyperparams_rescales_a_scheduled_lr():
+    """A PBT explore of lr_g keeps the schedule's progress: lr = new lr_g * decay so far."""
+    cfg = _knobs(lr_decay="linear", lr_decay_final=0.5, steps=4, lr_g=1e-3)
+    G, D, og, od, data, gen = _setup(cfg)
+    scheds = build_schedulers(og, od, cfg)
+    for _ in range(2):
+        train_step(G, D, og, od, data, cfg, gen, schedulers=scheds)
+    before = og.param_groups[0]["lr"]
+    set_hyperparams(og, od, cfg, scheds)
+    assert og.param_groups[0]["lr"] == before  # same settings: a no-op
+    set_hyperparams(og, od, cfg.model_copy(update={"lr_g": 2e-3}), scheds)
+    assert og.param_groups[0]["lr"] == pytest.approx(2 * before)
+    train_step(G, D, og, od, data, cfg, gen, schedulers=scheds)
+    train_step(G, D, og, od, data, cfg, gen, schedulers=scheds)
+    assert og.param_groups[0]["lr"] == pytest.approx(0.5 * 2e-3)
+
+
+# ---- EMA of G -------------------------------------------------------------------------------
+
+
+def test_ema_weights_trail_the_raw_weights():
+    cfg = _knobs(ema=0.9)
+    G, D, og, od, data, gen = _setup(cfg)
+    ema = build_ema(G, cfg)
+    g0 = _flat(G)
+    for _ in range(5):
+        train_step(G, D, og, od, data, cfg, gen, ema=ema)
+    assert not torch.equal(_flat(ema.module), _flat(G))
+    # The average lags: closer to the current weights than the initial ones are, but not on them.
+    assert 0 < (_flat(ema.module) - _flat(G)).norm() < (g0 - _flat(G)).norm()
+
+
+def test_ema_follows_the_formula():
+    """ema_1 = G_1; ema_2 = d ema_1 + (1 - d) G_2."""
+    cfg = _knobs(ema=0.75)
+    G, D, og, od, data, gen = _setup(cfg)
+    ema = build_ema(G, cfg)
+    train_step(G, D, og, od, data, cfg, gen, ema=ema)
+    g1 = _flat(G)
+    assert torch.equal(_flat(ema.module), g1)
+    train_step(G, D, og, od, data, cfg, gen, ema=ema)
+    assert torch.allclose(_flat(ema.module), 0.75 * g1 + 0.25 * _flat(G), atol=1e-7)
+
+
+def test_ema_with_decay_zero_equals_the_raw_weights_and_buffers():
+    cfg = TINY_DCGAN.model_copy(update={"ema": 0.0})  # dcgan28: BN buffers are averaged too
+    G, D, og, od, data, gen = _setup(cfg)
+    ema = build_ema(G, cfg)
+    for _ in range(3):
+        train_step(G, D, og, od, data, cfg, gen, ema=ema)
+    for (k, v), (k2, v2) in zip(G.state_dict().items(), ema.module.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+
+
+def test_no_ema_by_default():
+    assert build_ema(build_models(TINY_MLP)[0], TINY_MLP) is None
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+
+ALL_KNOBS = [
+    _knobs(loss="nonsaturating", soft_labels=True, label_flip=0.1, clip_grad_norm=0.5, lr_decay="linear", lr_decay_final=0.2, ema=0.99, steps=8, dg_ratio="2:1"),
+    TINY_DCGAN.model_copy(update={"loss": "wgan-gp", "gp_lambda": 5.0, "clip_grad_norm": 5.0, "lr_decay": "exponential", "ema": 0.9, "steps": 8, "dg_ratio": "3:1"}),
+    _knobs(loss="hinge", clip_grad_norm=1.0, lr_decay="exponential", lr_decay_final=0.5, ema=0.999, steps=8, latent_dist="uniform"),
+]
+
+
+@pytest.mark.parametrize("cfg", ALL_KNOBS, ids=["bce-all-knobs", "dcgan-wgan-gp", "hinge"])
+def test_resume_with_every_knob_on_is_bit_identical(cfg, tmp_path):
+    """Scheduler and EMA states survive save/restore: metrics, lr, G, D and the averaged G after
+    the resumed steps equal an uninterrupted run's."""
+    G, D, og, od, data, gen = _setup(cfg)
+    scheds, ema = build_schedulers(og, od, cfg), build_ema(G, cfg)
+    for _ in range(3):
+        train_step(G, D, og, od, data, cfg, gen, schedulers=scheds, ema=ema)
+    save_state(tmp_path / "s.pt", G, D, og, od, 3, cfg.model_dump(), gen, schedulers=scheds, ema=ema)
+    uninterrupted = [train_step(G, D, og, od, data, cfg, gen, schedulers=scheds, ema=ema) for _ in range(3)]
+
+    G2, D2 = build_models(cfg.model_copy(update={"seed": 99}))
+    og2, od2 = build_optimizers(G2, D2, cfg)
+    scheds2, ema2 = build_schedulers(og2, od2, cfg), build_ema(G2, cfg)
+    gen2 = torch.Generator().manual_seed(5)
+    state = load_state(tmp_path / "s.pt")
+    assert restore(state, G2, D2, og2, od2, gen2, schedulers=scheds2, ema=ema2) == 3
+    set_hyperparams(og2, od2, TrainerConfig.model_validate(state["config"]), scheds2)  # as the loop does
+    resumed = [train_step(G2, D2, og2, od2, data, cfg, gen2, schedulers=scheds2, ema=ema2) for _ in range(3)]
+
+    assert resumed == uninterrupted
+    assert [s.get_last_lr() for s in scheds2] == [s.get_last_lr() for s in scheds]
+    for a, b in ((G, G2), (D, D2), (ema.module, ema2.module)):
+        assert torch.equal(_flat(a), _flat(b))
+    assert int(ema2.n_averaged) == int(ema.n_averaged) == 6
+
+
+def test_load_generator_from_a_full_checkpoint_returns_the_averaged_g(tmp_path):
+    cfg = _knobs(ema=0.5)
+    G, D, og, od, data, gen = _setup(cfg)
+    ema = build_ema(G, cfg)
+    for _ in range(3):
+        train_step(G, D, og, od, data, cfg, gen, ema=ema)
+    save_state(tmp_path / "s.pt", G, D, og, od, 3, cfg.model_dump(), gen, ema=ema)
+    loaded, _ = load_generator(tmp_path / "s.pt")
+    assert torch.equal(_flat(loaded), _flat(ema.module)) and not torch.equal(_flat(loaded), _flat(G))
+
+
+def test_adopting_a_donor_without_an_average_restarts_it_from_the_donors_g(tmp_path):
+    """PBT with `ema` searched: a donor trained without an average; the recipient's average
+    restarts from the adopted G instead of mixing two trials' weights."""
+    donor_cfg, cfg = _knobs(seed=1), _knobs(ema=0.9)
+    dG, dD, dog, dod, data, gen = _setup(donor_cfg)
+    train_step(dG, dD, dog, dod, data, donor_cfg, gen)
+    save_state(tmp_path / "d.pt", dG, dD, dog, dod, 1, donor_cfg.model_dump(), gen)
+    G, D, og, od, _, gen2 = _setup(cfg)
+    ema = build_ema(G, cfg)
+    train_step(G, D, og, od, data, cfg, gen2, ema=ema)
+    adopt(load_state(tmp_path / "d.pt"), G, D, og, od, ema=ema)
+    assert torch.equal(_flat(ema.module), _flat(dG)) and int(ema.n_averaged) == 1
+
+
+def test_pbt_exploit_takes_the_donors_schedule_and_average_and_rescales_the_lr(tmp_path):
+    """The in-trial exploit (trainers/loop.py) with lr_decay and ema: the donor's scheduler and
+    G-average states come along, and the explored lr_d applies at the donor's point in the schedule."""
+    from trainers.loop import CHECKPOINT_FILE, _exploit
+
+    cfg = _knobs(lr_decay="linear", lr_decay_final=0.5, steps=4, ema=0.9, lr_d=1e-3)
+    dG, dD, dog, dod, data, gen = _setup(cfg.model_copy(update={"seed": 1}))
+    d_scheds, d_ema = build_schedulers(dog, dod, cfg), build_ema(dG, cfg)
+    for _ in range(2):
+        train_step(dG, dD, dog, dod, data, cfg, gen, schedulers=d_scheds, ema=d_ema)
+    save_state(tmp_path / CHECKPOINT_FILE, dG, dD, dog, dod, 2, cfg.model_dump(), gen, schedulers=d_scheds, ema=d_ema)
+
+    G, D, og, od, _, _ = _setup(cfg)
+    scheds, ema = build_schedulers(og, od, cfg), build_ema(G, cfg)
+    order = {"donor": "d", "checkpoint": str(tmp_path), "config": {"lr_d": 2e-3}}
+    assert _exploit(order, cfg, G, D, og, od, scheds, ema).lr_d == 2e-3
+    assert od.param_groups[0]["lr"] == pytest.approx(2 * dod.param_groups[0]["lr"])
+    assert scheds[1].last_epoch == 2 and scheds[1].base_lrs == [2e-3]
+    assert torch.equal(_flat(ema.module), _flat(d_ema.module))
