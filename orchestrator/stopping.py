@@ -47,6 +47,13 @@ def divergence(history: History, cfg) -> Verdict | None:
     return None
 
 
+def _nll_g(report: dict[str, Any], default: float) -> float:
+    """-mean log D(G(z)): G's loss under the non-saturating loss, `loss_g_nonsat` under minimax
+    (whose own loss_g is log(1 - D(G(z))) <= 0). hinge / wgan-gp report neither d_x nor d_g_z,
+    so the rules that read this also need those and stay silent for them."""
+    return report.get("loss_g_nonsat", report.get("loss_g", default))
+
+
 def d_overpowers(history: History, cfg) -> Verdict | None:
     """D rejects G's samples with near certainty and calls real data real, for `patience`
     consecutive evals (ganhacks #2: G error 0.76 -> 4.97 while D error fell 0.60 -> 0.007).
@@ -60,9 +67,10 @@ def d_overpowers(history: History, cfg) -> Verdict | None:
     if tail is None:
         return None
     floor = -math.log(cfg.d_g_z_below)
-    if all(r.get("loss_g", 0) > floor and r.get("d_x", 0) > cfg.d_x_above for r in tail):
+    if all(_nll_g(r, 0) > floor and r.get("d_x", 0) > cfg.d_x_above for r in tail):
         last = tail[-1]
-        return Verdict("d_overpowers", {"d_x": float(last["d_x"]), "d_g_z_geo": math.exp(-float(last["loss_g"])), "d_g_z": float(last.get("d_g_z", math.nan)), "loss_g": float(last["loss_g"]), "evals": len(tail)})
+        nll = float(_nll_g(last, math.nan))
+        return Verdict("d_overpowers", {"d_x": float(last["d_x"]), "d_g_z_geo": math.exp(-nll), "d_g_z": float(last.get("d_g_z", math.nan)), "loss_g": nll, "evals": len(tail)})
     return None
 
 
@@ -71,8 +79,8 @@ def d_fooled(history: History, cfg) -> Verdict | None:
     tail = _tail(history, cfg.patience)
     if tail is None:
         return None
-    if all(r.get("loss_g", 1) < cfg.loss_g_below and r.get("d_g_z", 0) > cfg.d_g_z_above for r in tail):
-        return Verdict("d_fooled", {k: float(tail[-1][k]) for k in ("loss_g", "d_g_z")} | {"evals": len(tail)})
+    if all(_nll_g(r, 1) < cfg.loss_g_below and r.get("d_g_z", 0) > cfg.d_g_z_above for r in tail):
+        return Verdict("d_fooled", {"loss_g": float(_nll_g(tail[-1], math.nan)), "d_g_z": float(tail[-1]["d_g_z"]), "evals": len(tail)})
     return None
 
 

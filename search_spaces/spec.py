@@ -20,6 +20,10 @@ from trainers.config import MUTABLE_IN_FLIGHT, TrainerConfig
 IMAGE_METRICS = {"fid": "min", "loss_g": "min", "loss_d": "min", "d_x": "max", "d_g_z": "max", "class_coverage": "max", "pixel_hist": "min"}
 MIXTURE_METRICS = {"mix_score": "max", "modes": "max", "hq_pct": "max", "reverse_kl": "min", "loss_g": "min", "loss_d": "min"}
 
+# D(x) and D(G(z)) are probabilities only under the BCE losses; hinge / wgan-gp do not report them.
+BCE_ONLY_METRICS = ("d_x", "d_g_z")
+BCE_LOSSES = ("nonsaturating", "minimax")
+
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform", "qloguniform")
 
 
@@ -264,6 +268,11 @@ class SweepSpec(_Model):
         metrics = self.metric_table
         if self.sweep.metric is not None and self.sweep.metric not in metrics:
             raise ValueError(f"sweep.metric: {self.sweep.metric!r} is not reported for data {self.trainer.data!r}; choose one of: {', '.join(metrics)}")
+        if self.sweep.metric in BCE_ONLY_METRICS:
+            losses = {self.trainer.loss, *(self.search["loss"].candidates() if "loss" in self.search else ())}
+            critics = sorted(loss for loss in losses if loss not in BCE_LOSSES)
+            if critics:
+                raise ValueError(f"sweep.metric: {self.sweep.metric!r} is a probability that loss {critics[0]!r} does not report (its critic scores are critic_real / critic_fake); rank by another metric or use a BCE loss ({', '.join(BCE_LOSSES)})")
         return self
 
     @property

@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.swa_utils import AveragedModel
 
 from trainers.config import TrainerConfig
 from trainers.models import build_models
@@ -47,8 +49,17 @@ def save_state(
     step: int,
     cfg_dict: dict[str, Any],
     generator: torch.Generator,
+    *,
+    schedulers: Sequence[LRScheduler] = (),
+    ema: AveragedModel | None = None,
 ) -> None:
-    """Write models, optimizers, step, both RNG states and the config (plain values) to one file."""
+    """Write models, optimizers, step, both RNG states and the config (plain values) to one
+    file, with the lr schedulers' and G's moving average's states when the config has them."""
+    extras: dict[str, Any] = {}
+    if schedulers:
+        extras["schedulers"] = [s.state_dict() for s in schedulers]
+    if ema is not None:
+        extras["ema"] = ema.state_dict()
     _atomic_save(
         {
             "G": _unwrap(G).state_dict(),
@@ -59,6 +70,7 @@ def save_state(
             "torch_rng": torch.get_rng_state(),
             "generator": generator.get_state(),
             "config": dict(cfg_dict),
+            **extras,
         },
         path,
     )
@@ -76,37 +88,65 @@ def restore(
     opt_g: torch.optim.Optimizer,
     opt_d: torch.optim.Optimizer,
     generator: torch.Generator,
+    *,
+    schedulers: Sequence[LRScheduler] = (),
+    ema: AveragedModel | None = None,
 ) -> int:
     """Load `state` into the given objects (in place); returns the step it was saved at."""
-    _unwrap(G).load_state_dict(state["G"])
-    _unwrap(D).load_state_dict(state["D"])
-    # Optimizer.load_state_dict moves its state to each parameter's device.
-    opt_g.load_state_dict(state["opt_g"])
-    opt_d.load_state_dict(state["opt_d"])
+    _load_training(state, G, D, opt_g, opt_d, schedulers, ema)
     torch.set_rng_state(state["torch_rng"])
     generator.set_state(state["generator"])
     return int(state["step"])
 
 
-def adopt(state: dict[str, Any], G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer) -> int:
-    """Take another trial's networks and optimizer states (a PBT exploit), keeping this
-    trial's own step and RNG streams; returns the step the donor's state was saved at."""
+def _load_training(state: dict[str, Any], G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, schedulers: Sequence[LRScheduler], ema: AveragedModel | None) -> None:
     _unwrap(G).load_state_dict(state["G"])
     _unwrap(D).load_state_dict(state["D"])
+    # Optimizer.load_state_dict moves its state to each parameter's device.
     opt_g.load_state_dict(state["opt_g"])
     opt_d.load_state_dict(state["opt_d"])
+    if schedulers and "schedulers" in state:
+        for sched, sd in zip(schedulers, state["schedulers"], strict=True):
+            sched.load_state_dict(sd)
+    if ema is not None:
+        if "ema" in state:
+            ema.load_state_dict(state["ema"])
+        else:  # a state without an average (a donor trained without one): start it from G
+            ema.n_averaged.zero_()
+            ema.update_parameters(_unwrap(G))
+
+
+def adopt(
+    state: dict[str, Any],
+    G: nn.Module,
+    D: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    *,
+    schedulers: Sequence[LRScheduler] = (),
+    ema: AveragedModel | None = None,
+) -> int:
+    """Take another trial's networks, optimizer, lr-schedule and G-average states (a PBT
+    exploit), keeping this trial's own step and RNG streams; returns the step the donor's
+    state was saved at. The schedule goes on from the donor's progress, as its optimizer's lr does."""
+    _load_training(state, G, D, opt_g, opt_d, schedulers, ema)
     return int(state["step"])
 
 
 def save_generator(path: str | os.PathLike, G: nn.Module, cfg_dict: dict[str, Any]) -> None:
-    """Write G's weights with the config that rebuilds it (for `ganops sample`)."""
+    """Write G's weights with the config that rebuilds it (for `ganops sample`). With cfg.ema
+    the loop passes the averaged G (`ema.module`), whose keys are G's own."""
     _atomic_save({"G": _unwrap(G).state_dict(), "config": dict(cfg_dict)}, path)
 
 
 def load_generator(path: str | os.PathLike) -> tuple[nn.Module, TrainerConfig]:
-    """Rebuild G from a save_generator (or save_state) file; returned in eval mode on the CPU."""
+    """Rebuild G from a save_generator (or save_state) file; returned in eval mode on the CPU.
+    A save_state file with G's moving average yields the averaged G, as evaluation uses."""
     state = torch.load(path, weights_only=True, map_location="cpu")
     cfg = TrainerConfig.model_validate(state["config"])
     G, _ = build_models(cfg)
-    G.load_state_dict(state["G"])
+    if "ema" in state:  # AveragedModel's keys: n_averaged and module.<G's keys>
+        G.load_state_dict({k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")})
+    else:
+        G.load_state_dict(state["G"])
     return G.eval(), cfg

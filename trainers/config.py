@@ -46,6 +46,22 @@ class TrainerConfig(BaseModel):
     leaky_slope: float = Field(0.2, ge=0, lt=1, description="LeakyReLU slope in D.")
     seed: int = Field(0, ge=0, description="Seed of model init, data order and latent draws.")
     eval_samples: int = Field(1000, ge=64, le=100_000, description="Generated samples scored at each eval (mixtures: 2,500 in the PacGAN protocol).")
+    loss: Literal["nonsaturating", "minimax", "hinge", "wgan-gp"] = Field(
+        "nonsaturating",
+        description="GAN loss. nonsaturating (Goodfellow et al. 2014; G maximises log D(G(z)), keeps G's gradient alive early), "
+        "minimax (G minimises log(1 - D(G(z))) as in the original game; saturates when D wins), "
+        "hinge (Lim & Ye 2017, Miyato et al. 2018: D max(0, 1 - D(x)) + max(0, 1 + D(G(z))), G -D(G(z))), "
+        "wgan-gp (Gulrajani et al. 2017: critic D(G(z)) - D(x) + gp_lambda * gradient penalty on real/fake interpolates; "
+        "use dg_ratio '5:1' for the paper's n_critic = 5; dcgan28's D keeps its BatchNorm, which the paper drops from the critic). hinge and wgan-gp read D's output as a raw score: "
+        "they report critic_real / critic_fake instead of d_x / d_g_z, and ignore real_label, soft_labels and label_flip.",
+    )
+    gp_lambda: float = Field(10.0, ge=0, le=1e4, description="wgan-gp: weight of the gradient penalty (Gulrajani et al. 2017 use 10). Unused by other losses.")
+    soft_labels: bool = Field(False, description="BCE losses: D's targets drawn per sample, real ~ U[0.7, 1.2], fake ~ U[0, 0.3] (ganhacks #6); replaces real_label. Helps when D overpowers G early.")
+    label_flip: float = Field(0.0, ge=0, le=0.5, description="BCE losses: probability that each of D's targets is swapped (a real sample labelled fake and vice versa; ganhacks #7, 'occasionally flip the labels'). 0.05 is typical; noisy labels slow D down.")
+    clip_grad_norm: float | None = Field(None, gt=0, le=1e6, description="Clip each network's total gradient L2 norm to this before its optimizer step (torch.nn.utils.clip_grad_norm_); null = no clipping. The reported grad_norm_d / grad_norm_g are the norms before clipping.")
+    lr_decay: Literal["none", "linear", "exponential"] = Field("none", description="Learning-rate schedule of both networks, stepped once per iteration (torch.optim.lr_scheduler LinearLR / ExponentialLR): the lr goes from lr_g / lr_d to lr_decay_final times it at the last iteration.")
+    lr_decay_final: float = Field(0.1, gt=0, le=1.0, description="lr_decay: the learning rate at the last iteration as a fraction of the initial one (exponential: gamma = lr_decay_final ** (1 / steps)).")
+    ema: float | None = Field(None, ge=0, lt=1, description="Decay of an exponential moving average of G's weights and buffers, updated after every iteration (e.g. 0.999; Yazici et al. 2019, as in ProGAN/StyleGAN/BigGAN). Evaluation, sample grids and the saved generator use the averaged G; null = the raw G.")
     threads: int = Field(1, ge=1, le=256, description="torch intra-op threads per worker (match cpus_per_worker).")
 
     @field_validator("dg_ratio", mode="before")
@@ -70,6 +86,11 @@ class TrainerConfig(BaseModel):
     @property
     def g_steps(self) -> int:
         return int(self.dg_ratio.split(":")[1])
+
+    @property
+    def is_bce(self) -> bool:
+        """Losses whose D output is a probability logit (d_x / d_g_z mean something)."""
+        return self.loss in ("nonsaturating", "minimax")  # search_spaces.spec.BCE_LOSSES
 
     @property
     def is_image(self) -> bool:

@@ -23,7 +23,7 @@ from trainers.config import MUTABLE_IN_FLIGHT, TrainerConfig
 from trainers.data import make_data
 from trainers.evaluate import Evaluator
 from trainers.models import build_models, sample_latent
-from trainers.step import DivergenceError, build_optimizers, set_hyperparams, train_step
+from trainers.step import DivergenceError, build_ema, build_optimizers, build_schedulers, set_hyperparams, train_step
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class _Orders:
         return order[0]
 
 
-def _exploit(order: dict[str, Any], cfg: TrainerConfig, G, D, opt_g, opt_d) -> TrainerConfig | None:
+def _exploit(order: dict[str, Any], cfg: TrainerConfig, G, D, opt_g, opt_d, scheds=(), ema=None) -> TrainerConfig | None:
     """Load the donor's networks and optimizer states and switch to the explored settings
     (PBT, orchestrator/pbt.py). Returns the new config, or None if the donor's checkpoint is
     gone (it was rotated out): then the trial goes on as it was."""
@@ -150,9 +150,9 @@ def _exploit(order: dict[str, Any], cfg: TrainerConfig, G, D, opt_g, opt_d) -> T
     except (FileNotFoundError, OSError) as e:
         log.warning("pbt: donor checkpoint %s unreadable (%s); keeping this trial's weights", order["checkpoint"], e)
         return None
-    adopt(state, G, D, opt_g, opt_d)
+    adopt(state, G, D, opt_g, opt_d, schedulers=scheds, ema=ema)
     new = TrainerConfig.model_validate({**cfg.model_dump(), **order["config"]})
-    set_hyperparams(opt_g, opt_d, new)
+    set_hyperparams(opt_g, opt_d, new, scheds)
     return new
 
 
@@ -178,6 +178,8 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)  # same init on every rank; broadcast makes sure of it
     G, D = build_models(cfg)
     opt_g, opt_d = build_optimizers(G, D, cfg)
+    scheds = build_schedulers(opt_g, opt_d, cfg)
+    ema = build_ema(G, cfg)  # every rank keeps one (same G, same updates); rank 0 evaluates it
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)  # each rank draws its own batches
     data = make_data(cfg)
     step = 0
@@ -186,10 +188,10 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = load_state(Path(d) / CHECKPOINT_FILE)
-        step = restore(state, G, D, opt_g, opt_d, gen)
+        step = restore(state, G, D, opt_g, opt_d, gen, schedulers=scheds, ema=ema)
         # Settings a PBT exploit changed in flight live in the checkpoint, not in loop_config.
         cfg = TrainerConfig.model_validate({**cfg.model_dump(), **{k: state["config"][k] for k in MUTABLE_IN_FLIGHT if k in state["config"]}})
-        set_hyperparams(opt_g, opt_d, cfg)
+        set_hyperparams(opt_g, opt_d, cfg, scheds)
         log.info("resumed from checkpoint at step %d", step)
     _broadcast_params(world, G, D)
     sync = _grad_sync(world)
@@ -212,7 +214,7 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
         if order == "stop":
             log.info("sweep stopped this trial at step %d", step)
             return
-        if isinstance(order, dict) and (new_cfg := _exploit(order, cfg, G, D, opt_g, opt_d)) is not None:
+        if isinstance(order, dict) and (new_cfg := _exploit(order, cfg, G, D, opt_g, opt_d, scheds, ema)) is not None:
             exploits += 1
             if sink is not None:
                 settings = {k: [getattr(cfg, k), getattr(new_cfg, k)] for k in order["config"]}  # [before, after]
@@ -224,7 +226,7 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
         G.train()
         D.train()
         try:
-            m = train_step(G, D, opt_g, opt_d, data, cfg, gen, sync_grads=sync, step=step + 1)
+            m = train_step(G, D, opt_g, opt_d, data, cfg, gen, sync_grads=sync, step=step + 1, schedulers=scheds, ema=ema)
         except DivergenceError as e:
             # Not a crash to retry from a checkpoint (it would diverge again): the trial ends
             # here and reports why, so the stopper and the leaderboard can say so.
@@ -249,12 +251,15 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
                 t1 = time.perf_counter()
-                scores, image = evaluator.evaluate(G, noise)
+                G_eval = ema.module if ema is not None else G  # cfg.ema: the averaged G is the product
+                scores, image = evaluator.evaluate(G_eval, noise)
                 metrics.update(scores)
                 metrics["eval_seconds"] = time.perf_counter() - t1
-                save_state(Path(tmp) / CHECKPOINT_FILE, G, D, opt_g, opt_d, step, cfg.model_dump(), gen)
+                if scheds:
+                    metrics["lr_g_scheduled"], metrics["lr_d_scheduled"] = (s.get_last_lr()[0] for s in scheds)
+                save_state(Path(tmp) / CHECKPOINT_FILE, G, D, opt_g, opt_d, step, cfg.model_dump(), gen, schedulers=scheds, ema=ema)
                 gen_file = Path(tmp) / "generator.pt"
-                save_generator(gen_file, G, cfg.model_dump())
+                save_generator(gen_file, G_eval, cfg.model_dump())
                 sink.log(step, metrics, image, gen_file)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)

@@ -7,11 +7,12 @@ loop adds distribution by passing `sync_grads`, and turns DivergenceError into a
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from trainers.config import TrainerConfig
 from trainers.data import DataSource
@@ -42,12 +43,40 @@ def build_optimizers(G: nn.Module, D: nn.Module, cfg: TrainerConfig) -> tuple[to
     return _optimizer(cfg.optimizer_g, G.parameters(), cfg.lr_g, cfg), _optimizer(cfg.optimizer_d, D.parameters(), cfg.lr_d, cfg)
 
 
-def set_hyperparams(opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, cfg: TrainerConfig) -> None:
+def build_schedulers(opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, cfg: TrainerConfig) -> list[torch.optim.lr_scheduler.LRScheduler]:
+    """cfg.lr_decay's schedulers for (opt_g, opt_d), stepped once per iteration by train_step;
+    [] for "none". Both end at lr_decay_final times their initial lr at iteration cfg.steps."""
+    if cfg.lr_decay == "linear":
+        return [torch.optim.lr_scheduler.LinearLR(o, start_factor=1.0, end_factor=cfg.lr_decay_final, total_iters=cfg.steps) for o in (opt_g, opt_d)]
+    if cfg.lr_decay == "exponential":
+        gamma = cfg.lr_decay_final ** (1.0 / cfg.steps)
+        return [torch.optim.lr_scheduler.ExponentialLR(o, gamma=gamma) for o in (opt_g, opt_d)]
+    return []
+
+
+def build_ema(G: nn.Module, cfg: TrainerConfig) -> AveragedModel | None:
+    """An exponential moving average of G's weights and BN buffers (cfg.ema's decay), or None.
+    Its `.module` is a G to evaluate and save; train_step updates it after every iteration."""
+    if cfg.ema is None:
+        return None
+    return AveragedModel(getattr(G, "module", G), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+
+
+def set_hyperparams(opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, cfg: TrainerConfig, schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler] = ()) -> None:
     """Put cfg's learning rates, betas and momentum into existing optimizers (after a PBT
-    exploit loaded the donor's optimizer states, which carry the donor's values)."""
-    for opt, lr in ((opt_g, cfg.lr_g), (opt_d, cfg.lr_d)):
-        for group in opt.param_groups:
-            group["lr"] = lr
+    exploit loaded the donor's optimizer states, which carry the donor's values).
+
+    With an lr schedule (`schedulers` = build_schedulers' list, in the same order) the group's
+    lr is where the schedule has brought it: it is rescaled by new / old initial lr, and the
+    schedulers' base lrs move to the new one (a no-op when the lr did not change)."""
+    for i, (opt, lr) in enumerate(((opt_g, cfg.lr_g), (opt_d, cfg.lr_d))):
+        sched = schedulers[i] if schedulers else None
+        for k, group in enumerate(opt.param_groups):
+            if sched is not None:
+                group["lr"] = group["lr"] * (lr / sched.base_lrs[k])
+                sched.base_lrs[k] = group["initial_lr"] = lr
+            else:
+                group["lr"] = lr
             if "betas" in group:
                 group["betas"] = (cfg.beta1, cfg.beta2)
             if "momentum" in group:
@@ -69,6 +98,65 @@ def _check_finite(values: dict[str, Tensor], step: int | None) -> None:
             raise DivergenceError(name, v, step)
 
 
+def d_targets(n: int, cfg: TrainerConfig, generator: torch.Generator) -> tuple[Tensor | float, Tensor | float]:
+    """BCE targets for D's real and fake batches: floats when every sample gets the same one.
+
+    real_label alone is one-sided smoothing (Salimans et al. 2016); soft_labels draws them per
+    sample (real ~ U[0.7, 1.2], fake ~ U[0, 0.3], ganhacks #6); label_flip swaps each sample's
+    target with probability p (ganhacks #7). Draws come from `generator` only when a knob is on,
+    so the default run's random stream is unchanged.
+    """
+    if cfg.soft_labels:
+        t_real: Tensor | float = torch.rand(n, generator=generator) * 0.5 + 0.7
+        t_fake: Tensor | float = torch.rand(n, generator=generator) * 0.3
+    else:
+        t_real, t_fake = cfg.real_label, 0.0
+    if cfg.label_flip > 0:
+        flip_real = torch.rand(n, generator=generator) < cfg.label_flip
+        flip_fake = torch.rand(n, generator=generator) < cfg.label_flip
+        real_v, fake_v = torch.as_tensor(t_real).expand(n), torch.as_tensor(t_fake).expand(n)
+        t_real, t_fake = torch.where(flip_real, fake_v, real_v), torch.where(flip_fake, real_v, fake_v)
+    return t_real, t_fake
+
+
+def _bce(logits: Tensor, target: Tensor | float) -> Tensor:
+    if isinstance(target, Tensor):
+        return F.binary_cross_entropy_with_logits(logits, target.to(logits))
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor, generator: torch.Generator) -> Tensor:
+    """E[(||grad_x D(x_hat)||_2 - 1)^2] on x_hat = eps x + (1 - eps) G(z), eps ~ U[0, 1] per
+    sample (Gulrajani et al. 2017, Algorithm 1). create_graph so the penalty trains D."""
+    eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), generator=generator).to(real)
+    x_hat = (eps * real + (1 - eps) * fake.detach()).requires_grad_(True)
+    out = D(x_hat)
+    (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+def d_loss(D: nn.Module, out_real: Tensor, out_fake: Tensor, real: Tensor, fake: Tensor, cfg: TrainerConfig, generator: torch.Generator) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """D's loss as (real term, fake term, extras); the total is their sum plus gp_lambda * extras["gp"]."""
+    if cfg.loss == "hinge":
+        return F.relu(1 - out_real).mean(), F.relu(1 + out_fake).mean(), {}
+    if cfg.loss == "wgan-gp":
+        return -out_real.mean(), out_fake.mean(), {"gp": gradient_penalty(D, real, fake, generator)}
+    t_real, t_fake = d_targets(out_real.shape[0], cfg, generator)
+    return _bce(out_real, t_real), _bce(out_fake, t_fake), {}
+
+
+def g_loss(out: Tensor, cfg: TrainerConfig) -> Tensor:
+    """G's loss on D's outputs for its samples. No smoothing or flipping on G's target."""
+    if cfg.loss == "nonsaturating":
+        # Goodfellow et al. 2014: target 1, i.e. -log D(G(z)), keeps G's gradient alive when
+        # D rejects its samples.
+        return F.binary_cross_entropy_with_logits(out, torch.ones_like(out))
+    if cfg.loss == "minimax":
+        # The game's own objective: minimise log(1 - D(G(z))) = -BCE(out, 0). Saturates when D wins.
+        return -F.binary_cross_entropy_with_logits(out, torch.zeros_like(out))
+    return -out.mean()  # hinge and wgan-gp: raise the critic's score of the fakes
+
+
 def train_step(
     G: nn.Module,
     D: nn.Module,
@@ -80,11 +168,14 @@ def train_step(
     sync_grads: Callable[[nn.Module], None] | None = None,
     *,
     step: int | None = None,
+    schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler] = (),
+    ema: AveragedModel | None = None,
 ) -> dict[str, float]:
     """cfg.d_steps D updates then cfg.g_steps G updates; metrics of the last of each.
 
     All randomness (real batches, z) comes from `generator` (a CPU torch.Generator), so
-    restoring its state replays the run. `step` only labels a DivergenceError.
+    restoring its state replays the run. `step` only labels a DivergenceError. After the
+    updates the lr `schedulers` step once and `ema` (build_ema) averages G's new weights in.
     Raises DivergenceError before an optimizer step that would apply a non-finite gradient.
     """
     device = next(G.parameters()).device
@@ -107,12 +198,12 @@ def train_step(
         fake = fake_g.detach()
         opt_d.zero_grad(set_to_none=True)
         # Real and fake in separate batches so D's BN sees all-real / all-fake statistics (ganhacks).
-        out_real = D(real).view(-1)  # (B,) logits
-        # real_label < 1 is one-sided label smoothing (Salimans et al. 2016); fakes stay at 0.
-        loss_d_real = F.binary_cross_entropy_with_logits(out_real, torch.full_like(out_real, cfg.real_label))
+        out_real = D(real).view(-1)  # (B,) logits (critic scores for hinge / wgan-gp)
         out_fake = D(fake).view(-1)  # (B,)
-        loss_d_fake = F.binary_cross_entropy_with_logits(out_fake, torch.zeros_like(out_fake))
+        loss_d_real, loss_d_fake, extra = d_loss(D, out_real, out_fake, real, fake, cfg, generator)
         loss_d = loss_d_real + loss_d_fake
+        if "gp" in extra:
+            loss_d = loss_d + cfg.gp_lambda * extra["gp"]
         loss_d.backward()
         # Sync before any check: averaged NaNs reach every worker, so all of them raise together
         # instead of one raising while the others wait in the next all-reduce.
@@ -120,6 +211,8 @@ def train_step(
             sync_grads(D)
         grad_norm_d = _grad_norm(D)
         _check_finite({"loss_d": loss_d, "grad_norm_d": grad_norm_d}, step)
+        if cfg.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(D.parameters(), cfg.clip_grad_norm)
         opt_d.step()
     # Drop D's gradients now: with D frozen below, stale ones would sit there unused.
     opt_d.zero_grad(set_to_none=True)
@@ -136,25 +229,42 @@ def train_step(
                 fake_g = G(sample_latent(B, cfg, generator).to(device))  # (B, 1, 28, 28) or (B, 2)
             opt_g.zero_grad(set_to_none=True)
             out = D(fake_g).view(-1)  # (B,)
-            # Non-saturating loss (Goodfellow et al. 2014): target 1, not 1 - log(1 - D),
-            # keeps G's gradient alive when D rejects its samples. No smoothing on G's target.
-            loss_g = F.binary_cross_entropy_with_logits(out, torch.ones_like(out))
+            loss_g = g_loss(out, cfg)
             loss_g.backward()
             if sync_grads is not None:
                 sync_grads(G)
             grad_norm_g = _grad_norm(G)
             _check_finite({"loss_g": loss_g, "grad_norm_g": grad_norm_g}, step)
+            if cfg.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(G.parameters(), cfg.clip_grad_norm)
             opt_g.step()
     finally:
         D.requires_grad_(True)
+    for sched in schedulers:
+        sched.step()
+    if ema is not None:
+        ema.update_parameters(getattr(G, "module", G))
 
-    return {
-        "loss_d_real": loss_d_real.detach().item(),  # ln 2 ~ 0.693 at equilibrium
+    metrics = {
+        "loss_d_real": loss_d_real.detach().item(),  # BCE: ln 2 ~ 0.693 at equilibrium
         "loss_d_fake": loss_d_fake.detach().item(),
-        "loss_d": loss_d.detach().item(),  # 2 ln 2 ~ 1.386 at equilibrium
+        "loss_d": loss_d.detach().item(),  # BCE: 2 ln 2 ~ 1.386 at equilibrium
         "loss_g": loss_g.detach().item(),
-        "d_x": torch.sigmoid(out_real.detach()).mean().item(),
-        "d_g_z": torch.sigmoid(out_fake.detach()).mean().item(),
-        "grad_norm_d": grad_norm_d.item(),
-        "grad_norm_g": grad_norm_g.item(),
     }
+    if cfg.is_bce:
+        # D's probabilities: what the balance rules (orchestrator/stopping.py) read.
+        metrics["d_x"] = torch.sigmoid(out_real.detach()).mean().item()
+        metrics["d_g_z"] = torch.sigmoid(out_fake.detach()).mean().item()
+        if cfg.loss == "minimax":
+            # The rules also read -mean log D(G(z)) (the non-saturating loss); minimax's own
+            # loss_g is log(1 - D(G(z))) <= 0, so they get this one under its own name.
+            metrics["loss_g_nonsat"] = F.binary_cross_entropy_with_logits(out.detach(), torch.ones_like(out)).item()
+    else:
+        # A critic's output is a score, not a probability: reported raw, under other names, so
+        # no rule mistakes it for D(x) / D(G(z)).
+        metrics["critic_real"] = out_real.detach().mean().item()
+        metrics["critic_fake"] = out_fake.detach().mean().item()
+    metrics.update({k: v.detach().item() for k, v in extra.items()})
+    metrics["grad_norm_d"] = grad_norm_d.item()
+    metrics["grad_norm_g"] = grad_norm_g.item()
+    return metrics

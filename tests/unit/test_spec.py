@@ -196,3 +196,55 @@ def test_tracking_uri_with_a_password_is_refused_without_echoing_it():
     text = e.value.render()
     assert "<spec>:2 tracking.uri" in text and "MLFLOW_TRACKING_PASSWORD" in text and "hunter2" not in text
     assert spec_from_text("name: t\ntracking: {uri: http://127.0.0.1:5000}\n").tracking.uri == "http://127.0.0.1:5000"
+
+
+KNOBS = """
+name: knobs
+trainer:
+  model: mlp2d
+  data: ring8
+  steps: 10
+  loss: wgan-gp
+  gp_lambda: 10
+  dg_ratio: "5:1"           # n_critic = 5
+  soft_labels: true
+  label_flip: 0.05
+  clip_grad_norm: 10.0
+  lr_decay: linear
+  lr_decay_final: 0.1
+  ema: 0.999
+search:
+  loss: {choice: [nonsaturating, minimax, hinge, wgan-gp]}
+  clip_grad_norm: {choice: [null, 1.0]}
+  ema: {choice: [null, 0.99, 0.999]}
+  lr_decay: {grid: [none, exponential]}
+  label_flip: {uniform: [0.0, 0.2]}
+"""
+
+
+def test_spec_with_the_training_knobs_validates_and_searches_the_loss():
+    """The knobs of issue 3 are trainer settings like any other: fixed in `trainer:`, searched
+    under `search:` (loss as a choice), and each sampled trial's config validates."""
+    spec = spec_from_text(KNOBS)
+    assert (spec.trainer.loss, spec.trainer.ema, spec.trainer.d_steps) == ("wgan-gp", 0.999, 5)
+    space = param_space(spec)
+    assert set(space) == {"loss", "clip_grad_norm", "ema", "lr_decay", "label_flip"}
+    assert sorted(space["loss"].categories) == ["hinge", "minimax", "nonsaturating", "wgan-gp"]
+    for loss in ("hinge", "minimax"):
+        cfg = trial_trainer_config(spec, {"loss": loss, "clip_grad_norm": None, "ema": None, "lr_decay": "exponential", "label_flip": 0.1})
+        assert (cfg["loss"], cfg["clip_grad_norm"], cfg["ema"]) == (loss, None, None)
+
+
+def test_unknown_loss_and_out_of_range_knobs_name_the_field():
+    assert issues("name: t\ntrainer: {loss: wgan}\n")[0].path == "trainer.loss"
+    bad = issues("name: t\ntrainer: {model: mlp2d, data: grid25}\nsearch:\n  label_flip: {uniform: [0.0, 0.7]}\n")[0]
+    assert "label_flip" in bad.message and "0.7" in bad.message
+
+
+def test_probability_metrics_are_refused_for_critic_losses():
+    """d_x / d_g_z are not reported under hinge / wgan-gp: ranking by them would find nothing."""
+    msg = issues("name: t\ntrainer: {loss: hinge}\nsweep: {metric: d_x}\n")[0].message
+    assert "critic_real" in msg
+    searched = "name: t\nsearch:\n  loss: {choice: [nonsaturating, wgan-gp]}\nsweep: {metric: d_g_z}\n"
+    assert "wgan-gp" in issues(searched)[0].message
+    spec_from_text("name: t\ntrainer: {loss: minimax}\nsweep: {metric: d_x}\n")
