@@ -40,6 +40,7 @@ class SweepProgress(Callback):
         self.parent_run_id = parent_run_id
         self._sheet_at = time.monotonic()
         self._sheet_thread: threading.Thread | None = None
+        self._sheet_again = False  # a trial ended while a sheet was being drawn: draw once more
         self.metric, self.mode, self.steps, self.searched = metric, mode, steps, searched
         self.tracking_uri, self.experiment_ids = tracking_uri, experiment_ids
         self.console = console
@@ -100,6 +101,7 @@ class SweepProgress(Callback):
 
     # -- helpers ------------------------------------------------------------------------
     def close(self):
+        self._sheet_again = False
         if self._sheet_thread is not None:
             self._sheet_thread.join(timeout=120)  # the sweep's final sheet must not be overwritten by a late one
         if self.live is not None:
@@ -124,29 +126,40 @@ class SweepProgress(Callback):
 
     def _refresh_sheet(self, force: bool = False) -> None:
         """Rebuild the parent run's contact sheet in the background, so a person watching the
-        MLflow UI sees the sweep's state; at most every SHEET_EVERY_S, and at each trial end."""
-        if self.parent_run_id is None or (self._sheet_thread is not None and self._sheet_thread.is_alive()):
+        MLflow UI sees the sweep's state; at most every SHEET_EVERY_S, and at each trial end
+        (a trial end that finds a drawing under way asks for one more after it)."""
+        if self.parent_run_id is None:
+            return
+        if self._sheet_thread is not None and self._sheet_thread.is_alive():
+            self._sheet_again = self._sheet_again or force
             return
         if not force and time.monotonic() - self._sheet_at < SHEET_EVERY_S:
             return
         self._sheet_at = time.monotonic()
-        sign = 1 if self.mode == "min" else -1
-        ranked = sorted(self.rows.items(), key=lambda kv: (not isinstance(kv[1].get("metric"), (int, float)), sign * (kv[1].get("metric") or 0)))
-        self._sheet_thread = threading.Thread(target=self._log_sheet, args=([tid for tid, _ in ranked],), daemon=True, name="contact-sheet")
+        self._sheet_thread = threading.Thread(target=self._log_sheet, daemon=True, name="contact-sheet")
         self._sheet_thread.start()
 
-    def _log_sheet(self, trial_ids: list[str]) -> None:
+    def _ranked_trial_ids(self) -> list[str]:
+        sign = 1 if self.mode == "min" else -1
+        rows = list(self.rows.items())
+        return [tid for tid, r in sorted(rows, key=lambda kv: (not isinstance(kv[1].get("metric"), (int, float)), sign * (kv[1].get("metric") or 0)))]
+
+    def _log_sheet(self) -> None:
         from mlflow import MlflowClient
 
         from orchestrator.contact_sheet import log_contact_sheet
 
-        try:
-            client = MlflowClient(self.tracking_uri)
-            run_ids = tracking.trial_run_ids(client, self.experiment_ids[0], self.parent_run_id)  # one search, not one per trial
-            trials = [(tid, run_ids[tid]) for tid in trial_ids if tid in run_ids]
-            log_contact_sheet(client, self.parent_run_id, trials)
-        except Exception:  # noqa: BLE001 - a picture must never cost the sweep anything
-            log.debug("contact sheet refresh failed", exc_info=True)
+        while True:
+            self._sheet_again = False
+            try:
+                client = MlflowClient(self.tracking_uri)
+                run_ids = tracking.trial_run_ids(client, self.experiment_ids[0], self.parent_run_id)  # one search, not one per trial
+                trials = [(tid, run_ids[tid]) for tid in self._ranked_trial_ids() if tid in run_ids]
+                log_contact_sheet(client, self.parent_run_id, trials)
+            except Exception:  # noqa: BLE001 - a picture must never cost the sweep anything
+                log.debug("contact sheet refresh failed", exc_info=True)
+            if not self._sheet_again:
+                return
 
     def best(self) -> tuple[str, float] | None:
         scored = [(tid, r["metric"]) for tid, r in self.rows.items() if isinstance(r.get("metric"), (int, float)) and math.isfinite(r["metric"])]
