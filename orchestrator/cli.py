@@ -312,6 +312,10 @@ def _print_leaderboard(result) -> None:
                       *[fmt(t.metrics.get(k, "-")) for k in extra], str(t.step), t.status + (f": {t.stop_reason or t.error}" if (t.stop_reason or t.error) else ""), style=style)
     err.print(table)
     err.print(f"{len(result.trials)} trials in {result.wall_seconds:.0f}s. MLflow: {result.tracking_uri}, experiment {result.experiment!r}, sweep run {result.parent_run_id}")
+    if result.cost_usd > 0:
+        err.print(f"Cost: ${result.cost_usd:.2f} (spot saved ${result.spot_saved_usd:.2f} against on demand)")
+    else:
+        err.print("Cost: $0 (no node advertised a price: this machine, or a cluster not set up by `ganops cluster`)")
     best = result.best
     err.print("Next:", style="bold")
     err.print(f"  ganops ui{_uri_flag(result.tracking_uri)}                      # compare trials side by side", highlight=False)

@@ -44,10 +44,10 @@ def _profile(path: Path):
         raise typer.Exit(2) from None
 
 
-def _checked_config(profile, security_group_id: str | None) -> dict:
+def _checked_config(profile, security_group_id: str | None, spot_usd: dict[str, float] | None = None) -> dict:
     from infra.aws.launcher import launcher_config, validate_with_ray
 
-    config = launcher_config(profile, security_group_id)
+    config = launcher_config(profile, security_group_id, spot_usd)
     try:
         validate_with_ray(config)
     except Exception as e:  # a generator bug, not user input: say so plainly
@@ -77,13 +77,46 @@ def _aws_ready(profile) -> str:
         _fail(f"AWS refused or could not be reached while preparing the security group: {type(e).__name__}: {e}")
 
 
-def _write(profile, source: str, sg: str) -> Path:
+def _write(profile, source: str, sg: str, spot_usd: dict[str, float] | None = None) -> Path:
     from infra.aws.launcher import dump
 
     path = _cluster_file(profile)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dump(_checked_config(profile, sg), source))
+    path.write_text(dump(_checked_config(profile, sg, spot_usd), source))
     return path
+
+
+def _current_spot_usd(profile) -> dict[str, float]:
+    """Cheapest current spot USD/h per worker type, for the nodes' price labels (trial cost);
+    {} when EC2 does not answer (the labels then carry the upper bound: max_price or on demand)."""
+    from infra.aws.prices import spot_prices
+
+    if not profile.spot:
+        return {}
+    try:
+        offers = spot_prices(profile.region, [w.instance_type for w in profile.workers], on_demand_overrides=profile.on_demand_usd_per_hour)
+    except Exception as e:  # noqa: BLE001 - a price label is not worth failing `up` over
+        err.print(f"[yellow]warning[/] no current spot prices ({type(e).__name__}); trial costs will use max_price or the on-demand price", highlight=False)
+        return {}
+    best: dict[str, float] = {}
+    for o in offers:
+        best[o.instance_type] = min(best.get(o.instance_type, o.spot_usd_per_hour), o.spot_usd_per_hour)
+    return best
+
+
+def _bucket(profile) -> None:
+    from infra.aws.session import AwsUnavailable
+    from infra.aws.storage import ensure_bucket
+
+    try:
+        state = ensure_bucket(profile.s3_bucket, profile.region)
+    except AwsUnavailable as e:
+        _fail(str(e), 2)
+    except Exception as e:  # botocore: no credentials, name taken by another account, endpoint down
+        _fail(f"could not prepare bucket {profile.s3_bucket} in {profile.region}: {type(e).__name__}: {e}")
+    verb = "created" if state.created else "found"
+    err.print(f"bucket {state.name} {verb}: public access blocked {state.public_access_blocked}, default encryption {state.encrypted}. "
+              f"Sweeps store checkpoints there with `storage: s3://{state.name}/ganops` in the spec.", highlight=False)
 
 
 def _ray(*args: str) -> int:
@@ -154,6 +187,15 @@ def prices(profile_path: ProfileArg, json_: Annotated[bool, typer.Option("--json
 
 
 @cluster_app.command()
+def bucket(profile_path: ProfileArg) -> None:
+    """Create the profile's S3 bucket for checkpoints (private, public access blocked, encrypted), or re-apply those settings.
+
+    Example: ganops cluster bucket infra/clusters/aws-spot-gpu.yaml
+    """
+    _bucket(_profile(profile_path))
+
+
+@cluster_app.command()
 def up(profile_path: ProfileArg, yes: YesOpt = False) -> None:
     """Create the security group (SSH from ssh_cidr only), then start the cluster with `ray up`.
 
@@ -164,7 +206,8 @@ def up(profile_path: ProfileArg, yes: YesOpt = False) -> None:
     if not yes and not typer.confirm(f"Start cluster {profile.name} in {profile.region}: head {profile.head_instance_type} (on demand), up to {profile.max_workers} "
                                      f"{kind} GPU workers ({', '.join(w.instance_type for w in profile.workers)}). This costs money. Continue?", err=True):
         _fail("cancelled; nothing was created", 1)
-    path = _write(profile, str(profile_path), _aws_ready(profile))
+    _bucket(profile)
+    path = _write(profile, str(profile_path), _aws_ready(profile), _current_spot_usd(profile))
     code = _ray("up", "-y", str(path))
     if code:
         _fail(f"`ray up` failed (exit {code}); see its output above. Tear down what it started: ganops cluster down {profile_path}", 1)

@@ -167,10 +167,17 @@ class BalanceStopper(HoldsBoard, Stopper):
     metric: str
     mode: str
     board: Any = None  # a TrialBoard actor handle: the trial stops itself (orchestrator/board.py)
+    max_usd: float | None = None  # the spec's budget.max_usd
     histories: dict[str, History] = field(default_factory=dict)
     verdicts: dict[str, Verdict] = field(default_factory=dict)
+    costs: dict[str, float] = field(default_factory=dict)  # each trial's latest cost_usd
+    budget_verdict: Verdict | None = None
 
     def __call__(self, trial_id: str, result: dict) -> bool:
+        if isinstance(result.get("cost_usd"), (int, float)):
+            self.costs[trial_id] = float(result["cost_usd"])
+            if self._over_budget():
+                return self.board is None
         if "step" not in result or trial_id in self.verdicts:
             return False
         history = self.histories.setdefault(trial_id, [])
@@ -186,8 +193,24 @@ class BalanceStopper(HoldsBoard, Stopper):
             return False
         return True
 
+    def _over_budget(self) -> bool:
+        """Once the trials' costs reach budget.max_usd: every trial still going is stopped
+        (verdict `budget`) and stop_all() ends the sweep, so no new trial starts."""
+        if self.budget_verdict is not None:
+            return True
+        spent = sum(self.costs.values())
+        if self.max_usd is None or spent < self.max_usd:
+            return False
+        self.budget_verdict = Verdict("budget", {"spent_usd": spent, "max_usd": self.max_usd})
+        for tid in self.histories.keys() | self.costs.keys():
+            if tid not in self.verdicts:
+                self.verdicts[tid] = self.budget_verdict
+                if self.board is not None:
+                    self.board.stop.remote(tid)
+        return True
+
     def stop_all(self) -> bool:
-        return False
+        return self.budget_verdict is not None
 
 
 def cooperative(scheduler_cls):

@@ -67,6 +67,16 @@ class SweepResult:
         )
         return best_first
 
+    @property
+    def cost_usd(self) -> float:
+        """What the trials cost (0 on a machine whose nodes advertise no price: trainers/cost.py)."""
+        return sum(t.metrics.get("cost_usd", 0.0) for t in self.trials)
+
+    @property
+    def spot_saved_usd(self) -> float:
+        """What the same node-hours would have cost more on demand."""
+        return sum(t.metrics.get("spot_saved_usd", 0.0) for t in self.trials)
+
     def mlflow_urls(self) -> dict[str, str] | None:
         """Links to the sweep's and the best trial's runs in the MLflow UI (an http(s) tracking server only)."""
         if not self.tracking_uri.startswith(("http://", "https://")):
@@ -78,6 +88,7 @@ class SweepResult:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["best"] = asdict(self.best) if self.best else None
+        d["cost_usd"], d["spot_saved_usd"] = self.cost_usd, self.spot_saved_usd
         return d
 
 
@@ -211,6 +222,7 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
     storage = spec.storage or str(tracking.home() / "ray")
     if "://" not in storage:
         storage = str(Path(storage).resolve())
+    _check_storage(storage)
     feature_cache = _feature_cache(spec)
     _init_ray(address)
     import ray
@@ -250,6 +262,7 @@ def resume_sweep(sweep: str, *, tracking_uri: str | None = None, address: str | 
     if not storage:
         raise SweepError(f"sweep {sweep_id} has no {tracking.TAG_STORAGE} tag (started by an older ganops); it cannot be resumed")
     path = f"{storage}/{sweep_id}"
+    _check_storage(storage)
     if not tune.Tuner.can_restore(path):
         raise SweepError(f"no Ray Tune experiment state under {path}; the sweep's storage is gone or unreachable")
     spec = SweepSpec.model_validate(_load_json_artifact(client, parent, "spec/resolved.json"))
@@ -273,6 +286,15 @@ def resume_sweep(sweep: str, *, tracking_uri: str | None = None, address: str | 
         return tuner
 
     return _execute(spec, client, uri, experiment, experiment_id, parent, sweep_id, storage, feature_cache, console, started, restored_tuner)
+
+
+def _check_storage(storage: str) -> None:
+    from orchestrator.storage import StorageError, check
+
+    try:
+        check(storage)
+    except StorageError as e:
+        raise SweepError(str(e)) from None
 
 
 def _load_json_artifact(client, run_id: str, path: str) -> dict:
@@ -310,7 +332,7 @@ def _execute(spec, client, uri, experiment, experiment_id, parent, sweep_id, sto
     concurrent = spec.sweep.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
 
     board_name, board = start_board(sweep_id)
-    stopper = BalanceStopper(spec.stopping, spec.metric, spec.mode, board=board)
+    stopper = BalanceStopper(spec.stopping, spec.metric, spec.mode, board=board, max_usd=spec.budget.max_usd if spec.budget else None)
     progress = SweepProgress(
         metric=spec.metric, mode=spec.mode, steps=spec.trainer.steps, searched=list(spec.search),
         tracking_uri=uri, console=console, experiment_ids=[experiment_id], stopper=stopper, parent_run_id=parent,
@@ -416,8 +438,11 @@ def _finish_parent(client, result: SweepResult) -> None:
         w.writerow([i, t.trial_id, t.run_id, t.status, t.step, *t.config.values(), *(t.metrics.get(k, "") for k in keys), t.stop_reason or "", t.error or ""])
     client.log_text(result.parent_run_id, buf.getvalue(), "leaderboard.csv")
     best = result.best
-    tags = [RunTag("ganops.trials", str(len(result.trials)))]
-    metrics = [Metric("sweep_wall_seconds", result.wall_seconds, int(time.time() * 1000), 0)]
+    now = int(time.time() * 1000)
+    priced = any(t.metrics.get("cost_usd", 0.0) > 0 for t in result.trials)
+    tags = [RunTag("ganops.trials", str(len(result.trials))),
+            RunTag("ganops.cost", f"{result.cost_usd:.4f} USD, spot saved {result.spot_saved_usd:.4f} USD" if priced else "$0: no node advertised a price (local machine)")]
+    metrics = [Metric("sweep_wall_seconds", result.wall_seconds, now, 0), Metric("cost_usd", result.cost_usd, now, 0), Metric("spot_saved_usd", result.spot_saved_usd, now, 0)]
     if best is not None:
         tags += [RunTag("ganops.best_trial", best.trial_id), RunTag("ganops.best_run_id", best.run_id or "")]
         metrics.append(Metric(f"best_{result.metric}", best.metrics[result.metric], int(time.time() * 1000), 0))

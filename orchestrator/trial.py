@@ -24,6 +24,17 @@ log = logging.getLogger(__name__)
 DRIVER_RESOURCES = {"cpu": 0, "memory": 64 * 1024**2}
 
 
+def driver_resources(cluster_resources: dict[str, float]) -> dict[str, float]:
+    """What a trial driver asks for. On a cluster whose head advertises `ganops_driver`
+    (`ganops cluster`, infra/aws/launcher.py) a unit of it too: drivers then only run on the
+    on-demand head, and a spot reclaim takes workers (which resume) but never a driver."""
+    from infra.aws.launcher import DRIVER_RESOURCE
+
+    if cluster_resources.get(DRIVER_RESOURCE, 0) >= 1:
+        return {**DRIVER_RESOURCES, DRIVER_RESOURCE: 1}
+    return DRIVER_RESOURCES
+
+
 def make_trainable(spec: SweepSpec, context: dict[str, Any]):
     """Build the Tune trainable for `spec`. `context`: tracking_uri, experiment_id,
     parent_run_id, sweep_id, storage (Ray storage path), feature_cache."""
@@ -91,4 +102,6 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
             return  # the sweep stopped it; its callback closes the run with the reason
         close("FINISHED")
 
-    return tune.with_resources(run_trial, DRIVER_RESOURCES)
+    import ray
+
+    return tune.with_resources(run_trial, driver_resources(ray.cluster_resources()))

@@ -207,6 +207,12 @@ class Stopping(_Model):
     plateau: Plateau | None = Field(None, description="Off by default.")
 
 
+class Budget(_Model):
+    """What the sweep may spend, from the prices the cluster's nodes advertise (trainers/cost.py)."""
+
+    max_usd: float = Field(..., gt=0, description="Stop starting trials once the trials' cost_usd adds up to this, then stop the sweep (its running trials end KILLED, stop_reason budget). A local machine costs $0 and never reaches it.")
+
+
 class Tracking(_Model):
     """Where MLflow records the sweep."""
 
@@ -236,6 +242,7 @@ class SweepSpec(_Model):
     resources: Resources = Field(default_factory=Resources)
     stopping: Stopping = Field(default_factory=Stopping)
     tracking: Tracking = Field(default_factory=Tracking)
+    budget: Budget | None = Field(None, description="Spending cap in USD; null = none.")
     storage: str | None = Field(None, description="Ray checkpoints and experiment state: a local directory (default ./ganops_runs/ray) or s3://bucket/prefix.")
 
     @model_validator(mode="after")

@@ -52,10 +52,14 @@ def save_state(
     *,
     schedulers: Sequence[LRScheduler] = (),
     ema: AveragedModel | None = None,
+    meta: dict[str, float] | None = None,
 ) -> None:
     """Write models, optimizers, step, both RNG states and the config (plain values) to one
-    file, with the lr schedulers' and G's moving average's states when the config has them."""
+    file, with the lr schedulers' and G's moving average's states when the config has them;
+    `meta`: plain numbers the run carries across a restore (e.g. what it has cost so far)."""
     extras: dict[str, Any] = {}
+    if meta:
+        extras["meta"] = {k: float(v) for k, v in meta.items()}
     if schedulers:
         extras["schedulers"] = [s.state_dict() for s in schedulers]
     if ema is not None:

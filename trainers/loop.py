@@ -20,6 +20,7 @@ import torch
 
 from trainers.checkpoint import adopt, load_state, restore, save_generator, save_state
 from trainers.config import MUTABLE_IN_FLIGHT, TrainerConfig
+from trainers.cost import trial_rate
 from trainers.data import make_data
 from trainers.evaluate import Evaluator
 from trainers.models import build_models, sample_latent
@@ -183,18 +184,22 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)  # each rank draws its own batches
     data = make_data(cfg)
     step = 0
+    held_since = time.monotonic()  # the workers hold their machines from here: the cost clock
+    spent = {"cost_usd": 0.0, "spot_saved_usd": 0.0}  # before this process (from the checkpoint)
 
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = load_state(Path(d) / CHECKPOINT_FILE)
         step = restore(state, G, D, opt_g, opt_d, gen, schedulers=scheds, ema=ema)
+        spent.update({k: v for k, v in state.get("meta", {}).items() if k in spent})
         # Settings a PBT exploit changed in flight live in the checkpoint, not in loop_config.
         cfg = TrainerConfig.model_validate({**cfg.model_dump(), **{k: state["config"][k] for k in MUTABLE_IN_FLIGHT if k in state["config"]}})
         set_hyperparams(opt_g, opt_d, cfg, scheds)
         log.info("resumed from checkpoint at step %d", step)
     _broadcast_params(world, G, D)
     sync = _grad_sync(world)
+    rate = trial_rate(world)
 
     evaluator = Evaluator(cfg, Path(run["feature_cache"]) if run.get("feature_cache") else None) if rank == 0 else None
     sink = _MlflowSink(run.get("tracking_uri"), run.get("run_id")) if rank == 0 else None
@@ -202,6 +207,8 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
     window: dict[str, list[float]] = {}
     train_seconds = 0.0
 
+    if sink is not None:
+        sink.tag("ganops.cost", f"{rate.usd_per_hour:.4f} USD/h" if rate.priced else "$0: no node advertised a price (local machine)")
     if sink is not None and step > 0:
         sink.resume_after(step)
         sink.tag("ganops.resumed_from_step", str(step))
@@ -247,6 +254,9 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
         metrics = {k: float(np.mean(v)) for k, v in window.items()}
         window.clear()
         metrics.update(step=step, train_seconds=train_seconds)
+        hours = (time.monotonic() - held_since) / 3600
+        metrics["cost_usd"] = spent["cost_usd"] + rate.usd_per_hour * hours
+        metrics["spot_saved_usd"] = spent["spot_saved_usd"] + (rate.on_demand_usd_per_hour - rate.usd_per_hour) * hours
         checkpoint = None
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:
@@ -257,7 +267,8 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
                 metrics["eval_seconds"] = time.perf_counter() - t1
                 if scheds:
                     metrics["lr_g_scheduled"], metrics["lr_d_scheduled"] = (s.get_last_lr()[0] for s in scheds)
-                save_state(Path(tmp) / CHECKPOINT_FILE, G, D, opt_g, opt_d, step, cfg.model_dump(), gen, schedulers=scheds, ema=ema)
+                save_state(Path(tmp) / CHECKPOINT_FILE, G, D, opt_g, opt_d, step, cfg.model_dump(), gen, schedulers=scheds, ema=ema,
+                           meta={k: metrics[k] for k in spent})
                 gen_file = Path(tmp) / "generator.pt"
                 save_generator(gen_file, G_eval, cfg.model_dump())
                 sink.log(step, metrics, image, gen_file)

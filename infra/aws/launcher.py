@@ -72,9 +72,29 @@ def _spot_market(profile: ClusterProfile) -> dict[str, Any]:
     return {"MarketType": "spot", "SpotOptions": options}
 
 
-def launcher_config(profile: ClusterProfile, security_group_id: str | None = None) -> dict[str, Any]:
+def price_labels(profile: ClusterProfile, instance_type: str, spot: bool, spot_usd: dict[str, float] | None = None) -> dict[str, str]:
+    """The node labels trainers/cost.py reads: USD per hour, on-demand USD per hour, market.
+
+    A spot node's price is the current cheapest offer when `spot_usd` has it (`ganops cluster up`
+    looks it up), else the profile's max_price, else the on-demand price: an upper bound, never a
+    guess below what AWS may charge. No on-demand price known: no labels (the trial costs $0 and
+    says so)."""
+    from infra.aws.prices import on_demand_price
+    from trainers.cost import LABEL_MARKET, LABEL_ON_DEMAND, LABEL_PRICE
+
+    on_demand, _ = on_demand_price(instance_type, profile.region, profile.on_demand_usd_per_hour)
+    price = on_demand
+    if spot:
+        price = (spot_usd or {}).get(instance_type) or profile.max_price or on_demand
+    if price is None:
+        return {}
+    return {LABEL_PRICE: f"{price:.4f}", LABEL_ON_DEMAND: f"{on_demand or price:.4f}", LABEL_MARKET: "spot" if spot else "on-demand"}
+
+
+def launcher_config(profile: ClusterProfile, security_group_id: str | None = None, spot_usd: dict[str, float] | None = None) -> dict[str, Any]:
     """The `ray up` configuration for `profile`; `security_group_id`: the group every node joins
-    (default: the profile's). Pass it for anything you launch (see the module docstring)."""
+    (default: the profile's). Pass it for anything you launch (see the module docstring).
+    `spot_usd`: current spot USD/h per instance type, for the nodes' price labels."""
     sg = security_group_id or profile.security_group_id
     head = head_type(profile)
     node_types: dict[str, Any] = {
@@ -85,6 +105,7 @@ def launcher_config(profile: ClusterProfile, security_group_id: str | None = Non
         market = _spot_market(profile) if profile.spot else None  # a fresh dict per node: no YAML anchors in the file
         # min_workers is a cluster-wide floor; keep it on the first (preferred) type only.
         nt = {"node_config": _node_config(profile, w.instance_type, sg, market), "resources": {"GPU": w.gpus},
+              "labels": price_labels(profile, w.instance_type, profile.spot, spot_usd),
               "min_workers": profile.min_workers if i == 0 else 0, "max_workers": profile.max_workers}
         if profile.fallback_on_demand:
             nt["priority"] = SPOT_PRIORITY
@@ -92,6 +113,7 @@ def launcher_config(profile: ClusterProfile, security_group_id: str | None = Non
         if profile.fallback_on_demand:
             node_types[worker_type(w.instance_type, False)] = {
                 "node_config": _node_config(profile, w.instance_type, sg), "resources": {"GPU": w.gpus},
+                "labels": price_labels(profile, w.instance_type, False),
                 "min_workers": 0, "max_workers": profile.max_workers, "priority": ON_DEMAND_PRIORITY}
     return {
         "cluster_name": profile.name,
