@@ -22,7 +22,6 @@ from urllib.parse import urlsplit, urlunsplit
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from orchestrator import tracking
 from orchestrator.compare import CompareError, compare
 from orchestrator.contact_sheet import trial_images
 

@@ -34,3 +34,34 @@ def pids_whose_cmdline_has(*needles: str) -> list[int]:
         if all(n in cmd for n in needles) and int(proc.name) != os.getpid():
             out.append(int(proc.name))
     return out
+
+
+def mlflow_store_ready(db: Path) -> bool:
+    """True once a sweep's SQLite MLflow store exists AND holds its first run. Opening the store
+    earlier would race the sweep's schema migrations (two processes migrating one file: the
+    sweep dies with an alembic error), so a test watching a sweep waits for this first."""
+    import sqlite3
+
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            return con.execute("SELECT count(*) FROM runs").fetchone()[0] > 0
+    except sqlite3.Error:  # no runs table yet, or locked mid-migration
+        return False
+
+
+def watch_store(db: Path, proc, timeout: float = 240):
+    """An MlflowClient on a sweep's SQLite store once `mlflow_store_ready` (constructing one
+    earlier creates and migrates the file under the sweep's feet); None if `proc` exits or
+    `timeout` passes first."""
+    import time
+
+    from mlflow import MlflowClient
+
+    deadline = time.monotonic() + timeout
+    while not mlflow_store_ready(db):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return None
+        time.sleep(0.25)
+    return MlflowClient(f"sqlite:///{db}")

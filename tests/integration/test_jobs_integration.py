@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 from orchestrator import jobs, tracking
 from search_spaces.loader import spec_from_text
-from tests.conftest import pids_whose_cmdline_has
+from tests.conftest import pids_whose_cmdline_has, mlflow_store_ready
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +139,7 @@ def test_cancel_then_resubmit_resumes_the_sweep(ray_head, tmp_path):
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:  # wait until the trial has logged an eval
         time.sleep(1)
-        if (home / "mlflow.db").exists():
+        if mlflow_store_ready(home / "mlflow.db"):
             try:
                 client, parent, runs = _trial_runs(home, handle.sweep_id)
             except Exception:  # noqa: BLE001 - the job may be creating the store's tables right now

@@ -8,9 +8,9 @@ import sys
 import time
 
 import pytest
-from mlflow import MlflowClient
 
-from orchestrator import tracking
+
+from tests.conftest import watch_store  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -36,12 +36,13 @@ def test_contact_sheet_compare_and_report_while_the_sweep_runs(ganops_home, tmp_
     err = open(tmp_path / "sweep.err", "w")  # noqa: SIM115 - the sweep's stderr, shown if the test fails
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", "live.yaml", "--json", "--require", "mix_score>=0", "--require", "step>=4000"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
     try:
-        client = MlflowClient(tracking.default_tracking_uri())
+        client = watch_store(ganops_home / "mlflow.db", proc)
+        assert client is not None, (tmp_path / "sweep.err").read_text()[-3000:]
         seen = None
         deadline = time.monotonic() + 240
         while seen is None and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(1)
-            exp = client.get_experiment_by_name("live") if (ganops_home / "mlflow.db").exists() else None
+            exp = client.get_experiment_by_name("live")
             parents = client.search_runs([exp.experiment_id], "tags.`ganops.kind` = 'sweep'") if exp else []
             if parents and parents[0].info.status == "RUNNING" and any(a.path == "contact_sheet.png" for a in client.list_artifacts(parents[0].info.run_id)):
                 seen = parents[0]

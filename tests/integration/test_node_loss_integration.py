@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import watch_store  # noqa: E402
+
 pytestmark = pytest.mark.integration
 
 FAKE_CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -41,7 +43,6 @@ def run_node_loss(tmp_path: Path, *, steps: int = 4000, eval_every: int = 500, k
     Sets AWS_* in os.environ for the Ray processes it starts (fake credentials, moto's URL)."""
     import boto3
     import ray
-    from mlflow import MlflowClient
     from ray.cluster_utils import Cluster
 
     from infra.aws.storage import ensure_bucket
@@ -58,13 +59,13 @@ def run_node_loss(tmp_path: Path, *, steps: int = 4000, eval_every: int = 500, k
             err = (tmp_path / "sweep.err").open("w")
             proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", "nodeloss.yaml", "--address", cluster.address, "--json"],
                                     cwd=tmp_path, env=dict(os.environ), stdout=subprocess.PIPE, stderr=err, text=True)
-            client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+            client = watch_store(home / "mlflow.db", proc)
             run_id, step_at_kill, killed_at = None, None, None
             deadline = time.monotonic() + 300
             while step_at_kill is None and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.25)
-                if not (home / "mlflow.db").exists():
-                    continue
+                if client is None:
+                    break
                 exp = client.get_experiment_by_name("nodeloss")
                 runs = client.search_runs([exp.experiment_id], "tags.`ganops.kind` = 'trial'") if exp else []
                 if runs:

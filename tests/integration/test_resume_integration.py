@@ -10,10 +10,9 @@ import sys
 import time
 
 import pytest
-from mlflow import MlflowClient
 
 from orchestrator import tracking
-from tests.conftest import pids_whose_cmdline_has
+from tests.conftest import pids_whose_cmdline_has, watch_store
 
 pytestmark = pytest.mark.integration
 
@@ -51,12 +50,13 @@ def test_sigkilled_sweep_resumes_without_losing_or_repeating_anything(ganops_hom
     env = {**os.environ, "GANOPS_HOME": str(ganops_home)}
     log = (tmp_path / "sweep.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", "spec.yaml", "--json"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=log)
-    client = MlflowClient(tracking.default_tracking_uri())
     try:
+        client = watch_store(ganops_home / "mlflow.db", proc)
+        assert client is not None, (tmp_path / "sweep.log").read_text()[-3000:]
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.5)
-            runs = _trial_runs(client) if (ganops_home / "mlflow.db").exists() else []
+            runs = _trial_runs(client)
             if len(runs) == 2 and len(_steps(client, runs[1].info.run_id)) >= 2:
                 break
         assert proc.poll() is None, f"the sweep ended before it could be killed: {(tmp_path / 'sweep.log').read_text()[-3000:]}"
