@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from infra.aws.spot import watcher_for_this_node
 from trainers.checkpoint import adopt, load_state, restore, save_generator, save_state
 from trainers.config import MUTABLE_IN_FLIGHT, TrainerConfig
 from trainers.cost import trial_rate
@@ -58,6 +59,17 @@ def _grad_sync(world_size: int):
             offset += g.numel()
 
     return sync
+
+
+def _any_rank(flag: bool, world_size: int) -> bool:
+    """True on every rank if `flag` is True on any (an all-reduce when world > 1)."""
+    if world_size <= 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
 
 
 def _broadcast_params(world_size: int, *modules: torch.nn.Module) -> None:
@@ -200,6 +212,11 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
     _broadcast_params(world, G, D)
     sync = _grad_sync(world)
     rate = trial_rate(world)
+    # Spot nodes: checkpoint as soon as EC2 announces the reclaim (infra/aws/spot.py). Every
+    # rank takes part in the vote if any rank watches, so the collective calls line up.
+    watcher = watcher_for_this_node(ray.get_runtime_context().get_node_labels() or {})
+    watching = _any_rank(watcher is not None, world)
+    spot_saved = False
 
     evaluator = Evaluator(cfg, Path(run["feature_cache"]) if run.get("feature_cache") else None) if rank == 0 else None
     sink = _MlflowSink(run.get("tracking_uri"), run.get("run_id")) if rank == 0 else None
@@ -248,8 +265,13 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
         step += 1
         for k, v in m.items():
             window.setdefault(k, []).append(v)
-        if step % cfg.eval_every and step != cfg.steps:
+        urgent = watching and not spot_saved and _any_rank(watcher is not None and watcher.noticed.is_set(), world)
+        if step % cfg.eval_every and step != cfg.steps and not urgent:
             continue
+        if urgent:
+            spot_saved = True
+            if sink is not None:
+                sink.tag("ganops.spot_notice", json.dumps({"step": step, **((watcher.notice if watcher else None) or {})}))
 
         metrics = {k: float(np.mean(v)) for k, v in window.items()}
         window.clear()
