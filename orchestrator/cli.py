@@ -252,7 +252,7 @@ def cancel(job: JobArg, address: JobAddressOpt) -> None:
 
 def _running(start, launched: bool):
     """Run a sweep (new or resumed) in this process: errors as messages, Ray shut down after."""
-    from orchestrator.sweep import SweepError
+    from orchestrator.sweep import StorageLost, SweepError
 
     try:
         # stdout is for --json alone: Ray's own late messages (e.g. its "(raylet) WARNING ..."
@@ -264,6 +264,8 @@ def _running(start, launched: bool):
                 _shutdown_ray()
     except SweepError as e:
         _fail(str(e) if launched else f"{e}. Nothing was launched.", 2)
+    except StorageLost as e:
+        _fail(str(e), 1)
     except KeyboardInterrupt:
         _fail("interrupted; finished trials are in MLflow (`ganops ui`); continue with `ganops resume SWEEP`", 1)
     except Exception as e:  # noqa: BLE001 - shown to the person, traceback with GANOPS_DEBUG=1

@@ -119,6 +119,10 @@ class SweepError(Exception):
     """A sweep that cannot start as asked (e.g. a trial needs more than the cluster has)."""
 
 
+class StorageLost(Exception):
+    """The sweep's remote storage went away mid-sweep; finished trials are safe, resume later."""
+
+
 def quiet_environment() -> None:
     for k, v in SWEEP_ENV.items():
         os.environ.setdefault(k, v)
@@ -277,7 +281,9 @@ def resume_sweep(sweep: str, *, tracking_uri: str | None = None, address: str | 
     client.set_tag(parent, "ganops.resumes", str(int(tags.get("ganops.resumes", "0")) + 1))
 
     def restored_tuner(trainable, param_space, tune_config, run_config):
-        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False, param_space=param_space)
+        # resume_errored: a trial that failed because the driver or the storage went away goes on
+        # from its checkpoint; one that diverged ends again at once (orchestrator/trial.py).
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True, param_space=param_space)
         # Tune pickled the dead driver's scheduler, stopper and callbacks (with handles to
         # that driver's trial board); this process brings its own. Same name and storage
         # path as the restored run (Ray 2.60: the restored Tuner keeps them in these fields).
@@ -354,6 +360,14 @@ def _execute(spec, client, uri, experiment, experiment_id, parent, sweep_id, sto
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
             grid = tuner.fit()
         status = "FINISHED"
+    except OSError as e:
+        if "://" not in storage:
+            raise
+        # Ray retried its uploads (pyarrow's S3 retries) and gave up: Tune cannot save the
+        # experiment state. What reached the store and MLflow stays; resume picks it up.
+        first = str(e).splitlines()[0][:300]
+        raise StorageLost(f"storage {storage} became unreachable mid-sweep ({first}). Finished trials and every logged step are kept in MLflow; "
+                          f"once the store answers again, continue with `ganops resume {sweep_id}`") from None
     except KeyboardInterrupt:
         status = "KILLED"
         raise

@@ -101,6 +101,8 @@ def trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, swee
     )
     if found:
         rid = found[0].info.run_id
+        if TAG_STOP in found[0].data.tags:  # it ended with an error before (e.g. storage lost); it goes on now
+            client.delete_tag(rid, TAG_STOP)
         client.update_run(rid, status="RUNNING")
         return rid
     tags = {

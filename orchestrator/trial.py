@@ -53,6 +53,11 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
         ctx = tune.get_context()
         trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
         client = MlflowClient(context["tracking_uri"])
+        earlier = tracking.find_trial_run(client, trial_id, [context["experiment_id"]])
+        if earlier is not None and client.get_run(earlier).data.tags.get(tracking.TAG_STOP) == "divergence":
+            # A resumed sweep retries its failed trials from their checkpoints; a diverged one
+            # would only diverge again (same seed, same state).
+            raise RuntimeError(f"trial {trial_id} diverged before the sweep was resumed; not retried")
         run_id = tracking.trial_run(
             client, context["experiment_id"], context["parent_run_id"], context["sweep_id"],
             trial_id, trial_name, s.spec_hash, trainer_cfg, {k: config[k] for k in s.search},

@@ -100,7 +100,7 @@ class _MlflowSink:
         replay computes the same values)."""
         if self.client is not None:
             history = self.client.get_metric_history(self.run_id, "step")
-            self.logged_through = max([int(m.step) for m in history] + [step])
+            self.logged_through = max([int(m.step) for m in history] + [step if step > 0 else -1])
 
     def tag(self, key: str, value: str) -> None:
         if self.client is not None:
@@ -226,9 +226,14 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
 
     if sink is not None:
         sink.tag("ganops.cost", f"{rate.usd_per_hour:.4f} USD/h" if rate.priced else "$0: no node advertised a price (local machine)")
-    if sink is not None and step > 0:
+        # A restart replays from its checkpoint, or from step 0 when none reached storage (e.g.
+        # the store went away before the first upload): steps the run logged already stay as
+        # they were, once each (same seed, same values on CPU).
         sink.resume_after(step)
-        sink.tag("ganops.resumed_from_step", str(step))
+        if step > 0:
+            sink.tag("ganops.resumed_from_step", str(step))
+        elif sink.logged_through > 0:
+            sink.tag("ganops.restarted_from_scratch", str(sink.logged_through))
     orders = _Orders(run.get("board"), run.get("trial_id"), rank)
     exploits = 0
     if sink is not None and run.get("pbt"):
