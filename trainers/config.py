@@ -28,10 +28,14 @@ TORCHVISION_SHAPES = {
 }
 _FIXED_SHAPES = {"mnist": (1, 28, 28), "stacked_mnist": (3, 28, 28)}
 
-# The image side each architecture produces (None: any, fc reshapes its last layer), and the
-# size image_folder gets when trainer.image_size is not set.
-MODEL_SIZES: dict[str, tuple[int, ...] | None] = {"dcgan28": (28,), "dcgan28_upsample": (28,), "dcgan32": (32,), "dcgan64": (64,), "fc": None}
-NATIVE_SIZE = {"dcgan28": 28, "dcgan28_upsample": 28, "dcgan32": 32, "dcgan64": 64, "fc": 28}
+
+def _fixed_shape(data: str) -> tuple[int, int, int] | None:
+    """(C, H, W) of a dataset whose size is its own (all but image_folder and the mixtures)."""
+    return _FIXED_SHAPES.get(data) or TORCHVISION_SHAPES.get(data.removeprefix("torchvision:"))
+
+# The image side each architecture produces (None: any, fc reshapes its last layer); also the
+# size image_folder gets when trainer.image_size is not set (fc: 28).
+MODEL_SIZE: dict[str, int | None] = {"dcgan28": 28, "dcgan28_upsample": 28, "dcgan32": 32, "dcgan64": 64, "fc": None}
 # Settings of the image architectures that mlp2d (a fixed tanh MLP) does not have.
 _IMAGE_ONLY = {"norm": "batch", "dropout": 0.0, "init": "normal", "output": "tanh", "ngf": None, "ndf": None}
 
@@ -132,7 +136,7 @@ class TrainerConfig(BaseModel):
             if self.image_size is not None or self.channels is not None or self.data_dir is not None:
                 raise ValueError(f"data {self.data!r} is 2-D points: image_size, channels and data_dir do not apply; remove them")
             return self
-        fixed = _FIXED_SHAPES.get(self.data) or TORCHVISION_SHAPES.get(self.data.removeprefix("torchvision:"))
+        fixed = _fixed_shape(self.data)
         if fixed is not None:
             c, h, _ = fixed
             if (self.image_size not in (None, h)) or (self.channels not in (None, c)):
@@ -141,12 +145,11 @@ class TrainerConfig(BaseModel):
             raise ValueError("data 'image_folder' needs trainer.data_dir: the folder of images to train on")
         if self.data.startswith("torchvision:") and self.data_dir is None:
             raise ValueError(f"data {self.data!r} needs trainer.data_dir: the dataset's root directory (torchvision's root=)")
-        sizes = MODEL_SIZES[self.model]
-        side = self.image_shape[1]
-        if sizes is not None and side not in sizes:
-            fits = [m for m, s in MODEL_SIZES.items() if s is None or side in s]
-            raise ValueError(f"model {self.model!r} makes {sizes[0]}x{sizes[0]} images but data {self.data!r} is {side}x{side}; "
-                             f"use model: {', '.join(fits)}" + ("" if fixed is not None else f", or image_size: {sizes[0]}"))
+        size, side = MODEL_SIZE[self.model], self.image_shape[1]
+        if size is not None and side != size:
+            fits = [m for m, s in MODEL_SIZE.items() if s in (None, side)]
+            raise ValueError(f"model {self.model!r} makes {size}x{size} images but data {self.data!r} is {side}x{side}; "
+                             f"use model: {', '.join(fits)}" + ("" if fixed is not None else f", or image_size: {size}"))
         return self
 
     @property
@@ -177,10 +180,10 @@ class TrainerConfig(BaseModel):
         """(C, H, W) of the data's images (and G's output); None for the 2-D mixtures."""
         if not self.is_image:
             return None
-        fixed = _FIXED_SHAPES.get(self.data) or TORCHVISION_SHAPES.get(self.data.removeprefix("torchvision:"))
+        fixed = _fixed_shape(self.data)
         if fixed is not None:
             return fixed
-        side = self.image_size or NATIVE_SIZE.get(self.model, 28)
+        side = self.image_size or MODEL_SIZE.get(self.model) or 28
         return (self.channels or 3, side, side)
 
     @property

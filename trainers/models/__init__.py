@@ -3,24 +3,26 @@
 Image models (trainers.models.dcgan, trainers.models.fc) take their channels and size from
 the data (cfg.image_shape) and honour cfg.norm, cfg.dropout, cfg.init and cfg.output through
 trainers.models.common; mlp2d (trainers.models.mlp2d) is the 2-D mixtures' fixed tanh MLP.
-Which model fits which data is checked by TrainerConfig (trainers.config.MODEL_SIZES).
+Which model fits which data is checked by TrainerConfig (trainers.config.MODEL_SIZE).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import Tensor, nn
 
 from trainers.config import TrainerConfig
 from trainers.models.common import init_weights
-from trainers.models.dcgan import ConvDiscriminator, DCGAN28Generator, DCGAN28UpsampleGenerator, DCGAN32Generator, DCGAN64Generator
+from trainers.models.dcgan import ConvDiscriminator, DCGAN28UpsampleGenerator, DCGAN64Generator, ProjectedGenerator
 from trainers.models.fc import FCDiscriminator, FCGenerator
 from trainers.models.mlp2d import MLP2dDiscriminator, MLP2dGenerator
 
 __all__ = ["build_models", "sample_latent"]
 
 # The convolutional image models' generators (one signature); D is ConvDiscriminator for all.
-_CONV_G = {"dcgan28": DCGAN28Generator, "dcgan28_upsample": DCGAN28UpsampleGenerator, "dcgan32": DCGAN32Generator, "dcgan64": DCGAN64Generator}
+_CONV_G = {"dcgan28": ProjectedGenerator, "dcgan28_upsample": DCGAN28UpsampleGenerator, "dcgan32": functools.partial(ProjectedGenerator, size=32), "dcgan64": DCGAN64Generator}
 
 
 def _build(cfg: TrainerConfig) -> tuple[nn.Module, nn.Module]:

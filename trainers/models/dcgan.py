@@ -14,28 +14,31 @@ from torch import Tensor, nn
 from trainers.models.common import d_activation, has_bias, norm2d, output_activation
 
 
-class DCGAN28Generator(nn.Module):
-    """pytorch/examples' DCGAN cut down to 28x28: project to 7x7, two k4 s2 transposed convs."""
+class ProjectedGenerator(nn.Module):
+    """pytorch/examples' DCGAN G from a dense projection: z -> (4w, s, s), then k4 s2 transposed
+    convs halving the width and doubling the side: 7 -> 14 -> 28 (dcgan28, size 28) or
+    4 -> 8 -> 16 -> 32 (dcgan32, TF-Slim style, size 32)."""
 
-    def __init__(self, latent_dim: int, width: int, channels: int = 1, norm: str = "batch", output: str = "tanh") -> None:
+    START = {28: (7, 2), 32: (4, 3)}  # size -> (projected side, transposed convs)
+
+    def __init__(self, latent_dim: int, width: int, channels: int = 1, norm: str = "batch", output: str = "tanh", size: int = 28) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         w, bias = width, has_bias(norm)
-        self.project = nn.Linear(latent_dim, 4 * w * 7 * 7, bias=bias)
-        self.net = nn.Sequential(
-            norm2d(norm, 4 * w),
-            nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(4 * w, 2 * w, 4, 2, 1, bias=bias),  # (B, 2w, 14, 14)
-            norm2d(norm, 2 * w),
-            nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(2 * w, channels, 4, 2, 1),  # (B, C, 28, 28)
-            output_activation(output),
-        )
-        self._w = w
+        self._w, (self._side, stages) = w, self.START[size]
+        # No bias before a norm layer: its shift makes the bias redundant.
+        self.project = nn.Linear(latent_dim, 4 * w * self._side**2, bias=bias)
+        layers: list[nn.Module] = [norm2d(norm, 4 * w), nn.ReLU(inplace=True)]
+        c = 4 * w
+        for _ in range(stages - 1):  # dcgan28: (B, 2w, 14, 14); dcgan32: (B, 2w, 8, 8), (B, w, 16, 16)
+            layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=bias), norm2d(norm, c // 2), nn.ReLU(inplace=True)]
+            c //= 2
+        layers += [nn.ConvTranspose2d(c, channels, 4, 2, 1), output_activation(output)]  # (B, C, size, size)
+        self.net = nn.Sequential(*layers)
 
     def forward(self, z: Tensor) -> Tensor:  # z: (B, latent_dim)
-        x = self.project(z).view(z.shape[0], 4 * self._w, 7, 7)  # (B, 4w, 7, 7)
-        return self.net(x)  # (B, C, 28, 28)
+        x = self.project(z).view(z.shape[0], 4 * self._w, self._side, self._side)  # (B, 4w, s, s)
+        return self.net(x)  # (B, C, size, size)
 
 
 class DCGAN28UpsampleGenerator(nn.Module):
@@ -65,32 +68,6 @@ class DCGAN28UpsampleGenerator(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:  # z: (B, latent_dim)
         return self.net(self.project(z).view(z.shape[0], 4 * self._w, 7, 7))  # (B, C, 28, 28)
-
-
-class DCGAN32Generator(nn.Module):
-    """TF-Slim-style 32x32 G: project to 4x4, three k4 s2 transposed convs (4 -> 8 -> 16 -> 32)."""
-
-    def __init__(self, latent_dim: int, width: int, channels: int, norm: str = "batch", output: str = "tanh") -> None:
-        super().__init__()
-        self.latent_dim = latent_dim
-        w, bias = width, has_bias(norm)
-        self.project = nn.Linear(latent_dim, 4 * w * 4 * 4, bias=bias)
-        self.net = nn.Sequential(
-            norm2d(norm, 4 * w),
-            nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(4 * w, 2 * w, 4, 2, 1, bias=bias),  # (B, 2w, 8, 8)
-            norm2d(norm, 2 * w),
-            nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(2 * w, w, 4, 2, 1, bias=bias),  # (B, w, 16, 16)
-            norm2d(norm, w),
-            nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(w, channels, 4, 2, 1),  # (B, C, 32, 32)
-            output_activation(output),
-        )
-        self._w = w
-
-    def forward(self, z: Tensor) -> Tensor:  # z: (B, latent_dim)
-        return self.net(self.project(z).view(z.shape[0], 4 * self._w, 4, 4))  # (B, C, 32, 32)
 
 
 class DCGAN64Generator(nn.Module):
