@@ -79,7 +79,7 @@ class TrainerConfig(BaseModel):
     ngf: int | None = Field(None, ge=4, le=1024, description="G's base width for the DCGANs; null = width.")
     ndf: int | None = Field(None, ge=4, le=1024, description="D's base width for the DCGANs; null = width.")
     leaky_slope: float = Field(0.2, ge=0, lt=1, description="LeakyReLU slope in D (0 = ReLU, as the fully connected GAN's paper).")
-    norm: Literal["batch", "instance", "none"] = Field("batch", description="Normalisation in G and D of the image models (D's first layer never): batch (Radford et al.), instance (per-sample InstanceNorm2d with affine; LayerNorm in fc's dense layers; the usual choice for a wgan-gp critic) or none (layers get biases instead).")
+    norm: Literal["batch", "instance", "none"] = Field("batch", description="Normalisation in G and D of the image models (D's first layer never): batch (Radford et al.), instance (per-sample InstanceNorm2d with affine; LayerNorm in fc's dense layers; suits a wgan-gp critic, whose per-sample gradient penalty BN breaks) or none (layers get biases instead).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Image models: dropout probability in D after each hidden activation (the Keras MNIST tutorial uses 0.4); 0 = none.")
     init: Literal["normal", "xavier"] = Field("normal", description="Image models' weight init: normal = N(0, 0.02), norm scales N(1, 0.02) (Radford et al.); xavier = Glorot uniform (the fully connected GAN), norm scales 1. Biases 0.")
     output: Literal["tanh", "sigmoid"] = Field("tanh", description="Image models: G's output activation. tanh trains on images in [-1, 1], sigmoid on [0, 1] (the Keras and fully connected tutorials); the real data is scaled to match, and metrics see [-1, 1] either way.")
