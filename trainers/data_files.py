@@ -16,9 +16,11 @@ from trainers.config import TrainerConfig
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
-def iter_image_files(root: str | Path) -> Iterator[Path]:
-    """Image files under `root` (recursively, by suffix), in sorted order."""
-    for p in sorted(Path(root).expanduser().rglob("*")):
+def iter_image_files(root: str | Path, ordered: bool = True) -> Iterator[Path]:
+    """Image files under `root` (recursively, by suffix); sorted unless `ordered` is False
+    (finding the first one then needs no walk of the whole tree)."""
+    paths = Path(root).expanduser().rglob("*")
+    for p in sorted(paths) if ordered else paths:
         if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
             yield p
 
@@ -29,10 +31,10 @@ def data_problem(cfg: TrainerConfig) -> str | None:
         root = Path(cfg.data_dir).expanduser()
         if not root.is_dir():
             return f"folder {cfg.data_dir!r} does not exist (data: image_folder reads its images from there); give the folder of your images"
-        if next(iter_image_files(root), None) is None:
+        if next(iter_image_files(root, ordered=False), None) is None:
             return f"folder {cfg.data_dir!r} has no images ({', '.join(sorted(IMAGE_SUFFIXES))}, searched recursively); put the training images there"
     elif cfg.data.startswith("torchvision:"):
-        return torchvision_problem(cfg.data.removeprefix("torchvision:"), str(cfg.data_dir))
+        return torchvision_problem(cfg.data.removeprefix("torchvision:"), str(Path(cfg.data_dir).expanduser()))
     return None
 
 
