@@ -20,6 +20,9 @@ from trainers.config import MUTABLE_IN_FLIGHT, TrainerConfig
 IMAGE_METRICS = {"fid": "min", "loss_g": "min", "loss_d": "min", "d_x": "max", "d_g_z": "max", "class_coverage": "max", "pixel_hist": "min"}
 MIXTURE_METRICS = {"mix_score": "max", "modes": "max", "hq_pct": "max", "reverse_kl": "min", "loss_g": "min", "loss_d": "min"}
 
+# Image metrics that need the MNIST feature classifier: reported for data: mnist only.
+CLASSIFIER_METRICS = ("fid", "class_coverage")
+
 # D(x) and D(G(z)) are probabilities only under the BCE losses; hinge / wgan-gp do not report them.
 BCE_ONLY_METRICS = ("d_x", "d_g_z")
 BCE_LOSSES = ("nonsaturating", "minimax")
@@ -272,6 +275,14 @@ class SweepSpec(_Model):
                     raise ValueError(f"sweep.pbt.mutate: {key!r} is not searched; add it under search: (PBT perturbs within its distribution)")
             if not self.pbt_mutations:
                 raise ValueError(f"sweep.scheduler: pbt needs at least one searched setting it can mutate ({', '.join(sorted(MUTABLE_IN_FLIGHT))})")
+        for cfg in [self.trainer, *self._data_variants()]:
+            # The filesystem, checked here rather than in TrainerConfig: a saved generator's config
+            # must still load (`ganops sample`) on a machine without the training data.
+            from trainers.data_files import data_problem
+
+            problem = data_problem(cfg)
+            if problem:
+                raise ValueError(f"trainer.data_dir: {problem}")
         metrics = self.metric_table
         if self.sweep.metric is not None and self.sweep.metric not in metrics:
             raise ValueError(f"sweep.metric: {self.sweep.metric!r} is not reported for data {self.trainer.data!r}; choose one of: {', '.join(metrics)}")
@@ -287,13 +298,26 @@ class SweepSpec(_Model):
         """The settings PBT mutates: pbt.mutate, or every searched setting it can mutate."""
         return list(self.sweep.pbt.mutate) if self.sweep.pbt.mutate is not None else [k for k in self.search if k in MUTABLE_IN_FLIGHT]
 
+    def _data_variants(self) -> list[TrainerConfig]:
+        """The trainer with each searched data / data_dir value (their files must exist too)."""
+        base = self.trainer.model_dump()
+        return [TrainerConfig.model_validate({**base, key: value}) for key in ("data", "data_dir") if key in self.search for value in self.search[key].candidates()]
+
     @property
     def metric_table(self) -> dict[str, str]:
-        return IMAGE_METRICS if self.trainer.is_image else MIXTURE_METRICS
+        if not self.trainer.is_image:
+            return MIXTURE_METRICS
+        if self.trainer.has_mnist_classifier:
+            return IMAGE_METRICS
+        return {k: v for k, v in IMAGE_METRICS.items() if k not in CLASSIFIER_METRICS}
 
     @property
     def metric(self) -> str:
-        return self.sweep.metric or ("fid" if self.trainer.is_image else "mix_score")
+        if self.sweep.metric:
+            return self.sweep.metric
+        if not self.trainer.is_image:
+            return "mix_score"
+        return "fid" if self.trainer.has_mnist_classifier else "pixel_hist"
 
     @property
     def mode(self) -> str:

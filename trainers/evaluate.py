@@ -1,21 +1,21 @@
 """What a trial reports at each eval, beside its losses: quality metrics and a picture.
 
-Images: FID against features of a small MNIST classifier (trained once, cached), class
-coverage, the pixel-histogram distance, and a grid of the sweep-wide fixed noise.
+Images: the pixel-histogram distance and a grid of the sweep-wide fixed noise; on MNIST also
+FID against features of a small MNIST classifier (trained once, cached) and class coverage.
+Whatever G's output range (cfg.output), the metrics and the grid see images in [-1, 1].
 2-D mixtures: modes captured, high-quality %, reverse KL (PacGAN Table 1 protocol, 2,500
 samples) and a scatter of the samples over the true means.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from trainers.config import TrainerConfig
-from trainers.data import load_mnist, mixture_means
+from trainers.data import default_cache_dir, mixture_means, real_images, to_tanh_range
 from trainers.metrics import (
     FidScorer,
     image_grid,
@@ -29,9 +29,7 @@ from trainers.models import sample_latent
 MIXTURE_EVAL_SAMPLES = 2500  # PacGAN / VEEGAN Table 1 score 2,500 samples
 
 
-def default_cache_dir() -> Path:
-    """Where the feature classifier is cached: $GANOPS_CACHE or ~/.cache/ganops."""
-    return Path(os.environ.get("GANOPS_CACHE") or Path.home() / ".cache" / "ganops")
+__all__ = ["Evaluator", "default_cache_dir", "MIXTURE_EVAL_SAMPLES"]
 
 
 class Evaluator:
@@ -39,7 +37,8 @@ class Evaluator:
         self.cfg = cfg
         self.gen = torch.Generator().manual_seed(cfg.seed + 7)  # eval draws never disturb training's RNG
         if cfg.is_image:
-            self.real = load_mnist()
+            self.real = real_images(cfg)  # (N, C, H, W) in [-1, 1]
+        if cfg.has_mnist_classifier:
             self.features = load_feature_extractor(cache_dir or default_cache_dir())
             self.fid = FidScorer(self.features, self.real)
 
@@ -49,7 +48,7 @@ class Evaluator:
         for i in range(0, n, batch):
             z = sample_latent(min(batch, n - i), self.cfg, self.gen)
             out.append(G(z))
-        return torch.cat(out)
+        return torch.cat(out) if not self.cfg.is_image else to_tanh_range(torch.cat(out), self.cfg)
 
     @torch.no_grad()
     def evaluate(self, G: torch.nn.Module, fixed_noise: torch.Tensor) -> tuple[dict[str, float], np.ndarray]:
@@ -57,15 +56,13 @@ class Evaluator:
         G.eval()
         try:
             if self.cfg.is_image:
-                fakes = self._generate(G, self.cfg.eval_samples)
-                covered, kl = self.fid.class_coverage(fakes)
-                scores = {
-                    "fid": self.fid.score(fakes),
-                    "class_coverage": float(covered),
-                    "class_kl": float(kl),
-                    "pixel_hist": pixel_histogram_distance(self.real[: len(fakes)], fakes),
-                }
-                picture = image_grid(G(fixed_noise), nrow=8)
+                fakes = self._generate(G, self.cfg.eval_samples)  # in [-1, 1]
+                scores = {}
+                if self.cfg.has_mnist_classifier:
+                    covered, kl = self.fid.class_coverage(fakes)
+                    scores = {"fid": self.fid.score(fakes), "class_coverage": float(covered), "class_kl": float(kl)}
+                scores["pixel_hist"] = pixel_histogram_distance(self.real[: len(fakes)], fakes)
+                picture = image_grid(to_tanh_range(G(fixed_noise), self.cfg), nrow=8)
             else:
                 points = self._generate(G, MIXTURE_EVAL_SAMPLES)
                 s = mixture_scores(points, self.cfg.data)

@@ -13,8 +13,10 @@ from trainers.step import build_optimizers, train_step
     [
         TrainerConfig(model="dcgan28", data="mnist", width=4, latent_dim=8, batch_size=8),
         TrainerConfig(model="mlp2d", data="ring8", width=16, latent_dim=4, batch_size=32, dg_ratio="2:1"),
+        # D's dropout draws from torch's global RNG; stacked MNIST from the step's generator
+        TrainerConfig(model="dcgan28_upsample", data="stacked_mnist", width=4, latent_dim=8, batch_size=8, dropout=0.3, norm="instance", output="sigmoid"),
     ],
-    ids=["dcgan28", "mlp2d"],
+    ids=["dcgan28", "mlp2d", "upsample-stacked-dropout"],
 )
 def test_resumed_run_matches_uninterrupted_run_bit_for_bit(cfg, tmp_path):
     """save -> load -> restore into fresh objects: the next steps' metrics equal an uninterrupted run's."""

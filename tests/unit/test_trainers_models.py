@@ -1,9 +1,15 @@
+import hashlib
+import math
+
+import pytest
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from trainers.config import TrainerConfig
-from trainers.data import load_mnist, load_mnist_labels, make_data, mixture_means, mixture_sigma
+from trainers.data import load_mnist, load_mnist_labels, make_data, mixture_means, mixture_sigma, to_tanh_range
 from trainers.models import build_models, sample_latent
+from trainers.step import build_optimizers, train_step
 
 DCGAN = TrainerConfig(model="dcgan28", data="mnist", width=8, latent_dim=16)
 MLP = TrainerConfig(model="mlp2d", data="grid25", width=16, latent_dim=8)
@@ -101,3 +107,166 @@ def test_mnist_is_5000_images_in_minus1_to_1_with_balanced_labels():
     assert torch.equal(torch.bincount(y), torch.full((10,), 500))
     batch = make_data(DCGAN).sample(16, torch.Generator().manual_seed(0))
     assert batch.shape == (16, 1, 28, 28)
+
+
+# ---------------------------------------------------------------- the architectures and their settings
+
+# (model, data, extra settings) for every image architecture on data whose size it makes.
+ARCHS = [
+    ("dcgan28", "mnist", {}),
+    ("dcgan28", "stacked_mnist", {}),
+    ("dcgan28_upsample", "mnist", {}),
+    ("dcgan28_upsample", "stacked_mnist", {}),
+    ("fc", "mnist", {}),
+    ("fc", "stacked_mnist", {}),
+]
+
+
+def _small(model, data, **kw):
+    return TrainerConfig(model=model, data=data, width=8, latent_dim=16, batch_size=8, **kw)
+
+
+def _weights(*modules):
+    return torch.cat([p.detach().flatten() for m in modules for p in m.parameters()])
+
+
+@pytest.mark.parametrize("model,data,kw", ARCHS, ids=[f"{m}-{d}" for m, d, _ in ARCHS])
+def test_every_architecture_makes_the_datas_shape_and_trains_one_finite_step(model, data, kw):
+    """G: (B, z) -> (B, C, H, W) of the data; D: -> (B, 1); one train_step gives finite metrics and moves both nets."""
+    cfg = _small(model, data, **kw)
+    G, D = build_models(cfg)
+    real = make_data(cfg).sample(4, torch.Generator().manual_seed(0))
+    x = G(sample_latent(4, cfg, torch.Generator().manual_seed(0)))
+    assert x.shape == real.shape == (4, *cfg.image_shape)
+    assert D(x).shape == (4, 1)
+    before = _weights(G), _weights(D)
+    opt_g, opt_d = build_optimizers(G, D, cfg)
+    m = train_step(G, D, opt_g, opt_d, make_data(cfg), cfg, torch.Generator().manual_seed(1))
+    assert all(math.isfinite(v) for v in m.values()), m
+    assert not torch.equal(before[0], _weights(G)) and not torch.equal(before[1], _weights(D))
+
+
+@pytest.mark.parametrize("model,size", [("dcgan32", 32), ("dcgan64", 64), ("fc", 32), ("dcgan28", 28)])
+def test_image_folder_sized_architectures_build_and_train(model, size, tmp_path, monkeypatch):
+    """dcgan32 / dcgan64 (and fc at any size) on an RGB image folder of their size."""
+    from PIL import Image
+
+    monkeypatch.setenv("GANOPS_CACHE", str(tmp_path / "cache"))
+    for i in range(3):
+        Image.new("RGB", (size + 10, size), (40 * i, 90, 200)).save(tmp_path / f"{i}.png")
+    cfg = _small(model, "image_folder", data_dir=str(tmp_path), image_size=size)
+    assert cfg.image_shape == (3, size, size)
+    G, D = build_models(cfg)
+    assert G(sample_latent(2, cfg, torch.Generator())).shape == (2, 3, size, size)
+    opt_g, opt_d = build_optimizers(G, D, cfg)
+    m = train_step(G, D, opt_g, opt_d, make_data(cfg), cfg, torch.Generator().manual_seed(1))
+    assert all(math.isfinite(v) for v in m.values()), m
+
+
+def test_dcgan64_is_radfords_layout():
+    """pytorch/examples dcgan: G from a 1x1 map through 5 k4 transposed convs; D 4 k4 s2 convs, BN on all but the first."""
+    G, D = build_models(TrainerConfig(model="dcgan64", data="image_folder", data_dir="/nowhere", image_size=64, width=8))
+    convs = [m for m in G.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert [m.out_channels for m in convs] == [64, 32, 16, 8, 3] and all(m.kernel_size == (4, 4) for m in convs)
+    d_convs = [m for m in D.net if isinstance(m, nn.Conv2d)]
+    assert [m.out_channels for m in d_convs] == [8, 16, 32, 64]
+    assert isinstance(D.net[1], nn.LeakyReLU) and sum(isinstance(m, nn.BatchNorm2d) for m in D.modules()) == 3
+
+
+def test_fc_has_the_published_layer_sizes():
+    """D 784-500-200-1, G 100-200-500-784 on 28x28x1."""
+    G, D = build_models(TrainerConfig(model="fc", data="mnist", latent_dim=100))
+    assert [(m.in_features, m.out_features) for m in G.modules() if isinstance(m, nn.Linear)] == [(100, 200), (200, 500), (500, 784)]
+    assert [(m.in_features, m.out_features) for m in D.modules() if isinstance(m, nn.Linear)] == [(784, 500), (500, 200), (200, 1)]
+
+
+def test_dcgan28_default_weights_outputs_and_first_step_are_unchanged_by_the_package_split():
+    """Seed 0, width 16: the hashes taken from trainers/models.py before it became a package."""
+    cfg = TrainerConfig(width=16)
+    G, D = build_models(cfg)
+
+    def h(*ts):
+        m = hashlib.sha256()
+        for t in ts:
+            m.update(t.detach().contiguous().numpy().tobytes())
+        return m.hexdigest()[:16]
+
+    assert h(*G.state_dict().values(), *D.state_dict().values()) == "356ce4c520940b46"
+    out = G(sample_latent(8, cfg, torch.Generator().manual_seed(0)))
+    assert h(out) == "48b18777befa0b0b" and h(D(out)) == "bbfa133f3bdbf406"
+    opt_g, opt_d = build_optimizers(G, D, cfg)
+    torch.manual_seed(0)
+    train_step(G, D, opt_g, opt_d, make_data(cfg), cfg, torch.Generator().manual_seed(0))
+    assert h(*G.state_dict().values(), *D.state_dict().values()) == "0ab7518e69004f97"
+
+
+@pytest.mark.parametrize("model", ["dcgan28", "dcgan28_upsample", "fc"])
+def test_norm_instance_and_none_replace_batchnorm_and_d_first_layer_stays_unnormalised(model):
+    """norm: instance -> InstanceNorm2d (fc: LayerNorm), none -> no norm layer at all; D's first layer is never normalised."""
+    kinds = {}
+    for norm in ("batch", "instance", "none"):
+        G, D = build_models(_small(model, "mnist", norm=norm))
+        kinds[norm] = {type(m) for m in [*G.modules(), *D.modules()] if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.LayerNorm))}
+        layers = list(D.net)
+        first = next(i for i, m in enumerate(layers) if isinstance(m, (nn.Conv2d, nn.Linear)))
+        assert isinstance(layers[first + 1], nn.LeakyReLU)
+    batch = nn.BatchNorm1d if model == "fc" else nn.BatchNorm2d
+    assert kinds["batch"] == {batch}
+    assert kinds["instance"] == {nn.LayerNorm if model == "fc" else nn.InstanceNorm2d}
+    assert kinds["none"] == set()
+
+
+def test_dropout_sits_after_each_hidden_activation_of_d_only():
+    """dropout: 0.4 puts Dropout(0.4) after each of D's LeakyReLUs and none in G; 0 adds no layer."""
+    G, D = build_models(_small("dcgan28", "mnist", dropout=0.4))
+    layers = list(D.net)
+    drops = [i for i, m in enumerate(layers) if isinstance(m, nn.Dropout)]
+    assert len(drops) == 2 and all(isinstance(layers[i - 1], nn.LeakyReLU) and layers[i].p == 0.4 for i in drops)
+    assert not any(isinstance(m, nn.Dropout) for m in G.modules())
+    assert not any(isinstance(m, nn.Dropout) for m in build_models(_small("dcgan28", "mnist"))[1].modules())
+
+
+def test_xavier_init_has_glorot_statistics_and_unit_norm_scales():
+    """init: xavier -> each layer's weights ~ U(+-sqrt(6 / (fan_in + fan_out))), norm scales 1; normal -> std 0.02."""
+    G, D = build_models(TrainerConfig(model="fc", data="mnist", init="xavier"))
+    lin = [m for m in D.modules() if isinstance(m, nn.Linear)][0]  # 784 -> 500
+    bound = math.sqrt(6 / (784 + 500))
+    assert lin.weight.abs().max() <= bound and abs(lin.weight.std().item() - bound / math.sqrt(3)) < 0.002
+    assert all((m.weight == 1).all() for m in G.modules() if isinstance(m, nn.BatchNorm1d))
+    G, D = build_models(TrainerConfig(model="fc", data="mnist", init="normal"))
+    assert abs([m for m in D.modules() if isinstance(m, nn.Linear)][0].weight.std().item() - 0.02) < 0.001
+
+
+def test_sigmoid_output_lies_in_0_1_with_real_data_in_0_1_and_metrics_see_minus1_1():
+    """output: sigmoid -> G in [0, 1], the real batches scaled to [0, 1]; to_tanh_range maps both back to [-1, 1]."""
+    cfg = _small("dcgan28", "mnist", output="sigmoid")
+    G, _ = build_models(cfg)
+    x = G(sample_latent(16, cfg, torch.Generator()))
+    assert isinstance(list(G.net)[-1], nn.Sigmoid) and x.min() >= 0 and x.max() <= 1
+    real = make_data(cfg).sample(256, torch.Generator().manual_seed(0))
+    assert real.min() == 0 and real.max() == 1
+    assert to_tanh_range(real, cfg).min() == -1 and to_tanh_range(real, cfg).max() == 1
+    assert torch.equal(make_data(_small("dcgan28", "mnist")).sample(256, torch.Generator().manual_seed(0)), to_tanh_range(real, cfg))
+
+
+def test_ngf_and_ndf_override_width_per_network():
+    """ngf / ndf set G's and D's base widths apart; width is the default of both."""
+    G, D = build_models(_small("dcgan28", "mnist", ngf=12, ndf=6))
+    assert G.project.out_features == 4 * 12 * 7 * 7
+    assert list(D.net)[0].out_channels == 6
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"model": "dcgan32", "data": "mnist"}, "use model: dcgan28, dcgan28_upsample, fc"),
+    ({"model": "dcgan64", "data": "image_folder", "data_dir": "x", "image_size": 32}, "or image_size: 64"),
+    ({"model": "dcgan28", "data": "grid25"}, "use data: mnist"),
+    ({"model": "mlp2d", "data": "grid25", "norm": "none"}, "has no norm"),
+    ({"model": "dcgan28", "data": "mnist", "image_size": 32}, "is 1x28x28"),
+    ({"model": "dcgan28", "data": "image_folder"}, "needs trainer.data_dir"),
+    ({"model": "dcgan28", "data": "torchvision:Nope", "data_dir": "x"}, "torchvision:CIFAR10"),
+])
+def test_a_model_that_cannot_make_the_datas_size_is_refused_saying_what_fits(kw, needle):
+    """The config names which model / data / size would fit."""
+    with pytest.raises(ValidationError) as e:
+        TrainerConfig(**kw)
+    assert needle in str(e.value)

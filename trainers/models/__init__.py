@@ -1,0 +1,57 @@
+"""The GAN architectures ganops trains, built from a TrainerConfig (its `model` setting).
+
+Image models (trainers.models.dcgan, trainers.models.fc) take their channels and size from
+the data (cfg.image_shape) and honour cfg.norm, cfg.dropout, cfg.init and cfg.output through
+trainers.models.common; mlp2d (trainers.models.mlp2d) is the 2-D mixtures' fixed tanh MLP.
+Which model fits which data is checked by TrainerConfig (trainers.config.MODEL_SIZE).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor, nn
+
+from trainers.config import TrainerConfig
+from trainers.models.common import init_weights
+from trainers.models.dcgan import ConvDiscriminator, DCGAN28UpsampleGenerator, DCGAN64Generator, ProjectedGenerator
+from trainers.models.fc import FCDiscriminator, FCGenerator
+from trainers.models.mlp2d import MLP2dDiscriminator, MLP2dGenerator
+
+__all__ = ["build_models", "sample_latent"]
+
+# The convolutional image models' generators (one signature); D is ConvDiscriminator for all.
+_CONV_G = {"dcgan28": ProjectedGenerator, "dcgan28_upsample": DCGAN28UpsampleGenerator, "dcgan32": functools.partial(ProjectedGenerator, size=32), "dcgan64": DCGAN64Generator}
+
+
+def _build(cfg: TrainerConfig) -> tuple[nn.Module, nn.Module]:
+    if cfg.model == "mlp2d":
+        # PyTorch's default (Kaiming-uniform) init: N(0, 0.02) starves a 2-layer MLP
+        # whose output must reach +-4.
+        return MLP2dGenerator(cfg.latent_dim, cfg.width), MLP2dDiscriminator(cfg.width)
+    c, h, w = cfg.image_shape
+    if cfg.model == "fc":
+        G: nn.Module = FCGenerator(cfg.latent_dim, (c, h, w), cfg.norm, cfg.output)
+        D: nn.Module = FCDiscriminator((c, h, w), cfg.leaky_slope, cfg.norm, cfg.dropout)
+    else:
+        G = _CONV_G[cfg.model](cfg.latent_dim, cfg.g_width, c, cfg.norm, cfg.output)
+        D = ConvDiscriminator(cfg.d_width, cfg.leaky_slope, c, cfg.norm, cfg.dropout, size=h)
+    init_weights(G, cfg.init)
+    init_weights(D, cfg.init)
+    return G, D
+
+
+def build_models(cfg: TrainerConfig) -> tuple[nn.Module, nn.Module]:
+    """(G, D) for cfg.model, initialised from cfg.seed without touching the global RNG."""
+    # fork_rng: the init is a function of cfg.seed alone, and callers' RNG streams stay put.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return _build(cfg)
+
+
+def sample_latent(n: int, cfg: TrainerConfig, generator: torch.Generator) -> Tensor:
+    """z of shape (n, latent_dim): N(0, I) or U[-1, 1], drawn from `generator` (CPU)."""
+    if cfg.latent_dist == "normal":
+        return torch.randn(n, cfg.latent_dim, generator=generator)
+    return torch.rand(n, cfg.latent_dim, generator=generator) * 2.0 - 1.0
