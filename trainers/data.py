@@ -71,14 +71,19 @@ class DataSource:
 
 
 class MnistSource(DataSource):
-    def __init__(self, images: Tensor) -> None:
+    def __init__(self, images: Tensor, labels: Tensor | None = None) -> None:
         self.images = images  # (N, 1, 28, 28)
+        self.labels = labels  # (N,) int64, for conditional training (sample_labeled)
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        return self.sample_labeled(n, generator)[0]
+
+    def sample_labeled(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
+        """(images (n, 1, 28, 28), their labels (n,) or None without labels); the same draws as sample."""
         # With replacement: no epoch bookkeeping to checkpoint, and the generator state alone
         # fixes the data order, so a restored run replays exactly.
         idx = torch.randint(0, self.images.shape[0], (n,), generator=generator)
-        return self.images[idx]  # (n, 1, 28, 28)
+        return self.images[idx], None if self.labels is None else self.labels[idx]
 
 
 class MixtureSource(DataSource):
@@ -93,7 +98,7 @@ class MixtureSource(DataSource):
 
 
 def make_data(cfg: TrainerConfig) -> DataSource:
-    """The real-data source for cfg.data."""
+    """The real-data source for cfg.data; with the labels for a conditional model."""
     if cfg.data == "mnist":
-        return MnistSource(load_mnist())
+        return MnistSource(load_mnist(), load_mnist_labels() if cfg.is_conditional else None)
     return MixtureSource(cfg.data)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from trainers.conditional import CDCGAN28Discriminator, CDCGAN28Generator
 from trainers.config import TrainerConfig
 
 
@@ -115,13 +116,18 @@ def build_models(cfg: TrainerConfig) -> tuple[nn.Module, nn.Module]:
             D: nn.Module = DCGAN28Discriminator(cfg.width, cfg.leaky_slope)
             G.apply(_dcgan_init)
             D.apply(_dcgan_init)
+        elif cfg.model == "cdcgan28":
+            G = CDCGAN28Generator(cfg.latent_dim, cfg.width)
+            D = CDCGAN28Discriminator(cfg.width, cfg.leaky_slope)
+            G.apply(_dcgan_init)
+            D.apply(_dcgan_init)
         elif cfg.model == "mlp2d":
             # PyTorch's default (Kaiming-uniform) init: N(0, 0.02) starves a 2-layer MLP
             # whose output must reach +-4.
             G = MLP2dGenerator(cfg.latent_dim, cfg.width)
             D = MLP2dDiscriminator(cfg.width)
         else:  # unreachable: TrainerConfig's Literal rejects other names
-            raise ValueError(f"unknown model {cfg.model!r}; use dcgan28 or mlp2d")
+            raise ValueError(f"unknown model {cfg.model!r}; use dcgan28, cdcgan28 or mlp2d")
     return G, D
 
 
