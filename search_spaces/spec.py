@@ -18,6 +18,8 @@ from trainers.config import MUTABLE_IN_FLIGHT, TrainerConfig
 
 # What each dataset's trials report, and which way is better. The sweep metric must be one.
 IMAGE_METRICS = {"fid": "min", "loss_g": "min", "loss_d": "min", "d_x": "max", "d_g_z": "max", "class_coverage": "max", "pixel_hist": "min"}
+# cdcgan28 also reports class_match: the share of samples classified as the class G was asked for.
+CONDITIONAL_METRICS = {**IMAGE_METRICS, "class_match": "max"}
 MIXTURE_METRICS = {"mix_score": "max", "modes": "max", "hq_pct": "max", "reverse_kl": "min", "loss_g": "min", "loss_d": "min"}
 
 # D(x) and D(G(z)) are probabilities only under the BCE losses; hinge / wgan-gp do not report them.
@@ -282,6 +284,8 @@ class SweepSpec(_Model):
 
     @property
     def metric_table(self) -> dict[str, str]:
+        if self.trainer.is_conditional:
+            return CONDITIONAL_METRICS
         return IMAGE_METRICS if self.trainer.is_image else MIXTURE_METRICS
 
     @property

@@ -31,7 +31,7 @@ def with_class_maps(x: Tensor, onehot: Tensor) -> Tensor:
 
 
 class CDCGAN28Generator(nn.Module):
-    conditional = True  # callers pass labels (trainers/step.py, evaluate.py, orchestrator/sample.py)
+    conditional = True  # takes (z, labels); callers decide by TrainerConfig.is_conditional
 
     def __init__(self, latent_dim: int, width: int) -> None:
         super().__init__()
@@ -77,11 +77,6 @@ class CDCGAN28Discriminator(nn.Module):
 def sample_labels(n: int, generator: torch.Generator) -> Tensor:
     """n classes drawn uniformly from `generator` (fake labels in training and evaluation)."""
     return torch.randint(0, NUM_CLASSES, (n,), generator=generator)
-
-
-def is_conditional(module: nn.Module) -> bool:
-    """Whether a network (possibly an AveragedModel's / DDP's .module) takes labels."""
-    return bool(getattr(getattr(module, "module", module), "conditional", False))
 
 
 # The sample grid of a conditional G: GRID_ROWS latents, each drawn once per class, so the

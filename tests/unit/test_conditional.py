@@ -16,7 +16,7 @@ from trainers.checkpoint import (
     save_generator,
     save_state,
 )
-from trainers.conditional import NUM_CLASSES, grid_labels, is_conditional
+from trainers.conditional import NUM_CLASSES, grid_labels
 from trainers.config import TrainerConfig
 from trainers.data import load_mnist, load_mnist_labels, make_data
 from trainers.evaluate import Evaluator
@@ -38,8 +38,7 @@ def test_shapes_range_and_raw_logit():
     x = G(z, y)
     assert x.shape == (6, 1, 28, 28) and x.min() >= -1 and x.max() <= 1
     assert D(x, y).shape == (6, 1)
-    assert is_conditional(G) and is_conditional(D) and not any(isinstance(m, nn.Sigmoid) for m in D.modules())
-    assert not is_conditional(build_models(TrainerConfig())[0])
+    assert G.conditional and D.conditional and not any(isinstance(m, nn.Sigmoid) for m in D.modules())
 
 
 def test_only_mnist_and_a_clear_message_otherwise():
@@ -195,3 +194,14 @@ def test_class_match_measures_the_conditioning_and_the_grid_shows_the_classes(tm
     assert scores["class_match"] > 0.9 and scores["class_coverage"] == 10
     assert picture.shape == (8 * 30 + 2, 10 * 30 + 2)
     assert ev.evaluate(_Oracle(shift=1), fixed_noise(cfg))[0]["class_match"] < 0.1
+
+
+
+def test_class_match_is_a_sweep_metric_of_conditional_models_only():
+    """cdcgan28 sweeps may rank by class_match (higher is better); dcgan28 does not report it."""
+    from search_spaces.loader import SpecError, spec_from_text
+
+    spec = spec_from_text("name: c\ntrainer: {model: cdcgan28, data: mnist}\nsweep: {metric: class_match}\n")
+    assert (spec.metric, spec.mode) == ("class_match", "max")
+    with pytest.raises(SpecError, match="'class_match' is not reported"):
+        spec_from_text("name: c\ntrainer: {model: dcgan28, data: mnist}\nsweep: {metric: class_match}\n")
