@@ -205,3 +205,31 @@ def test_class_match_is_a_sweep_metric_of_conditional_models_only():
     assert (spec.metric, spec.mode) == ("class_match", "max")
     with pytest.raises(SpecError, match="'class_match' is not reported"):
         spec_from_text("name: c\ntrainer: {model: dcgan28, data: mnist}\nsweep: {metric: class_match}\n")
+
+
+def test_pbt_exploit_and_ema_work_on_the_conditional_networks(tmp_path):
+    """A PBT exploit (trainers/loop.py _exploit) takes a cdcgan28 donor's networks and then trains
+    on; with ema the averaged G is what save_state / load_generator hand to sampling."""
+    from trainers.loop import CHECKPOINT_FILE, _exploit
+    from trainers.step import build_ema
+
+    cfg = CDCGAN.model_copy(update={"ema": 0.9})
+    donor = build_models(cfg)
+    d_opts = build_optimizers(*donor, cfg)
+    d_ema = build_ema(donor[0], cfg)
+    gen = torch.Generator().manual_seed(1)
+    train_step(*donor, *d_opts, make_data(cfg), cfg, gen, ema=d_ema)
+    save_state(tmp_path / CHECKPOINT_FILE, *donor, *d_opts, 1, cfg.model_dump(), gen, ema=d_ema)
+
+    G, D = build_models(cfg.model_copy(update={"seed": 5}))
+    opt_g, opt_d = build_optimizers(G, D, cfg)
+    ema = build_ema(G, cfg)
+    new = _exploit({"donor": "d", "checkpoint": str(tmp_path), "config": {"lr_d": 1e-4}}, cfg, G, D, opt_g, opt_d, (), ema)
+    assert new.lr_d == 1e-4
+    assert all(torch.equal(a, b) for a, b in zip([*G.state_dict().values(), *D.state_dict().values()], [*donor[0].state_dict().values(), *donor[1].state_dict().values()]))
+    assert all(math.isfinite(v) for v in train_step(G, D, opt_g, opt_d, make_data(new), new, gen, ema=ema).values())
+
+    G_avg, _ = load_generator(tmp_path / CHECKPOINT_FILE)
+    z, y = _inputs(4)
+    with torch.no_grad():
+        assert torch.equal(G_avg(z, y), d_ema.module.eval()(z, y))
