@@ -42,7 +42,7 @@ def main() -> None:
                      "seconds_to_progress": r["seconds_to_progress"], "every_step_once": ok, "cost_usd": r["result"]["cost_usd"]})
         print(f"run {i}: {rows[-1]}", flush=True)
     secs = [x["seconds_to_progress"] for x in rows]
-    print(f"\n| runs | steps redone (max) | eval interval | seconds from kill to new progress (median, max) | every eval step once |")
+    print("\n| runs | steps redone (max) | eval interval | seconds from kill to new progress (median, max) | every eval step once |")
     print("|---|---|---|---|---|")
     print(f"| {len(rows)} | {max(x['steps_redone'] for x in rows)} | {a.eval_every} | {statistics.median(secs):.1f}, {max(secs):.1f} | {all(x['every_step_once'] for x in rows)} |")
 

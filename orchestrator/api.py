@@ -10,11 +10,28 @@ On a Ray cluster, through the Ray Jobs API:
     outcome = wait(handle.job_id, handle.address)        # JobOutcome: status, result
 """
 
-from orchestrator.gate import GateError, evaluate as check_gate, parse as parse_gate
-from orchestrator.jobs import JobError, JobOutcome, SweepHandle, cancel, logs, status, submit, wait
+from orchestrator.gate import GateError
+from orchestrator.gate import evaluate as check_gate
+from orchestrator.gate import parse as parse_gate
+from orchestrator.jobs import (
+    JobError,
+    JobOutcome,
+    SweepHandle,
+    cancel,
+    logs,
+    status,
+    submit,
+    wait,
+)
 from orchestrator.report import ReportError, report
 from orchestrator.sample import sample
-from orchestrator.sweep import SweepError, SweepResult, TrialSummary, resume_sweep, run_sweep
+from orchestrator.sweep import (
+    SweepError,
+    SweepResult,
+    TrialSummary,
+    resume_sweep,
+    run_sweep,
+)
 from search_spaces.loader import SpecError, load_spec, spec_from_text
 from search_spaces.spec import SweepSpec
 

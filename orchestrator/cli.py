@@ -362,28 +362,46 @@ def ui(
         raise typer.Exit(0) from None
 
 
+def _seed_pair(value: str | None) -> tuple[int, int] | None:
+    """--interpolate A,B -> (A, B); exit 2 on anything else."""
+    if value is None:
+        return None
+    parts = value.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        _fail(f"--interpolate {value!r}: give two latent seeds as A,B (non-negative integers), e.g. --interpolate 0,1", 2)
+    return int(parts[0]), int(parts[1])
+
+
 @app.command()
 def sample(
     run: Annotated[str, typer.Argument(help="The trial's MLflow run id, its Ray trial id (from the leaderboard), or a registered model: models:/NAME/VERSION or models:/NAME@best.")],
     n: Annotated[int, typer.Option("--n", min=1, max=100_000, help="Number of samples.")] = 64,
     out: Annotated[Path, typer.Option("--out", help="Output file: .npy ((N,2) points or (N,C,H,W) images in [-1,1]) or .png.")] = Path("samples.png"),
     seed: Annotated[int, typer.Option(help="Seed of the latent draws.")] = 0,
+    class_: Annotated[int | None, typer.Option("--class", help="Conditional generators (cdcgan28) only: draw this class (0-9). Without it they draw the classes 0-9 in turn, one per column.")] = None,
+    interpolate: Annotated[str | None, typer.Option("--interpolate", metavar="A,B", help="Instead of N samples: a strip of --steps samples along the spherical interpolation (slerp) from seed A's latent to seed B's.")] = None,
+    steps: Annotated[int, typer.Option("--steps", min=2, max=1000, help="Samples along an --interpolate walk, both ends included.")] = 10,
     tracking_uri: TrackingOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Write N samples from a trial's generator.
+    """Write N samples from a trial's generator, or a latent interpolation strip.
 
     Example: ganops sample 3f2a1_00004 --n 2500 --out points.npy   (or: ganops sample models:/ganops-dcgan-mnist@best)
+             ganops sample RUN --class 3 --out threes.png;  ganops sample RUN --interpolate 0,1 --steps 10 --out walk.png
     """
-    from orchestrator.sample import SampleError, sample as _sample
+    from orchestrator.sample import SampleError
+    from orchestrator.sample import sample as _sample
     from orchestrator.tracking import resolve_tracking_uri
 
+    pair = _seed_pair(interpolate)
     try:
-        info = _sample(resolve_tracking_uri(tracking_uri), run, n, out, seed)
+        info = _sample(resolve_tracking_uri(tracking_uri), run, n, out, seed, cls=class_, interpolate=pair, steps=steps)
     except SampleError as e:
         _fail(str(e), 2)
     if json_:
         typer.echo(json.dumps(info))
+    elif pair is not None:
+        err.print(f"wrote the slerp from seed {pair[0]} to seed {pair[1]} in {steps} steps ({info['n']} samples {tuple(info['shape'])}) of run {info['run_id']} to {info['out']}", highlight=False)
     else:
         err.print(f"wrote {info['n']} samples {tuple(info['shape'])} of run {info['run_id']} to {info['out']}", highlight=False)
 
@@ -398,7 +416,8 @@ def compare(
 
     Example: ganops compare dcgan-mnist-20261123-120402
     """
-    from orchestrator.compare import CompareError, compare as _compare
+    from orchestrator.compare import CompareError
+    from orchestrator.compare import compare as _compare
     from orchestrator.progress import fmt
     from orchestrator.tracking import resolve_tracking_uri
 
@@ -435,7 +454,8 @@ def report(
 
     Example: ganops report dcgan-mnist-20261123-120402 --out report.html
     """
-    from orchestrator.report import ReportError, report as _report
+    from orchestrator.report import ReportError
+    from orchestrator.report import report as _report
     from orchestrator.tracking import resolve_tracking_uri
 
     try:

@@ -38,9 +38,9 @@ def parse(texts: list[str], spec) -> list[Condition]:
     """Conditions from `--require` texts; GateError names the bad one and what is allowed.
     Without a spec (e.g. `ganops resume`, which reads it from MLflow) any metric ganops reports is allowed."""
     if spec is None:
-        from search_spaces.spec import IMAGE_METRICS, MIXTURE_METRICS
+        from search_spaces.spec import CONDITIONAL_METRICS, MIXTURE_METRICS
 
-        known = list(dict.fromkeys([*IMAGE_METRICS, *MIXTURE_METRICS, *BALANCE]))
+        known = list(dict.fromkeys([*CONDITIONAL_METRICS, *MIXTURE_METRICS, *BALANCE]))
     else:
         known = [*spec.metric_table, *BALANCE]
     out = []

@@ -65,11 +65,12 @@ def sweep_id_for(spec: SweepSpec) -> str:
 
 
 def _client(address: str):
-    from ray.job_submission import JobSubmissionClient
-
     # Ray >= 2.5x clusters require a token by default (~/.ray/auth_token, or RAY_AUTH_TOKEN);
     # like `ray job submit`, send it when there is one. The token never leaves the headers.
-    from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
+    from ray._private.authentication.authentication_token_setup import (
+        maybe_enable_token_auth_if_token_available,
+    )
+    from ray.job_submission import JobSubmissionClient
 
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     try:

@@ -53,6 +53,21 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None] | None:
     return (m["name"], m["version"], m["alias"]) if m else None
 
 
+def _conditional_example(G, z):
+    """(input example [z, labels], signature) of a conditional generator: z (B, latent) float32
+    and labels (B,) int64 in, (B, 1, 28, 28) out."""
+    import numpy as np
+    import torch
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types import Schema, TensorSpec
+
+    labels = torch.arange(z.shape[0])
+    with torch.no_grad():
+        out = G(z, labels).numpy()
+    inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, z.shape[1]), "z"), TensorSpec(np.dtype(np.int64), (-1,), "labels")])
+    return [z.numpy(), labels.numpy()], ModelSignature(inputs=inputs, outputs=infer_signature(z.numpy(), out).outputs)
+
+
 def _log_generator_model(client: MlflowClient, experiment_id: str, best):
     """The trial's latest generator as an MLflow PyTorch model on its run (pt2 + the weights file).
 
@@ -72,13 +87,17 @@ def _log_generator_model(client: MlflowClient, experiment_id: str, best):
         weights = client.download_artifacts(best.run_id, "generator/generator.pt", tmp)
         G, cfg = load_generator(weights)  # weights_only, like any reader of a checkpoint
         z = sample_latent(2, cfg, torch.Generator().manual_seed(0))  # (2, latent): batch size stays free
-        with torch.no_grad():
-            signature = infer_signature(z.numpy(), G(z).numpy())  # latent in, samples out
+        if cfg.is_conditional:  # G(z, labels): two tensors in, which pt2 wants as explicit TensorSpecs
+            example, signature = _conditional_example(G, z)
+        else:
+            example = z.numpy()
+            with torch.no_grad():
+                signature = infer_signature(z.numpy(), G(z).numpy())  # latent in, samples out
         model = client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=best.run_id, tags={tracking.TAG_TRIAL: best.trial_id})
         try:
             local = Path(tmp) / "model"
             mlflow.pytorch.save_model(
-                G, str(local), signature=signature, input_example=z.numpy(), extra_files=[weights],
+                G, str(local), signature=signature, input_example=example, extra_files=[weights],
                 mlflow_model=Model(artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=best.run_id, model_id=model.model_id),
                 # pt2 (torch.export) rather than a pickle: MLflow's users load it without running code.
                 serialization_format="pt2",

@@ -55,24 +55,91 @@ def load_generator(client: MlflowClient, run: str):
     return G, cfg, run_id
 
 
-def sample(tracking_uri: str, run: str, n: int, out: Path, seed: int = 0) -> dict:
-    """Write `n` samples of the run's generator to `out` (.npy or .png); return what was written."""
-    from trainers.metrics import image_grid, scatter_png
-    from trainers.models import sample_latent
+def _check_class(cls: int | None, cfg, source: str) -> None:
+    from trainers.models.conditional import NUM_CLASSES
 
-    if out.suffix not in (".npy", ".png"):
-        raise SampleError(f"--out {out}: use a .npy (raw samples) or .png (a picture) file name")
-    client = MlflowClient(tracking_uri)
-    G, cfg, run_id = load_generator(client, run)
-    G.eval()
+    if cls is None:
+        return
+    if not cfg.is_conditional:
+        raise SampleError(f"--class {cls}: {source} is an unconditional generator (model {cfg.model}); --class needs a conditional one (model: cdcgan28)")
+    if not 0 <= cls < NUM_CLASSES:
+        raise SampleError(f"--class {cls}: the classes of a {cfg.model} generator are 0-{NUM_CLASSES - 1} (the MNIST digits)")
+
+
+def _draw(G, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
     with torch.no_grad():
-        x = G(sample_latent(n, cfg, torch.Generator().manual_seed(seed)))
+        return G(z, labels) if labels is not None else G(z)
+
+
+def _write(out: Path, x: torch.Tensor, cfg, nrow: int) -> None:
+    from trainers.metrics import image_grid, scatter_png
+
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
         np.save(out, x.numpy().astype(np.float32))
     else:
         from PIL import Image
 
-        pic = image_grid(x, nrow=max(1, int(np.ceil(np.sqrt(n))))) if cfg.is_image else scatter_png(x, cfg.data)
-        Image.fromarray(pic).save(out)
-    return {"run_id": run_id, "source": run, "out": str(out), "n": n, "shape": list(x.shape), "data": cfg.data}
+        from trainers.data import to_tanh_range
+
+        # image_grid reads [-1, 1]; a sigmoid G (output: sigmoid) makes [0, 1]
+        Image.fromarray(image_grid(to_tanh_range(x, cfg), nrow=nrow) if cfg.is_image else scatter_png(x, cfg.data)).save(out)
+
+
+def interpolation_latents(cfg, seeds: tuple[int, int], steps: int) -> torch.Tensor:
+    """(steps, latent_dim): slerp from the latent `ganops sample --seed A` draws first to seed B's.
+    Uniform latents are clipped back into G's training range [-1, 1] (the arc bulges past it)."""
+    from trainers.latent import slerp
+    from trainers.models import sample_latent
+
+    za, zb = (sample_latent(1, cfg, torch.Generator().manual_seed(s))[0] for s in seeds)
+    z = slerp(za, zb, torch.linspace(0, 1, steps))
+    return z.clamp(-1, 1) if cfg.latent_dist == "uniform" else z
+
+
+def sample(tracking_uri: str, run: str, n: int, out: Path, seed: int = 0, cls: int | None = None,
+           interpolate: tuple[int, int] | None = None, steps: int = 10) -> dict:
+    """Write samples of the run's generator to `out` (.npy or .png); return what was written.
+
+    - default: `n` samples from latents drawn with `seed`; a conditional generator draws class
+      `cls`, or without it the classes 0-9 in turn (a picture's columns are the classes).
+    - interpolate=(A, B): `steps` samples along the slerp from seed A's latent to seed B's (one
+      row); a conditional generator draws the walk as class `cls`, or once per class (10 rows).
+    """
+    from trainers.models import sample_latent
+    from trainers.models.conditional import NUM_CLASSES, grid_labels
+
+    if out.suffix not in (".npy", ".png"):
+        raise SampleError(f"--out {out}: use a .npy (raw samples) or .png (a picture) file name")
+    if interpolate is not None and steps < 2:
+        raise SampleError(f"--steps {steps}: an interpolation needs at least 2 steps (its two ends)")
+    client = MlflowClient(tracking_uri)
+    G, cfg, run_id = load_generator(client, run)
+    _check_class(cls, cfg, run)
+    G.eval()
+    classes = [cls] if cls is not None else list(range(NUM_CLASSES))
+    if interpolate is not None:
+        z = interpolation_latents(cfg, interpolate, steps)  # (steps, latent_dim)
+        rows = len(classes) if cfg.is_conditional else 1
+        z = z.repeat(rows, 1)  # row r = the walk, drawn as classes[r]
+        labels = torch.tensor(classes).repeat_interleave(steps) if cfg.is_conditional else None
+        nrow = steps
+    else:
+        z = sample_latent(n, cfg, torch.Generator().manual_seed(seed))
+        if not cfg.is_conditional:
+            labels = None
+            nrow = max(1, int(np.ceil(np.sqrt(n))))
+        elif cls is not None:
+            labels, nrow = torch.full((n,), cls), max(1, int(np.ceil(np.sqrt(n))))
+        else:
+            labels, nrow = grid_labels(n), NUM_CLASSES
+    x = _draw(G, z, labels)
+    _write(out, x, cfg, nrow)
+    info = {"run_id": run_id, "source": run, "out": str(out), "n": int(x.shape[0]), "shape": list(x.shape), "data": cfg.data,
+            "model": cfg.model, "seed": seed, "conditional": cfg.is_conditional}
+    if labels is not None:
+        info["classes"] = sorted(set(labels.tolist()))
+    if interpolate is not None:
+        info.update(interpolate=list(interpolate), steps=steps)
+        info.pop("seed")
+    return info

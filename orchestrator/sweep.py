@@ -175,8 +175,8 @@ def build_search(spec: SweepSpec, concurrent: int, board=None, storage: str = ""
 
     if spec.sweep.search_alg == "optuna":
         try:
-            from ray.tune.search.optuna import OptunaSearch
             import optuna  # noqa: F401
+            from ray.tune.search.optuna import OptunaSearch
         except ImportError:
             raise SweepError("search_alg: optuna needs Optuna: pip install optuna") from None
         searcher = ConcurrencyLimiter(OptunaSearch(seed=spec.sweep.seed), max_concurrent=concurrent)

@@ -12,12 +12,21 @@ import json
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from trainers.config import MUTABLE_IN_FLIGHT, TrainerConfig
 
 # What each dataset's trials report, and which way is better. The sweep metric must be one.
 IMAGE_METRICS = {"fid": "min", "loss_g": "min", "loss_d": "min", "d_x": "max", "d_g_z": "max", "class_coverage": "max", "pixel_hist": "min"}
+# cdcgan28 also reports class_match: the share of samples classified as the class G was asked for.
+CONDITIONAL_METRICS = {**IMAGE_METRICS, "class_match": "max"}
 MIXTURE_METRICS = {"mix_score": "max", "modes": "max", "hq_pct": "max", "reverse_kl": "min", "loss_g": "min", "loss_d": "min"}
 
 # Image metrics that need the MNIST feature classifier: reported for data: mnist only.
@@ -307,6 +316,8 @@ class SweepSpec(_Model):
     def metric_table(self) -> dict[str, str]:
         if not self.trainer.is_image:
             return MIXTURE_METRICS
+        if self.trainer.is_conditional:
+            return CONDITIONAL_METRICS
         if self.trainer.has_mnist_classifier:
             return IMAGE_METRICS
         return {k: v for k, v in IMAGE_METRICS.items() if k not in CLASSIFIER_METRICS}

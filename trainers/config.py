@@ -35,7 +35,7 @@ def _fixed_shape(data: str) -> tuple[int, int, int] | None:
 
 # The image side each architecture produces (None: any, fc reshapes its last layer); also the
 # size image_folder gets when trainer.image_size is not set (fc: 28).
-MODEL_SIZE: dict[str, int | None] = {"dcgan28": 28, "dcgan28_upsample": 28, "dcgan32": 32, "dcgan64": 64, "fc": None}
+MODEL_SIZE: dict[str, int | None] = {"dcgan28": 28, "dcgan28_upsample": 28, "dcgan32": 32, "dcgan64": 64, "fc": None, "cdcgan28": 28}
 # Settings of the image architectures that mlp2d (a fixed tanh MLP) does not have.
 _IMAGE_ONLY = {"norm": "batch", "dropout": 0.0, "init": "normal", "output": "tanh", "ngf": None, "ndf": None}
 
@@ -45,11 +45,12 @@ class TrainerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: Literal["dcgan28", "dcgan28_upsample", "dcgan32", "dcgan64", "fc", "mlp2d"] = Field(
+    model: Literal["dcgan28", "dcgan28_upsample", "dcgan32", "dcgan64", "fc", "cdcgan28", "mlp2d"] = Field(
         "dcgan28",
         description="Architecture: dcgan28 (transposed-conv DCGAN, 28x28), dcgan28_upsample (Keras MNIST tutorial: upsample + 3x3 conv, 28x28), "
         "dcgan32 (TF-Slim-style DCGAN, 32x32), dcgan64 (Radford et al. / pytorch/examples, 64x64), fc (fully connected: D C*H*W-500-200-1, "
-        "G latent-200-500-C*H*W; any image size) or mlp2d (MLP GAN for 2-D points). Channels come from the data.",
+        "G latent-200-500-C*H*W; any image size), cdcgan28 (class-conditional dcgan28: the one-hot digit class is fed to every layer of G and D; "
+        "data: mnist, which has the labels) or mlp2d (MLP GAN for 2-D points). Channels come from the data.",
     )
     data: str = Field(
         "mnist",
@@ -136,6 +137,12 @@ class TrainerConfig(BaseModel):
             if self.image_size is not None or self.channels is not None or self.data_dir is not None:
                 raise ValueError(f"data {self.data!r} is 2-D points: image_size, channels and data_dir do not apply; remove them")
             return self
+        if self.model == "cdcgan28":
+            if self.data != "mnist":
+                raise ValueError(f"model 'cdcgan28' trains on images with their class labels; use data: mnist (not {self.data!r})")
+            changed = [k for k in ("norm", "dropout", "init", "output") if getattr(self, k) != _IMAGE_ONLY[k]]
+            if changed:
+                raise ValueError(f"model 'cdcgan28' keeps dcgan28's conventions and has no {', '.join(changed)} setting; remove it or use model: dcgan28")
         fixed = _fixed_shape(self.data)
         if fixed is not None:
             c, h, _ = fixed
@@ -164,6 +171,11 @@ class TrainerConfig(BaseModel):
     def is_bce(self) -> bool:
         """Losses whose D output is a probability logit (d_x / d_g_z mean something)."""
         return self.loss in ("nonsaturating", "minimax")  # search_spaces.spec.BCE_LOSSES
+
+    @property
+    def is_conditional(self) -> bool:
+        """G and D take class labels (trainers/models/conditional.py)."""
+        return self.model == "cdcgan28"
 
     @property
     def is_image(self) -> bool:

@@ -203,16 +203,22 @@ class DataSource:
 
 
 class TensorSource(DataSource):
-    """Draws from a fixed set of images (MNIST, a folder, a torchvision dataset)."""
+    """Draws from a fixed set of images (MNIST, a folder, a torchvision dataset), with their
+    class labels when a conditional model needs them."""
 
-    def __init__(self, images: Tensor) -> None:
+    def __init__(self, images: Tensor, labels: Tensor | None = None) -> None:
         self.images = images  # (N, C, H, W)
+        self.labels = labels  # (N,) int64, for conditional training (sample_labeled)
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        return self.sample_labeled(n, generator)[0]
+
+    def sample_labeled(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
+        """(images (n, C, H, W), their labels (n,) or None without labels); the same draws as sample."""
         # With replacement: no epoch bookkeeping to checkpoint, and the generator state alone
         # fixes the data order, so a restored run replays exactly.
         idx = torch.randint(0, self.images.shape[0], (n,), generator=generator)
-        return self.images[idx]  # (n, C, H, W)
+        return self.images[idx], None if self.labels is None else self.labels[idx]
 
 
 MnistSource = TensorSource
@@ -245,4 +251,6 @@ def make_data(cfg: TrainerConfig) -> DataSource:
         return MixtureSource(cfg.data)
     if cfg.data == "stacked_mnist":
         return StackedMnistSource(cfg)
+    if cfg.is_conditional:  # cdcgan28 trains on mnist with its labels (TrainerConfig checks)
+        return TensorSource(to_model_range(real_images(cfg), cfg), load_mnist_labels())
     return TensorSource(to_model_range(real_images(cfg), cfg))

@@ -3,6 +3,9 @@
 Images: the pixel-histogram distance and a grid of the sweep-wide fixed noise; on MNIST also
 FID against features of a small MNIST classifier (trained once, cached) and class coverage.
 Whatever G's output range (cfg.output), the metrics and the grid see images in [-1, 1].
+A conditional model (cdcgan28) is scored on samples of uniformly drawn classes, plus
+class_match: the fraction of them the classifier assigns to the class G was asked for; its
+grid has one column per class.
 2-D mixtures: modes captured, high-quality %, reverse KL (PacGAN Table 1 protocol, 2,500
 samples) and a scatter of the samples over the true means.
 """
@@ -25,6 +28,7 @@ from trainers.metrics import (
     scatter_png,
 )
 from trainers.models import sample_latent
+from trainers.models.conditional import NUM_CLASSES, grid_labels, sample_labels
 
 MIXTURE_EVAL_SAMPLES = 2500  # PacGAN / VEEGAN Table 1 score 2,500 samples
 
@@ -43,12 +47,25 @@ class Evaluator:
             self.fid = FidScorer(self.features, self.real)
 
     @torch.no_grad()
-    def _generate(self, G: torch.nn.Module, n: int, batch: int = 500) -> torch.Tensor:
-        out = []
+    def _generate(self, G: torch.nn.Module, n: int, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """n samples and, for a conditional G, the classes they were drawn for (else None)."""
+        out, labels = [], []
         for i in range(0, n, batch):
             z = sample_latent(min(batch, n - i), self.cfg, self.gen)
-            out.append(G(z))
-        return torch.cat(out) if not self.cfg.is_image else to_tanh_range(torch.cat(out), self.cfg)
+            if self.cfg.is_conditional:
+                labels.append(sample_labels(z.shape[0], self.gen))
+                out.append(G(z, labels[-1]))
+            else:
+                out.append(G(z))
+        fakes = torch.cat(out)
+        return (to_tanh_range(fakes, self.cfg) if self.cfg.is_image else fakes), (torch.cat(labels) if labels else None)
+
+    @torch.no_grad()
+    def class_match(self, fakes: torch.Tensor, labels: torch.Tensor) -> float:
+        """Fraction of `fakes` the MNIST classifier assigns to the class each was generated for."""
+        clf = self.features.classifier
+        pred = torch.cat([clf(c).argmax(1) for c in fakes.split(500)])
+        return float((pred == labels).double().mean())
 
     @torch.no_grad()
     def evaluate(self, G: torch.nn.Module, fixed_noise: torch.Tensor) -> tuple[dict[str, float], np.ndarray]:
@@ -56,15 +73,19 @@ class Evaluator:
         G.eval()
         try:
             if self.cfg.is_image:
-                fakes = self._generate(G, self.cfg.eval_samples)  # in [-1, 1]
+                fakes, labels = self._generate(G, self.cfg.eval_samples)  # in [-1, 1]
                 scores = {}
                 if self.cfg.has_mnist_classifier:
                     covered, kl = self.fid.class_coverage(fakes)
                     scores = {"fid": self.fid.score(fakes), "class_coverage": float(covered), "class_kl": float(kl)}
                 scores["pixel_hist"] = pixel_histogram_distance(self.real[: len(fakes)], fakes)
-                picture = image_grid(to_tanh_range(G(fixed_noise), self.cfg), nrow=8)
+                if labels is not None:
+                    scores["class_match"] = self.class_match(fakes, labels)
+                    picture = image_grid(G(fixed_noise, grid_labels(len(fixed_noise))), nrow=NUM_CLASSES)
+                else:
+                    picture = image_grid(to_tanh_range(G(fixed_noise), self.cfg), nrow=8)
             else:
-                points = self._generate(G, MIXTURE_EVAL_SAMPLES)
+                points, _ = self._generate(G, MIXTURE_EVAL_SAMPLES)
                 s = mixture_scores(points, self.cfg.data)
                 k = len(mixture_means(self.cfg.data))
                 scores = {

@@ -25,7 +25,15 @@ from trainers.cost import trial_rate
 from trainers.data import make_data
 from trainers.evaluate import Evaluator
 from trainers.models import build_models, sample_latent
-from trainers.step import DivergenceError, build_ema, build_optimizers, build_schedulers, set_hyperparams, train_step
+from trainers.models.conditional import GRID_ROWS, NUM_CLASSES
+from trainers.step import (
+    DivergenceError,
+    build_ema,
+    build_optimizers,
+    build_schedulers,
+    set_hyperparams,
+    train_step,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +43,13 @@ FIXED_NOISE_N = 64
 
 
 def fixed_noise(cfg: TrainerConfig) -> torch.Tensor:
-    """The sweep-wide fixed noise batch: same seed and size for every trial, so grids compare."""
-    return sample_latent(FIXED_NOISE_N, cfg, torch.Generator().manual_seed(FIXED_NOISE_SEED))
+    """The sweep-wide fixed noise batch: same seed and size for every trial, so grids compare.
+    A conditional model's: GRID_ROWS latents, each repeated once per class (the evaluator
+    labels them 0-9 in turn), so every grid row is one z drawn as each digit."""
+    gen = torch.Generator().manual_seed(FIXED_NOISE_SEED)
+    if cfg.is_conditional:
+        return sample_latent(GRID_ROWS, cfg, gen).repeat_interleave(NUM_CLASSES, dim=0)  # (80, latent_dim)
+    return sample_latent(FIXED_NOISE_N, cfg, gen)
 
 
 def _grad_sync(world_size: int):

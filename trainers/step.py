@@ -17,6 +17,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from trainers.config import TrainerConfig
 from trainers.data import DataSource
 from trainers.models import sample_latent
+from trainers.models.conditional import sample_labels
 
 
 class DivergenceError(RuntimeError):
@@ -157,6 +158,17 @@ def g_loss(out: Tensor, cfg: TrainerConfig) -> Tensor:
     return -out.mean()  # hinge and wgan-gp: raise the critic's score of the fakes
 
 
+def _conditioned(net: nn.Module, labels: Tensor | None) -> Callable[[Tensor], Tensor]:
+    """`net` as a function of its input alone: bound to `labels` for a conditional network
+    (trainers/models/conditional.py), the network itself otherwise."""
+    return net if labels is None else (lambda x: net(x, labels))
+
+
+def _fake_labels(cfg: TrainerConfig, n: int, generator: torch.Generator, device) -> Tensor | None:
+    """Classes for G's samples (uniform, from the step's generator so a resume replays them); None unconditioned."""
+    return sample_labels(n, generator).to(device) if cfg.is_conditional else None
+
+
 def train_step(
     G: nn.Module,
     D: nn.Module,
@@ -174,7 +186,8 @@ def train_step(
     """cfg.d_steps D updates then cfg.g_steps G updates; metrics of the last of each.
 
     All randomness (real batches, z) comes from `generator` (a CPU torch.Generator), so
-    restoring its state replays the run. `step` only labels a DivergenceError. After the
+    restoring its state replays the run. A conditional model (cfg.is_conditional) sees real
+    images with their labels and fakes with classes drawn uniformly. `step` only labels a DivergenceError. After the
     updates the lr `schedulers` step once and `ema` (build_ema) averages G's new weights in.
     Raises DivergenceError before an optimizer step that would apply a non-finite gradient.
     """
@@ -187,20 +200,26 @@ def train_step(
     # (1) Update D network: maximize log(D(x)) + log(1 - D(G(z)))
     ###########################
     for i in range(cfg.d_steps):
-        real = data.sample(B, generator).to(device)  # (B, 1, 28, 28) or (B, 2)
+        if cfg.is_conditional:
+            real, y_real = data.sample_labeled(B, generator)  # (B, 1, 28, 28), (B,)
+            real, y_real = real.to(device), y_real.to(device)
+        else:
+            real, y_real = data.sample(B, generator).to(device), None  # (B, 1, 28, 28) or (B, 2)
         z = sample_latent(B, cfg, generator).to(device)  # (B, latent_dim)
+        y_fake = _fake_labels(cfg, B, generator, device)
         last = i == cfg.d_steps - 1
         # The last D update's fakes are kept with their graph and reused by G's first update,
         # as pytorch/examples' dcgan does: one G forward per iteration instead of two.
         # Earlier ones need no graph; D only ever sees them detached.
         with torch.set_grad_enabled(last):
-            fake_g = G(z)
+            fake_g = _conditioned(G, y_fake)(z)
         fake = fake_g.detach()
         opt_d.zero_grad(set_to_none=True)
         # Real and fake in separate batches so D's BN sees all-real / all-fake statistics (ganhacks).
-        out_real = D(real).view(-1)  # (B,) logits (critic scores for hinge / wgan-gp)
-        out_fake = D(fake).view(-1)  # (B,)
-        loss_d_real, loss_d_fake, extra = d_loss(D, out_real, out_fake, real, fake, cfg, generator)
+        out_real = _conditioned(D, y_real)(real).view(-1)  # (B,) logits (critic scores for hinge / wgan-gp)
+        out_fake = _conditioned(D, y_fake)(fake).view(-1)  # (B,)
+        # A conditional critic's gradient penalty is taken on the interpolates under the real labels.
+        loss_d_real, loss_d_fake, extra = d_loss(_conditioned(D, y_real), out_real, out_fake, real, fake, cfg, generator)
         loss_d = loss_d_real + loss_d_fake
         if "gp" in extra:
             loss_d = loss_d + cfg.gp_lambda * extra["gp"]
@@ -226,9 +245,11 @@ def train_step(
     try:
         for j in range(cfg.g_steps):
             if j > 0:  # the first G update reuses the last D update's fakes (and their graph)
-                fake_g = G(sample_latent(B, cfg, generator).to(device))  # (B, 1, 28, 28) or (B, 2)
+                z = sample_latent(B, cfg, generator).to(device)
+                y_fake = _fake_labels(cfg, B, generator, device)
+                fake_g = _conditioned(G, y_fake)(z)  # (B, 1, 28, 28) or (B, 2)
             opt_g.zero_grad(set_to_none=True)
-            out = D(fake_g).view(-1)  # (B,)
+            out = _conditioned(D, y_fake)(fake_g).view(-1)  # (B,)
             loss_g = g_loss(out, cfg)
             loss_g.backward()
             if sync_grads is not None:

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 from orchestrator import jobs, tracking
 from search_spaces.loader import spec_from_text
-from tests.conftest import pids_whose_cmdline_has, mlflow_store_ready
+from tests.conftest import mlflow_store_ready, pids_whose_cmdline_has
 
 pytestmark = pytest.mark.integration
 

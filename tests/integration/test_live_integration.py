@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-
 from tests.conftest import watch_store  # noqa: E402
 
 pytestmark = pytest.mark.integration

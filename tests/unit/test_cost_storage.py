@@ -8,13 +8,17 @@ import yaml
 from ray._private.label_utils import validate_node_labels
 
 from infra.aws.cluster import ClusterProfile
-from infra.aws.launcher import DRIVER_RESOURCE, launcher_config, price_labels, validate_with_ray
+from infra.aws.launcher import (
+    DRIVER_RESOURCE,
+    launcher_config,
+    price_labels,
+    validate_with_ray,
+)
 from orchestrator.stopping import BalanceStopper
 from orchestrator.trial import DRIVER_RESOURCES, driver_resources
 from search_spaces.spec import Stopping
-from trainers.cost import LABEL_MARKET, LABEL_ON_DEMAND, LABEL_PRICE, Rate, worker_rate
-
 from tests.unit.test_aws_cluster import EXAMPLE, FAKE_CREDS, SG
+from trainers.cost import LABEL_MARKET, LABEL_ON_DEMAND, LABEL_PRICE, Rate, worker_rate
 
 
 def _profile(**changes) -> ClusterProfile:

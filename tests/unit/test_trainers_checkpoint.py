@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from trainers.checkpoint import load_generator, load_state, restore, save_generator, save_state
+from trainers.checkpoint import (
+    load_generator,
+    load_state,
+    restore,
+    save_generator,
+    save_state,
+)
 from trainers.config import TrainerConfig
 from trainers.data import make_data
 from trainers.models import build_models, sample_latent

@@ -13,11 +13,17 @@ from PIL import Image
 
 from search_spaces.loader import SpecError, spec_from_text
 from trainers.config import TrainerConfig
-from trainers.data import load_image_folder, load_mnist, load_mnist_labels, make_data, stacked_mnist_batch
+from trainers.data import (
+    load_image_folder,
+    load_mnist,
+    load_mnist_labels,
+    make_data,
+    stacked_mnist_batch,
+)
 from trainers.data_files import torchvision_problem
 from trainers.evaluate import Evaluator
-from trainers.models import build_models
 from trainers.loop import fixed_noise
+from trainers.models import build_models
 
 REPO = Path(__file__).resolve().parents[2]
 

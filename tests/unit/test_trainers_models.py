@@ -7,7 +7,14 @@ from pydantic import ValidationError
 from torch import nn
 
 from trainers.config import TrainerConfig
-from trainers.data import load_mnist, load_mnist_labels, make_data, mixture_means, mixture_sigma, to_tanh_range
+from trainers.data import (
+    load_mnist,
+    load_mnist_labels,
+    make_data,
+    mixture_means,
+    mixture_sigma,
+    to_tanh_range,
+)
 from trainers.models import build_models, sample_latent
 from trainers.step import build_optimizers, train_step
 

@@ -15,7 +15,13 @@ from torch import Tensor, nn
 
 from trainers.config import TrainerConfig
 from trainers.models.common import init_weights
-from trainers.models.dcgan import ConvDiscriminator, DCGAN28UpsampleGenerator, DCGAN64Generator, ProjectedGenerator
+from trainers.models.conditional import CDCGAN28Discriminator, CDCGAN28Generator
+from trainers.models.dcgan import (
+    ConvDiscriminator,
+    DCGAN28UpsampleGenerator,
+    DCGAN64Generator,
+    ProjectedGenerator,
+)
 from trainers.models.fc import FCDiscriminator, FCGenerator
 from trainers.models.mlp2d import MLP2dDiscriminator, MLP2dGenerator
 
@@ -31,9 +37,12 @@ def _build(cfg: TrainerConfig) -> tuple[nn.Module, nn.Module]:
         # whose output must reach +-4.
         return MLP2dGenerator(cfg.latent_dim, cfg.width), MLP2dDiscriminator(cfg.width)
     c, h, w = cfg.image_shape
-    if cfg.model == "fc":
-        G: nn.Module = FCGenerator(cfg.latent_dim, (c, h, w), cfg.norm, cfg.output)
-        D: nn.Module = FCDiscriminator((c, h, w), cfg.leaky_slope, cfg.norm, cfg.dropout)
+    if cfg.model == "cdcgan28":  # the class fed to every layer of both nets; dcgan28's conventions
+        G: nn.Module = CDCGAN28Generator(cfg.latent_dim, cfg.g_width)
+        D: nn.Module = CDCGAN28Discriminator(cfg.d_width, cfg.leaky_slope)
+    elif cfg.model == "fc":
+        G = FCGenerator(cfg.latent_dim, (c, h, w), cfg.norm, cfg.output)
+        D = FCDiscriminator((c, h, w), cfg.leaky_slope, cfg.norm, cfg.dropout)
     else:
         G = _CONV_G[cfg.model](cfg.latent_dim, cfg.g_width, c, cfg.norm, cfg.output)
         D = ConvDiscriminator(cfg.d_width, cfg.leaky_slope, c, cfg.norm, cfg.dropout, size=h)
