@@ -1,10 +1,12 @@
-"""Bench: images/s of ganops' train step against a plain PyTorch loop of the same DCGAN.
+"""Bench: images/s of ganops' train step against a plain PyTorch loop of the same network.
 
 The reference is pytorch/examples' dcgan loop written inline (D on real then on detached
 fakes, G on the same fakes with the non-saturating loss, Adam), same models, batch, threads
 and data. Runs alternate (reference, ganops, reference, ...) so drift hits both alike.
+dcgan32 / dcgan64 train on an image_folder of MNIST digits written to a temp dir (RGB for 64).
 
     python bench/step_throughput.py --iters 150 --repeats 3 --width 16 --width 32
+    python bench/step_throughput.py --iters 60 --repeats 3 --width 32 --model all
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +24,28 @@ import torch.nn.functional as F
 from trainers.config import TrainerConfig
 from trainers.data import make_data
 from trainers.models import build_models, sample_latent
+from trainers.models.conditional import sample_labels
+
+MODELS = ["dcgan28", "dcgan28_upsample", "dcgan32", "dcgan64", "fc", "cdcgan28"]
+
+
+def digits_folder(root: Path, n: int = 512) -> str:
+    """n MNIST digits as PNG files: an image_folder for the 32- and 64-pixel models."""
+    from PIL import Image
+
+    from trainers.data import load_mnist
+
+    x = ((load_mnist()[:n, 0] + 1) * 127.5).round().byte().numpy()
+    for i, img in enumerate(x):
+        Image.fromarray(img).save(root / f"{i}.png")
+    return str(root)
+
+
+def config(model: str, width: int, batch: int, folder: str) -> TrainerConfig:
+    if model in ("dcgan32", "dcgan64"):
+        size = int(model[-2:])
+        return TrainerConfig(model=model, data="image_folder", data_dir=folder, image_size=size, channels=3 if size == 64 else 1, batch_size=batch, width=width)
+    return TrainerConfig(model=model, data="mnist", batch_size=batch, width=width)
 from trainers.step import build_optimizers, train_step
 
 
@@ -34,21 +60,27 @@ def reference_loop(cfg: TrainerConfig, iters: int) -> float:
     G, D, opt_g, opt_d, gen, data = setup(cfg)
     B = cfg.batch_size
     t0 = time.perf_counter()
+    cond = cfg.is_conditional
     for _ in range(iters):
-        real = data.sample(B, gen)
+        if cond:
+            real, y_real = data.sample_labeled(B, gen)
+        else:
+            real, y_real = data.sample(B, gen), None
         # (1) Update D: maximize log(D(x)) + log(1 - D(G(z)))
         D.zero_grad()
-        out = D(real).view(-1)
+        out = (D(real, y_real) if cond else D(real)).view(-1)
         err_real = F.binary_cross_entropy_with_logits(out, torch.full_like(out, cfg.real_label))
         err_real.backward()
-        fake = G(sample_latent(B, cfg, gen))
-        out = D(fake.detach()).view(-1)
+        z = sample_latent(B, cfg, gen)
+        y_fake = sample_labels(B, gen) if cond else None
+        fake = G(z, y_fake) if cond else G(z)
+        out = (D(fake.detach(), y_fake) if cond else D(fake.detach())).view(-1)
         err_fake = F.binary_cross_entropy_with_logits(out, torch.zeros_like(out))
         err_fake.backward()
         opt_d.step()
         # (2) Update G: maximize log(D(G(z)))
         G.zero_grad()
-        out = D(fake).view(-1)
+        out = (D(fake, y_fake) if cond else D(fake)).view(-1)
         err_g = F.binary_cross_entropy_with_logits(out, torch.ones_like(out))
         err_g.backward()
         opt_g.step()
@@ -71,17 +103,21 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--width", type=int, action="append")
+    ap.add_argument("--model", action="append", help=f"one of {', '.join(MODELS)} or all (default dcgan28)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    models = MODELS if args.model == ["all"] else (args.model or ["dcgan28"])
     rows = []
-    for width in args.width or [16, 32]:
-        cfg = TrainerConfig(model="dcgan28", data="mnist", batch_size=args.batch, width=width)
+    tmp = tempfile.TemporaryDirectory()
+    folder = digits_folder(Path(tmp.name))
+    for model, width in ((m, w) for m in models for w in (args.width or [16, 32])):
+        cfg = config(model, width, args.batch, folder)
         ganops_loop(cfg, 10), reference_loop(cfg, 10)  # warm-up
         ref, ours = [], []
         for _ in range(args.repeats):
             ref.append(reference_loop(cfg, args.iters))
             ours.append(ganops_loop(cfg, args.iters))
-        row = {"model": "dcgan28", "width": width, "batch": args.batch, "threads": args.threads,
+        row = {"model": model, "width": width, "batch": args.batch, "threads": args.threads,
                "reference_img_s": round(statistics.median(ref), 1), "ganops_img_s": round(statistics.median(ours), 1),
                "ratio": round(statistics.median(ours) / statistics.median(ref), 3)}
         rows.append(row)
