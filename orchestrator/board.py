@@ -39,8 +39,13 @@ def start_board(sweep_id: str):
     """(name, handle) of a fresh board for this sweep; workers find it by name."""
     import ray
 
+    from infra.aws.launcher import DRIVER_RESOURCE
+
     name = f"ganops-board-{sweep_id}"
-    return name, ray.remote(num_cpus=0)(TrialBoard).options(name=name).remote()
+    # On a `ganops cluster` the board lives on the on-demand head with the trial drivers: on a
+    # spot worker, a reclaim would take it and every trial's next poll would fail.
+    pin = {DRIVER_RESOURCE: 0.01} if ray.cluster_resources().get(DRIVER_RESOURCE, 0) >= 1 else {}
+    return name, ray.remote(num_cpus=0)(TrialBoard).options(name=name, resources=pin).remote()
 
 
 class HoldsBoard:

@@ -3,8 +3,8 @@ storage is S3 (moto's server on 127.0.0.1): the trial finishes on a new node fro
 checkpoint in S3, its MLflow run has every eval step exactly once, and it has a cost.
 
 The head offers no CPU and the `ganops_driver` resource, as `ganops cluster` configures it,
-so the trial driver lives on the head; the workers' node carries the price labels a spot
-node gets. Tune itself is told not to retry a trial: the sweep can only finish if the driver
+so the trial driver and the sweep's trial board live on the head; the workers' node carries
+the price labels a spot node gets. Tune itself is told not to retry a trial: the sweep can only finish if the driver
 survived the node's death and Ray Train restarted the workers."""
 
 from __future__ import annotations
