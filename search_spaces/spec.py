@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from trainers.config import MUTABLE_IN_FLIGHT, TrainerConfig
 
 # What each dataset's trials report, and which way is better. The sweep metric must be one.
-IMAGE_METRICS = {"fid": "min", "loss_g": "min", "loss_d": "min", "d_x": "max", "d_g_z": "max", "class_coverage": "max", "pixel_hist": "min"}
+IMAGE_METRICS = {"fid": "min", "loss_g": "min", "loss_d": "min", "d_x": "max", "d_g_z": "max", "class_coverage": "max", "pixel_hist": "min",
+                 "kid": "min", "inception_score": "max", "precision": "max", "recall": "max", "coverage": "max"}
 MIXTURE_METRICS = {"mix_score": "max", "modes": "max", "hq_pct": "max", "reverse_kl": "min", "loss_g": "min", "loss_d": "min"}
 
 # D(x) and D(G(z)) are probabilities only under the BCE losses; hinge / wgan-gp do not report them.

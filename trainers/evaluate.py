@@ -1,7 +1,9 @@
 """What a trial reports at each eval, beside its losses: quality metrics and a picture.
 
 Images: FID against features of a small MNIST classifier (trained once, cached), class
-coverage, the pixel-histogram distance, and a grid of the sweep-wide fixed noise.
+coverage, the pixel-histogram distance, and a grid of the sweep-wide fixed noise; from the
+same features KID, an Inception-style score, precision/recall, density/coverage and
+diversity (feature-space spread relative to real digits: ~1 real, 0 collapsed).
 2-D mixtures: modes captured, high-quality %, reverse KL (PacGAN Table 1 protocol, 2,500
 samples) and a scatter of the samples over the true means.
 """
@@ -17,6 +19,7 @@ import torch
 from trainers.config import TrainerConfig
 from trainers.data import load_mnist, mixture_means
 from trainers.metrics import (
+    FeatureScorer,
     FidScorer,
     image_grid,
     load_feature_extractor,
@@ -42,6 +45,8 @@ class Evaluator:
             self.real = load_mnist()
             self.features = load_feature_extractor(cache_dir or default_cache_dir())
             self.fid = FidScorer(self.features, self.real)
+            # metrics branch: KID, IS, precision/recall, density/coverage, diversity (~0.4 s per eval)
+            self.feature_scores = FeatureScorer(self.features, self.real)
 
     @torch.no_grad()
     def _generate(self, G: torch.nn.Module, n: int, batch: int = 500) -> torch.Tensor:
@@ -65,6 +70,7 @@ class Evaluator:
                     "class_kl": float(kl),
                     "pixel_hist": pixel_histogram_distance(self.real[: len(fakes)], fakes),
                 }
+                scores.update(self.feature_scores.score(fakes))  # metrics branch
                 picture = image_grid(G(fixed_noise), nrow=8)
             else:
                 points = self._generate(G, MIXTURE_EVAL_SAMPLES)

@@ -262,3 +262,28 @@ def test_stacked_mnist_scores_on_real_samples_reach_near_all_modes(trained_extra
 def test_stacked_mnist_scores_rejects_wrong_shape(trained_extractor):
     with pytest.raises(ValueError, match=r"\(N, 3, 28, 28\)"):
         stacked_mnist_scores(torch.zeros(4, 1, 28, 28), trained_extractor.classifier)
+
+
+def test_evaluator_reports_the_new_image_scores_beside_the_old(tmp_path):
+    """The mnist eval keeps fid/class_coverage/class_kl/pixel_hist and adds the feature scores."""
+    from trainers.config import TrainerConfig
+    from trainers.evaluate import Evaluator
+    from trainers.models import build_models, sample_latent
+
+    cfg = TrainerConfig(model="dcgan28", data="mnist", eval_samples=200)
+    G, _ = build_models(cfg)
+    ev = Evaluator(cfg, cache_dir=tmp_path)
+    scores, picture = ev.evaluate(G, sample_latent(16, cfg, torch.Generator().manual_seed(0)))
+    assert set(scores) == {"fid", "class_coverage", "class_kl", "pixel_hist", "kid", "inception_score",
+                           "precision", "recall", "density", "coverage", "diversity"}
+    assert all(math.isfinite(v) for v in scores.values())
+    assert 1.0 <= scores["inception_score"] <= 10.0 and scores["kid"] > 0
+    assert picture.dtype == np.uint8
+
+
+@pytest.mark.parametrize("metric,mode", [("kid", "min"), ("inception_score", "max"), ("precision", "max"), ("recall", "max"), ("coverage", "max")])
+def test_new_image_scores_can_be_a_sweep_metric(metric, mode):
+    from orchestrator.api import load_spec
+
+    spec = load_spec("search_spaces/dcgan.yaml", [f"sweep.metric={metric}", f"sweep.mode={mode}"])
+    assert spec.sweep.metric == metric
