@@ -19,6 +19,7 @@ import torch
 
 from trainers.config import TrainerConfig
 from trainers.evaluate import Evaluator
+from trainers.metrics import density_coverage, mean_pairwise_distance, precision_recall
 from trainers.models import build_models, sample_latent
 
 if __name__ == "__main__":
@@ -35,15 +36,28 @@ if __name__ == "__main__":
     noise = sample_latent(64, cfg, torch.Generator().manual_seed(0))
     with torch.no_grad():
         fakes = G.eval()(sample_latent(args.eval_samples, cfg, torch.Generator().manual_seed(1)))
-    whole, extra = [], []
+    fs = ev.feature_scores
+    parts = {  # the pieces of FeatureScorer.score, timed alone
+        "forward": lambda: fs.features_and_logits(fakes),
+        "kid": lambda: fs.kid(feats),
+        "knn_scores_and_diversity": lambda: (precision_recall(real, feats), density_coverage(real, feats), mean_pairwise_distance(feats)),
+    }
+    feats, _ = fs.features_and_logits(fakes)
+    real = fs.real_shuffled[: feats.shape[0]]
+    whole, extra, part_s = [], [], {k: [] for k in parts}
     for _ in range(args.repeats):
         t = time.perf_counter()
         ev.evaluate(G, noise)
         whole.append(time.perf_counter() - t)
         t = time.perf_counter()
-        ev.feature_scores.score(fakes)
+        fs.score(fakes)
         extra.append(time.perf_counter() - t)
+        for k, fn in parts.items():
+            t = time.perf_counter()
+            fn()
+            part_s[k].append(time.perf_counter() - t)
     med_whole, med_extra = statistics.median(whole), statistics.median(extra)
     print(json.dumps({"eval_samples": args.eval_samples, "threads": 1, "evaluator_setup_s": round(setup, 2),
                       "eval_median_s": round(med_whole, 3), "feature_scores_median_s": round(med_extra, 3),
-                      "share_of_eval": round(med_extra / med_whole, 2), "load_avg_1m": round(os.getloadavg()[0], 1)}))
+                      "share_of_eval": round(med_extra / med_whole, 2),
+                      "parts_median_s": {k: round(statistics.median(v), 3) for k, v in part_s.items()}, "load_avg_1m": round(os.getloadavg()[0], 1)}))
