@@ -14,6 +14,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -295,7 +296,9 @@ class FeatureScorer:
         # kernel values in the thousands. gamma = 1 / mean |x_real|^2 keeps gamma x.y ~ 1.
         # sync_on_compute=False: only one Ray worker scores.
         gamma = float(1.0 / self.real_features.double().pow(2).sum(dim=1).mean())
-        self._kid = KernelInceptionDistance(feature=nn.Identity(), gamma=gamma, reset_real_features=False, sync_on_compute=False)
+        with warnings.catch_warnings():  # its note that it keeps every feature: 5k x 128 floats here
+            warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+            self._kid = KernelInceptionDistance(feature=nn.Identity(), gamma=gamma, reset_real_features=False, sync_on_compute=False)
         self._kid.update(self.real_features, real=True)
 
     @torch.no_grad()
@@ -321,12 +324,14 @@ class FeatureScorer:
     def score(self, fakes: Tensor) -> dict[str, float]:
         """Every score of (N, 1, 28, 28) fakes in [-1, 1] (N >= ~500 for stable numbers)."""
         f, logits = self.features_and_logits(fakes)
-        real = self.real_shuffled[: f.shape[0]]
+        # k-NN scores on equal-size sets, at most 5,000 each (the N x N distances grow fast)
+        m = min(f.shape[0], self.real_shuffled.shape[0], 5000)
+        real, fk = self.real_shuffled[:m], f[:m]
         return {
             "kid": self.kid(f),
             "inception_score": inception_score(logits),
-            **precision_recall(real, f, k=3),
-            **density_coverage(real, f, k=5),
+            **precision_recall(real, fk, k=3),
+            **density_coverage(real, fk, k=5),
             # 1 ~ as spread as real digits, 0 = every sample the same (mode collapse)
             "diversity": mean_pairwise_distance(f[:1000]) / self.real_diversity,
         }

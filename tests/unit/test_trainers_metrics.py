@@ -287,3 +287,11 @@ def test_new_image_scores_can_be_a_sweep_metric(metric, mode):
 
     spec = load_spec("search_spaces/dcgan.yaml", [f"sweep.metric={metric}", f"sweep.mode={mode}"])
     assert spec.sweep.metric == metric
+
+
+def test_feature_scorer_handles_more_fakes_than_reals(trained_extractor, shuffled_mnist):
+    """More fakes than reals (eval_samples may exceed the 5k): the k-NN scores use equal-size sets."""
+    scorer = FeatureScorer(trained_extractor, shuffled_mnist[:300])
+    s = scorer.score(shuffled_mnist[300:1100])
+    assert all(math.isfinite(v) for v in s.values())
+    assert s["precision"] > 0.5 and s["recall"] > 0.5
