@@ -96,7 +96,7 @@ class MnistFeatures(nn.Module):
 
 
 # Bump when the architecture or recipe changes: it is part of the cache file name.
-_RECIPE = "lenet16-32-128/adam-onecycle3e-3/bs64/ep8/seed0/strat4000-1000/v2"
+_RECIPE = "lenet16-32-128/adam-onecycle3e-3/bs64/ep8/seed0/strat4000-1000/1thread/v2"
 _HELDOUT_PER_CLASS = 100  # 1,000 held-out digits, 100 of each class
 
 
@@ -119,9 +119,20 @@ def stratified_split(labels: Tensor, per_class: int, seed: int = 0) -> tuple[Ten
 def train_mnist_classifier(epochs: int = 8, seed: int = 0) -> tuple[MnistClassifier, float]:
     """Train on 4,000 of the shipped digits; returns (classifier in eval mode, accuracy on the other 1,000).
 
-    Adam under a one-cycle schedule (peak 3e-3): 8 epochs reach ~98% held out in ~7 s on 2
-    CPU threads where a constant 1e-3 stalled near 96-97% (bench/classifier.py).
+    Adam under a one-cycle schedule (peak 3e-3): 8 epochs reach ~98% held out where a
+    constant 1e-3 stalled near 96-97% (bench/classifier.py). Trained on ONE thread: on a
+    shared 2-CPU machine two threads took 7-84 s for the same work (contention), one thread
+    11-15 s; and one thread gives the same weights whatever the caller's thread count.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_mnist_classifier(epochs, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_mnist_classifier(epochs: int, seed: int) -> tuple[MnistClassifier, float]:
     images, labels = load_mnist(), load_mnist_labels()
     train_idx, test_idx = stratified_split(labels, _HELDOUT_PER_CLASS, seed)
     g = torch.Generator().manual_seed(seed)

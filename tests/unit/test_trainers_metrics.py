@@ -115,7 +115,9 @@ def test_feature_extractor_is_trained_once_then_loaded_from_cache(tmp_path, monk
 
 def test_mnist_classifier_reaches_97_percent_held_out():
     """The feature net must be a real digit classifier: >= 97% on 1,000 stratified held-out digits."""
+    threads = torch.get_num_threads()
     _, acc = metrics.train_mnist_classifier()
+    assert torch.get_num_threads() == threads  # trains on one thread, then gives the caller's count back
     assert acc >= 0.97  # (its training time is bench/classifier.py's business, not a test's)
 
 
