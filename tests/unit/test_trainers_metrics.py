@@ -226,7 +226,10 @@ def test_feature_scorer_real_vs_real_is_near_the_ceiling_and_noise_is_far(traine
     assert 8.0 < real["inception_score"] <= 10.0
     assert 1.0 <= noise["inception_score"] < real["inception_score"]
     assert real["precision"] > 0.6 and real["recall"] > 0.6 and real["coverage"] > 0.8
-    assert noise["precision"] < 0.3 and noise["recall"] < 0.05 and noise["coverage"] < 0.05
+    assert noise["recall"] < 0.05 and noise["coverage"] < 0.05 and noise["density"] < 0.5
+    # (noise's precision is NOT reliably low: its features huddle in one small clump that a few
+    # real digits' k-NN balls can hold, 0.14 with one classifier and 0.74 with another, the
+    # outlier weakness Naeem et al. built density/coverage against.)
     assert 0.9 < real["diversity"] < 1.1
     # one digit repeated: no diversity, low recall
     one = scorer.score(shuffled_mnist[2500:2501].repeat(1000, 1, 1, 1))
