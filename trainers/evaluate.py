@@ -1,7 +1,9 @@
 """What a trial reports at each eval, beside its losses: quality metrics and a picture.
 
 Images: the pixel-histogram distance and a grid of the sweep-wide fixed noise; on MNIST also
-FID against features of a small MNIST classifier (trained once, cached) and class coverage.
+FID against features of a small MNIST classifier (trained once, cached), class coverage, and
+from the same features KID, an Inception-style score, precision/recall, density/coverage and
+diversity (feature-space spread relative to real digits: ~1 real, 0 collapsed).
 Whatever G's output range (cfg.output), the metrics and the grid see images in [-1, 1].
 A conditional model (cdcgan28) is scored on samples of uniformly drawn classes, plus
 class_match: the fraction of them the classifier assigns to the class G was asked for; its
@@ -20,12 +22,14 @@ import torch
 from trainers.config import TrainerConfig
 from trainers.data import default_cache_dir, mixture_means, real_images, to_tanh_range
 from trainers.metrics import (
+    FeatureScorer,
     FidScorer,
     image_grid,
     load_feature_extractor,
     mixture_scores,
     pixel_histogram_distance,
     scatter_png,
+    stacked_mnist_scores,
 )
 from trainers.models import sample_latent
 from trainers.models.conditional import NUM_CLASSES, grid_labels, sample_labels
@@ -45,6 +49,10 @@ class Evaluator:
         if cfg.has_mnist_classifier:
             self.features = load_feature_extractor(cache_dir or default_cache_dir())
             self.fid = FidScorer(self.features, self.real)
+            # metrics branch: KID, IS, precision/recall, density/coverage, diversity (~0.4 s per eval)
+            self.feature_scores = FeatureScorer(self.features, self.real)
+        elif cfg.data == "stacked_mnist":  # the same classifier reads each channel's digit
+            self.features = load_feature_extractor(cache_dir or default_cache_dir())
 
     @torch.no_grad()
     def _generate(self, G: torch.nn.Module, n: int, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -78,6 +86,11 @@ class Evaluator:
                 if self.cfg.has_mnist_classifier:
                     covered, kl = self.fid.class_coverage(fakes)
                     scores = {"fid": self.fid.score(fakes), "class_coverage": float(covered), "class_kl": float(kl)}
+                    scores.update(self.feature_scores.score(fakes))
+                elif self.cfg.data == "stacked_mnist":
+                    # VEEGAN / PacGAN Table 2: modes of 1,000 and KL; the papers score 26,000
+                    # samples (set eval_samples: 26000), fewer miss modes by chance alone.
+                    scores.update({k: float(v) for k, v in stacked_mnist_scores(fakes, self.features.classifier).items()})
                 scores["pixel_hist"] = pixel_histogram_distance(self.real[: len(fakes)], fakes)
                 if labels is not None:
                     scores["class_match"] = self.class_match(fakes, labels)

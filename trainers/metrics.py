@@ -1,5 +1,7 @@
-"""Sample-based GAN metrics: mode coverage for the 2-D mixtures, FID with an MNIST
-classifier for images, and the pictures logged alongside them.
+"""Sample-based GAN metrics: mode coverage for the 2-D mixtures; for images FID, KID, an
+Inception-style score, precision/recall, density/coverage and diversity, all in the feature
+space of a small MNIST classifier (no downloads); Stacked MNIST modes; and the pictures
+logged alongside them.
 
 Balanced losses are not proof of health (GAN_NOTES), so every eval scores samples.
 """
@@ -12,6 +14,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -93,27 +96,59 @@ class MnistFeatures(nn.Module):
 
 
 # Bump when the architecture or recipe changes: it is part of the cache file name.
-_RECIPE = "lenet16-32-128/adam1e-3/bs64/ep8/seed0/v1"
-_HELDOUT = 1000
+_RECIPE = "lenet16-32-128/adam-onecycle3e-3/bs64/ep8/seed0/strat4000-1000/1thread/v2"
+_HELDOUT_PER_CLASS = 100  # 1,000 held-out digits, 100 of each class
+
+
+def stratified_split(labels: Tensor, per_class: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """(train indices, held-out indices): `per_class` random digits of each class held out.
+
+    The labels arrive sorted by class, so a prefix would hold out whole classes; stratifying
+    keeps the held-out set balanced like the training set.
+    """
+    g = torch.Generator().manual_seed(seed)
+    train, held = [], []
+    for c in labels.unique():
+        idx = (labels == c).nonzero().squeeze(1)
+        idx = idx[torch.randperm(idx.numel(), generator=g)]
+        held.append(idx[:per_class])
+        train.append(idx[per_class:])
+    return torch.cat(train), torch.cat(held)
 
 
 def train_mnist_classifier(epochs: int = 8, seed: int = 0) -> tuple[MnistClassifier, float]:
-    """Train on 4,000 of the shipped digits; returns (classifier in eval mode, accuracy on the other 1,000)."""
+    """Train on 4,000 of the shipped digits; returns (classifier in eval mode, accuracy on the other 1,000).
+
+    Adam under a one-cycle schedule (peak 3e-3): 8 epochs reach ~98% held out where a
+    constant 1e-3 stalled near 96-97% (bench/classifier.py). Trained on ONE thread: on a
+    shared 2-CPU machine two threads took 7-84 s for the same work (contention), one thread
+    11-15 s; and one thread gives the same weights whatever the caller's thread count.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_mnist_classifier(epochs, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_mnist_classifier(epochs: int, seed: int) -> tuple[MnistClassifier, float]:
     images, labels = load_mnist(), load_mnist_labels()
+    train_idx, test_idx = stratified_split(labels, _HELDOUT_PER_CLASS, seed)
     g = torch.Generator().manual_seed(seed)
-    # The labels arrive sorted by class, so the hold-out split must be a random permutation.
-    perm = torch.randperm(images.shape[0], generator=g)
-    test_idx, train_idx = perm[:_HELDOUT], perm[_HELDOUT:]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         clf = MnistClassifier()
+    batch = 64
     opt = torch.optim.Adam(clf.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * math.ceil(train_idx.numel() / batch))
     clf.train()
     for _ in range(epochs):
-        for batch in train_idx[torch.randperm(train_idx.numel(), generator=g)].split(64):
+        for b in train_idx[torch.randperm(train_idx.numel(), generator=g)].split(batch):
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(clf(images[batch]), labels[batch]).backward()
+            F.cross_entropy(clf(images[b]), labels[b]).backward()
             opt.step()
+            sched.step()
     clf.eval()
     with torch.no_grad():
         acc = float((clf(images[test_idx]).argmax(1) == labels[test_idx]).double().mean())
@@ -188,6 +223,156 @@ class FidScorer:
         p = torch.bincount(pred, minlength=10).double() / pred.numel()
         nz = p > 0
         return int(nz.sum()), float((p[nz] * torch.log(10 * p[nz])).sum())
+
+
+# ---------------------------------------------------------------- more scores from the same features
+
+
+def inception_score(logits: Tensor) -> float:
+    """exp E_x KL(p(y|x) || p(y)) over ALL samples (one split), p from the classifier's softmax.
+
+    1 when every sample gets the same class distribution (collapse or noise the classifier is
+    unsure of), at most the number of classes (10) for confident, balanced predictions.
+    Salimans et al. average 10 splits; with ~1,000 samples one split is less noisy. Same
+    formula as torchmetrics' InceptionScore(splits=1) (a test checks it).
+    """
+    logp = logits.detach().double().log_softmax(dim=1)  # (N, C)
+    p = logp.exp()
+    log_py = p.mean(dim=0).clamp_min(1e-300).log()  # (C,)
+    return float((p * (logp - log_py)).sum(dim=1).mean().exp())
+
+
+def _kth_neighbour_radius(x: Tensor, k: int) -> Tensor:
+    """(N,) distance from each point to its k-th nearest other point (the point itself excluded)."""
+    d = torch.cdist(x, x)  # (N, N)
+    return d.kthvalue(k + 1, dim=1).values  # index 0 of the sorted row is the point itself
+
+
+def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> dict[str, float]:
+    """Kynkäänniemi et al. 2019: each set's manifold is the union of balls reaching every
+    point's k-th nearest neighbour. precision = share of fakes inside the real manifold
+    (quality), recall = share of reals inside the fake manifold (coverage of the data).
+    Use sets of equal size: the radii shrink as a set grows.
+    """
+    real, fake = real.detach().double(), fake.detach().double()
+    r_real, r_fake = _kth_neighbour_radius(real, k), _kth_neighbour_radius(fake, k)  # (R,), (F,)
+    d = torch.cdist(fake, real)  # (F, R)
+    precision = (d <= r_real[None, :]).any(dim=1).double().mean()
+    recall = (d <= r_fake[:, None]).any(dim=0).double().mean()
+    return {"precision": float(precision), "recall": float(recall)}
+
+
+def density_coverage(real: Tensor, fake: Tensor, k: int = 5) -> dict[str, float]:
+    """Naeem et al. 2020, balls around real points only (robust to outlying fakes):
+    density = mean count of real balls holding each fake / k (~1 for real data, can exceed 1);
+    coverage = share of real balls holding at least one fake.
+    """
+    real, fake = real.detach().double(), fake.detach().double()
+    r_real = _kth_neighbour_radius(real, k)  # (R,)
+    inside = torch.cdist(fake, real) <= r_real[None, :]  # (F, R)
+    return {"density": float(inside.double().sum() / (k * fake.shape[0])), "coverage": float(inside.any(dim=0).double().mean())}
+
+
+def mean_pairwise_distance(x: Tensor) -> float:
+    """Mean L2 distance between distinct rows of (N, D) x: 0 when every sample is the same."""
+    x = x.detach().double().reshape(x.shape[0], -1)
+    n = x.shape[0]
+    return float(torch.cdist(x, x).sum() / max(n * (n - 1), 1))
+
+
+class FeatureScorer:
+    """KID, Inception-style score, precision/recall, density/coverage and diversity of fakes,
+    all from ONE forward pass of the MNIST classifier (features and its logits), against a
+    fixed real set featurised once. No downloads: the classifier stands in for Inception.
+    """
+
+    def __init__(self, extractor: nn.Module, real: Tensor, batch_size: int = 500, seed: int = 0) -> None:
+        from torchmetrics.image.kid import KernelInceptionDistance  # lazy: ~2 s import
+
+        clf = getattr(extractor, "classifier", None)
+        if clf is None:
+            raise TypeError("FeatureScorer needs an extractor with a .classifier (use load_feature_extractor)")
+        self.classifier = clf.eval()
+        self.batch_size = batch_size
+        self.seed = seed
+        self.real_features, _ = self.features_and_logits(real)  # (R, 128)
+        # A fixed order of the reals: precision/recall/density take the first len(fakes) of
+        # them, so both sets have the same size (the k-NN radii depend on it).
+        perm = torch.randperm(self.real_features.shape[0], generator=torch.Generator().manual_seed(seed))
+        self.real_shuffled = self.real_features[perm]
+        self.real_diversity = mean_pairwise_distance(self.real_shuffled[:1000])
+        # Features are computed here once, so KID gets an identity "feature module" over them.
+        # The cubic kernel (gamma x.y + 1)^3 is scale-dependent: torchmetrics' gamma = 1/d
+        # suits Inception's pool features, but these ReLU features have norms ~50, which puts
+        # kernel values in the thousands. gamma = 1 / mean |x_real|^2 keeps gamma x.y ~ 1.
+        # sync_on_compute=False: only one Ray worker scores.
+        gamma = float(1.0 / self.real_features.double().pow(2).sum(dim=1).mean())
+        with warnings.catch_warnings():  # its note that it keeps every feature: 5k x 128 floats here
+            warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+            self._kid = KernelInceptionDistance(feature=nn.Identity(), gamma=gamma, reset_real_features=False, sync_on_compute=False)
+        self._kid.update(self.real_features, real=True)
+
+    @torch.no_grad()
+    def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        feats = [self.classifier.features(c) for c in images.detach().float().cpu().split(self.batch_size)]
+        f = torch.cat(feats)  # (N, 128)
+        return f, self.classifier.head(f)  # (N, 10) logits
+
+    def kid(self, fake_features: Tensor, subsets: int = 100, subset_size: int = 500) -> float:
+        """KID (unbiased MMD^2, cubic polynomial kernel; Binkowski et al. 2018), mean over
+        `subsets` random subsets of min(subset_size, N) fakes and reals. ~0 real vs real."""
+        self._kid.reset()  # keeps the real features
+        self._kid.update(fake_features, real=False)
+        self._kid.subsets = subsets
+        self._kid.subset_size = min(subset_size, fake_features.shape[0], self.real_features.shape[0])
+        # torchmetrics draws its subsets from the global RNG: a fixed seed makes the score
+        # repeatable and leaves training's random stream untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            mean, _std = self._kid.compute()
+        return float(mean)
+
+    def score(self, fakes: Tensor) -> dict[str, float]:
+        """Every score of (N, 1, 28, 28) fakes in [-1, 1] (N >= ~500 for stable numbers)."""
+        f, logits = self.features_and_logits(fakes)
+        # k-NN scores on equal-size sets, at most 5,000 each (the N x N distances grow fast)
+        m = min(f.shape[0], self.real_shuffled.shape[0], 5000)
+        real, fk = self.real_shuffled[:m], f[:m]
+        return {
+            "kid": self.kid(f),
+            "inception_score": inception_score(logits),
+            **precision_recall(real, fk, k=3),
+            **density_coverage(real, fk, k=5),
+            # 1 ~ as spread as real digits, 0 = every sample the same (mode collapse)
+            "diversity": mean_pairwise_distance(f[:1000]) / self.real_diversity,
+        }
+
+
+# ---------------------------------------------------------------- Stacked MNIST (VEEGAN / PacGAN Table 2)
+
+
+@torch.no_grad()
+def stacked_mnist_scores(images: Tensor, classifier: nn.Module | None = None, batch_size: int = 2000) -> dict[str, float | int]:
+    """(N, 3, 28, 28) in [-1, 1] -> {"modes": distinct 3-digit classes predicted (of 1,000),
+    "kl": KL(predicted histogram || uniform over 1,000)}. Each channel is classified as an
+    MNIST digit; the class is 100 d0 + 10 d1 + d2. The papers score 26,000 samples; with
+    that many, even perfect samples miss few modes but KL keeps a sampling floor of ~(K-1)/2N.
+    """
+    if classifier is None:
+        from trainers.evaluate import (
+            default_cache_dir,  # lazy: evaluate imports this module
+        )
+
+        classifier = load_feature_extractor(default_cache_dir()).classifier
+    x = images.detach().float().cpu()
+    if x.ndim != 4 or x.shape[1:] != (3, 28, 28):
+        raise ValueError(f"stacked_mnist_scores wants (N, 3, 28, 28) images, got {tuple(x.shape)}")
+    n = x.shape[0]
+    digits = torch.cat([classifier(c).argmax(1) for c in x.reshape(n * 3, 1, 28, 28).split(batch_size)]).reshape(n, 3)
+    cls = digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]  # (N,)
+    p = torch.bincount(cls, minlength=1000).double() / max(n, 1)
+    nz = p > 0
+    return {"modes": int(nz.sum()), "kl": float((p[nz] * torch.log(1000 * p[nz])).sum())}
 
 
 # ---------------------------------------------------------------- pictures and cheap checks
