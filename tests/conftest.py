@@ -13,6 +13,20 @@ REPO = Path(__file__).resolve().parents[1]
 SPECS = sorted((REPO / "search_spaces").glob("*.yaml"))
 
 
+# Credentials moto accepts; never real ones (tests check they reach no output or MLflow field).
+FAKE_CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    """Only FAKE_CREDS in the AWS_* environment (no real profile or endpoint leaks in)."""
+    for k in list(os.environ):
+        if k.startswith("AWS_"):
+            monkeypatch.delenv(k)
+    for k, v in FAKE_CREDS.items():
+        monkeypatch.setenv(k, v)
+
+
 @pytest.fixture
 def ganops_home(tmp_path, monkeypatch):
     """Embedded defaults (MLflow store, Ray storage) under a fresh temp dir."""

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import watch_store  # noqa: E402
+from tests.conftest import FAKE_CREDS, watch_store  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-FAKE_CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 BUCKET = "ganops-nodeloss"
 SPOT_LABELS = {"ganops.io/usd-per-hour": "0.9050", "ganops.io/on-demand-usd-per-hour": "7.2000", "ganops.io/market": "spot"}
 

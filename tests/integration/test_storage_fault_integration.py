@@ -11,12 +11,11 @@ import time
 
 import pytest
 
-from tests.conftest import watch_store
+from tests.conftest import FAKE_CREDS, watch_store
 from tests.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.integration
 
-FAKE_CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 SPEC = """
 name: s3fault
 trainer: {model: mlp2d, data: grid25, steps: 4000, eval_every: 500, batch_size: 256, width: 64, eval_samples: 500}

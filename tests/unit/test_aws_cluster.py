@@ -21,11 +21,11 @@ from infra.aws.launcher import (
     validate_with_ray,
 )
 from search_spaces.loader import SpecError
+from tests.conftest import FAKE_CREDS
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "infra" / "clusters" / "aws-spot-gpu.yaml"
 SG = "sg-0123456789abcdef0"
-FAKE_CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 def _variant(**changes) -> ClusterProfile:
@@ -33,13 +33,6 @@ def _variant(**changes) -> ClusterProfile:
     return ClusterProfile.model_validate({**data, **changes})
 
 
-@pytest.fixture
-def aws_env(monkeypatch):
-    for k in list(os.environ):
-        if k.startswith("AWS_"):
-            monkeypatch.delenv(k)
-    for k, v in FAKE_CREDS.items():
-        monkeypatch.setenv(k, v)
 
 
 def test_example_profile_generates_a_config_rays_schema_accepts():

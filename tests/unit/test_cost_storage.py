@@ -1,7 +1,6 @@
 """Cost accounting (node price labels -> a worker's share -> cost_usd; the budget), the trial
 drivers' pin to the head, the S3 bucket bootstrap (moto) and the storage check up front."""
 
-import os
 
 import pytest
 import yaml
@@ -17,7 +16,8 @@ from infra.aws.launcher import (
 from orchestrator.stopping import BalanceStopper
 from orchestrator.trial import DRIVER_RESOURCES, driver_resources
 from search_spaces.spec import Stopping
-from tests.unit.test_aws_cluster import EXAMPLE, FAKE_CREDS, SG
+from tests.conftest import FAKE_CREDS
+from tests.unit.test_aws_cluster import EXAMPLE, SG
 from trainers.cost import LABEL_MARKET, LABEL_ON_DEMAND, LABEL_PRICE, Rate, worker_rate
 
 
@@ -90,13 +90,6 @@ def test_budget_stops_every_trial_and_the_sweep_once_spent():
     assert not s("a", _report(100, 1e6)) and not s.stop_all()
 
 
-@pytest.fixture
-def aws_env(monkeypatch):
-    for k in list(os.environ):
-        if k.startswith("AWS_"):
-            monkeypatch.delenv(k)
-    for k, v in FAKE_CREDS.items():
-        monkeypatch.setenv(k, v)
 
 
 @pytest.mark.parametrize("region", ["us-east-1", "eu-west-1"])
