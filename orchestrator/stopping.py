@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Callable
 
 from ray.tune import Stopper
@@ -117,8 +118,12 @@ def mixture_quality(history: History, cfg) -> Verdict | None:
     too few of them, for `patience` evals past the warm-up. Loss rules fire late on mixtures:
     D's dominance builds over thousands of iterations, and a G whose losses sit at balance can
     still spread its samples like noise (GAN_NOTES: balanced losses are not proof of health).
-    Defaults and the measurements behind them: `search_spaces.spec.MixtureQuality`."""
-    return _below_floors(history, cfg, "mixture_quality", (("hq_pct", cfg.min_hq_pct), ("modes", cfg.min_modes)))
+    Total collapse (every sample in one mode's cell) shows from the first evals and has its
+    own, shorter warm-up. Defaults and the measurements behind them:
+    `search_spaces.spec.MixtureQuality`."""
+    collapse = SimpleNamespace(patience=cfg.patience, after_step=cfg.collapse_after_step)
+    return (_below_floors(history, collapse, "mixture_quality", (("eff_modes", cfg.min_effective_modes),))
+            or _below_floors(history, cfg, "mixture_quality", (("hq_pct", cfg.min_hq_pct), ("modes", cfg.min_modes))))
 
 
 def plateau(history: History, cfg, metric: str, mode: str) -> Verdict | None:

@@ -195,8 +195,12 @@ class MixtureQuality(_Model):
     and the shipped grid25/ring8 specs with every rule off): trials that went on to learn
     sat under 5% until iteration 3,500 at the latest (grid25.yaml lr_d 3e-4: 2 modes and 0.1%
     at 3,500, 25 modes and 66% at 12,500) and dipped under it for single evals later; trials
-    that never learnt stayed under it to the end."""
+    that never learnt stayed under it to the end. Total collapse needs no such wait: a fresh MLP
+    G draws one blob inside the centre mode's cell (eff_modes 1), a G that learns has spread
+    out of it by the first eval, and one that has not by then (lr_g <= 1.1e-5 here) never does."""
 
+    min_effective_modes: float | None = Field(1.5, ge=1, description="Total collapse: the samples' nearest means, counted over ALL samples whatever their quality, spread over fewer than this many means (eff_modes = K exp(-reverse_kl); 1 = every sample in one mode's cell). Judged from `collapse_after_step`, not `after_step`: measured on grid25 (MLP, evals every 500), every G with lr_g <= 1.1e-5 sat at exactly 1 from the first eval to the last; every trial that learnt read 15 or more at its first eval and 8.6 or more later (bench/stopping_replay.py).")
+    collapse_after_step: int = Field(500, ge=0, description="Ignore evals before this iteration for `min_effective_modes`: a fresh G draws one blob.")
     min_hq_pct: float | None = Field(5.0, gt=0, lt=100, description="High-quality % (samples within 3 sigma of their nearest mean) below this: above chance (1.8% on grid25) and an order of magnitude under any published success (40%+).")
     min_modes: int | None = Field(2, ge=1, description="Fewer modes captured than this. The default 2 means every good sample on one mode: collapse, whatever the mixture. Raise it per spec (e.g. 10 of grid25's 25).")
     after_step: int = Field(4000, ge=0, description="Ignore evals before this iteration: trials measured here that went on to learn spent up to 3,500 iterations under 5% high quality, some with 1-2 modes.")

@@ -105,6 +105,8 @@ class Evaluator:
                     "modes": float(s["modes"]),
                     "hq_pct": float(s["hq_pct"]),
                     "reverse_kl": float(s["reverse_kl"]),
+                    "eff_modes": float(s["eff_modes"]),
+                    "near_pct": float(s["near_pct"]),
                     # one number to rank trials: mode coverage times sample quality, in [0, 1]
                     "mix_score": float(s["modes"]) / k * float(s["hq_pct"]) / 100.0,
                 }

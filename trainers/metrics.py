@@ -39,6 +39,12 @@ def mixture_scores(samples: Tensor, name: str) -> dict[str, float | int]:
     - reverse_kl: sum_k p_k log(K p_k), p = histogram of nearest means over ALL samples
       (PacGAN assigns every sample to its closest mode); p_k = 0 contributes 0. Floor with
       2,500 perfect samples is about (K-1)/(2N), 0.005 for grid25.
+    - eff_modes: exp(entropy) of that histogram = K exp(-reverse_kl), the number of means the
+      samples effectively spread over: K for an even spread, 1 when every sample has the same
+      nearest mean (total collapse), whatever their quality.
+    - near_pct (not in the papers): % of samples within a quarter of the spacing between
+      neighbouring means (10 sigma on grid25). Chance on grid25's 10x10 box is about 20%.
+      It moves before hq_pct does, while G's samples are drawing toward the modes.
     """
     means = mixture_means(name).to(samples)  # (K, 2)
     k = means.shape[0]
@@ -46,11 +52,19 @@ def mixture_scores(samples: Tensor, name: str) -> dict[str, float | int]:
     dist = torch.cdist(samples, means)  # (N, K)
     nearest_dist, nearest = dist.min(dim=1)  # (N,), (N,)
     hq = nearest_dist <= 3 * mixture_sigma(name)  # (N,) bool
+    spacing = torch.pdist(means).min()
+    near = nearest_dist <= spacing / 4  # (N,) bool
     modes = int(torch.unique(nearest[hq]).numel())
     p = torch.bincount(nearest, minlength=k).double() / max(samples.shape[0], 1)  # (K,)
     nz = p > 0
     reverse_kl = float((p[nz] * torch.log(k * p[nz])).sum())
-    return {"modes": modes, "hq_pct": 100.0 * float(hq.double().mean()), "reverse_kl": reverse_kl}
+    return {
+        "modes": modes,
+        "hq_pct": 100.0 * float(hq.double().mean()),
+        "reverse_kl": reverse_kl,
+        "eff_modes": k * math.exp(-reverse_kl),
+        "near_pct": 100.0 * float(near.double().mean()),
+    }
 
 
 # ---------------------------------------------------------------- MNIST classifier for FID

@@ -79,8 +79,8 @@ LATE_START = [1.6, 0.7, 0.5, 0.6, 0.4, 0.2, 0.1, 12.7, 14.3, 17.6, 23.7, 27.9]  
 SLOW = [1.2, 2.12, 1.88, 2.76, 4.64, 11.4, 20.04, 29.28, 34.68, 40.6, 43.92, 47.92]  # lr_g 8.4e-5, 5:1: final mix_score 0.31
 
 
-def mixture(hq, modes=20, start=500, every=500):
-    return [{**BALANCED, "step": start + every * i, "hq_pct": h, "modes": modes, "reverse_kl": 0.05} for i, h in enumerate(hq)]
+def mixture(hq, modes=20, start=500, every=500, eff_modes=20.0):
+    return [{**BALANCED, "step": start + every * i, "hq_pct": h, "modes": modes, "eff_modes": eff_modes} for i, h in enumerate(hq)]
 
 
 def first_stop(hist, stopping):
@@ -100,6 +100,19 @@ def test_mixture_collapsed_onto_one_mode_is_stopped():
     hist = mixture([22.04, 15.72, 10.52, 9.6, 19.24, 33.44, 62.04, 91.84, 98.68, 99.68], modes=1)  # measured: lr_g 1.9e-6
     step, v = first_stop(hist, Stopping())
     assert (step, v.rule, v.evidence["modes"]) == (4500, "mixture_quality", 1.0)
+
+
+def test_every_sample_in_one_cell_is_stopped_from_the_first_evals():
+    """eff_modes 1 (every sample's nearest mean the same one, measured at every eval of every
+    grid25 trial with lr_g <= 1.1e-5) is stopped at the second eval past its own short warm-up,
+    long before the sample-quality warm-up ends; an even spread is not."""
+    step, v = first_stop(mixture([22.04, 15.72, 10.52, 9.6], modes=1, eff_modes=1.0), Stopping())
+    assert (step, v.rule, v.evidence) == (1000, "mixture_quality", {"eff_modes": 1.0, "floor": 1.5, "evals": 2})
+    assert first_stop(mixture([1.0] * 6, eff_modes=1.6), Stopping()) is None
+    late = Stopping.model_validate({"mixture_quality": {"collapse_after_step": 1000}})
+    assert first_stop(mixture([22.0] * 4, modes=1, eff_modes=1.0), late)[0] == 1500
+    off = Stopping.model_validate({"mixture_quality": {"min_effective_modes": None}})
+    assert first_stop(mixture([22.0] * 4, modes=1, eff_modes=1.0), off) is None
 
 
 def test_slow_healthy_mixtures_are_not_stopped():

@@ -39,12 +39,25 @@ def test_true_mixture_samples_cover_all_modes_at_the_hq_ceiling(name, k):
     assert s["modes"] == k
     assert 98.0 <= s["hq_pct"] <= 99.7
     assert 0 <= s["reverse_kl"] < 0.02
+    assert k - 0.5 < s["eff_modes"] <= k
+    assert s["near_pct"] == 100.0  # a quarter spacing is >= 7 sigma on both
+
+
+def test_near_pct_counts_samples_within_a_quarter_spacing_and_is_near_chance_for_noise():
+    """grid25: spacing 2, so 0.5 from a mean is near and 0.6 is not; uniform noise over the
+    grid's box lands near a mean about pi * 0.5^2 / 2^2 = 20% of the time."""
+    means = mixture_means("grid25")
+    s = mixture_scores(torch.cat([means + torch.tensor([0.45, 0.0]), means + torch.tensor([0.0, 0.6])]), "grid25")
+    assert s["near_pct"] == pytest.approx(50.0)
+    assert s["hq_pct"] == 0.0
+    noise = torch.rand(20000, 2, generator=torch.Generator().manual_seed(0)) * 10 - 5
+    assert 18.0 < mixture_scores(noise, "grid25")["near_pct"] < 22.0
 
 
 def test_samples_all_at_one_mean_score_one_mode_and_reverse_kl_log_k():
     """Total collapse onto one mean: 1 mode, 100% HQ, reverse KL = log K."""
     s = mixture_scores(mixture_means("grid25")[7].repeat(2500, 1), "grid25")
-    assert s == {"modes": 1, "hq_pct": 100.0, "reverse_kl": pytest.approx(math.log(25))}
+    assert s == {"modes": 1, "hq_pct": 100.0, "reverse_kl": pytest.approx(math.log(25)), "eff_modes": pytest.approx(1.0), "near_pct": 100.0}
 
 
 def test_low_quality_samples_count_for_kl_but_not_for_modes():

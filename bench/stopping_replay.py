@@ -1,0 +1,99 @@
+"""Bench: replay the balance rules on a finished control sweep's histories (no training).
+
+A control sweep (every rule off, e.g. the second half of `bench/stopping_savings.py --keep
+DIR`) records each trial's metrics at every eval in MLflow. This feeds those histories, eval
+by eval, to the same `orchestrator.stopping.judge` the sweep's stopper calls, with the rules of
+SPEC (and any --set overrides), and reports where each trial would have been stopped: the
+trial-steps saved, whether the best trial survives, and the false positives (a stopped trial
+that ended better than the control's median). It is how the defaults were chosen; the real
+figures come from `bench/stopping_savings.py`, which runs the rules in a live sweep.
+
+    python bench/stopping_replay.py bench/specs/grid25_bad_regions.yaml RUNS/control \\
+        [--set stopping.mixture_quality.after_step=2000] [--trace]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from orchestrator.stopping import judge
+from search_spaces.loader import load_spec
+from trainers.data import mixture_means
+
+
+def histories(control: Path) -> tuple[dict, dict[str, list[dict]]]:
+    """The control sweep's result (its `--json`) and, per trial id, its evals as the stopper
+    saw them: one dict of every metric logged at that step."""
+    result = json.loads((control / "result.json").read_text())
+    client = MlflowClient(tracking_uri=result["tracking_uri"])
+    out = {}
+    for t in result["trials"]:
+        run = client.get_run(t["run_id"])
+        by_step: dict[int, dict] = {}
+        for key in run.data.metrics:
+            for m in client.get_metric_history(t["run_id"], key):
+                by_step.setdefault(m.step, {"step": m.step})[key] = m.value
+        out[t["trial_id"]] = [by_step[s] for s in sorted(by_step) if s > 0]
+    return result, out
+
+
+def add_derived(spec, evals: dict[str, list[dict]]) -> None:
+    """Controls recorded before eff_modes was logged: it is K exp(-reverse_kl), exactly."""
+    if spec.trainer.data in ("grid25", "ring8"):
+        k = len(mixture_means(spec.trainer.data))
+        for r in (r for h in evals.values() for r in h if "reverse_kl" in r and "eff_modes" not in r):
+            r["eff_modes"] = k * math.exp(-r["reverse_kl"])
+
+
+def replay(spec, result: dict, evals: dict[str, list[dict]], trace: bool = False) -> dict:
+    metric, mode = result["metric"], result["mode"]
+    sign = 1 if mode == "max" else -1
+    final = {t["trial_id"]: t["metrics"].get(metric, float("nan")) for t in result["trials"]}
+    median = statistics.median(final.values())
+    best = max(final, key=lambda k: sign * final[k])
+    steps_without = sum(t["step"] for t in result["trials"])
+    steps_with, stopped = 0, []
+    for t in result["trials"]:
+        tid, history = t["trial_id"], []
+        at = None
+        for r in evals[tid]:
+            history.append(r)
+            if trace:
+                print(tid, {k: round(r[k], 3) for k in ("step", metric, "hq_pct", "near_pct", "modes", "eff_modes", "loss_g", "d_x", "d_g_z") if k in r})
+            if (v := judge(history, spec.stopping, metric, mode)) is not None:
+                at = int(r["step"])
+                stopped.append({"trial": tid, "config": t["config"], "at_step": at, "rule": v.rule, "evidence": v.evidence,
+                                f"control_{metric}": final[tid], "false_positive": sign * final[tid] > sign * median})
+                break
+        steps_with += at if at is not None else t["step"]
+    fps = [s for s in stopped if s["false_positive"]]
+    return {
+        "trials": len(result["trials"]), "metric": metric, "control_median": median,
+        "trial_steps": {"with_rules": steps_with, "without": steps_without, "saved_pct": round(100 * (1 - steps_with / steps_without), 1)},
+        "best_trial_stopped": any(s["trial"] == best for s in stopped),
+        "stopped": stopped, "false_positives": len(fps),
+        "false_positive_rate": round(len(fps) / len(stopped), 3) if stopped else 0.0,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("spec")
+    ap.add_argument("control", type=Path, help="a kept control sweep: its result.json and its GANOPS_HOME")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="spec override, e.g. stopping.mixture_quality.after_step=2000")
+    ap.add_argument("--trace", action="store_true", help="print every eval as the rules see it")
+    args = ap.parse_args()
+    spec = load_spec(args.spec, args.overrides)
+    result, evals = histories(args.control)
+    add_derived(spec, evals)
+    print(json.dumps(replay(spec, result, evals, args.trace), indent=1))
+
+
+if __name__ == "__main__":
+    main()
