@@ -5,7 +5,7 @@ DIR`) records each trial's metrics at every eval in MLflow. This feeds those his
 by eval, to the same `orchestrator.stopping.judge` the sweep's stopper calls, with the rules of
 SPEC (and any --set overrides), and reports where each trial would have been stopped: the
 trial-steps saved, whether the best trial survives, and the false positives (a stopped trial
-that ended better than the control's median). It is how the defaults were chosen; the real
+whose control twin ended well: `bench.stopping_savings.false_positives`). It is how the defaults were chosen; the real
 figures come from `bench/stopping_savings.py`, which runs the rules in a live sweep.
 
     python bench/stopping_replay.py bench/specs/grid25_bad_regions.yaml RUNS/control \\
@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from stopping_savings import false_positives  # bench/ is on sys.path when run as a script
 from orchestrator.stopping import judge
 from search_spaces.loader import load_spec
 from trainers.data import mixture_means
@@ -55,7 +55,6 @@ def replay(spec, result: dict, evals: dict[str, list[dict]], trace: bool = False
     metric, mode = result["metric"], result["mode"]
     sign = 1 if mode == "max" else -1
     final = {t["trial_id"]: t["metrics"].get(metric, float("nan")) for t in result["trials"]}
-    median = statistics.median(final.values())
     best = max(final, key=lambda k: sign * final[k])
     steps_without = sum(t["step"] for t in result["trials"])
     steps_with, stopped = 0, []
@@ -69,16 +68,14 @@ def replay(spec, result: dict, evals: dict[str, list[dict]], trace: bool = False
             if (v := judge(history, spec.stopping, metric, mode)) is not None:
                 at = int(r["step"])
                 stopped.append({"trial": tid, "config": t["config"], "at_step": at, "rule": v.rule, "evidence": v.evidence,
-                                f"control_{metric}": final[tid], "false_positive": sign * final[tid] > sign * median})
+                                f"control_{metric}": final[tid]})
                 break
         steps_with += at if at is not None else t["step"]
-    fps = [s for s in stopped if s["false_positive"]]
     return {
-        "trials": len(result["trials"]), "metric": metric, "control_median": median,
+        "trials": len(result["trials"]), "metric": metric,
         "trial_steps": {"with_rules": steps_with, "without": steps_without, "saved_pct": round(100 * (1 - steps_with / steps_without), 1)},
         "best_trial_stopped": any(s["trial"] == best for s in stopped),
-        "stopped": stopped, "false_positives": len(fps),
-        "false_positive_rate": round(len(fps) / len(stopped), 3) if stopped else 0.0,
+        "stopped": stopped, **false_positives(final, {s["trial"] for s in stopped}, mode),
     }
 
 

@@ -115,6 +115,12 @@ class _MlflowSink:
             history = self.client.get_metric_history(self.run_id, "step")
             self.logged_through = max([int(m.step) for m in history] + [step if step > 0 else -1])
 
+    def count_tags(self, prefix: str) -> int:
+        """Tags already on the run under `prefix` (a resumed trial numbers its PBT exploits on)."""
+        if self.client is None:
+            return 0
+        return sum(k.startswith(prefix) for k in self.client.get_run(self.run_id).data.tags)
+
     def tag(self, key: str, value: str) -> None:
         if self.client is not None:
             self.client.set_tag(self.run_id, key, value[:5000])
@@ -248,7 +254,7 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
         elif sink.logged_through > 0:
             sink.tag("ganops.restarted_from_scratch", str(sink.logged_through))
     orders = _Orders(run.get("board"), run.get("trial_id"), rank)
-    exploits = 0
+    exploits = sink.count_tags("pbt.exploit.") if sink is not None else 0
     if sink is not None and run.get("pbt"):
         sink.log(step, _hparams(cfg, run["pbt"]), None, None)
     while step < cfg.steps:
