@@ -8,6 +8,7 @@ file generated from the profile; ganops adds the checks and the security group b
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -44,10 +45,11 @@ def _profile(path: Path):
         raise typer.Exit(2) from None
 
 
-def _checked_config(profile, security_group_id: str | None, spot_usd: dict[str, float] | None = None) -> dict:
+def _checked_config(profile, security_group_id: str | None, spot_usd: dict[str, float] | None = None, build: bool = True) -> dict:
     from infra.aws.launcher import launcher_config, validate_with_ray
 
-    config = launcher_config(profile, security_group_id, spot_usd)
+    dist_dir, wheel = _dist(profile, build)
+    config = launcher_config(profile, security_group_id, spot_usd, dist_dir=dist_dir, wheel=wheel, token_file=_token_file(profile))
     try:
         validate_with_ray(config)
     except Exception as e:  # a generator bug, not user input: say so plainly
@@ -59,6 +61,67 @@ def _cluster_file(profile) -> Path:
     from orchestrator.tracking import home
 
     return home() / "clusters" / f"{profile.name}.yaml"
+
+
+def _cluster_dir(profile) -> Path:
+    """What the cluster file's file_mounts copy to the nodes: `dist/` and `auth_token` (owner only)."""
+    d = _cluster_file(profile).with_suffix("")
+    d.mkdir(parents=True, exist_ok=True)
+    d.chmod(0o700)
+    return d
+
+
+def _token_file(profile) -> Path:
+    """The cluster's Ray token: made once (secrets.token_hex(32)), 0600, reused by every later
+    config/up/down, so a running cluster keeps the token its nodes have. Never printed."""
+    import secrets
+
+    path = _cluster_dir(profile) / "auth_token"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        path.chmod(0o600)
+        if not path.read_text().strip():
+            _fail(f"the cluster's token file {path} is empty; delete it to have a new token made (then `ganops cluster up` again)", 1)
+        return path
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path
+
+
+def _dist(profile, build: bool = True) -> tuple[Path | None, str | None]:
+    """The directory the nodes install ganops from: a wheel of this client's source and its
+    requirements pinned to this client's versions (torch left out). `build=False` (for `down`)
+    reuses what an earlier config/up built, if any."""
+    from infra.packaging import build_wheel, pins
+
+    d = _cluster_dir(profile) / "dist"
+    if not build:
+        wheels = sorted(d.glob("*.whl"))
+        return (d, wheels[-1].name) if len(wheels) == 1 and (d / "requirements.txt").is_file() else (None, None)
+    if d.exists():
+        shutil.rmtree(d)  # nothing stale goes to the nodes
+    # Fixed zip timestamps: the same source gives the same wheel, so `ray up` on a running cluster
+    # (its runtime hash covers the file_mounts' contents) does not restart Ray for a rebuild alone.
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    os.environ["SOURCE_DATE_EPOCH"] = epoch or "315532800"  # 1980-01-01, the earliest a zip holds
+    try:
+        wheel = build_wheel(d)
+        (d / "requirements.txt").write_text("\n".join(pins(extras=("aws", "s3"))) + "\n")
+    except Exception as e:  # noqa: BLE001 - no checkout, ganops not installed, pip failed
+        detail = getattr(e, "stderr", None) or str(e)
+        _fail(f"could not build ganops for the nodes ({type(e).__name__}: {detail.strip().splitlines()[-1] if detail.strip() else ''}); "
+              "run ganops from its checkout, installed with `pip install -e .`", 2)
+    finally:
+        if epoch is None:
+            os.environ.pop("SOURCE_DATE_EPOCH", None)
+    return d, wheel.name
+
+
+def _next_steps(cluster_file: Path | str, token: Path) -> str:
+    return (f"Ray on the cluster requires its token ({token}, on every node as ~/.ray/auth_token; keep it private). "
+            f"Next: ray dashboard {cluster_file} (keep it running: http://127.0.0.1:8265 through SSH), then "
+            f"RAY_AUTH_TOKEN_PATH={token} ganops submit SPEC --address http://127.0.0.1:8265")
 
 
 def _aws_ready(profile) -> str:
@@ -77,12 +140,12 @@ def _aws_ready(profile) -> str:
         _fail(f"AWS refused or could not be reached while preparing the security group: {type(e).__name__}: {e}")
 
 
-def _write(profile, source: str, sg: str, spot_usd: dict[str, float] | None = None) -> Path:
+def _write(profile, source: str, sg: str, spot_usd: dict[str, float] | None = None, build: bool = True) -> Path:
     from infra.aws.launcher import dump
 
     path = _cluster_file(profile)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dump(_checked_config(profile, sg, spot_usd), source))
+    path.write_text(dump(_checked_config(profile, sg, spot_usd, build), source))
     return path
 
 
@@ -135,6 +198,10 @@ def config(
 ) -> None:
     """Generate Ray's cluster-launcher YAML from a profile, checked against Ray's schema.
 
+    The nodes install this client's ganops: a wheel of its source and its requirements pinned
+    to its versions, built into GANOPS_HOME/clusters/NAME/dist (file_mounts copies it). Ray
+    runs with token auth; the token is GANOPS_HOME/clusters/NAME/auth_token (made once, 0600).
+
     Example: ganops cluster config infra/clusters/aws-spot-gpu.yaml --out cluster.yaml
     """
     from infra.aws.launcher import dump, unsafe_reasons
@@ -147,9 +214,12 @@ def config(
         err.print(f"wrote {out}: {len(cfg['available_node_types']) - 1} worker types, head {profile.head_instance_type} (on demand)", highlight=False)
     else:
         typer.echo(text, nl=False)
-    for reason in unsafe_reasons(cfg):
+    reasons = unsafe_reasons(cfg)
+    for reason in reasons:
         err.print(f"[yellow]warning[/] {reason}. Do not `ray up` this file: `ganops cluster up` creates the group (SSH from {profile.ssh_cidr} only) first, "
                   "or pass --security-group-id.", highlight=False)
+    if not reasons:
+        err.print(_next_steps(out or "CLUSTER_FILE", _token_file(profile)), style="dim", highlight=False)
 
 
 @cluster_app.command()
@@ -211,8 +281,7 @@ def up(profile_path: ProfileArg, yes: YesOpt = False) -> None:
     code = _ray("up", "-y", str(path))
     if code:
         _fail(f"`ray up` failed (exit {code}); see its output above. Tear down what it started: ganops cluster down {profile_path}", 1)
-    err.print(f"Next: ganops cluster status {profile_path}; ray dashboard {path} (dashboard on http://127.0.0.1:8265 through SSH); "
-              f"ganops submit SPEC --address http://127.0.0.1:8265", style="dim", highlight=False)
+    err.print(f"Check it: ganops cluster status {profile_path}. " + _next_steps(path, _token_file(profile)), style="dim", highlight=False)
 
 
 @cluster_app.command()
@@ -224,7 +293,7 @@ def down(profile_path: ProfileArg, yes: YesOpt = False) -> None:
     profile = _profile(profile_path)
     if not yes and not typer.confirm(f"Terminate every node of cluster {profile.name} in {profile.region}? Running sweeps stop.", err=True):
         _fail("cancelled; nothing was terminated", 1)
-    path = _write(profile, str(profile_path), _aws_ready(profile))
+    path = _write(profile, str(profile_path), _aws_ready(profile), build=False)  # `ray down` installs nothing
     code = _ray("down", "-y", str(path))
     if code:
         _fail(f"`ray down` failed (exit {code}); check the EC2 console for instances tagged ray-cluster-name={profile.name}", 1)
@@ -240,4 +309,5 @@ def status(profile_path: ProfileArg) -> None:
     path = _cluster_file(profile)
     if not path.is_file():
         _fail(f"no cluster file {path}: this machine has not run `ganops cluster up {profile_path}`", 1)
-    raise typer.Exit(1 if _ray("exec", str(path), "ray status") else 0)
+    # `ray status` only sends the token (~/.ray/auth_token on the head) when told auth is on.
+    raise typer.Exit(1 if _ray("exec", str(path), "RAY_AUTH_MODE=token ray status") else 0)

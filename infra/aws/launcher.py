@@ -17,12 +17,25 @@ Choices, and why:
   `_create_default_ssh_inbound_rules`) beside our `provider.security_group` rules, so
   `launcher_config` reports that as unsafe and the CLI refuses to `up` such a file.
 - The dashboard binds 127.0.0.1 on the head: reach it with `ray dashboard FILE` (an SSH tunnel).
+- What the nodes run: the client's ganops. `file_mounts` copies a local directory (`dist_dir`:
+  a wheel of the client's source and `requirements.txt`, ganops' requirements pinned to the
+  client's versions, torch left out: infra/packaging.py) to `~/ganops-dist` on every node; the
+  setup commands check the node's Python, install the requirements, then the wheel with
+  `--no-deps`. torch stays as the image has it (its build matches the node's CUDA); an image
+  without torch gets an unpinned one from the index.
+- Token authentication: `ray start` on the head and the workers runs with `RAY_AUTH_MODE=token`
+  (without it `ray start --head` only turns auth on when a token already exists, and a worker's
+  `ray start` never does), and `file_mounts` copies the cluster's token file (`token_file`) to
+  `~/.ray/auth_token`, where Ray reads it. The YAML names the token's file, never its value.
 """
 
 from __future__ import annotations
 
 import copy
 import ipaddress
+import re
+import sys
+from pathlib import Path
 from typing import Any
 
 from infra.aws.cluster import ClusterProfile
@@ -31,6 +44,11 @@ DRIVER_RESOURCE = "ganops_driver"
 DRIVER_SLOTS = 1000  # trial drivers that fit on the head at once, at 1 unit each
 RAY_VERSION = "2.60.0"
 SPOT_PRIORITY, ON_DEMAND_PRIORITY = 10, 0
+DIST_REMOTE = "~/ganops-dist"  # where file_mounts puts the client's wheel and requirements on every node
+REQUIREMENTS = "requirements.txt"
+TOKEN_REMOTE = "~/.ray/auth_token"  # Ray's default token path (ray._private.authentication)
+AUTH_ENV = "RAY_AUTH_MODE=token"
+_WHEEL = re.compile(r"^[A-Za-z0-9_.+-]+\.whl$")  # a wheel's file name: nothing a shell would expand
 
 
 def head_type(profile: ClusterProfile) -> str:
@@ -91,10 +109,40 @@ def price_labels(profile: ClusterProfile, instance_type: str, spot: bool, spot_u
     return {LABEL_PRICE: f"{price:.4f}", LABEL_ON_DEMAND: f"{on_demand or price:.4f}", LABEL_MARKET: "spot" if spot else "on-demand"}
 
 
-def launcher_config(profile: ClusterProfile, security_group_id: str | None = None, spot_usd: dict[str, float] | None = None) -> dict[str, Any]:
+def setup_commands(wheel: str | None, python: tuple[int, int] | None = None) -> list[str]:
+    """What every node runs before `ray start`: refuse a Python other than `python` (default:
+    this client's; the pins and the wheel are for it), then, with `wheel` (a file name in
+    DIST_REMOTE), install the pinned requirements and the wheel, `--no-deps` (the requirements
+    are its dependencies) and `--force-reinstall` (a node set up before keeps no older build of
+    the same version). Without a wheel the nodes get Ray only, and `ganops submit` brings the rest."""
+    major, minor = python or sys.version_info[:2]
+    check = (f"python -c 'import sys; v = sys.version_info[:2]; sys.exit(None if v == ({major}, {minor}) else "
+             f"\"ganops needs Python {major}.{minor} on the nodes, this image has %d.%d: set image_id in the cluster profile\" % v)'")
+    if wheel is None:
+        return [check, f"python -m pip install -q 'ray[default,tune,train]=={RAY_VERSION}' 'boto3>=1.35'"]
+    if not _WHEEL.match(wheel):
+        raise ValueError(f"wheel: {wheel!r} is not a wheel's file name (NAME-VERSION-...-any.whl)")
+    return [check,
+            f"python -m pip install -q -r {DIST_REMOTE}/{REQUIREMENTS}",
+            f"python -m pip install -q --no-deps --force-reinstall {DIST_REMOTE}/{wheel}"]
+
+
+def launcher_config(profile: ClusterProfile, security_group_id: str | None = None, spot_usd: dict[str, float] | None = None, *,
+                    dist_dir: str | Path | None = None, wheel: str | None = None, token_file: str | Path | None = None) -> dict[str, Any]:
     """The `ray up` configuration for `profile`; `security_group_id`: the group every node joins
     (default: the profile's). Pass it for anything you launch (see the module docstring).
-    `spot_usd`: current spot USD/h per instance type, for the nodes' price labels."""
+    `spot_usd`: current spot USD/h per instance type, for the nodes' price labels.
+    `dist_dir` (an absolute local path) holds `wheel` (its file name) and `requirements.txt`:
+    copied to DIST_REMOTE on every node and installed there. `token_file` (absolute, 0600): the
+    cluster's Ray token, copied to TOKEN_REMOTE. `ganops cluster config|up` passes all three;
+    without them the file is for reading, not launching (`unsafe_reasons` says so)."""
+    if (dist_dir is None) != (wheel is None):
+        raise ValueError("dist_dir and wheel go together: the directory file_mounts copies, and the wheel's file name in it")
+    file_mounts: dict[str, str] = {}
+    if dist_dir is not None:
+        file_mounts[DIST_REMOTE] = str(dist_dir)
+    if token_file is not None:
+        file_mounts[TOKEN_REMOTE] = str(token_file)
     sg = security_group_id or profile.security_group_id
     head = head_type(profile)
     node_types: dict[str, Any] = {
@@ -128,19 +176,20 @@ def launcher_config(profile: ClusterProfile, security_group_id: str | None = Non
         "auth": {"ssh_user": "ubuntu"},
         "available_node_types": node_types,
         "head_node_type": head,
-        "file_mounts": {},
+        "file_mounts": file_mounts,
         "cluster_synced_files": [],
         "initialization_commands": [],
-        "setup_commands": [f"pip install -q 'ray[default,tune,train]=={RAY_VERSION}' 'boto3>=1.35'"],
+        "setup_commands": setup_commands(wheel),
         "head_setup_commands": [],
         "worker_setup_commands": [],
         "head_start_ray_commands": [
             "ray stop",
             # autoscaler v2: it honours node-type `priority` and backs off a type whose launches fail (spot first, then on demand).
-            "ulimit -n 65536; RAY_enable_autoscaler_v2=1 ray start --head --port=6379 --object-manager-port=8076 "
+            # RAY_AUTH_MODE=token: every RPC and dashboard request needs the token (~/.ray/auth_token); no token, no start.
+            f"ulimit -n 65536; {AUTH_ENV} RAY_enable_autoscaler_v2=1 ray start --head --port=6379 --object-manager-port=8076 "
             "--autoscaling-config=~/ray_bootstrap_config.yaml --dashboard-host=127.0.0.1",
         ],
-        "worker_start_ray_commands": ["ray stop", "ulimit -n 65536; ray start --address=$RAY_HEAD_IP:6379 --object-manager-port=8076"],
+        "worker_start_ray_commands": ["ray stop", f"ulimit -n 65536; {AUTH_ENV} ray start --address=$RAY_HEAD_IP:6379 --object-manager-port=8076"],
     }
 
 
@@ -162,6 +211,8 @@ def unsafe_reasons(config: dict[str, Any]) -> list[str]:
     for perm in config.get("provider", {}).get("security_group", {}).get("IpPermissions", []):
         if perm.get("FromPort") != 22 or perm.get("ToPort") != 22:
             out.append(f"an inbound rule opens ports {perm.get('FromPort')}-{perm.get('ToPort')}; only SSH (22) may be open")
+    if TOKEN_REMOTE not in config.get("file_mounts", {}):
+        out.append(f"no token file is mounted at {TOKEN_REMOTE}: Ray would refuse to start with {AUTH_ENV}")
     return out
 
 

@@ -1,8 +1,9 @@
 """AWS spot pools: the profile, the Ray launcher YAML it generates (checked with Ray's own
-schema and validator), the security group, and spot prices against moto (in-process, and in
-server mode on 127.0.0.1 behind the CLI)."""
+schema and validator; what the nodes install, token auth), the security group, and spot prices
+against moto (in-process, and in server mode on 127.0.0.1 behind the CLI)."""
 
 import datetime as dt
+import hashlib
 import json
 import os
 import subprocess
@@ -14,7 +15,9 @@ import yaml
 
 from infra.aws.cluster import ClusterProfile, load_profile
 from infra.aws.launcher import (
+    DIST_REMOTE,
     DRIVER_RESOURCE,
+    TOKEN_REMOTE,
     head_type,
     launcher_config,
     unsafe_reasons,
@@ -26,6 +29,8 @@ from tests.conftest import FAKE_CREDS
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "infra" / "clusters" / "aws-spot-gpu.yaml"
 SG = "sg-0123456789abcdef0"
+WHEEL = "ganops-0.1.0-py3-none-any.whl"
+SHIP = {"dist_dir": "/home/me/ganops_runs/clusters/c/dist", "wheel": WHEEL, "token_file": "/home/me/ganops_runs/clusters/c/auth_token"}
 
 
 def _variant(**changes) -> ClusterProfile:
@@ -33,11 +38,9 @@ def _variant(**changes) -> ClusterProfile:
     return ClusterProfile.model_validate({**data, **changes})
 
 
-
-
 def test_example_profile_generates_a_config_rays_schema_accepts():
     """The shipped profile loads, and its launcher YAML passes Ray's schema and validate_config."""
-    config = launcher_config(load_profile(EXAMPLE), SG)
+    config = launcher_config(load_profile(EXAMPLE), SG, **SHIP)
     validate_with_ray(config)
     assert config["provider"]["type"] == "aws" and config["provider"]["region"] == "us-east-1"
     assert unsafe_reasons(config) == []
@@ -124,16 +127,78 @@ def test_cli_config_on_bad_profile_exits_2(tmp_path):
     assert r.stdout == ""
 
 
-def test_cli_config_writes_yaml_that_ray_accepts(tmp_path):
-    """`ganops cluster config --out` writes YAML that Ray's validator accepts after a safe_load."""
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """`ganops cluster config --out` run twice under a fresh GANOPS_HOME (the token made, then reused)."""
     from typer.testing import CliRunner
 
     from orchestrator.cli import app
 
-    out = tmp_path / "cluster.yaml"
-    r = CliRunner().invoke(app, ["cluster", "config", str(EXAMPLE), "--out", str(out), "--security-group-id", SG])
+    tmp = tmp_path_factory.mktemp("cluster-config")
+    home, out = tmp / "home", tmp / "cluster.yaml"
+    runs = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GANOPS_HOME", str(home))
+        for _ in range(2):
+            r = CliRunner().invoke(app, ["cluster", "config", str(EXAMPLE), "--out", str(out), "--security-group-id", SG])
+            assert r.exit_code == 0, r.output
+            wheel = next((home / "clusters" / "ganops-spot-gpu" / "dist").glob("*.whl"))
+            runs.append((r.output, out.read_text(), (home / "clusters" / "ganops-spot-gpu" / "auth_token").read_text(), hashlib.sha256(wheel.read_bytes()).hexdigest()))
+            if not runs[1:]:
+                (home / "clusters" / "ganops-spot-gpu" / "auth_token").chmod(0o644)  # the second run puts it back to 0600
+    return home / "clusters" / "ganops-spot-gpu", runs
+
+
+def test_cli_config_writes_yaml_that_ray_accepts(generated):
+    """`ganops cluster config --out` writes YAML that Ray's validator accepts after a safe_load, no warning."""
+    _, runs = generated
+    validate_with_ray(yaml.safe_load(runs[-1][1]))
+    assert "warning" not in runs[-1][0]
+
+
+def test_cli_config_ships_wheel_and_pins_and_a_private_token(generated):
+    """The dist dir holds the client's wheel and its pins (no torch); the token is 0600, reused, and in no YAML or output."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    from infra.packaging import pins
+
+    cdir, runs = generated
+    config = yaml.safe_load(runs[-1][1])
+    dist, token = cdir / "dist", cdir / "auth_token"
+    assert config["file_mounts"] == {DIST_REMOTE: str(dist), TOKEN_REMOTE: str(token)}
+    wheels = [p.name for p in dist.glob("*.whl")]
+    assert wheels == [f"ganops-{md.version('ganops')}-py3-none-any.whl"]
+    assert config["setup_commands"][-1].endswith(f"--no-deps --force-reinstall {DIST_REMOTE}/{wheels[0]}")
+    reqs = (dist / "requirements.txt").read_text().split()
+    assert reqs == pins(extras=("aws", "s3")) and "torch" not in [Requirement(r).name for r in reqs]
+    assert any(r.startswith("ray[") and r.endswith("==2.60.0") for r in reqs) and any(r.startswith("boto3==") for r in reqs)
+    assert oct(token.stat().st_mode & 0o777) == "0o600" and oct(cdir.stat().st_mode & 0o777) == "0o700"
+    value = runs[0][2]
+    assert len(value) == 64 and int(value, 16) and runs[1][2] == value  # made once, reused
+    assert runs[0][3] == runs[1][3]  # the same source, the same wheel: `ray up` sees no change
+    for output, text, *_ in runs:
+        assert value not in text and value not in output
+        words = output.split()  # rich wraps lines between words
+        assert f"RAY_AUTH_TOKEN_PATH={token}" in words and words[words.index(f"RAY_AUTH_TOKEN_PATH={token}") + 1:][:2] == ["ganops", "submit"]
+
+
+def test_cli_status_runs_ray_status_with_token_auth(tmp_path, monkeypatch):
+    """`ganops cluster status`: `ray status` on the head only sends the token with RAY_AUTH_MODE=token."""
+    from typer.testing import CliRunner
+
+    import orchestrator.cluster_cli as cc
+    from orchestrator.cli import app
+
+    monkeypatch.setenv("GANOPS_HOME", str(tmp_path))
+    (tmp_path / "clusters").mkdir()
+    (tmp_path / "clusters" / "ganops-spot-gpu.yaml").write_text("cluster_name: ganops-spot-gpu\n")
+    calls = []
+    monkeypatch.setattr(cc, "_ray", lambda *a: calls.append(a) or 0)
+    r = CliRunner().invoke(app, ["cluster", "status", str(EXAMPLE)])
     assert r.exit_code == 0, r.output
-    validate_with_ray(yaml.safe_load(out.read_text()))
+    assert calls == [("exec", str(tmp_path / "clusters" / "ganops-spot-gpu.yaml"), "RAY_AUTH_MODE=token ray status")]
 
 
 def test_security_group_opens_only_ssh_to_the_cidr(aws_env):
