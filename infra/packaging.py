@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -100,19 +101,37 @@ def parse_probe(log_text: str) -> dict | None:
     return json.loads(log_text[at + len(PROBE_MARK):].splitlines()[0])
 
 
+SOURCES = ("orchestrator", "trainers", "search_spaces", "infra", "pyproject.toml", "README.md")
+
+
 def build_wheel(out_dir: Path) -> Path:
-    """A wheel of this client's ganops (its source tree, as it is now), written to `out_dir`."""
+    """A wheel of this client's ganops (its source tree, as it is now), written to `out_dir`.
+
+    Built from a clean copy of the packages (no `build/` leftovers, no other checkout's files,
+    no race between two builds), with this Python's setuptools (no download of a build env)."""
+    import shutil
+    import tempfile
+
     root = Path(__file__).resolve().parents[1]
     if not (root / "pyproject.toml").is_file():
         raise FileNotFoundError(f"no pyproject.toml above {Path(__file__).parent}: build the wheel from a ganops checkout (pip install -e .)")
     out_dir.mkdir(parents=True, exist_ok=True)
-    # --no-build-isolation: setuptools from this Python, no download of a build environment.
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out_dir), str(root)],
-                   check=True, capture_output=True, text=True)
-    wheels = sorted(out_dir.glob(f"{DIST}-{md.version(DIST)}-*.whl"), key=lambda p: p.stat().st_mtime)
-    if not wheels:
-        raise FileNotFoundError(f"pip wheel wrote no {DIST} wheel into {out_dir}")
-    return wheels[-1]
+    with tempfile.TemporaryDirectory(prefix="ganops-wheel-") as tmp:
+        src = Path(tmp) / "src"
+        src.mkdir()
+        for name in SOURCES:
+            if (root / name).is_dir():
+                shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+            elif (root / name).is_file():
+                shutil.copy2(root / name, src / name)
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(Path(tmp) / "dist"), str(src)],
+                       check=True, capture_output=True, text=True, env={**os.environ, "SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH", "315532800")})  # same source, same wheel
+        wheels = list((Path(tmp) / "dist").glob(f"{DIST}-*.whl"))
+        if len(wheels) != 1:
+            raise FileNotFoundError(f"pip wheel wrote {len(wheels)} {DIST} wheels, expected 1")
+        target = out_dir / wheels[0].name
+        shutil.copy2(wheels[0], target)
+    return target
 
 
 def _main(argv: list[str]) -> int:

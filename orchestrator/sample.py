@@ -97,14 +97,32 @@ def interpolation_latents(cfg, seeds: tuple[int, int], steps: int) -> torch.Tens
     return z.clamp(-1, 1) if cfg.latent_dist == "uniform" else z
 
 
+def _device(name: str) -> torch.device:
+    """The torch device `--device` names, refused with the reason when this machine lacks it."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise SampleError(f"--device {name}: not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SampleError(f"--device {name}: this Python sees no CUDA GPU (torch {torch.__version__}, torch.cuda.is_available() is False); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise SampleError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    elif device.type != "cpu":
+        raise SampleError(f"--device {name}: ganops samples on cpu or cuda")
+    return device
+
+
 def sample(tracking_uri: str, run: str, n: int, out: Path, seed: int = 0, cls: int | None = None,
-           interpolate: tuple[int, int] | None = None, steps: int = 10) -> dict:
+           interpolate: tuple[int, int] | None = None, steps: int = 10, device: str = "cpu") -> dict:
     """Write samples of the run's generator to `out` (.npy or .png); return what was written.
 
     - default: `n` samples from latents drawn with `seed`; a conditional generator draws class
       `cls`, or without it the classes 0-9 in turn (a picture's columns are the classes).
     - interpolate=(A, B): `steps` samples along the slerp from seed A's latent to seed B's (one
       row); a conditional generator draws the walk as class `cls`, or once per class (10 rows).
+    - device: where G runs (cpu, cuda, cuda:N). Generators load onto the CPU first, whatever
+      device they trained on, and latents are drawn on the CPU: the same seed, the same z anywhere.
     """
     from trainers.models import sample_latent
     from trainers.models.conditional import NUM_CLASSES, grid_labels
@@ -113,6 +131,7 @@ def sample(tracking_uri: str, run: str, n: int, out: Path, seed: int = 0, cls: i
         raise SampleError(f"--out {out}: use a .npy (raw samples) or .png (a picture) file name")
     if interpolate is not None and steps < 2:
         raise SampleError(f"--steps {steps}: an interpolation needs at least 2 steps (its two ends)")
+    dev = _device(device)
     client = MlflowClient(tracking_uri)
     G, cfg, run_id = load_generator(client, run)
     _check_class(cls, cfg, run)
@@ -133,10 +152,11 @@ def sample(tracking_uri: str, run: str, n: int, out: Path, seed: int = 0, cls: i
             labels, nrow = torch.full((n,), cls), max(1, int(np.ceil(np.sqrt(n))))
         else:
             labels, nrow = grid_labels(n), NUM_CLASSES
-    x = _draw(G, z, labels)
+    G.to(dev)
+    x = _draw(G, z.to(dev), None if labels is None else labels.to(dev)).cpu()
     _write(out, x, cfg, nrow)
     info = {"run_id": run_id, "source": run, "out": str(out), "n": int(x.shape[0]), "shape": list(x.shape), "data": cfg.data,
-            "model": cfg.model, "seed": seed, "conditional": cfg.is_conditional}
+            "model": cfg.model, "seed": seed, "conditional": cfg.is_conditional, "device": str(dev)}
     if labels is not None:
         info["classes"] = sorted(set(labels.tolist()))
     if interpolate is not None:

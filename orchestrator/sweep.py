@@ -142,6 +142,54 @@ def check_fits(spec: SweepSpec, resources: dict[str, float]) -> None:
             )
 
 
+def workers_elsewhere(spec: SweepSpec, nodes: list[dict], here_node_id: str) -> str | None:
+    """Where trial workers can run other than this machine, in words; None when only here.
+    `nodes`: `ray.nodes()`. Another machine is another node address; a node that cannot hold
+    one worker (a `ganops cluster` head offers no CPUs) means autoscaled workers elsewhere."""
+    alive = [n for n in nodes if n.get("Alive")]
+    here = next((n for n in alive if n.get("NodeID") == here_node_id), None)
+    here_ip = here.get("NodeManagerAddress") if here else None
+    others = sorted({n.get("NodeManagerAddress") for n in alive} - {here_ip})
+    if others:
+        return f"{len(others)} other machine{'s' if len(others) > 1 else ''} ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
+    r, res = spec.resources, (here or {}).get("Resources", {})
+    if res.get("CPU", 0) < r.cpus_per_worker or res.get("GPU", 0) < r.gpus_per_worker:
+        return "the worker nodes the autoscaler adds (this node cannot hold a trial's worker)"
+    return None
+
+
+def check_shared(where: str | None, uri: str, storage: str) -> None:
+    """Refuse a sweep whose workers run on other machines while its MLflow store or Ray storage
+    is a path on this one: each worker would write to its own disk, and its metrics, images
+    and checkpoints would never reach the sweep."""
+    if where is None or os.environ.get("GANOPS_SHARED_FS") == "1":
+        return
+    local = []
+    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        local.append(f"tracking store {uri}")
+    if "://" not in storage:
+        local.append(f"storage {storage}")
+    if local:
+        raise SweepError(
+            f"trial workers run on {where}, but the {' and the '.join(local)} {'is' if len(local) == 1 else 'are'} on this machine's disk: "
+            "each worker would write to its own disk and the sweep would never see it. Set tracking.uri to an MLflow server every node "
+            "reaches (README: 'A team tracking server') and storage: s3://bucket/prefix; if the path is a filesystem every node mounts "
+            "(NFS), set GANOPS_SHARED_FS=1")
+
+
+def default_concurrency(spec: SweepSpec, resources: dict[str, float]) -> int:
+    """Trials at once when the spec does not say: as many as the cluster's CPUs hold and, for
+    GPU trials, as many as its GPUs hold (gpus_per_worker 0.25 on one GPU: four).
+    (Starting one more ahead, so its Ray Train startup overlaps the others' training, measured
+    slower here: 550 s vs 525 s for dcgan.yaml.)"""
+    r = spec.resources
+    fits = [resources.get("CPU", 1) // (r.workers_per_trial * r.cpus_per_worker)]
+    if r.gpus_per_worker:
+        # rounded: Ray counts GPU fractions in 1/10,000ths, 1 / 0.3333 must give 3
+        fits.append(math.floor(round(resources.get("GPU", 0) / (r.workers_per_trial * r.gpus_per_worker), 6)))
+    return max(1, int(min(fits)))
+
+
 def _init_ray(address: str | None) -> None:
     import ray
 
@@ -232,6 +280,7 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
     import ray
 
     check_fits(spec, ray.cluster_resources())
+    check_shared(workers_elsewhere(spec, ray.nodes(), ray.get_runtime_context().get_node_id()), uri, storage)
     parent = tracking.start_sweep_run(client, experiment_id, sweep_id, spec.model_dump(mode="json"), spec.spec_hash, spec_text, spec.description, spec.metric, spec.mode, storage)
 
     def new_tuner(trainable, param_space, tune_config, run_config):
@@ -277,6 +326,7 @@ def resume_sweep(sweep: str, *, tracking_uri: str | None = None, address: str | 
     import ray
 
     check_fits(spec, ray.cluster_resources())
+    check_shared(workers_elsewhere(spec, ray.nodes(), ray.get_runtime_context().get_node_id()), uri, storage)
     client.update_run(parent, status="RUNNING")
     client.set_tag(parent, "ganops.resumes", str(int(tags.get("ganops.resumes", "0")) + 1))
 
@@ -332,10 +382,7 @@ def _execute(spec, client, uri, experiment, experiment_id, parent, sweep_id, sto
     from orchestrator.trial import make_trainable
     from search_spaces.tune_space import param_space
 
-    per_trial = spec.resources.workers_per_trial * spec.resources.cpus_per_worker
-    # As many trials as the CPUs hold. (Starting one more ahead, so its Ray Train startup
-    # overlaps the others' training, measured slower here: 550 s vs 525 s for dcgan.yaml.)
-    concurrent = spec.sweep.max_concurrent_trials or max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
+    concurrent = spec.sweep.max_concurrent_trials or default_concurrency(spec, ray.cluster_resources())
 
     board_name, board = start_board(sweep_id)
     stopper = BalanceStopper(spec.stopping, spec.metric, spec.mode, board=board, max_usd=spec.budget.max_usd if spec.budget else None)

@@ -35,6 +35,20 @@ def driver_resources(cluster_resources: dict[str, float]) -> dict[str, float]:
     return DRIVER_RESOURCES
 
 
+def scaling_config(spec: SweepSpec):
+    """The Ray Train workers of one trial: `workers_per_trial`, each with its CPUs and its GPU
+    (or share of one: 0.25 lets four trials train on one GPU at once). With GPUs, Ray Train
+    picks NCCL and sets each worker's CUDA device (trainers/loop.py asks it with get_device())."""
+    from ray.train import ScalingConfig
+
+    r = spec.resources
+    return ScalingConfig(
+        num_workers=r.workers_per_trial,
+        use_gpu=r.gpus_per_worker > 0,
+        resources_per_worker={"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.gpus_per_worker else {})},
+    )
+
+
 def make_trainable(spec: SweepSpec, context: dict[str, Any]):
     """Build the Tune trainable for `spec`. `context`: tracking_uri, experiment_id,
     parent_run_id, sweep_id, storage (Ray storage path), feature_cache."""
@@ -42,7 +56,7 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
 
     def run_trial(config: dict[str, Any]) -> None:
         from mlflow import MlflowClient
-        from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig
         from ray.train.torch import TorchTrainer
         from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -62,7 +76,6 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
             client, context["experiment_id"], context["parent_run_id"], context["sweep_id"],
             trial_id, trial_name, s.spec_hash, trainer_cfg, {k: config[k] for k in s.search},
         )
-        r = s.resources
         trainer = TorchTrainer(
             train_per_worker,
             train_loop_config={
@@ -73,11 +86,7 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
                     "pbt": s.pbt_mutations if s.sweep.scheduler == "pbt" else None,
                 },
             },
-            scaling_config=ScalingConfig(
-                num_workers=r.workers_per_trial,
-                use_gpu=r.gpus_per_worker > 0,
-                resources_per_worker={"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.gpus_per_worker else {})},
-            ),
+            scaling_config=scaling_config(s),
             run_config=RunConfig(
                 name=trial_id,
                 storage_path=f"{context['storage']}/{context['sweep_id']}/train",

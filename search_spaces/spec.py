@@ -135,7 +135,28 @@ class Resources(_Model):
 
     workers_per_trial: int = Field(1, ge=1, le=1024, description="Ray Train workers per trial (data parallel; gradients averaged).")
     cpus_per_worker: float = Field(1.0, gt=0, le=1024, description="CPUs reserved per worker.")
-    gpus_per_worker: float = Field(0.0, ge=0, le=16, description="GPUs per worker; 0 trains on CPU.")
+    gpus_per_worker: float = Field(
+        0.0, ge=0, le=16,
+        description="GPUs per worker; 0 trains on CPU. A fraction 0 < x < 1 shares one GPU among several trials (0.25: four at once); "
+        "more than 1 must be a whole number.",
+    )
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _schedulable_gpus(cls, v: float) -> float:
+        # Ray schedules a fraction of one GPU, or whole GPUs, in steps of 1/10,000.
+        if v > 1 and v != int(v):
+            raise ValueError(f"{v:g} GPUs cannot be scheduled by Ray: a fraction of a GPU must be at most 1 (e.g. 0.5), more than 1 must be whole (2, 4)")
+        if v and round(v, 4) != v:
+            raise ValueError(f"{v!r}: Ray schedules GPU fractions in steps of 0.0001; round it (e.g. 0.3333)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_gpu_per_rank(self) -> "Resources":
+        if 0 < self.gpus_per_worker < 1 and self.workers_per_trial > 1:
+            raise ValueError(f"workers_per_trial: {self.workers_per_trial} with gpus_per_worker: {self.gpus_per_worker:g} could put two ranks of one "
+                             "trial on the same GPU, which NCCL refuses; use gpus_per_worker: 1 for multi-worker trials, or one worker to share a GPU")
+        return self
 
 
 class Divergence(_Model):

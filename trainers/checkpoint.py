@@ -7,6 +7,7 @@ execute code.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -19,6 +20,8 @@ from torch.optim.swa_utils import AveragedModel
 
 from trainers.config import TrainerConfig
 from trainers.models import build_models
+
+log = logging.getLogger(__name__)
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
@@ -53,11 +56,18 @@ def save_state(
     schedulers: Sequence[LRScheduler] = (),
     ema: AveragedModel | None = None,
     meta: dict[str, float] | None = None,
+    precision: Any = None,
 ) -> None:
-    """Write models, optimizers, step, both RNG states and the config (plain values) to one
+    """Write models, optimizers, step, the RNG states and the config (plain values) to one
     file, with the lr schedulers' and G's moving average's states when the config has them;
-    `meta`: plain numbers the run carries across a restore (e.g. what it has cost so far)."""
+    `meta`: plain numbers the run carries across a restore (e.g. what it has cost so far);
+    `precision`: fp16's loss scalers (trainers/precision.Precision). On a GPU, the generator's
+    state is its CUDA one (16 bytes), and the device's global RNG (dropout) is kept beside it."""
     extras: dict[str, Any] = {}
+    if precision is not None and (scalers := precision.state_dict()):
+        extras["precision"] = scalers
+    if generator.device.type == "cuda":
+        extras["cuda_rng"] = torch.cuda.get_rng_state(generator.device)
     if meta:
         extras["meta"] = {k: float(v) for k, v in meta.items()}
     if schedulers:
@@ -73,6 +83,7 @@ def save_state(
             "step": int(step),
             "torch_rng": torch.get_rng_state(),
             "generator": generator.get_state(),
+            "generator_device": generator.device.type,
             "config": dict(cfg_dict),
             **extras,
         },
@@ -95,11 +106,22 @@ def restore(
     *,
     schedulers: Sequence[LRScheduler] = (),
     ema: AveragedModel | None = None,
+    precision: Any = None,
 ) -> int:
-    """Load `state` into the given objects (in place); returns the step it was saved at."""
+    """Load `state` into the given objects (in place); returns the step it was saved at.
+    Tensors go to the models' devices. A state saved on another kind of device (a GPU trial
+    resumed on a CPU) keeps everything but the random stream, which goes on from `generator`'s seed."""
     _load_training(state, G, D, opt_g, opt_d, schedulers, ema)
+    if precision is not None and "precision" in state:
+        precision.load_state_dict(state["precision"])
     torch.set_rng_state(state["torch_rng"])
-    generator.set_state(state["generator"])
+    if state.get("generator_device", "cpu") == generator.device.type:
+        generator.set_state(state["generator"])
+        if "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], generator.device)
+    else:
+        log.warning("checkpoint's random stream is from a %s generator, this worker's is %s: the stream restarts from the seed",
+                    state.get("generator_device"), generator.device.type)
     return int(state["step"])
 
 

@@ -103,6 +103,15 @@ class TrainerConfig(BaseModel):
     lr_decay_final: float = Field(0.1, gt=0, le=1.0, description="lr_decay: the learning rate at the last iteration as a fraction of the initial one (exponential: gamma = lr_decay_final ** (1 / steps)).")
     ema: float | None = Field(None, ge=0, lt=1, description="Decay of an exponential moving average of G's weights and buffers, updated after every iteration (e.g. 0.999; Yazici et al. 2019, as in ProGAN/StyleGAN/BigGAN). Evaluation, sample grids and the saved generator use the averaged G; null = the raw G.")
     threads: int = Field(1, ge=1, le=256, description="torch intra-op threads per worker (match cpus_per_worker).")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="Arithmetic of the forward passes: fp32, bf16 (torch.autocast to bfloat16; Ampere GPUs and newer, or CPU) or fp16 "
+        "(autocast to float16 with one GradScaler per network, so one network's overflow never skips the other's step). "
+        "Weights, optimizer states and the checkpoint stay fp32.",
+    )
+    tf32: bool = Field(True, description="On CUDA GPUs of compute capability 8.0 and newer (Ampere, Hopper): fp32 matmuls and convolutions use TF32 tensor cores (torch.backends.*.allow_tf32). No effect on CPU or older GPUs.")
+    channels_last: bool = Field(False, description="Image models: keep G, D and the batches in channels-last memory format (faster convolutions on tensor-core GPUs).")
+    compile: bool = Field(False, description="torch.compile G and D (nn.Module.compile): the first iterations pay the compile time; see README for when it pays.")
 
     @field_validator("dg_ratio", mode="before")
     @classmethod

@@ -61,14 +61,15 @@ def current_worker_rate() -> Rate:
     return worker_rate(labels, total, ctx.get_assigned_resources())
 
 
-def trial_rate(world_size: int) -> Rate:
-    """The sum of every worker's rate, the same on every rank (an all-reduce when world > 1)."""
+def trial_rate(world_size: int, device=None) -> Rate:
+    """The sum of every worker's rate, the same on every rank (an all-reduce when world > 1, on
+    the worker's `device`: NCCL reduces CUDA tensors only)."""
     rate = current_worker_rate()
     if world_size <= 1:
         return rate
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor([rate.usd_per_hour, rate.on_demand_usd_per_hour, float(rate.priced)], dtype=torch.float64)
+    t = torch.tensor([rate.usd_per_hour, rate.on_demand_usd_per_hour, float(rate.priced)], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return Rate(float(t[0]), float(t[1]), bool(t[2] > 0))

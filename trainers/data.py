@@ -68,13 +68,15 @@ def to_tanh_range(images: Tensor, cfg: TrainerConfig) -> Tensor:
     return images if cfg.output == "tanh" else images * 2.0 - 1.0
 
 
-def stacked_mnist_batch(n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+def stacked_mnist_batch(n: int, generator: torch.Generator, digits: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """n stacked-MNIST images (n, 3, 28, 28) in [-1, 1] and their digits (n, 3) int64.
 
     Channel k of image i is the MNIST digit labels[i, k] (three independent uniform draws from
     the 5,000 digits): 10^3 = 1,000 modes (Metz et al. 2017, VEEGAN, PacGAN)."""
-    images, labels = _mnist()
-    idx = torch.randint(0, images.shape[0], (n, 3), generator=generator)  # (n, 3)
+    images, labels = digits if digits is not None else _mnist()  # `digits`: the same, already on the generator's device
+    if images.device != generator.device:
+        images, labels = images.to(generator.device), labels.to(generator.device)
+    idx = torch.randint(0, images.shape[0], (n, 3), generator=generator, device=generator.device)  # (n, 3)
     return images[idx].view(n, 3, 28, 28), labels[idx]  # (n, 3, 1, 28, 28) -> (n, 3, 28, 28); (n, 3)
 
 
@@ -196,10 +198,19 @@ def mixture_sigma(name: str) -> float:
 
 
 class DataSource:
-    """A bottomless source of real batches; all randomness comes from the caller's generator."""
+    """A bottomless source of real batches; all randomness comes from the caller's generator,
+    and batches come on the generator's device. Every built-in set fits in memory, so
+    `to(device)` moves it once (no copy per step on a GPU)."""
+
+    device = torch.device("cpu")
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         raise NotImplementedError
+
+    def to(self, device: torch.device | str, memory_format: torch.memory_format = torch.preserve_format) -> "DataSource":
+        """Move the data to `device` (in place; returns self)."""
+        self.device = torch.device(device)
+        return self
 
 
 class TensorSource(DataSource):
@@ -210,6 +221,12 @@ class TensorSource(DataSource):
         self.images = images  # (N, C, H, W)
         self.labels = labels  # (N,) int64, for conditional training (sample_labeled)
 
+    def to(self, device: torch.device | str, memory_format: torch.memory_format = torch.preserve_format) -> "TensorSource":
+        super().to(device)
+        self.images = self.images.to(device, memory_format=memory_format)
+        self.labels = None if self.labels is None else self.labels.to(device)
+        return self
+
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         return self.sample_labeled(n, generator)[0]
 
@@ -217,7 +234,9 @@ class TensorSource(DataSource):
         """(images (n, C, H, W), their labels (n,) or None without labels); the same draws as sample."""
         # With replacement: no epoch bookkeeping to checkpoint, and the generator state alone
         # fixes the data order, so a restored run replays exactly.
-        idx = torch.randint(0, self.images.shape[0], (n,), generator=generator)
+        idx = torch.randint(0, self.images.shape[0], (n,), generator=generator, device=generator.device)
+        if idx.device != self.images.device:  # a generator on another device than the data (CPU tools)
+            idx = idx.to(self.images.device)
         return self.images[idx], None if self.labels is None else self.labels[idx]
 
 
@@ -229,9 +248,18 @@ class StackedMnistSource(DataSource):
 
     def __init__(self, cfg: TrainerConfig) -> None:
         self.cfg = cfg
+        self.memory_format = torch.preserve_format
+        self.digits = _mnist()
+
+    def to(self, device: torch.device | str, memory_format: torch.memory_format = torch.preserve_format) -> "StackedMnistSource":
+        super().to(device)
+        self.memory_format = memory_format
+        self.digits = tuple(t.to(device) for t in self.digits)
+        return self
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
-        return to_model_range(stacked_mnist_batch(n, generator)[0], self.cfg)  # (n, 3, 28, 28)
+        batch = to_model_range(stacked_mnist_batch(n, generator, self.digits)[0], self.cfg)  # (n, 3, 28, 28), on the generator's device
+        return batch if self.memory_format is torch.preserve_format else batch.contiguous(memory_format=self.memory_format)
 
 
 class MixtureSource(DataSource):
@@ -240,9 +268,16 @@ class MixtureSource(DataSource):
         self.means = mixture_means(name)  # (K, 2)
         self.sigma = mixture_sigma(name)
 
+    def to(self, device: torch.device | str, memory_format: torch.memory_format = torch.preserve_format) -> "MixtureSource":
+        super().to(device)
+        self.means = self.means.to(device)
+        return self
+
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
-        comp = torch.randint(0, self.means.shape[0], (n,), generator=generator)  # equal weights
-        return self.means[comp] + self.sigma * torch.randn(n, 2, generator=generator)  # (n, 2)
+        dev = generator.device
+        comp = torch.randint(0, self.means.shape[0], (n,), generator=generator, device=dev)  # equal weights
+        means = self.means if self.means.device == dev else self.means.to(dev)
+        return means[comp] + self.sigma * torch.randn(n, 2, generator=generator, device=dev)  # (n, 2)
 
 
 def make_data(cfg: TrainerConfig) -> DataSource:

@@ -54,14 +54,28 @@ class Evaluator:
         elif cfg.data == "stacked_mnist":  # the same classifier reads each channel's digit
             self.features = load_feature_extractor(cache_dir or default_cache_dir())
 
+    def to(self, device: torch.device | str) -> "Evaluator":
+        """Run the feature network on `device` (a GPU trial's own); the scores are computed on the CPU."""
+        if hasattr(self, "fid"):
+            self.fid.to(device)  # moves the extractor too (FID holds it)
+        if hasattr(self, "features"):
+            self.features.to(device)
+        return self
+
+    def devices(self) -> list[str]:
+        """Where the feature network lives (for the trial's placement report)."""
+        return sorted({str(p.device) for p in self.features.parameters()}) if hasattr(self, "features") else []
+
     @torch.no_grad()
     def _generate(self, G: torch.nn.Module, n: int, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor | None]:
         """n samples and, for a conditional G, the classes they were drawn for (else None)."""
         out, labels = [], []
+        dev = next(G.parameters(), torch.empty(0)).device  # a G without parameters (a test's oracle): the CPU
         for i in range(0, n, batch):
-            z = sample_latent(min(batch, n - i), self.cfg, self.gen)
+            # Drawn on the CPU whatever G's device: the same eval samples for a trial on any device.
+            z = sample_latent(min(batch, n - i), self.cfg, self.gen).to(dev)
             if self.cfg.is_conditional:
-                labels.append(sample_labels(z.shape[0], self.gen))
+                labels.append(sample_labels(z.shape[0], self.gen).to(dev))
                 out.append(G(z, labels[-1]))
             else:
                 out.append(G(z))
@@ -91,14 +105,15 @@ class Evaluator:
                     # VEEGAN / PacGAN Table 2: modes of 1,000 and KL; the papers score 26,000
                     # samples (set eval_samples: 26000), fewer miss modes by chance alone.
                     scores.update({k: float(v) for k, v in stacked_mnist_scores(fakes, self.features.classifier).items()})
-                scores["pixel_hist"] = pixel_histogram_distance(self.real[: len(fakes)], fakes)
+                scores["pixel_hist"] = pixel_histogram_distance(self.real[: len(fakes)], fakes.cpu())
                 if labels is not None:
                     scores["class_match"] = self.class_match(fakes, labels)
-                    picture = image_grid(G(fixed_noise, grid_labels(len(fixed_noise))), nrow=NUM_CLASSES)
+                    picture = image_grid(G(fixed_noise, grid_labels(len(fixed_noise)).to(fixed_noise.device)), nrow=NUM_CLASSES)
                 else:
                     picture = image_grid(to_tanh_range(G(fixed_noise), self.cfg), nrow=8)
             else:
                 points, _ = self._generate(G, MIXTURE_EVAL_SAMPLES)
+                points = points.cpu()
                 s = mixture_scores(points, self.cfg.data)
                 k = len(mixture_means(self.cfg.data))
                 scores = {

@@ -1,8 +1,10 @@
 """The Ray Train per-worker loop: the one module that calls `ray.train.report` / `get_checkpoint`.
 
-Every worker runs the pure `train_step`; gradients are averaged across workers before each
-optimizer step. Rank 0 evaluates, logs to the trial's MLflow run (opened by the trial
-driver) and writes the checkpoint it reports to Ray.
+Every worker runs the pure `train_step` on the device Ray gives it (`ray.train.torch.get_device()`:
+its GPU, or the CPU); gradients are averaged across workers before each optimizer step, and
+every collective uses tensors on that device, so it runs under NCCL and gloo alike. Rank 0
+evaluates, logs to the trial's MLflow run (opened by the trial driver) and writes the
+checkpoint it reports to Ray.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import torch
 from infra.aws.spot import watcher_for_this_node
 from trainers.checkpoint import adopt, load_state, restore, save_generator, save_state
 from trainers.config import MUTABLE_IN_FLIGHT, TrainerConfig
+from trainers import device as placement
 from trainers.cost import trial_rate
 from trainers.data import make_data
 from trainers.evaluate import Evaluator
 from trainers.models import build_models, sample_latent
 from trainers.models.conditional import GRID_ROWS, NUM_CLASSES
+from trainers.precision import build_precision
 from trainers.step import (
     DivergenceError,
     build_ema,
@@ -74,13 +78,14 @@ def _grad_sync(world_size: int):
     return sync
 
 
-def _any_rank(flag: bool, world_size: int) -> bool:
-    """True on every rank if `flag` is True on any (an all-reduce when world > 1)."""
+def _any_rank(flag: bool, world_size: int, device: torch.device) -> bool:
+    """True on every rank if `flag` is True on any (an all-reduce when world > 1, on the
+    worker's device: NCCL reduces CUDA tensors only)."""
     if world_size <= 1:
         return flag
     import torch.distributed as dist
 
-    t = torch.tensor([1.0 if flag else 0.0])
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
 
@@ -146,11 +151,11 @@ class _Orders:
     so all workers act at the same step (a worker left behind would wait in the next
     all-reduce forever)."""
 
-    def __init__(self, board_name: str | None, trial_id: str | None, rank: int, every: int = 20):
+    def __init__(self, board_name: str | None, trial_id: str | None, rank: int, device: torch.device, every: int = 20):
         # `active` is the same on every rank (it comes from the config), so all ranks take part
         # in the same broadcasts; only rank 0 talks to the board.
         self.active = bool(board_name and trial_id)
-        self.board, self.trial_id, self.rank, self.every = None, trial_id, rank, every
+        self.board, self.trial_id, self.rank, self.every, self.device = None, trial_id, rank, every, device
         if self.active and rank == 0:
             import ray
 
@@ -166,7 +171,7 @@ class _Orders:
 
         order = [ray.get(self.board.poll.remote(self.trial_id)) if self.board is not None else None]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.broadcast_object_list(order, src=0)
+            torch.distributed.broadcast_object_list(order, src=0, device=self.device)
         return order[0]
 
 
@@ -197,23 +202,53 @@ def _hparams(cfg: TrainerConfig, keys) -> dict[str, float]:
     return out
 
 
+def _place(cfg: TrainerConfig, device: torch.device, G: torch.nn.Module, D: torch.nn.Module) -> None:
+    """Models onto the worker's device (and channels-last for image models when asked)."""
+    G.to(device)
+    D.to(device)
+    if cfg.channels_last and cfg.is_image:
+        G.to(memory_format=torch.channels_last)
+        D.to(memory_format=torch.channels_last)
+
+
+def _placement_report(device, G, D, opt_g, opt_d, ema, data, noise, evaluator) -> dict:
+    """Where every part of the trial lives, and which parts are not on `device`."""
+    groups = {
+        "parameters": placement.module_tensors(G, D),
+        "optimizer_state": placement.optimizer_tensors(opt_g) + placement.optimizer_tensors(opt_d),
+        "batches": [torch.empty(0, device=data.device)],
+        "fixed_noise": [noise],
+    }
+    if ema is not None:
+        groups["ema"] = placement.module_tensors(ema.module)
+    if evaluator is not None and evaluator.devices():
+        groups["eval_features"] = evaluator.devices()
+    return placement.placement(device, **groups)
+
+
 def train_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point. `loop_config` = {"trainer": TrainerConfig dump, "run": {...}}."""
     import ray.train
+    import ray.train.torch
 
     cfg = TrainerConfig.model_validate(loop_config["trainer"])  # re-validate at the boundary
     run = loop_config.get("run", {})
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(cfg.threads)
+    device = ray.train.torch.get_device()  # this worker's GPU (a share of one, with fractional GPUs), or the CPU
+    device_info = placement.prepare(device, cfg.tf32)
 
     torch.manual_seed(cfg.seed)  # same init on every rank; broadcast makes sure of it
-    G, D = build_models(cfg)
+    G, D = build_models(cfg)  # initialised on the CPU (the same weights whatever the device), then moved
+    _place(cfg, device, G, D)
     opt_g, opt_d = build_optimizers(G, D, cfg)
     scheds = build_schedulers(opt_g, opt_d, cfg)
     ema = build_ema(G, cfg)  # every rank keeps one (same G, same updates); rank 0 evaluates it
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)  # each rank draws its own batches
-    data = make_data(cfg)
+    precision = build_precision(cfg.precision, device)
+    # Each rank draws its own batches, on its device (data and latents never cross the bus).
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
+    data = make_data(cfg).to(device, torch.channels_last if cfg.channels_last and cfg.is_image else torch.preserve_format)
     step = 0
     held_since = time.monotonic()  # the workers hold their machines from here: the cost clock
     spent = {"cost_usd": 0.0, "spot_saved_usd": 0.0}  # before this process (from the checkpoint)
@@ -222,28 +257,34 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = load_state(Path(d) / CHECKPOINT_FILE)
-        step = restore(state, G, D, opt_g, opt_d, gen, schedulers=scheds, ema=ema)
+        step = restore(state, G, D, opt_g, opt_d, gen, schedulers=scheds, ema=ema, precision=precision)
         spent.update({k: v for k, v in state.get("meta", {}).items() if k in spent})
         # Settings a PBT exploit changed in flight live in the checkpoint, not in loop_config.
         cfg = TrainerConfig.model_validate({**cfg.model_dump(), **{k: state["config"][k] for k in MUTABLE_IN_FLIGHT if k in state["config"]}})
         set_hyperparams(opt_g, opt_d, cfg, scheds)
         log.info("resumed from checkpoint at step %d", step)
     _broadcast_params(world, G, D)
+    if cfg.compile:
+        # In place (nn.Module.compile): state_dict keys stay G's own, so checkpoints load anywhere.
+        G.compile()
+        D.compile()
     sync = _grad_sync(world)
-    rate = trial_rate(world)
+    rate = trial_rate(world, device)
     # Spot nodes: checkpoint as soon as EC2 announces the reclaim (infra/aws/spot.py). Every
     # rank takes part in the vote if any rank watches, so the collective calls line up.
     watcher = watcher_for_this_node(ray.get_runtime_context().get_node_labels() or {})
-    watching = _any_rank(watcher is not None, world)
+    watching = _any_rank(watcher is not None, world, device)
     spot_saved = False
 
-    evaluator = Evaluator(cfg, Path(run["feature_cache"]) if run.get("feature_cache") else None) if rank == 0 else None
+    evaluator = Evaluator(cfg, Path(run["feature_cache"]) if run.get("feature_cache") else None).to(device) if rank == 0 else None
     sink = _MlflowSink(run.get("tracking_uri"), run.get("run_id")) if rank == 0 else None
-    noise = fixed_noise(cfg)
+    noise = fixed_noise(cfg).to(device)
     window: dict[str, list[float]] = {}
     train_seconds = 0.0
+    placed = False  # the placement report is written at the first eval, once optimizer state exists
 
     if sink is not None:
+        sink.tag("ganops.device", device_info)
         sink.tag("ganops.cost", f"{rate.usd_per_hour:.4f} USD/h" if rate.priced else "$0: no node advertised a price (local machine)")
         # A restart replays from its checkpoint, or from step 0 when none reached storage (e.g.
         # the store went away before the first upload): steps the run logged already stay as
@@ -253,7 +294,7 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
             sink.tag("ganops.resumed_from_step", str(step))
         elif sink.logged_through > 0:
             sink.tag("ganops.restarted_from_scratch", str(sink.logged_through))
-    orders = _Orders(run.get("board"), run.get("trial_id"), rank)
+    orders = _Orders(run.get("board"), run.get("trial_id"), rank, device)
     exploits = sink.count_tags("pbt.exploit.") if sink is not None else 0
     if sink is not None and run.get("pbt"):
         sink.log(step, _hparams(cfg, run["pbt"]), None, None)
@@ -274,7 +315,7 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
         G.train()
         D.train()
         try:
-            m = train_step(G, D, opt_g, opt_d, data, cfg, gen, sync_grads=sync, step=step + 1, schedulers=scheds, ema=ema)
+            m = train_step(G, D, opt_g, opt_d, data, cfg, gen, sync_grads=sync, step=step + 1, schedulers=scheds, ema=ema, precision=precision)
         except DivergenceError as e:
             # Not a crash to retry from a checkpoint (it would diverge again): the trial ends
             # here and reports why, so the stopper and the leaderboard can say so.
@@ -289,7 +330,7 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
         step += 1
         for k, v in m.items():
             window.setdefault(k, []).append(v)
-        urgent = watching and not spot_saved and _any_rank(watcher is not None and watcher.noticed.is_set(), world)
+        urgent = watching and not spot_saved and _any_rank(watcher is not None and watcher.noticed.is_set(), world, device)
         if step % cfg.eval_every and step != cfg.steps and not urgent:
             continue
         if urgent:
@@ -311,10 +352,17 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
                 scores, image = evaluator.evaluate(G_eval, noise)
                 metrics.update(scores)
                 metrics["eval_seconds"] = time.perf_counter() - t1
+                metrics.update(placement.telemetry(device))
+                if not placed:
+                    placed = True
+                    report = _placement_report(device, G, D, opt_g, opt_d, ema, data, noise, evaluator)
+                    sink.tag("ganops.placement", placement.report_json(report))
+                    if report["off_device"]:
+                        log.warning("not on %s: %s", device, ", ".join(report["off_device"]))
                 if scheds:
                     metrics["lr_g_scheduled"], metrics["lr_d_scheduled"] = (s.get_last_lr()[0] for s in scheds)
                 save_state(Path(tmp) / CHECKPOINT_FILE, G, D, opt_g, opt_d, step, cfg.model_dump(), gen, schedulers=scheds, ema=ema,
-                           meta={k: metrics[k] for k in spent})
+                           meta={k: metrics[k] for k in spent}, precision=precision)
                 gen_file = Path(tmp) / "generator.pt"
                 save_generator(gen_file, G_eval, cfg.model_dump())
                 sink.log(step, metrics, image, gen_file)

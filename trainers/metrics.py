@@ -204,6 +204,10 @@ def load_feature_extractor(cache_dir: Path) -> nn.Module:
     return extractor
 
 
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
 class FidScorer:
     """FID against a fixed real set whose statistics are computed once, at construction."""
 
@@ -216,10 +220,15 @@ class FidScorer:
         self._fid = FrechetInceptionDistance(feature=self.extractor, reset_real_features=False, sync_on_compute=False)
         self._update(real, real=True)
 
+    def to(self, device: torch.device | str) -> "FidScorer":
+        """Featurise on `device` (the extractor and the real statistics move there)."""
+        self._fid.to(device)
+        return self
+
     def _update(self, images: Tensor, real: bool) -> None:
         with torch.no_grad():
-            for chunk in images.detach().float().cpu().split(self.batch_size):
-                self._fid.update(chunk, real=real)
+            for chunk in images.detach().float().split(self.batch_size):
+                self._fid.update(chunk.to(self._fid.device), real=real)
 
     def score(self, fakes: Tensor) -> float:
         """FID of (N, 1, 28, 28) fakes in [-1, 1]; use N >= ~500 (128-d features)."""
@@ -233,7 +242,8 @@ class FidScorer:
         if clf is None:
             raise TypeError("class_coverage needs an extractor with a .classifier (use load_feature_extractor)")
         with torch.no_grad():
-            pred = torch.cat([clf(c).argmax(1) for c in fakes.detach().float().cpu().split(self.batch_size)])
+            dev = _device(clf)
+            pred = torch.cat([clf(c.to(dev)).argmax(1).cpu() for c in fakes.detach().float().split(self.batch_size)])
         p = torch.bincount(pred, minlength=10).double() / pred.numel()
         nz = p > 0
         return int(nz.sum()), float((p[nz] * torch.log(10 * p[nz])).sum())
@@ -328,9 +338,10 @@ class FeatureScorer:
 
     @torch.no_grad()
     def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        feats = [self.classifier.features(c) for c in images.detach().float().cpu().split(self.batch_size)]
+        dev = _device(self.classifier)  # the classifier's device (a GPU in a GPU trial); scores on the CPU
+        feats = [self.classifier.features(c.to(dev)) for c in images.detach().float().split(self.batch_size)]
         f = torch.cat(feats)  # (N, 128)
-        return f, self.classifier.head(f)  # (N, 10) logits
+        return f.cpu(), self.classifier.head(f).cpu()  # (N, 10) logits
 
     def kid(self, fake_features: Tensor, subsets: int = 100, subset_size: int = 500) -> float:
         """KID (unbiased MMD^2, cubic polynomial kernel; Binkowski et al. 2018), mean over
@@ -378,11 +389,11 @@ def stacked_mnist_scores(images: Tensor, classifier: nn.Module | None = None, ba
         )
 
         classifier = load_feature_extractor(default_cache_dir()).classifier
-    x = images.detach().float().cpu()
+    x = images.detach().float().to(_device(classifier))
     if x.ndim != 4 or x.shape[1:] != (3, 28, 28):
         raise ValueError(f"stacked_mnist_scores wants (N, 3, 28, 28) images, got {tuple(x.shape)}")
     n = x.shape[0]
-    digits = torch.cat([classifier(c).argmax(1) for c in x.reshape(n * 3, 1, 28, 28).split(batch_size)]).reshape(n, 3)
+    digits = torch.cat([classifier(c).argmax(1).cpu() for c in x.reshape(n * 3, 1, 28, 28).split(batch_size)]).reshape(n, 3)
     cls = digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]  # (N,)
     p = torch.bincount(cls, minlength=1000).double() / max(n, 1)
     nz = p > 0

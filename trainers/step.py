@@ -18,6 +18,7 @@ from trainers.config import TrainerConfig
 from trainers.data import DataSource
 from trainers.models import sample_latent
 from trainers.models.conditional import sample_labels
+from trainers.precision import FP32, SCALE_FLOOR, Precision
 
 
 class DivergenceError(RuntimeError):
@@ -108,14 +109,14 @@ def d_targets(n: int, cfg: TrainerConfig, generator: torch.Generator) -> tuple[T
     so the default run's random stream is unchanged.
     """
     if cfg.soft_labels:
-        t_real: Tensor | float = torch.rand(n, generator=generator) * 0.5 + 0.7
-        t_fake: Tensor | float = torch.rand(n, generator=generator) * 0.3
+        t_real: Tensor | float = torch.rand(n, generator=generator, device=generator.device) * 0.5 + 0.7
+        t_fake: Tensor | float = torch.rand(n, generator=generator, device=generator.device) * 0.3
     else:
         t_real, t_fake = cfg.real_label, 0.0
     if cfg.label_flip > 0:
-        flip_real = torch.rand(n, generator=generator) < cfg.label_flip
-        flip_fake = torch.rand(n, generator=generator) < cfg.label_flip
-        real_v, fake_v = torch.as_tensor(t_real).expand(n), torch.as_tensor(t_fake).expand(n)
+        flip_real = torch.rand(n, generator=generator, device=generator.device) < cfg.label_flip
+        flip_fake = torch.rand(n, generator=generator, device=generator.device) < cfg.label_flip
+        real_v, fake_v = torch.as_tensor(t_real, device=generator.device).expand(n), torch.as_tensor(t_fake, device=generator.device).expand(n)
         t_real, t_fake = torch.where(flip_real, fake_v, real_v), torch.where(flip_fake, real_v, fake_v)
     return t_real, t_fake
 
@@ -126,22 +127,26 @@ def _bce(logits: Tensor, target: Tensor | float) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
-def gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor, generator: torch.Generator) -> Tensor:
+def gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor, generator: torch.Generator, scale: float = 1.0) -> Tensor:
     """E[(||grad_x D(x_hat)||_2 - 1)^2] on x_hat = eps x + (1 - eps) G(z), eps ~ U[0, 1] per
-    sample (Gulrajani et al. 2017, Algorithm 1). create_graph so the penalty trains D."""
-    eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), generator=generator).to(real)
+    sample (Gulrajani et al. 2017, Algorithm 1). create_graph so the penalty trains D.
+    `scale`: fp16's loss scale, applied to the inner gradient and undone (PyTorch's AMP recipe
+    for gradient penalties), so the inner backward does not underflow either."""
+    eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), generator=generator, device=generator.device).to(real)
     x_hat = (eps * real + (1 - eps) * fake.detach()).requires_grad_(True)
     out = D(x_hat)
-    (grad,) = torch.autograd.grad(out.sum(), x_hat, create_graph=True)
+    (grad,) = torch.autograd.grad(out.sum() * scale if scale != 1.0 else out.sum(), x_hat, create_graph=True)
+    if scale != 1.0:
+        grad = grad / scale
     return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
-def d_loss(D: nn.Module, out_real: Tensor, out_fake: Tensor, real: Tensor, fake: Tensor, cfg: TrainerConfig, generator: torch.Generator) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+def d_loss(D: nn.Module, out_real: Tensor, out_fake: Tensor, real: Tensor, fake: Tensor, cfg: TrainerConfig, generator: torch.Generator, gp_scale: float = 1.0) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """D's loss as (real term, fake term, extras); the total is their sum plus gp_lambda * extras["gp"]."""
     if cfg.loss == "hinge":
         return F.relu(1 - out_real).mean(), F.relu(1 + out_fake).mean(), {}
     if cfg.loss == "wgan-gp":
-        return -out_real.mean(), out_fake.mean(), {"gp": gradient_penalty(D, real, fake, generator)}
+        return -out_real.mean(), out_fake.mean(), {"gp": gradient_penalty(D, real, fake, generator, gp_scale)}
     t_real, t_fake = d_targets(out_real.shape[0], cfg, generator)
     return _bce(out_real, t_real), _bce(out_fake, t_fake), {}
 
@@ -169,6 +174,38 @@ def _fake_labels(cfg: TrainerConfig, n: int, generator: torch.Generator, device)
     return sample_labels(n, generator).to(device) if cfg.is_conditional else None
 
 
+def _apply(net: nn.Module, opt: torch.optim.Optimizer, loss: Tensor, name: str, cfg: TrainerConfig, precision: Precision,
+           sync_grads: Callable[[nn.Module], None] | None, step: int | None, metrics: dict[str, float]) -> None:
+    """Backward `loss` into `net` and take `opt`'s step: gradients averaged across workers,
+    checked, clipped. Puts grad_norm_<name> (before clipping) and, under fp16, the scaler's
+    state into `metrics`. Raises DivergenceError before applying a non-finite update."""
+    precision.scale(loss, name).backward()
+    # Sync before any check: averaged NaNs reach every worker, so all of them raise together
+    # instead of one raising while the others wait in the next all-reduce. (Scaled gradients
+    # are summed alike on every rank, so every rank's scaler skips or steps together.)
+    if sync_grads is not None:
+        sync_grads(net)
+    precision.unscale(opt, name)
+    norm = _grad_norm(net)
+    scaler = precision.scaler(name)
+    if scaler is None:
+        _check_finite({f"loss_{name}": loss, f"grad_norm_{name}": norm}, step)
+    else:
+        # fp16: an overflowing gradient is the scaler's to skip (it halves the scale); the loss
+        # must be finite, and a scale that keeps falling means they overflow even unscaled.
+        _check_finite({f"loss_{name}": loss}, step)
+        if scaler.get_scale() < SCALE_FLOOR:
+            raise DivergenceError(f"loss_scale_{name}", scaler.get_scale(), step)
+    if cfg.clip_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_grad_norm)
+    stepped = precision.step(opt, name)
+    if math.isfinite(v := norm.item()):  # a skipped fp16 update's norm is inf: left out of the eval's mean
+        metrics[f"grad_norm_{name}"] = v
+    if scaler is not None:
+        metrics[f"amp_skipped_{name}"] = 0.0 if stepped else 1.0
+        metrics[f"loss_scale_{name}"] = scaler.get_scale()
+
+
 def train_step(
     G: nn.Module,
     D: nn.Module,
@@ -182,19 +219,23 @@ def train_step(
     step: int | None = None,
     schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler] = (),
     ema: AveragedModel | None = None,
+    precision: Precision = FP32,
 ) -> dict[str, float]:
     """cfg.d_steps D updates then cfg.g_steps G updates; metrics of the last of each.
 
-    All randomness (real batches, z) comes from `generator` (a CPU torch.Generator), so
-    restoring its state replays the run. A conditional model (cfg.is_conditional) sees real
-    images with their labels and fakes with classes drawn uniformly. `step` only labels a DivergenceError. After the
-    updates the lr `schedulers` step once and `ema` (build_ema) averages G's new weights in.
+    All randomness (real batches, z) comes from `generator`, on its device (the loop gives each
+    worker one on its own device), so restoring its state replays the run. A conditional model
+    (cfg.is_conditional) sees real images with their labels and fakes with classes drawn
+    uniformly. `step` only labels a DivergenceError. After the updates the lr `schedulers` step
+    once and `ema` (build_ema) averages G's new weights in. `precision` (trainers/precision.py):
+    autocast around the forward passes and, for fp16, a loss scaler per network.
     Raises DivergenceError before an optimizer step that would apply a non-finite gradient.
     """
     device = next(G.parameters()).device
     B = cfg.batch_size
     G.train()
     D.train()
+    grads: dict[str, float] = {}
 
     ############################
     # (1) Update D network: maximize log(D(x)) + log(1 - D(G(z)))
@@ -208,31 +249,23 @@ def train_step(
         z = sample_latent(B, cfg, generator).to(device)  # (B, latent_dim)
         y_fake = _fake_labels(cfg, B, generator, device)
         last = i == cfg.d_steps - 1
-        # The last D update's fakes are kept with their graph and reused by G's first update,
-        # as pytorch/examples' dcgan does: one G forward per iteration instead of two.
-        # Earlier ones need no graph; D only ever sees them detached.
-        with torch.set_grad_enabled(last):
-            fake_g = _conditioned(G, y_fake)(z)
-        fake = fake_g.detach()
-        opt_d.zero_grad(set_to_none=True)
-        # Real and fake in separate batches so D's BN sees all-real / all-fake statistics (ganhacks).
-        out_real = _conditioned(D, y_real)(real).view(-1)  # (B,) logits (critic scores for hinge / wgan-gp)
-        out_fake = _conditioned(D, y_fake)(fake).view(-1)  # (B,)
-        # A conditional critic's gradient penalty is taken on the interpolates under the real labels.
-        loss_d_real, loss_d_fake, extra = d_loss(_conditioned(D, y_real), out_real, out_fake, real, fake, cfg, generator)
-        loss_d = loss_d_real + loss_d_fake
-        if "gp" in extra:
-            loss_d = loss_d + cfg.gp_lambda * extra["gp"]
-        loss_d.backward()
-        # Sync before any check: averaged NaNs reach every worker, so all of them raise together
-        # instead of one raising while the others wait in the next all-reduce.
-        if sync_grads is not None:
-            sync_grads(D)
-        grad_norm_d = _grad_norm(D)
-        _check_finite({"loss_d": loss_d, "grad_norm_d": grad_norm_d}, step)
-        if cfg.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(D.parameters(), cfg.clip_grad_norm)
-        opt_d.step()
+        with precision.autocast():
+            # The last D update's fakes are kept with their graph and reused by G's first update,
+            # as pytorch/examples' dcgan does: one G forward per iteration instead of two.
+            # Earlier ones need no graph; D only ever sees them detached.
+            with torch.set_grad_enabled(last):
+                fake_g = _conditioned(G, y_fake)(z)
+            fake = fake_g.detach()
+            opt_d.zero_grad(set_to_none=True)
+            # Real and fake in separate batches so D's BN sees all-real / all-fake statistics (ganhacks).
+            out_real = _conditioned(D, y_real)(real).view(-1)  # (B,) logits (critic scores for hinge / wgan-gp)
+            out_fake = _conditioned(D, y_fake)(fake).view(-1)  # (B,)
+            # A conditional critic's gradient penalty is taken on the interpolates under the real labels.
+            loss_d_real, loss_d_fake, extra = d_loss(_conditioned(D, y_real), out_real, out_fake, real, fake, cfg, generator, precision.gp_scale("d"))
+            loss_d = loss_d_real + loss_d_fake
+            if "gp" in extra:
+                loss_d = loss_d + cfg.gp_lambda * extra["gp"]
+        _apply(D, opt_d, loss_d, "d", cfg, precision, sync_grads, step, grads)
     # Drop D's gradients now: with D frozen below, stale ones would sit there unused.
     opt_d.zero_grad(set_to_none=True)
 
@@ -244,21 +277,15 @@ def train_step(
     D.requires_grad_(False)
     try:
         for j in range(cfg.g_steps):
-            if j > 0:  # the first G update reuses the last D update's fakes (and their graph)
-                z = sample_latent(B, cfg, generator).to(device)
-                y_fake = _fake_labels(cfg, B, generator, device)
-                fake_g = _conditioned(G, y_fake)(z)  # (B, 1, 28, 28) or (B, 2)
-            opt_g.zero_grad(set_to_none=True)
-            out = _conditioned(D, y_fake)(fake_g).view(-1)  # (B,)
-            loss_g = g_loss(out, cfg)
-            loss_g.backward()
-            if sync_grads is not None:
-                sync_grads(G)
-            grad_norm_g = _grad_norm(G)
-            _check_finite({"loss_g": loss_g, "grad_norm_g": grad_norm_g}, step)
-            if cfg.clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(G.parameters(), cfg.clip_grad_norm)
-            opt_g.step()
+            with precision.autocast():
+                if j > 0:  # the first G update reuses the last D update's fakes (and their graph)
+                    z = sample_latent(B, cfg, generator).to(device)
+                    y_fake = _fake_labels(cfg, B, generator, device)
+                    fake_g = _conditioned(G, y_fake)(z)  # (B, 1, 28, 28) or (B, 2)
+                opt_g.zero_grad(set_to_none=True)
+                out = _conditioned(D, y_fake)(fake_g).view(-1)  # (B,)
+                loss_g = g_loss(out, cfg)
+            _apply(G, opt_g, loss_g, "g", cfg, precision, sync_grads, step, grads)
     finally:
         D.requires_grad_(True)
     for sched in schedulers:
@@ -272,20 +299,20 @@ def train_step(
         "loss_d": loss_d.detach().item(),  # BCE: 2 ln 2 ~ 1.386 at equilibrium
         "loss_g": loss_g.detach().item(),
     }
+    out_real, out_fake, out = out_real.detach().float(), out_fake.detach().float(), out.detach().float()
     if cfg.is_bce:
         # D's probabilities: what the balance rules (orchestrator/stopping.py) read.
-        metrics["d_x"] = torch.sigmoid(out_real.detach()).mean().item()
-        metrics["d_g_z"] = torch.sigmoid(out_fake.detach()).mean().item()
+        metrics["d_x"] = torch.sigmoid(out_real).mean().item()
+        metrics["d_g_z"] = torch.sigmoid(out_fake).mean().item()
         if cfg.loss == "minimax":
             # The rules also read -mean log D(G(z)) (the non-saturating loss); minimax's own
             # loss_g is log(1 - D(G(z))) <= 0, so they get this one under its own name.
-            metrics["loss_g_nonsat"] = F.binary_cross_entropy_with_logits(out.detach(), torch.ones_like(out)).item()
+            metrics["loss_g_nonsat"] = F.binary_cross_entropy_with_logits(out, torch.ones_like(out)).item()
     else:
         # A critic's output is a score, not a probability: reported raw, under other names, so
         # no rule mistakes it for D(x) / D(G(z)).
-        metrics["critic_real"] = out_real.detach().mean().item()
-        metrics["critic_fake"] = out_fake.detach().mean().item()
+        metrics["critic_real"] = out_real.mean().item()
+        metrics["critic_fake"] = out_fake.mean().item()
     metrics.update({k: v.detach().item() for k, v in extra.items()})
-    metrics["grad_norm_d"] = grad_norm_d.item()
-    metrics["grad_norm_g"] = grad_norm_g.item()
+    metrics.update(grads)
     return metrics

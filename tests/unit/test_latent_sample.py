@@ -139,10 +139,24 @@ def test_interpolate_unconditional_and_uniform_latents_stay_in_range(ganops_home
         ("cdcgan28", ["--class", "-1"], "classes of a cdcgan28 generator are 0-9"),
         ("cdcgan28", ["--interpolate", "3"], "give two latent seeds as A,B"),
         ("cdcgan28", ["--interpolate", "a,b"], "give two latent seeds as A,B"),
-    ],
+        ("dcgan28", ["--device", "meta"], "ganops samples on cpu or cuda"),
+        ("dcgan28", ["--device", "nonsense"], "not a torch device"),
+    ] + ([] if torch.cuda.is_available() else [("dcgan28", ["--device", "cuda"], "sees no CUDA GPU")]),
 )
 def test_bad_class_or_interpolation_exits_2_saying_what_to_do(ganops_home, tmp_path, model, args, message):
     run = _logged_generator(TrainerConfig(model=model, data="mnist", width=4, latent_dim=8), tmp_path)
     r = runner.invoke(app, ["sample", run, *args, "--out", "x.png"])
     assert r.exit_code == 2 and message in " ".join(r.output.split()), r.output
     assert not (ganops_home.parent / "x.png").exists()
+
+
+def test_sample_on_the_named_device_gives_the_cpu_samples(ganops_home, tmp_path):
+    """`--device cpu` (and `cuda` where there is one) draws the same z, so the samples match the
+    CPU's (to float tolerance on a GPU); the JSON says where it ran."""
+    run = _logged_generator(TrainerConfig(model="dcgan28", data="mnist", width=4, latent_dim=8), tmp_path)
+    r, info = _run(run, "--n", "8", "--out", "cpu.npy", "--json", "--device", "cpu")
+    assert r.exit_code == 0 and info["device"] == "cpu", r.output
+    if torch.cuda.is_available():
+        r, info = _run(run, "--n", "8", "--out", "gpu.npy", "--json", "--device", "cuda")
+        assert r.exit_code == 0 and info["device"].startswith("cuda"), r.output
+        np.testing.assert_allclose(np.load("gpu.npy"), np.load("cpu.npy"), atol=1e-3)

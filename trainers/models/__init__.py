@@ -60,7 +60,7 @@ def build_models(cfg: TrainerConfig) -> tuple[nn.Module, nn.Module]:
 
 
 def sample_latent(n: int, cfg: TrainerConfig, generator: torch.Generator) -> Tensor:
-    """z of shape (n, latent_dim): N(0, I) or U[-1, 1], drawn from `generator` (CPU)."""
+    """z of shape (n, latent_dim): N(0, I) or U[-1, 1], drawn from `generator`, on its device."""
     if cfg.latent_dist == "normal":
-        return torch.randn(n, cfg.latent_dim, generator=generator)
-    return torch.rand(n, cfg.latent_dim, generator=generator) * 2.0 - 1.0
+        return torch.randn(n, cfg.latent_dim, generator=generator, device=generator.device)
+    return torch.rand(n, cfg.latent_dim, generator=generator, device=generator.device) * 2.0 - 1.0

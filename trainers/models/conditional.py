@@ -75,8 +75,8 @@ class CDCGAN28Discriminator(nn.Module):
 
 
 def sample_labels(n: int, generator: torch.Generator) -> Tensor:
-    """n classes drawn uniformly from `generator` (fake labels in training and evaluation)."""
-    return torch.randint(0, NUM_CLASSES, (n,), generator=generator)
+    """n classes drawn uniformly from `generator`, on its device (fake labels in training and evaluation)."""
+    return torch.randint(0, NUM_CLASSES, (n,), generator=generator, device=generator.device)
 
 
 # The sample grid of a conditional G: GRID_ROWS latents, each drawn once per class, so the
