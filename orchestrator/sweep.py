@@ -144,17 +144,18 @@ def check_fits(spec: SweepSpec, resources: dict[str, float]) -> None:
 
 def workers_elsewhere(spec: SweepSpec, nodes: list[dict], here_node_id: str) -> str | None:
     """Where trial workers can run other than this machine, in words; None when only here.
-    `nodes`: `ray.nodes()`. Another machine is another node address; a node that cannot hold
-    one worker (a `ganops cluster` head offers no CPUs) means autoscaled workers elsewhere."""
+    `nodes`: `ray.nodes()`. Another machine is another node address; no node that can hold a
+    worker yet (a `ganops cluster` head offers no CPUs) means the autoscaler adds them elsewhere."""
     alive = [n for n in nodes if n.get("Alive")]
     here = next((n for n in alive if n.get("NodeID") == here_node_id), None)
     here_ip = here.get("NodeManagerAddress") if here else None
     others = sorted({n.get("NodeManagerAddress") for n in alive} - {here_ip})
     if others:
         return f"{len(others)} other machine{'s' if len(others) > 1 else ''} ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
-    r, res = spec.resources, (here or {}).get("Resources", {})
-    if res.get("CPU", 0) < r.cpus_per_worker or res.get("GPU", 0) < r.gpus_per_worker:
-        return "the worker nodes the autoscaler adds (this node cannot hold a trial's worker)"
+    r = spec.resources
+    holds = [n for n in alive if n.get("Resources", {}).get("CPU", 0) >= r.cpus_per_worker and n.get("Resources", {}).get("GPU", 0) >= r.gpus_per_worker]
+    if not holds:
+        return "the worker nodes the autoscaler adds (no node here can hold a trial's worker)"
     return None
 
 

@@ -136,6 +136,8 @@ def test_workers_elsewhere_sees_other_machines_and_a_head_without_cpus():
     assert workers_elsewhere(spec, [_node("a", "127.0.0.1"), _node("b", "127.0.0.1")], "a") is None
     assert "1 other machine (10.0.0.7)" in workers_elsewhere(spec, [_node("a", "10.0.0.5"), _node("b", "10.0.0.7")], "a")
     assert "autoscaler" in workers_elsewhere(spec, [_node("a", "10.0.0.5", cpu=0)], "a")
+    # a CPU-less head with worker nodes on the same machine (tests' multi-node Ray): all here
+    assert workers_elsewhere(spec, [_node("a", "127.0.0.1", cpu=0), _node("b", "127.0.0.1")], "a") is None
     gpu_spec = spec_from_text("name: x\ntrainer: {model: mlp2d, data: grid25}\nresources: {gpus_per_worker: 0.5}\n")
     assert "autoscaler" in workers_elsewhere(gpu_spec, [_node("a", "10.0.0.5")], "a")
 
