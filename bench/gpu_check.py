@@ -121,6 +121,9 @@ def ganops_step(cfg: TrainerConfig, device: torch.device, iters: int) -> tuple[f
     precision = build_precision(cfg.precision, device)
     t_start = time.perf_counter()
     if cfg.compile:
+        # Dynamo caches compiled code per function across model instances: the earlier
+        # configurations' graphs would count toward its recompile limit (then it runs eager).
+        torch._dynamo.reset()
         G.compile()
         D.compile()
     for i in range(5):
@@ -195,8 +198,8 @@ def placement_figures(device: torch.device, folder: str, steps: int, home: Path)
     return rows
 
 
-def sharing_figures(device: torch.device, steps: int, home: Path) -> dict:
-    """8 dcgan28 trials at 0.25 GPU (four at a time) against 8 at 1 GPU (one at a time)."""
+def sharing_figures(device: torch.device, steps: int, home: Path, trials: int = 8) -> dict:
+    """`trials` dcgan28 trials at 0.25 GPU (four at a time) against as many at 1 GPU (one at a time)."""
     import yaml
 
     out = {}
@@ -204,7 +207,7 @@ def sharing_figures(device: torch.device, steps: int, home: Path) -> dict:
         gpus = gpus if device.type == "cuda" else 0
         spec = yaml.safe_load(_spec(f"gpu-share-{label}", {"model": "dcgan28", "data": "mnist", "steps": steps, "eval_every": steps, "width": 32,
                                                             "batch_size": 64, "eval_samples": 256}, gpus, max_concurrent_trials=concurrent))
-        spec["sweep"]["num_samples"] = 8
+        spec["sweep"]["num_samples"] = trials
         spec["search"] = {"lr_d": {"loguniform": [1e-4, 1e-3]}}
         t0 = time.perf_counter()
         result, _ = _sweep(yaml.safe_dump(spec), home / label)
@@ -237,6 +240,7 @@ def main() -> int:
     ap.add_argument("--skip-compile", action="store_true", help="compile off only (compiling takes tens of seconds per net)")
     ap.add_argument("--skip-sharing", action="store_true")
     ap.add_argument("--skip-trials", action="store_true")
+    ap.add_argument("--skip-step", action="store_true")
     ap.add_argument("--cpu-smoke", action="store_true", help="no CUDA: run every part on the CPU with tiny sizes (checks the script)")
     args = ap.parse_args()
 
@@ -255,10 +259,11 @@ def main() -> int:
         digits_folder(folder)
         if not args.skip_trials:
             result["placement"] = placement_figures(device, str(folder), args.trial_steps, Path(tmp) / "runs")
-        result["step"] = step_figures(device, str(folder), args.iters, args.repeats, args.batch, args.width,
-                                      (False,) if args.skip_compile else (False, True))
+        if not args.skip_step:
+            result["step"] = step_figures(device, str(folder), args.iters, args.repeats, args.batch, args.width,
+                                          (False,) if args.skip_compile else (False, True))
         if not args.skip_sharing:
-            result["sharing"] = sharing_figures(device, args.share_steps, Path(tmp) / "share")
+            result["sharing"] = sharing_figures(device, args.share_steps, Path(tmp) / "share", trials=2 if args.cpu_smoke else 8)
     Path(args.out).write_text(json.dumps(result, indent=2))
     failed = [r["model"] for r in result.get("placement", []) if not r["on_device"]]
     print(f"wrote {args.out}" + (f"; NOT on {device}: {', '.join(failed)}" if failed else ""))

@@ -34,7 +34,7 @@ def _fail(msg: str, code: int = 1) -> None:
 
 
 def _profile(path: Path):
-    from infra.aws.cluster import load_profile
+    from search_spaces.loader import load_profile
 
     try:
         return load_profile(path)

@@ -30,7 +30,7 @@ from mlflow import MlflowClient
 from orchestrator import tracking
 
 if TYPE_CHECKING:
-    from orchestrator.sweep import SweepResult
+    from orchestrator.results import SweepResult
 
 log = logging.getLogger(__name__)
 

@@ -10,86 +10,16 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from orchestrator import registry, tracking
+from orchestrator.results import SweepResult, TrialSummary  # re-exported: their home before results.py
 from search_spaces.spec import SweepSpec
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrialSummary:
-    trial_id: str
-    run_id: str | None
-    status: str  # done | stopped | failed
-    config: dict[str, Any]  # the sampled values
-    metrics: dict[str, float]  # the last report
-    step: int
-    error: str | None = None
-    stop_reason: str | None = None  # the balance rule and its evidence, when stopped early
-
-
-@dataclass
-class SweepResult:
-    sweep_id: str
-    experiment: str
-    experiment_id: str
-    parent_run_id: str
-    tracking_uri: str
-    storage: str
-    metric: str
-    mode: str
-    wall_seconds: float
-    first_result_seconds: float | None
-    trials: list[TrialSummary] = field(default_factory=list)
-    registered_model: str | None = None  # models:/ganops-<spec name>/<version>: the best generator
-
-    @property
-    def best(self) -> TrialSummary | None:
-        scored = [t for t in self.trials if isinstance(t.metrics.get(self.metric), (int, float)) and math.isfinite(t.metrics[self.metric])]
-        if not scored:
-            return None
-        key = lambda t: t.metrics[self.metric]  # noqa: E731
-        return min(scored, key=key) if self.mode == "min" else max(scored, key=key)
-
-    def leaderboard(self) -> list[TrialSummary]:
-        best_first = sorted(
-            self.trials,
-            key=lambda t: (
-                not isinstance(t.metrics.get(self.metric), (int, float)) or not math.isfinite(t.metrics.get(self.metric, math.nan)),
-                (t.metrics.get(self.metric, 0) if self.mode == "min" else -t.metrics.get(self.metric, 0)),
-            ),
-        )
-        return best_first
-
-    @property
-    def cost_usd(self) -> float:
-        """What the trials cost (0 on a machine whose nodes advertise no price: trainers/cost.py)."""
-        return sum(t.metrics.get("cost_usd", 0.0) for t in self.trials)
-
-    @property
-    def spot_saved_usd(self) -> float:
-        """What the same node-hours would have cost more on demand."""
-        return sum(t.metrics.get("spot_saved_usd", 0.0) for t in self.trials)
-
-    def mlflow_urls(self) -> dict[str, str] | None:
-        """Links to the sweep's and the best trial's runs in the MLflow UI (an http(s) tracking server only)."""
-        if not self.tracking_uri.startswith(("http://", "https://")):
-            return None
-        base = f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/"
-        best = self.best
-        return {"parent": base + self.parent_run_id, **({"best": base + best.run_id} if best and best.run_id else {})}
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["best"] = asdict(self.best) if self.best else None
-        d["cost_usd"], d["spot_saved_usd"] = self.cost_usd, self.spot_saved_usd
-        return d
 
 
 SWEEP_ENV = {

@@ -68,7 +68,10 @@ def ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str
 
 
 def _params(d: dict[str, Any]) -> list[Param]:
-    return [Param(k, str(v)) for k, v in sorted(d.items())]
+    """One MLflow param per setting; a plugin's own settings (the `params` dict) as params.<name>."""
+    flat = {k: v for k, v in d.items() if not isinstance(v, dict)}
+    flat.update({f"{k}.{kk}": vv for k, v in d.items() if isinstance(v, dict) for kk, vv in v.items()})
+    return [Param(k, str(v)) for k, v in sorted(flat.items())]
 
 
 def start_sweep_run(client: MlflowClient, experiment_id: str, sweep_id: str, spec_dump: dict, spec_hash: str, spec_text: str | None, description: str | None, metric: str, mode: str, storage: str | None = None) -> str:
@@ -122,6 +125,17 @@ def find_trial_run(client: MlflowClient, trial_id: str, experiment_ids: list[str
     ids = experiment_ids or [e.experiment_id for e in client.search_experiments()]
     found = client.search_runs(ids, filter_string=f"tags.`{TAG_TRIAL}` = '{trial_id}'", max_results=1)
     return found[0].info.run_id if found else None
+
+
+def record_error(client: MlflowClient, run_id: str, error: BaseException) -> None:
+    """A failed trial's error: the last line of the root cause as tag `ganops.error`, the full
+    text (Ray's worker traceback included) as artifact error/traceback.txt."""
+    import traceback
+
+    text = "".join(traceback.format_exception(error))
+    last = next((ln.strip() for ln in reversed(str(error).strip().splitlines()) if ln.strip()), type(error).__name__)
+    client.set_tag(run_id, "ganops.error", last[:5000])
+    client.log_text(run_id, text, "error/traceback.txt")
 
 
 def end_run(client: MlflowClient, run_id: str, status: str, stop_reason: str | None = None) -> None:

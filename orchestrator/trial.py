@@ -81,7 +81,7 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
             train_loop_config={
                 "trainer": trainer_cfg,
                 "run": {
-                    "tracking_uri": context["tracking_uri"], "run_id": run_id, "feature_cache": context.get("feature_cache"),
+                    "tracking_uri": context["tracking_uri"], "run_id": run_id, "feature_cache": context.get("feature_cache"), "features": s.metrics.features,
                     "trial_id": trial_id, "board": context.get("board"),
                     "pbt": s.pbt_mutations if s.sweep.scheduler == "pbt" else None,
                 },
@@ -106,8 +106,13 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
 
         try:
             result = trainer.fit()
-        except Exception:
-            close("FAILED", "error")
+        except Exception as e:
+            # This trial fails, never the sweep: what went wrong (a plugin's exception, say) goes
+            # on its run as a tag, and the whole traceback as an artifact.
+            try:
+                tracking.record_error(client, run_id, e)
+            finally:
+                close("FAILED", "error")
             raise
         if (result.metrics or {}).get("diverged"):
             close("FAILED", "divergence")

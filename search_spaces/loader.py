@@ -111,9 +111,10 @@ def _friendly(err: dict) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def spec_from_text(text: str, source: str = "<spec>", overrides: list[str] | None = None, model: type[BaseModel] = SweepSpec) -> Any:
+def spec_from_text(text: str, source: str = "<spec>", overrides: list[str] | None = None, model: type[BaseModel] = SweepSpec, base_dir: str | Path | None = None) -> Any:
     """Validate spec text into a `SweepSpec` (or another pydantic `model`, e.g. a cluster
-    profile), or raise `SpecError` with every issue found."""
+    profile), or raise `SpecError` with every issue found. `base_dir`: where relative plugin
+    files (`trainer.model: my_gan.py:MyGan`) are found; default the working directory."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         lines = _line_map(node) if node is not None else {}
@@ -135,7 +136,7 @@ def spec_from_text(text: str, source: str = "<spec>", overrides: list[str] | Non
         raise SpecError(source, [SpecIssue("", 1, f"a spec is a mapping of sections ({', '.join(list(model.model_fields)[:4])}, ...), not a {type(data).__name__}")])
     data = apply_overrides(data, overrides or [])
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context={"base_dir": str(base_dir) if base_dir is not None else None})
     except ValidationError as e:
         issues = []
         for err in e.errors():
@@ -161,6 +162,14 @@ def read_yaml_text(path: str | Path, what: str = "spec", example: str = "search_
         raise SpecError(str(path), [SpecIssue("", None, f"not UTF-8 text; a {what} is a YAML file")]) from None
 
 
+def load_profile(path: str | Path):
+    """Read, safely parse and validate a cluster profile (infra/aws/cluster.ClusterProfile), or raise SpecError."""
+    from infra.aws.cluster import ClusterProfile
+
+    text = read_yaml_text(path, "cluster profile", "infra/clusters/aws-spot-gpu.yaml")
+    return spec_from_text(text, str(path), model=ClusterProfile)
+
+
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
     """Read, safely parse and validate a spec file (`--set key=value` overrides applied)."""
-    return spec_from_text(read_yaml_text(path), str(path), overrides)
+    return spec_from_text(read_yaml_text(path), str(path), overrides, base_dir=Path(path).resolve().parent)

@@ -41,6 +41,7 @@ def trial_trainer_config(spec: SweepSpec, sampled: dict[str, Any]) -> dict[str, 
     merged = {**spec.trainer.model_dump(), **{k: v for k, v in sampled.items() if k in spec.search}}
     # q-distributions return floats; integer settings (e.g. steps, width) want ints.
     for k, v in merged.items():
-        if TrainerConfig.model_fields[k].annotation is int and isinstance(v, float) and v.is_integer():
+        field = TrainerConfig.model_fields.get(k)  # None: a plugin's own setting (its Params converts it)
+        if field is not None and field.annotation is int and isinstance(v, float) and v.is_integer():
             merged[k] = int(v)
     return TrainerConfig.model_validate(merged).model_dump()

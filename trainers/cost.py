@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-LABEL_PRICE = "ganops.io/usd-per-hour"
-LABEL_ON_DEMAND = "ganops.io/on-demand-usd-per-hour"
-LABEL_MARKET = "ganops.io/market"
+from infra.labels import LABEL_MARKET, LABEL_ON_DEMAND, LABEL_PRICE  # written by the cluster config (infra)
+
+__all__ = ["LABEL_MARKET", "LABEL_ON_DEMAND", "LABEL_PRICE", "Rate", "current_worker_rate", "trial_rate", "worker_rate"]
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from trainers.config import TrainerConfig
-from trainers.data_files import data_problem, iter_image_files
+from trainers.data_files import data_problem, iter_image_files, open_torchvision
 
 log = logging.getLogger(__name__)
 
@@ -136,16 +136,6 @@ def _decode(file: Path, size: int, channels: int) -> Tensor:
     return x / 127.5 - 1.0
 
 
-def open_torchvision(name: str, root: str):
-    """torchvision.datasets.<name> under `root`, training split, never downloading."""
-    import torchvision
-
-    cls = getattr(torchvision.datasets, name)
-    if name == "SVHN":
-        return cls(root, split="train", download=False)
-    return cls(root, train=True, download=False)
-
-
 @functools.lru_cache(maxsize=1)
 def load_torchvision(name: str, root: str) -> Tensor:
     """A torchvision dataset's training images as (N, C, H, W) float32 in [-1, 1]."""
@@ -158,6 +148,17 @@ def load_torchvision(name: str, root: str) -> Tensor:
     return x / 127.5 - 1.0
 
 
+def _plugin_real(cfg: TrainerConfig) -> Tensor:
+    """A plugin's real images (trainers/plugin.PluginData.real), checked against its declared shape."""
+    from trainers.plugin import data_class
+
+    cls = data_class(cfg.data)
+    x = torch.as_tensor(cls().real(cfg)).float()
+    if x.dim() != 4 or tuple(x.shape[1:]) != tuple(cls.shape):
+        raise ValueError(f"{cfg.data}.real() gave shape {tuple(x.shape)}; its declared shape is (N, {', '.join(map(str, cls.shape))})")
+    return x
+
+
 def real_images(cfg: TrainerConfig, n: int | None = None) -> Tensor:
     """The data's real images in [-1, 1] (what evaluation compares against): the whole set,
     or for stacked MNIST `n` (default cfg.eval_samples) stacks drawn from a fixed seed."""
@@ -165,6 +166,8 @@ def real_images(cfg: TrainerConfig, n: int | None = None) -> Tensor:
         return load_mnist()
     if cfg.data == "stacked_mnist":
         return stacked_mnist_batch(n or cfg.eval_samples, torch.Generator().manual_seed(cfg.seed + 11))[0]
+    if cfg.is_plugin_data:
+        return _plugin_real(cfg)
     problem = data_problem(cfg)
     if problem:
         raise ValueError(f"trainer.data_dir: {problem}")

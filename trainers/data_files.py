@@ -25,6 +25,17 @@ def iter_image_files(root: str | Path, ordered: bool = True) -> Iterator[Path]:
             yield p
 
 
+def open_torchvision(name: str, root: str):
+    """torchvision.datasets.<name> under `root`, training split, never downloading."""
+    import torchvision
+
+    cls = getattr(torchvision.datasets, name)
+    if name == "SVHN":
+        return cls(root, split="train", download=False)
+    return cls(root, train=True, download=False)
+
+
+
 def data_problem(cfg: TrainerConfig) -> str | None:
     """What stops cfg.data from loading here, as a message saying what to do; None if nothing."""
     if cfg.data == "image_folder":
@@ -52,7 +63,6 @@ def torchvision_problem(name: str, root: str) -> str | None:
                 f"(pick the torchvision build that matches your torch, or pip may replace torch); then place the dataset under "
                 f"trainer.data_dir - {_how_to_place(name, root)}")
     try:
-        from trainers.data import open_torchvision
 
         open_torchvision(name, root)
     except Exception as e:  # noqa: BLE001 - torchvision raises RuntimeError, FileNotFoundError, ... for missing files

@@ -16,7 +16,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from trainers.config import TrainerConfig
 from trainers.data import DataSource
-from trainers.models import sample_latent
+from trainers.models import gan_for, sample_latent
 from trainers.models.conditional import sample_labels
 from trainers.precision import FP32, SCALE_FLOOR, Precision
 
@@ -236,6 +236,7 @@ def train_step(
     G.train()
     D.train()
     grads: dict[str, float] = {}
+    gan = gan_for(cfg)  # a plugin may bring its own losses (trainers/plugin.py); None: cfg.loss
 
     ############################
     # (1) Update D network: maximize log(D(x)) + log(1 - D(G(z)))
@@ -261,10 +262,15 @@ def train_step(
             out_real = _conditioned(D, y_real)(real).view(-1)  # (B,) logits (critic scores for hinge / wgan-gp)
             out_fake = _conditioned(D, y_fake)(fake).view(-1)  # (B,)
             # A conditional critic's gradient penalty is taken on the interpolates under the real labels.
-            loss_d_real, loss_d_fake, extra = d_loss(_conditioned(D, y_real), out_real, out_fake, real, fake, cfg, generator, precision.gp_scale("d"))
-            loss_d = loss_d_real + loss_d_fake
-            if "gp" in extra:
-                loss_d = loss_d + cfg.gp_lambda * extra["gp"]
+            own = gan.d_loss(_conditioned(D, y_real), out_real, out_fake, real, fake, generator, precision.gp_scale("d"))
+            if own is not None:
+                loss_d_real, loss_d_fake, extra = own
+                loss_d = loss_d_real + loss_d_fake + sum(extra.values(), torch.zeros((), device=device))
+            else:
+                loss_d_real, loss_d_fake, extra = d_loss(_conditioned(D, y_real), out_real, out_fake, real, fake, cfg, generator, precision.gp_scale("d"))
+                loss_d = loss_d_real + loss_d_fake
+                if "gp" in extra:
+                    loss_d = loss_d + cfg.gp_lambda * extra["gp"]
         _apply(D, opt_d, loss_d, "d", cfg, precision, sync_grads, step, grads)
     # Drop D's gradients now: with D frozen below, stale ones would sit there unused.
     opt_d.zero_grad(set_to_none=True)
@@ -284,7 +290,8 @@ def train_step(
                     fake_g = _conditioned(G, y_fake)(z)  # (B, 1, 28, 28) or (B, 2)
                 opt_g.zero_grad(set_to_none=True)
                 out = _conditioned(D, y_fake)(fake_g).view(-1)  # (B,)
-                loss_g = g_loss(out, cfg)
+                own_g = gan.g_loss(out)
+                loss_g = own_g if own_g is not None else g_loss(out, cfg)
             _apply(G, opt_g, loss_g, "g", cfg, precision, sync_grads, step, grads)
     finally:
         D.requires_grad_(True)

@@ -1,7 +1,7 @@
 """A named AWS cluster profile (infra/clusters/*.yaml): what ganops needs to know to build a
 spot GPU pool, validated before anything reaches AWS.
 
-Bad input raises `search_spaces.loader.SpecError`: file, line, field path and what to do,
+Loaded by `search_spaces.loader.load_profile` (bad input: SpecError with file, line, field path and what to do,
 the same messages a sweep spec gets.
 """
 
@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from pathlib import Path
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from search_spaces.loader import read_yaml_text, spec_from_text
 
 _INSTANCE_TYPE = r"^[a-z][a-z0-9-]*\.[a-z0-9]+$"  # g4dn.xlarge, p3.2xlarge, m5.large
 _NAME = r"^[a-z][a-z0-9-]{0,39}$"  # becomes the Ray cluster name and the security group's
@@ -89,8 +87,3 @@ class ClusterProfile(_Strict):
         """EC2's IamInstanceProfile parameter: {"Arn": ...} or {"Name": ...}."""
         return {"Arn": self.iam_instance_profile} if self.iam_instance_profile.startswith("arn:") else {"Name": self.iam_instance_profile}
 
-
-def load_profile(path: str | Path) -> ClusterProfile:
-    """Read, safely parse (yaml.safe_load) and validate a cluster profile, or raise SpecError."""
-    text = read_yaml_text(path, "cluster profile", "infra/clusters/aws-spot-gpu.yaml")
-    return spec_from_text(text, str(path), model=ClusterProfile)

@@ -98,7 +98,7 @@ def price_labels(profile: ClusterProfile, instance_type: str, spot: bool, spot_u
     guess below what AWS may charge. No on-demand price known: no labels (the trial costs $0 and
     says so)."""
     from infra.aws.prices import on_demand_price
-    from trainers.cost import LABEL_MARKET, LABEL_ON_DEMAND, LABEL_PRICE
+    from infra.labels import LABEL_MARKET, LABEL_ON_DEMAND, LABEL_PRICE
 
     on_demand, _ = on_demand_price(instance_type, profile.region, profile.on_demand_usd_per_hour)
     price = on_demand

@@ -81,7 +81,7 @@ class InterruptionWatcher:
 def watcher_for_this_node(node_labels: dict) -> InterruptionWatcher | None:
     """A started watcher on a spot node (label `ganops.io/market: spot`) or wherever
     GANOPS_IMDS_ENDPOINT is set; None elsewhere (this machine: no metadata service to ask)."""
-    from trainers.cost import LABEL_MARKET
+    from infra.labels import LABEL_MARKET
 
     market = node_labels.get(LABEL_MARKET)
     if isinstance(market, (list, tuple)):

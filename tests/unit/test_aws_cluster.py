@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.aws.cluster import ClusterProfile, load_profile
+from infra.aws.cluster import ClusterProfile
+from search_spaces.loader import load_profile
 from infra.aws.launcher import (
     DIST_REMOTE,
     DRIVER_RESOURCE,

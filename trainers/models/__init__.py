@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from trainers.config import TrainerConfig
+from trainers.plugin import GanPlugin, plugin_class
 from trainers.models.common import init_weights
 from trainers.models.conditional import CDCGAN28Discriminator, CDCGAN28Generator
 from trainers.models.dcgan import (
@@ -25,7 +26,7 @@ from trainers.models.dcgan import (
 from trainers.models.fc import FCDiscriminator, FCGenerator
 from trainers.models.mlp2d import MLP2dDiscriminator, MLP2dGenerator
 
-__all__ = ["build_models", "sample_latent"]
+__all__ = ["BuiltinGan", "build_models", "gan_for", "sample_latent"]
 
 # The convolutional image models' generators (one signature); D is ConvDiscriminator for all.
 _CONV_G = {"dcgan28": ProjectedGenerator, "dcgan28_upsample": DCGAN28UpsampleGenerator, "dcgan32": functools.partial(ProjectedGenerator, size=32), "dcgan64": DCGAN64Generator}
@@ -51,16 +52,30 @@ def _build(cfg: TrainerConfig) -> tuple[nn.Module, nn.Module]:
     return G, D
 
 
+class BuiltinGan(GanPlugin):
+    """The built-in architectures through the plugin interface: ganops' own losses and latents."""
+
+    def build(self) -> tuple[nn.Module, nn.Module]:
+        return _build(self.cfg)
+
+
+def gan_for(cfg: TrainerConfig) -> GanPlugin:
+    """The GAN behind cfg.model: a built-in or the user's plugin (trainers/plugin.py)."""
+    return plugin_class(cfg.model)(cfg) if cfg.is_plugin else BuiltinGan(cfg)
+
+
 def build_models(cfg: TrainerConfig) -> tuple[nn.Module, nn.Module]:
     """(G, D) for cfg.model, initialised from cfg.seed without touching the global RNG."""
     # fork_rng: the init is a function of cfg.seed alone, and callers' RNG streams stay put.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return _build(cfg)
+        G, D = gan_for(cfg).build()
+    if not (isinstance(G, nn.Module) and isinstance(D, nn.Module)):
+        raise TypeError(f"{cfg.model}.build() must return (G, D) as two torch.nn.Module, got ({type(G).__name__}, {type(D).__name__})")
+    return G, D
 
 
 def sample_latent(n: int, cfg: TrainerConfig, generator: torch.Generator) -> Tensor:
-    """z of shape (n, latent_dim): N(0, I) or U[-1, 1], drawn from `generator`, on its device."""
-    if cfg.latent_dist == "normal":
-        return torch.randn(n, cfg.latent_dim, generator=generator, device=generator.device)
-    return torch.rand(n, cfg.latent_dim, generator=generator, device=generator.device) * 2.0 - 1.0
+    """z of shape (n, latent_dim): N(0, I) or U[-1, 1], drawn from `generator`, on its device
+    (a plugin may draw its own: GanPlugin.sample_latent)."""
+    return gan_for(cfg).sample_latent(n, generator)

@@ -1,0 +1,1 @@
+"""A spectral-norm hinge GAN, packaged as a ganops trainer plugin (entry point `sngan`)."""
