@@ -21,6 +21,7 @@ for _k, _v in {"MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_DISABLE_TELEMETRY": "t
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.logging import RichHandler  # noqa: E402
+from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from orchestrator.cluster_cli import cluster_app  # noqa: E402
@@ -63,7 +64,7 @@ def _load(file: Path, overrides: list[str] | None):
 
 
 def _fail(msg: str, code: int = 1) -> None:
-    err.print(f"[bold red]error[/] {msg}", highlight=False)
+    err.print(f"[bold red]error[/] {escape(msg)}", highlight=False)  # a message may quote `ray[default]` or a log
     raise typer.Exit(code)
 
 
@@ -156,8 +157,13 @@ def submit(
     json_: JsonOpt = False,
     require: RequireOpt = None,
     home: Annotated[str, typer.Option(help="GANOPS_HOME on the cluster: its MLflow store and Ray storage (unless the spec names others); must outlive one job.")] = "~/ganops_runs",
+    install: Annotated[str, typer.Option(help="auto: a probe job finds which of ganops' requirements (pinned to this client's versions) the cluster lacks, and the job pip-installs those; never: ship the code only.")] = "auto",
 ) -> None:
     """Run a sweep on a Ray cluster as a Ray job. Submitting the same spec again finds the same job (or resumes it if it died).
+
+    The job brings ganops' requirements the cluster lacks (the cluster keeps its own torch); a
+    cluster that has them all installs nothing. A cluster with token auth takes the token from
+    RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token.
 
     Example: ganops submit search_spaces/dcgan.yaml --address http://127.0.0.1:8265 --wait --require 'fid<80'
     """
@@ -170,9 +176,10 @@ def submit(
     except gate.GateError as e:
         _fail(f"{e}. Nothing was launched.", 2)
     try:
-        handle = jobs.submit(spec, address, home=home)
+        handle = jobs.submit(spec, address, home=home, install=install)
     except jobs.JobError as e:
         _fail(str(e), 2)
+    _say_runtime(handle.runtime)
     what = "found running job" if handle.existing else (f"resumed {handle.resumes} as" if handle.resumes else "submitted")
     err.print(f"{what} [bold]{handle.job_id}[/] on {address} (sweep {handle.sweep_id})", highlight=False)
     if not wait_:
@@ -186,6 +193,19 @@ def submit(
             typer.echo(json.dumps({"job": handle.to_dict(), **outcome.to_dict()}))
         _fail(f"job {handle.job_id} ended {outcome.status} without a sweep result ({outcome.message}); see `ganops logs {handle.job_id} --address {address}`", 1)
     _finish(outcome.result, conditions, json_, extra={"job": {**handle.to_dict(), "status": outcome.status}})
+
+
+def _say_runtime(runtime: dict | None) -> None:
+    """One line on what the new job installs on the cluster (and a Python mismatch, if any)."""
+    if not runtime or runtime.get("install") != "auto":
+        return
+    if runtime["installed"]:
+        err.print(f"cluster lacks {len(runtime['installed'])} packages: job installs {', '.join(runtime['installed'])}", highlight=False, markup=False)
+    else:
+        err.print("cluster already has ganops' requirements: nothing installed", highlight=False)
+    if runtime.get("cluster_python") != runtime.get("client_python"):
+        err.print(f"[yellow]warning:[/] the cluster runs Python {runtime.get('cluster_python')}, this client {runtime.get('client_python')}: "
+                  "the pins are this client's versions; one without a build for the cluster's Python fails the job's install", highlight=False)
 
 
 def _wait_job(job_id: str, address: str):
@@ -381,6 +401,7 @@ def sample(
     class_: Annotated[int | None, typer.Option("--class", help="Conditional generators (cdcgan28) only: draw this class (0-9). Without it they draw the classes 0-9 in turn, one per column.")] = None,
     interpolate: Annotated[str | None, typer.Option("--interpolate", metavar="A,B", help="Instead of N samples: a strip of --steps samples along the spherical interpolation (slerp) from seed A's latent to seed B's.")] = None,
     steps: Annotated[int, typer.Option("--steps", min=2, max=1000, help="Samples along an --interpolate walk, both ends included.")] = 10,
+    device: Annotated[str, typer.Option("--device", help="Where the generator runs: cpu, cuda or cuda:N (a generator trained on a GPU samples on a CPU too).")] = "cpu",
     tracking_uri: TrackingOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -395,7 +416,7 @@ def sample(
 
     pair = _seed_pair(interpolate)
     try:
-        info = _sample(resolve_tracking_uri(tracking_uri), run, n, out, seed, cls=class_, interpolate=pair, steps=steps)
+        info = _sample(resolve_tracking_uri(tracking_uri), run, n, out, seed, cls=class_, interpolate=pair, steps=steps, device=device)
     except SampleError as e:
         _fail(str(e), 2)
     if json_:

@@ -99,6 +99,8 @@ def test_submit_waits_gates_and_is_idempotent(ray_head, tmp_path):
     assert r.returncode == 0, r.stderr
     first = json.loads(r.stdout)
     assert first["job_id"] == first["sweep_id"] == jobs.sweep_id_for(spec_from_text(QUICK)) and not first["existing"]
+    # This head runs the project's own Python: it has every pin, so the job installs nothing.
+    assert first["runtime"]["installed"] == [] and first["runtime"]["already_there"] is True and "nothing installed" in r.stderr
 
     # The same spec again: the same job, not a second sweep; this time wait for it and gate on it.
     r = cli("submit", spec, "--address", ray_head, "--home", str(home), "--wait", "--json", "--require", "step>=400", "--require", "mix_score>=0", timeout=400)
