@@ -218,8 +218,8 @@ def sharing_figures(device: torch.device, steps: int, home: Path, trials: int = 
         out[label] = {"trials": len(done), "gpus_per_worker": gpus, "concurrent": concurrent, "wall_s": round(wall, 1),
                       "sweep_img_s": round(images / wall, 1),  # everything: Ray Train start-up, evals, checkpoints
                       "training_img_s_per_trial": round(statistics.median(per_trial), 1) if per_trial else None,
-                      # while `concurrent` trials train at once, each at its own rate
-                      "training_img_s_aggregate": round(statistics.median(per_trial) * concurrent, 1) if per_trial else None}
+                      # while `concurrent` trials (at most the trials there are) train at once, each at its own rate
+                      "training_img_s_aggregate": round(statistics.median(per_trial) * min(concurrent, len(per_trial)), 1) if per_trial else None}
         print(json.dumps({label: out[label]}), flush=True)
     a, s = out["alone"], out["shared"]
     if a["training_img_s_aggregate"] and s["training_img_s_aggregate"]:
