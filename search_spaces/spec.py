@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -34,6 +35,9 @@ MIXTURE_METRICS = {"mix_score": "max", "modes": "max", "hq_pct": "max", "reverse
 
 # Image metrics that need the MNIST feature classifier: reported for data: mnist only.
 CLASSIFIER_METRICS = ("fid", "class_coverage", "kid", "inception_score", "precision", "recall", "coverage")
+# ... of which these are computed in a feature space: with metrics.features, every image dataset
+# reports them (class_coverage and inception_score need the classifier's class logits).
+FEATURE_METRICS = ("fid", "kid", "precision", "recall", "coverage")
 
 # D(x) and D(G(z)) are probabilities only under the BCE losses; hinge / wgan-gp do not report them.
 BCE_ONLY_METRICS = ("d_x", "d_g_z")
@@ -247,6 +251,33 @@ class Stopping(_Model):
     plateau: Plateau | None = Field(None, description="Off by default.")
 
 
+class Metrics(_Model):
+    """How image samples are scored: the feature network of FID, KID, precision/recall,
+    density/coverage and diversity (README "Image metrics")."""
+
+    features: str | None = Field(
+        None,
+        description="Feature network for the image metrics: a TorchScript file (.pt / .ts, torch.jit.save of a scripted or traced net) "
+        "or a callable returning the network (package.module:callable, importable here and on every worker, or path/to/file.py:callable); "
+        "relative paths are read from the spec's folder. It maps images (N, C, H, W) in [-1, 1] to (N, D) features and is checked on a "
+        "dummy batch of the data's shape when the spec is validated. With it, every image dataset reports fid, kid, precision, recall, "
+        "density, coverage and diversity in its feature space (mnist: instead of the MNIST classifier's; class_coverage and "
+        "inception_score still come from the classifier). null = the MNIST classifier, mnist only.",
+    )
+
+    @field_validator("features")
+    @classmethod
+    def _resolve_features(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return v
+        from trainers.metrics import FeatureNetworkError, resolve_feature_reference
+
+        try:  # absolute, so the workers (and `ganops resume`) read the same file from any working directory
+            return resolve_feature_reference(v.strip(), (info.context or {}).get("base_dir"))
+        except FeatureNetworkError as e:
+            raise ValueError(str(e)) from None
+
+
 class Budget(_Model):
     """What the sweep may spend, from the prices the cluster's nodes advertise (trainers/cost.py)."""
 
@@ -282,6 +313,7 @@ class SweepSpec(_Model):
     resources: Resources = Field(default_factory=Resources)
     stopping: Stopping = Field(default_factory=Stopping)
     tracking: Tracking = Field(default_factory=Tracking)
+    metrics: Metrics = Field(default_factory=Metrics, description="How image samples are scored (the feature network).")
     budget: Budget | None = Field(None, description="Spending cap in USD; null = none.")
     storage: str | None = Field(None, description="Ray checkpoints and experiment state: a local directory (default ./ganops_runs/ray) or s3://bucket/prefix.")
 
@@ -330,6 +362,30 @@ class SweepSpec(_Model):
                 raise ValueError(f"sweep.metric: {self.sweep.metric!r} is a probability that loss {critics[0]!r} does not report (its critic scores are critic_real / critic_fake); rank by another metric or use a BCE loss ({', '.join(BCE_LOSSES)})")
         return self
 
+    @model_validator(mode="after")
+    def _features_fit_data(self) -> "SweepSpec":
+        """metrics.features loads and maps a dummy batch of every image shape the sweep trains on to (N, D)."""
+        ref = self.metrics.features
+        if ref is None:
+            return self
+        if not self.trainer.is_image:
+            raise ValueError(f"metrics.features: scores images, and data {self.trainer.data!r} is 2-D points (scored by its mixture metrics); remove it")
+        from trainers.metrics import feature_network_problem
+
+        shapes = {self.trainer.image_shape}
+        base = self.trainer.model_dump()
+        for key in ("data", "image_size", "channels", "model"):  # searched settings that change the images' shape
+            for value in self.search[key].candidates() if key in self.search else ():
+                try:
+                    shapes.add(TrainerConfig.model_validate({**base, key: value}).image_shape)
+                except ValidationError:
+                    pass  # reported by _search_fits_trainer
+        for shape in sorted(s for s in shapes if s is not None):
+            problem = feature_network_problem(ref, shape)
+            if problem:
+                raise ValueError(f"metrics.features: {problem}")
+        return self
+
     @property
     def pbt_mutations(self) -> list[str]:
         """The settings PBT mutates: pbt.mutate, or every searched setting it can mutate."""
@@ -348,7 +404,8 @@ class SweepSpec(_Model):
             return CONDITIONAL_METRICS
         if self.trainer.has_mnist_classifier:
             return IMAGE_METRICS
-        plain = {k: v for k, v in IMAGE_METRICS.items() if k not in CLASSIFIER_METRICS}
+        scored = FEATURE_METRICS if self.metrics.features else ()  # in the feature network's space
+        plain = {k: v for k, v in IMAGE_METRICS.items() if k not in CLASSIFIER_METRICS or k in scored}
         if self.trainer.data == "stacked_mnist":  # the MNIST classifier on each channel: 1,000 modes
             return {**plain, **STACKED_METRICS}
         return plain
@@ -359,7 +416,7 @@ class SweepSpec(_Model):
             return self.sweep.metric
         if not self.trainer.is_image:
             return "mix_score"
-        return "fid" if self.trainer.has_mnist_classifier else "pixel_hist"
+        return "fid" if self.trainer.has_mnist_classifier or self.metrics.features else "pixel_hist"
 
     @property
     def mode(self) -> str:

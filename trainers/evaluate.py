@@ -3,7 +3,10 @@
 Images: the pixel-histogram distance and a grid of the sweep-wide fixed noise; on MNIST also
 FID against features of a small MNIST classifier (trained once, cached), class coverage, and
 from the same features KID, an Inception-style score, precision/recall, density/coverage and
-diversity (feature-space spread relative to real digits: ~1 real, 0 collapsed).
+diversity (feature-space spread relative to real digits: ~1 real, 0 collapsed). With a feature
+network (the spec's `metrics.features`) every image dataset reports FID, KID,
+precision/recall, density/coverage and diversity in its feature space instead; on MNIST the
+classifier still gives class coverage and the Inception-style score (they need its logits).
 Whatever G's output range (cfg.output), the metrics and the grid see images in [-1, 1].
 A conditional model (cdcgan28) is scored on samples of uniformly drawn classes, plus
 class_match: the fraction of them the classifier assigns to the class G was asked for; its
@@ -14,6 +17,7 @@ samples) and a scatter of the samples over the true means.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +28,12 @@ from trainers.data import default_cache_dir, mixture_means, real_images, to_tanh
 from trainers.metrics import (
     FeatureScorer,
     FidScorer,
+    class_coverage,
+    classifier_logits,
     image_grid,
+    inception_score,
     load_feature_extractor,
+    load_feature_network,
     mixture_scores,
     pixel_histogram_distance,
     scatter_png,
@@ -41,30 +49,43 @@ __all__ = ["Evaluator", "default_cache_dir", "MIXTURE_EVAL_SAMPLES"]
 
 
 class Evaluator:
-    def __init__(self, cfg: TrainerConfig, cache_dir: Path | None = None):
+    """`features`: the spec's `metrics.features` (a TorchScript file, package.module:callable or
+    path/to/file.py:callable, already resolved to an absolute path by the spec); None: the MNIST
+    classifier scores mnist, other image data get no feature-space scores."""
+
+    def __init__(self, cfg: TrainerConfig, cache_dir: Path | None = None, features: str | None = None):
         self.cfg = cfg
         self.gen = torch.Generator().manual_seed(cfg.seed + 7)  # eval draws never disturb training's RNG
+        if features is not None and not cfg.is_image:
+            raise ValueError(f"metrics.features scores images; data {cfg.data!r} is 2-D points")
         if cfg.is_image:
             self.real = real_images(cfg)  # (N, C, H, W) in [-1, 1]
-        if cfg.has_mnist_classifier:
+        if cfg.has_mnist_classifier or cfg.data == "stacked_mnist":
+            # the MNIST classifier: class coverage, IS and class_match; stacked_mnist: each channel's digit
             self.features = load_feature_extractor(cache_dir or default_cache_dir())
-            self.fid = FidScorer(self.features, self.real)
-            # metrics branch: KID, IS, precision/recall, density/coverage, diversity (~0.4 s per eval)
-            self.feature_scores = FeatureScorer(self.features, self.real)
-        elif cfg.data == "stacked_mnist":  # the same classifier reads each channel's digit
-            self.features = load_feature_extractor(cache_dir or default_cache_dir())
+        if features is not None:
+            self.feature_net = load_feature_network(features, cfg.image_shape)
+        elif cfg.has_mnist_classifier:
+            self.feature_net = self.features
+        if hasattr(self, "feature_net"):
+            self.fid = FidScorer(self.feature_net, self.real)
+            # metrics branch: KID, IS (MNIST classifier only), precision/recall, density/coverage, diversity (~0.4 s per eval)
+            self.feature_scores = FeatureScorer(self.feature_net, self.real)
+
+    def _networks(self) -> list[torch.nn.Module]:
+        return [getattr(self, a) for a in ("features", "feature_net") if hasattr(self, a)]
 
     def to(self, device: torch.device | str) -> "Evaluator":
-        """Run the feature network on `device` (a GPU trial's own); the scores are computed on the CPU."""
+        """Run the feature networks on `device` (a GPU trial's own); the scores are computed on the CPU."""
         if hasattr(self, "fid"):
             self.fid.to(device)  # moves the extractor too (FID holds it)
-        if hasattr(self, "features"):
-            self.features.to(device)
+        for net in self._networks():
+            net.to(device)
         return self
 
     def devices(self) -> list[str]:
-        """Where the feature network lives (for the trial's placement report)."""
-        return sorted({str(p.device) for p in self.features.parameters()}) if hasattr(self, "features") else []
+        """Where the feature networks live (for the trial's placement report)."""
+        return sorted({str(p.device) for net in self._networks() for p in itertools.chain(net.parameters(), net.buffers())})
 
     @torch.no_grad()
     def _generate(self, G: torch.nn.Module, n: int, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -97,11 +118,17 @@ class Evaluator:
             if self.cfg.is_image:
                 fakes, labels = self._generate(G, self.cfg.eval_samples)  # in [-1, 1]
                 scores = {}
+                if hasattr(self, "fid"):
+                    scores["fid"] = self.fid.score(fakes)
                 if self.cfg.has_mnist_classifier:
-                    covered, kl = self.fid.class_coverage(fakes)
-                    scores = {"fid": self.fid.score(fakes), "class_coverage": float(covered), "class_kl": float(kl)}
+                    logits = classifier_logits(self.features.classifier, fakes)
+                    covered, kl = class_coverage(logits)
+                    scores.update({"class_coverage": float(covered), "class_kl": float(kl)})
+                    if self.feature_net is not self.features:  # a metrics.features network has no class logits
+                        scores["inception_score"] = inception_score(logits)
+                if hasattr(self, "feature_scores"):
                     scores.update(self.feature_scores.score(fakes))
-                elif self.cfg.data == "stacked_mnist":
+                if self.cfg.data == "stacked_mnist":
                     # VEEGAN / PacGAN Table 2: modes of 1,000 and KL; the papers score 26,000
                     # samples (set eval_samples: 26000), fewer miss modes by chance alone.
                     scores.update({k: float(v) for k, v in stacked_mnist_scores(fakes, self.features.classifier).items()})

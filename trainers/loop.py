@@ -276,7 +276,7 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
     watching = _any_rank(watcher is not None, world, device)
     spot_saved = False
 
-    evaluator = Evaluator(cfg, Path(run["feature_cache"]) if run.get("feature_cache") else None).to(device) if rank == 0 else None
+    evaluator = Evaluator(cfg, Path(run["feature_cache"]) if run.get("feature_cache") else None, run.get("features")).to(device) if rank == 0 else None
     sink = _MlflowSink(run.get("tracking_uri"), run.get("run_id")) if rank == 0 else None
     noise = fixed_noise(cfg).to(device)
     window: dict[str, list[float]] = {}

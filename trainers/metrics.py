@@ -1,28 +1,36 @@
-"""Sample-based GAN metrics: mode coverage for the 2-D mixtures; for images FID, KID, an
-Inception-style score, precision/recall, density/coverage and diversity, all in the feature
-space of a small MNIST classifier (no downloads); Stacked MNIST modes; and the pictures
-logged alongside them.
+"""Sample-based GAN metrics: mode coverage for the 2-D mixtures; for images FID, KID,
+precision/recall, density/coverage and diversity in the feature space of a network (a small
+MNIST classifier by default, no downloads; or the spec's `metrics.features`, any network
+mapping images to (N, D) features), an Inception-style score and class coverage from the MNIST
+classifier's logits; Stacked MNIST modes; and the pictures logged alongside them.
 
 Balanced losses are not proof of health (GAN_NOTES), so every eval scores samples.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
+import importlib.util
+import itertools
 import logging
 import math
 import os
+import re
+import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainers.data import load_mnist, load_mnist_labels, mixture_means, mixture_sigma
+from trainers.data import default_cache_dir, load_mnist, load_mnist_labels, mixture_means, mixture_sigma
 
 log = logging.getLogger(__name__)
 
@@ -205,11 +213,210 @@ def load_feature_extractor(cache_dir: Path) -> nn.Module:
 
 
 def _device(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
+    """Where a network runs: its first parameter's (or buffer's) device; the CPU for one with neither."""
+    t = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return t.device if t is not None else torch.device("cpu")
+
+
+# ---------------------------------------------------------------- any feature network (metrics.features)
+
+TORCHSCRIPT_SUFFIXES = (".pt", ".ts")
+_REFERENCE = re.compile(r"^(?P<target>.+):(?P<attr>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)$")
+_MODULE = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*$")
+PROBE_BATCH = 2  # images in the dummy batch a feature network is checked on
+
+
+class FeatureNetworkError(ValueError):
+    """A `metrics.features` value that cannot score images; the message says what to do."""
+
+
+def feature_reference_kind(ref: str) -> str:
+    """'torchscript' (a .pt / .ts file), 'module' (package.module:callable) or 'file'
+    (path/to/file.py:callable); FeatureNetworkError for anything else."""
+    if ref.lower().endswith(TORCHSCRIPT_SUFFIXES):
+        return "torchscript"
+    m = _REFERENCE.match(ref)
+    if m and m.group("target").endswith(".py"):
+        return "file"
+    if m and _MODULE.match(m.group("target")):
+        return "module"
+    raise FeatureNetworkError(f"{ref!r} is neither a TorchScript file ({', '.join(TORCHSCRIPT_SUFFIXES)}) nor a callable "
+                              "(package.module:callable or path/to/file.py:callable) returning the network")
+
+
+def resolve_feature_reference(ref: str, base_dir: str | Path | None) -> str:
+    """`ref` with its file (a TorchScript file, or the .py of path/to/file.py:callable) made
+    absolute against `base_dir` (the spec's folder; None: the working directory), so Ray workers
+    and a later `ganops resume` read the same file whatever their working directory."""
+    kind = feature_reference_kind(ref)
+    if kind == "module":
+        return ref
+    target, attr = (ref, None) if kind == "torchscript" else ref.rsplit(":", 1)
+    p = Path(target).expanduser()
+    if not p.is_absolute():
+        p = Path(base_dir or Path.cwd()) / p
+    p = p.resolve()
+    return str(p) if attr is None else f"{p}:{attr}"
+
+
+def _import_file(path: Path) -> Any:
+    """The module in a .py file, imported once per process under a private name."""
+    if not path.is_file():
+        raise FeatureNetworkError(f"no file {path}; give the .py file that builds the feature network (relative to the spec's folder)")
+    name = f"ganops_features_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[name]
+        raise FeatureNetworkError(f"{path} raised {_short(e)} while it was imported") from None
+    return module
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    """'Type: message' on one line (TorchScript's errors run to dozens of lines of its code, the
+    error itself last)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    text = lines[-1] if lines else ""
+    if not text.startswith(type(e).__name__):
+        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _load_feature_object(ref: str) -> nn.Module | Callable[[Tensor], Tensor]:
+    kind = feature_reference_kind(ref)
+    if kind == "torchscript":
+        path = Path(ref).expanduser()
+        if not path.is_file():
+            raise FeatureNetworkError(f"no file {path}; give a TorchScript file (torch.jit.save(torch.jit.script(net), path)); "
+                                      "a relative path is read from the spec's folder")
+        try:
+            # TorchScript, not pickle: torch.jit.load rebuilds the network from its serialized
+            # TorchScript code and tensors and never unpickles arbitrary Python objects (a
+            # torch.save()d model would run whatever code its pickle names), so a shared
+            # feature file cannot run code on the workers beyond the network's own ops.
+            return torch.jit.load(str(path), map_location="cpu")
+        except Exception as e:
+            raise FeatureNetworkError(f"{path} is not a TorchScript file ({_short(e).split('. ')[0]}); save the network with "
+                                      "torch.jit.save(torch.jit.script(net), path) (or torch.jit.trace); a torch.save()d model "
+                                      "or state dict is not one") from None
+    target, attr = ref.rsplit(":", 1)
+    if kind == "file":
+        module = _import_file(Path(target).expanduser())
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as e:
+            raise FeatureNetworkError(f"module {target!r} cannot be imported ({e}); it must be importable where the spec is validated "
+                                      "and on every worker: install it, put its folder on PYTHONPATH, or name the file "
+                                      "(path/to/file.py:callable)") from None
+        except Exception as e:
+            raise FeatureNetworkError(f"module {target!r} raised {_short(e)} while it was imported") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise FeatureNetworkError(f"{target} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if isinstance(obj, nn.Module):  # the network itself
+        return obj
+    if not callable(obj):
+        raise FeatureNetworkError(f"{ref} is a {type(obj).__name__}; name a callable that returns the feature network (an nn.Module)")
+    try:
+        net = obj()  # a factory (a function, or an nn.Module class) called without arguments
+    except Exception as e:
+        raise FeatureNetworkError(f"calling {ref}() raised {_short(e)}") from None
+    if not callable(net):
+        raise FeatureNetworkError(f"{ref}() returned a {type(net).__name__}; it must return an nn.Module (or a callable) mapping images to features")
+    return net
+
+
+class FeatureNetwork(nn.Module):
+    """A network named by `metrics.features`, as the scorers and torchmetrics want it:
+    images (N, C, H, W) in [-1, 1] -> (N, num_features) float features."""
+
+    def __init__(self, net: nn.Module | Callable[[Tensor], Tensor], num_features: int, ref: str) -> None:
+        super().__init__()
+        if isinstance(net, nn.Module):
+            self.net = net  # moves with .to(device)
+        else:
+            self.fn = net  # a plain callable runs where its own tensors are (the CPU, usually)
+        self.num_features = num_features  # torchmetrics reads this instead of probing with a 299x299 uint8 image
+        self.ref = ref
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.net(x) if hasattr(self, "net") else self.fn(x)
+        return out.float()
+
+
+def load_feature_network(ref: str, image_shape: tuple[int, int, int]) -> FeatureNetwork:
+    """The feature network `ref` names (a TorchScript file, package.module:callable or
+    path/to/file.py:callable), in eval mode without gradients, checked on a dummy batch of
+    PROBE_BATCH images of `image_shape` (C, H, W) in [-1, 1]: it must return (N, D) features.
+    FeatureNetworkError says what is wrong."""
+    net = _load_feature_object(ref)
+    if isinstance(net, nn.Module):
+        net.eval()
+        for param in net.parameters():  # (ScriptModules have no requires_grad_)
+            param.requires_grad_(False)
+    c, h, w = image_shape
+    x = torch.rand(PROBE_BATCH, c, h, w, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    try:
+        with torch.no_grad():
+            out = net(x)
+    except Exception as e:
+        raise FeatureNetworkError(f"{ref} fails on a ({PROBE_BATCH}, {c}, {h}, {w}) batch of images in [-1, 1] "
+                                  f"(the data's shape): {_short(e)}") from None
+    if not isinstance(out, Tensor):
+        raise FeatureNetworkError(f"{ref} returns a {type(out).__name__}, not a tensor; it must return (N, D) features")
+    if out.ndim != 2 or out.shape[0] != PROBE_BATCH or out.shape[1] < 1:
+        raise FeatureNetworkError(f"{ref} maps a ({PROBE_BATCH}, {c}, {h}, {w}) batch to shape {tuple(out.shape)}; it must return "
+                                  f"(N, D) features, ({PROBE_BATCH}, D) here (flatten or pool them)")
+    if not out.is_floating_point() or not bool(torch.isfinite(out).all()):
+        raise FeatureNetworkError(f"{ref} returns {'non-finite' if out.is_floating_point() else out.dtype} features on a dummy batch; "
+                                  "they must be finite floating-point numbers")
+    return FeatureNetwork(net, int(out.shape[1]), ref).eval()
+
+
+def _stamp(ref: str) -> tuple[int, int] | None:
+    """(mtime, size) of the file a reference reads, so an edited file is checked again."""
+    kind = feature_reference_kind(ref)
+    if kind == "module":
+        return None
+    p = Path(ref if kind == "torchscript" else ref.rsplit(":", 1)[0]).expanduser()
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+@functools.lru_cache(maxsize=32)
+def _probe(ref: str, stamp: tuple[int, int] | None, image_shape: tuple[int, int, int]) -> str | None:
+    try:
+        load_feature_network(ref, image_shape)
+    except FeatureNetworkError as e:
+        return str(e)
+    return None
+
+
+def feature_network_problem(ref: str, image_shape: tuple[int, int, int]) -> str | None:
+    """Why `ref` cannot score images of `image_shape`, or None (cached per file version and shape:
+    a spec is validated again at each process boundary)."""
+    try:
+        stamp = _stamp(ref)
+    except FeatureNetworkError as e:
+        return str(e)
+    return _probe(ref, stamp, tuple(image_shape))
 
 
 class FidScorer:
-    """FID against a fixed real set whose statistics are computed once, at construction."""
+    """FID against a fixed real set whose statistics are computed once, at construction, in the
+    feature space of `extractor` (MnistFeatures, a FeatureNetwork, or any module mapping images
+    in [-1, 1] to (N, D) features that has a `num_features` attribute)."""
 
     def __init__(self, extractor: nn.Module, real: Tensor, batch_size: int = 500) -> None:
         from torchmetrics.image.fid import FrechetInceptionDistance  # lazy: ~2 s import
@@ -231,7 +438,8 @@ class FidScorer:
                 self._fid.update(chunk.to(self._fid.device), real=real)
 
     def score(self, fakes: Tensor) -> float:
-        """FID of (N, 1, 28, 28) fakes in [-1, 1]; use N >= ~500 (128-d features)."""
+        """FID of (N, C, H, W) fakes in [-1, 1], shaped like the reals; use N >= ~500 (128-d
+        features; more for wider ones, e.g. Inception's 2,048)."""
         self._fid.reset()  # keeps the real statistics
         self._update(fakes, real=False)
         return float(self._fid.compute())
@@ -241,12 +449,22 @@ class FidScorer:
         clf = getattr(self.extractor, "classifier", None)
         if clf is None:
             raise TypeError("class_coverage needs an extractor with a .classifier (use load_feature_extractor)")
-        with torch.no_grad():
-            dev = _device(clf)
-            pred = torch.cat([clf(c.to(dev)).argmax(1).cpu() for c in fakes.detach().float().split(self.batch_size)])
-        p = torch.bincount(pred, minlength=10).double() / pred.numel()
-        nz = p > 0
-        return int(nz.sum()), float((p[nz] * torch.log(10 * p[nz])).sum())
+        return class_coverage(classifier_logits(clf, fakes, self.batch_size))
+
+
+@torch.no_grad()
+def classifier_logits(classifier: nn.Module, images: Tensor, batch_size: int = 500) -> Tensor:
+    """(N, 10) logits of the MNIST classifier on its device, returned on the CPU."""
+    dev = _device(classifier)
+    return torch.cat([classifier(c.to(dev)).cpu() for c in images.detach().float().split(batch_size)])
+
+
+def class_coverage(logits: Tensor) -> tuple[int, float]:
+    """(classes predicted at least once, KL(predicted-class histogram || uniform)) of (N, K) logits."""
+    k = logits.shape[1]
+    p = torch.bincount(logits.argmax(1), minlength=k).double() / logits.shape[0]
+    nz = p > 0
+    return int(nz.sum()), float((p[nz] * torch.log(k * p[nz])).sum())
 
 
 # ---------------------------------------------------------------- more scores from the same features
@@ -305,21 +523,22 @@ def mean_pairwise_distance(x: Tensor) -> float:
 
 
 class FeatureScorer:
-    """KID, Inception-style score, precision/recall, density/coverage and diversity of fakes,
-    all from ONE forward pass of the MNIST classifier (features and its logits), against a
-    fixed real set featurised once. No downloads: the classifier stands in for Inception.
+    """KID, precision/recall, density/coverage and diversity of fakes in the feature space of
+    `extractor`, against a fixed real set featurised once. With the MNIST classifier
+    (MnistFeatures, from load_feature_extractor) also the Inception-style score, from the same
+    forward pass (features and the classifier's logits); any other network (a FeatureNetwork of
+    `metrics.features`) has no class logits, so no inception_score.
     """
 
     def __init__(self, extractor: nn.Module, real: Tensor, batch_size: int = 500, seed: int = 0) -> None:
         from torchmetrics.image.kid import KernelInceptionDistance  # lazy: ~2 s import
 
         clf = getattr(extractor, "classifier", None)
-        if clf is None:
-            raise TypeError("FeatureScorer needs an extractor with a .classifier (use load_feature_extractor)")
-        self.classifier = clf.eval()
+        self.classifier = clf.eval() if isinstance(clf, MnistClassifier) else None
+        self.extractor = extractor.eval()
         self.batch_size = batch_size
         self.seed = seed
-        self.real_features, _ = self.features_and_logits(real)  # (R, 128)
+        self.real_features, _ = self.features_and_logits(real)  # (R, D): D = 128 for the classifier
         # A fixed order of the reals: precision/recall/density take the first len(fakes) of
         # them, so both sets have the same size (the k-NN radii depend on it).
         perm = torch.randperm(self.real_features.shape[0], generator=torch.Generator().manual_seed(seed))
@@ -328,7 +547,8 @@ class FeatureScorer:
         # Features are computed here once, so KID gets an identity "feature module" over them.
         # The cubic kernel (gamma x.y + 1)^3 is scale-dependent: torchmetrics' gamma = 1/d
         # suits Inception's pool features, but these ReLU features have norms ~50, which puts
-        # kernel values in the thousands. gamma = 1 / mean |x_real|^2 keeps gamma x.y ~ 1.
+        # kernel values in the thousands. gamma = 1 / mean |x_real|^2 keeps gamma x.y ~ 1, in
+        # any feature space (so KID with Inception features is not the papers' gamma = 1/d KID).
         # sync_on_compute=False: only one Ray worker scores.
         gamma = float(1.0 / self.real_features.double().pow(2).sum(dim=1).mean())
         with warnings.catch_warnings():  # its note that it keeps every feature: 5k x 128 floats here
@@ -337,8 +557,12 @@ class FeatureScorer:
         self._kid.update(self.real_features, real=True)
 
     @torch.no_grad()
-    def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        dev = _device(self.classifier)  # the classifier's device (a GPU in a GPU trial); scores on the CPU
+    def features_and_logits(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(N, D) features on the CPU and, with the MNIST classifier, its (N, 10) logits (else None)."""
+        if self.classifier is None:
+            dev = _device(self.extractor)  # the network's device (a GPU in a GPU trial); scores on the CPU
+            return torch.cat([self.extractor(c.to(dev)).float().cpu() for c in images.detach().float().split(self.batch_size)]), None
+        dev = _device(self.classifier)
         feats = [self.classifier.features(c.to(dev)) for c in images.detach().float().split(self.batch_size)]
         f = torch.cat(feats)  # (N, 128)
         return f.cpu(), self.classifier.head(f).cpu()  # (N, 10) logits
@@ -358,14 +582,15 @@ class FeatureScorer:
         return float(mean)
 
     def score(self, fakes: Tensor) -> dict[str, float]:
-        """Every score of (N, 1, 28, 28) fakes in [-1, 1] (N >= ~500 for stable numbers)."""
+        """Every score of (N, C, H, W) fakes in [-1, 1] (N >= ~500 for stable numbers);
+        inception_score only with the MNIST classifier."""
         f, logits = self.features_and_logits(fakes)
         # k-NN scores on equal-size sets, at most 5,000 each (the N x N distances grow fast)
         m = min(f.shape[0], self.real_shuffled.shape[0], 5000)
         real, fk = self.real_shuffled[:m], f[:m]
         return {
             "kid": self.kid(f),
-            "inception_score": inception_score(logits),
+            **({"inception_score": inception_score(logits)} if logits is not None else {}),
             **precision_recall(real, fk, k=3),
             **density_coverage(real, fk, k=5),
             # 1 ~ as spread as real digits, 0 = every sample the same (mode collapse)
@@ -384,10 +609,6 @@ def stacked_mnist_scores(images: Tensor, classifier: nn.Module | None = None, ba
     that many, even perfect samples miss few modes but KL keeps a sampling floor of ~(K-1)/2N.
     """
     if classifier is None:
-        from trainers.evaluate import (
-            default_cache_dir,  # lazy: evaluate imports this module
-        )
-
         classifier = load_feature_extractor(default_cache_dir()).classifier
     x = images.detach().float().to(_device(classifier))
     if x.ndim != 4 or x.shape[1:] != (3, 28, 28):
