@@ -321,9 +321,10 @@ class SweepSpec(_Model):
     def _search_fits_trainer(self) -> "SweepSpec":
         fields = TrainerConfig.model_fields
         base = self.trainer.model_dump()
+        own = self.trainer.plugin_params_fields
         for key, dist in self.search.items():
-            if key not in fields:
-                raise ValueError(f"search.{key}: not a trainer setting; searchable settings: {', '.join(sorted(fields))}")
+            if key not in fields and key not in own or key == "params":
+                raise ValueError(f"search.{key}: not a trainer setting; searchable settings: {', '.join(sorted([*(f for f in fields if f != 'params'), *own]))}")
             for value in dist.candidates():
                 try:
                     TrainerConfig.model_validate({**base, key: value})
