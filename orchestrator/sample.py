@@ -101,7 +101,7 @@ def _device(name: str) -> torch.device:
     """The torch device `--device` names, refused with the reason when this machine lacks it."""
     try:
         device = torch.device(name)
-    except RuntimeError as e:
+    except RuntimeError:
         raise SampleError(f"--device {name}: not a torch device; use cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():

@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import re
-import sys
 import tempfile
 import time
 import warnings
@@ -260,21 +259,13 @@ def resolve_feature_reference(ref: str, base_dir: str | Path | None) -> str:
 
 
 def _import_file(path: Path) -> Any:
-    """The module in a .py file, imported once per process under a private name."""
-    if not path.is_file():
-        raise FeatureNetworkError(f"no file {path}; give the .py file that builds the feature network (relative to the spec's folder)")
-    name = f"ganops_features_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
+    """The module in a .py file, imported once per process (trainers/plugin.import_file)."""
+    from trainers.plugin import PluginError, import_file
+
     try:
-        spec.loader.exec_module(module)
-    except Exception as e:
-        del sys.modules[name]
-        raise FeatureNetworkError(f"{path} raised {_short(e)} while it was imported") from None
-    return module
+        return import_file(path)
+    except PluginError as e:
+        raise FeatureNetworkError(str(e)) from None
 
 
 def _short(e: BaseException, limit: int = 300) -> str:

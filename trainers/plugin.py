@@ -20,6 +20,7 @@ No Ray, MLflow or boto3 here (trainers/step.py imports it).
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -111,11 +112,13 @@ def resolve_reference(value: str, base_dir: str | Path | None) -> str:
     return value
 
 
-def _from_file(path: str) -> Any:
+def import_file(path: str | Path) -> Any:
+    """The module in a .py file, imported once per process under a private name (plugins here,
+    feature networks in trainers/metrics.py)."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise PluginError(f"no file {p}; give a .py file beside the spec (path relative to the spec's folder) or an importable module")
-    name = f"ganops_plugin_{abs(hash(str(p.resolve())))}"
+    name = f"ganops_file_{hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:12]}"
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, p)
@@ -152,7 +155,7 @@ def load_object(value: str, group: str = "ganops.models") -> Any:
     if not target or not attr:
         raise PluginError(f"{value!r}: write a plugin as package.module:Class or path/to/file.py:Class")
     if target.endswith(".py"):
-        module = _from_file(target)
+        module = import_file(target)
     else:
         try:
             module = importlib.import_module(target)
