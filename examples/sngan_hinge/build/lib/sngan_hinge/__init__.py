@@ -1,1 +1,0 @@
-"""A spectral-norm hinge GAN, packaged as a ganops trainer plugin (entry point `sngan`)."""
