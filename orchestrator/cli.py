@@ -126,6 +126,7 @@ def resume(
     address: AddressOpt = None,
     json_: JsonOpt = False,
     require: RequireOpt = None,
+    storage: Annotated[Optional[str], typer.Option("--storage", help="The sweep's Ray storage, when the spec named one (a directory or s3://bucket/prefix); default GANOPS_HOME/ray. Never taken from MLflow.")] = None,
 ) -> None:
     """Continue a sweep whose `ganops sweep` process died: finished trials stay, unfinished ones go on from their checkpoints.
 
@@ -140,7 +141,7 @@ def resume(
         conditions = gate.parse(require or [], None)
     except gate.GateError as e:
         _fail(f"{e}. Nothing was resumed.", 2)
-    result = _running(lambda: resume_sweep(sweep_id, tracking_uri=resolve_tracking_uri(tracking_uri), address=address, console=err), launched=True)
+    result = _running(lambda: resume_sweep(sweep_id, tracking_uri=resolve_tracking_uri(tracking_uri), address=address, console=err, storage=storage), launched=True)
     _finish(result, conditions, json_)
 
 

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -194,18 +195,18 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
     quiet_environment()
     started = time.monotonic()
     sweep_id = sweep_id or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    _check_sweep_id(sweep_id)
     uri = tracking.resolve_tracking_uri(spec.tracking.uri)
     client = MlflowClient(uri)
+    storage = trusted_storage(spec.storage)
     if tracking.find_sweep_run(client, sweep_id) is not None:
         if resume:
-            return resume_sweep(sweep_id, tracking_uri=uri, address=address, console=console)
+            return resume_sweep(sweep_id, tracking_uri=uri, address=address, console=console, storage=storage)
         raise SweepError(f"sweep {sweep_id} already exists in {uri}; continue it with `ganops resume {sweep_id}`")
     experiment = spec.tracking.experiment or spec.name
     experiment_id = tracking.ensure_experiment(client, experiment, uri)
-    storage = spec.storage or str(tracking.home() / "ray")
-    if "://" not in storage:
-        storage = str(Path(storage).resolve())
     _check_storage(storage)
+    write_stored_spec(storage, sweep_id, spec)
     feature_cache = _feature_cache(spec)
     _init_ray(address)
     import ray
@@ -222,12 +223,71 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
     return _execute(spec, client, uri, experiment, experiment_id, parent, sweep_id, storage, feature_cache, console, started, new_tuner)
 
 
-def resume_sweep(sweep: str, *, tracking_uri: str | None = None, address: str | None = None, console: Console | None = None) -> SweepResult:
+SWEEP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
+STORED_SPEC = "ganops_spec.json"  # the resolved spec, beside Tune's state in the sweep's storage
+
+
+def _check_sweep_id(sweep_id: str) -> None:
+    if not SWEEP_ID.match(sweep_id) or ".." in sweep_id:
+        raise SweepError(f"sweep id {sweep_id!r}: use letters, digits and _.- only (at most 200), starting with a letter or digit")
+
+
+def trusted_storage(storage: str | None) -> str:
+    """Where this process may read and write sweeps: the spec's (or --storage's) storage, else
+    GANOPS_HOME/ray; a local path made absolute. Never a path read from MLflow."""
+    storage = storage or str(tracking.home() / "ray")
+    return storage.rstrip("/") if "://" in storage else str(Path(storage).expanduser().resolve())
+
+
+def _storage_file(storage: str, sweep_id: str):
+    """(pyarrow filesystem or None for a local path, the path of the sweep's stored spec)."""
+    if "://" not in storage:
+        return None, str(Path(storage) / sweep_id / STORED_SPEC)
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(storage)
+    return fs, f"{root}/{sweep_id}/{STORED_SPEC}"
+
+
+def write_stored_spec(storage: str, sweep_id: str, spec: SweepSpec) -> None:
+    """Keep the resolved spec with the sweep's Ray state: what `ganops resume` trusts (the
+    MLflow copy is for people; anyone who can write to the tracking server can change it)."""
+    fs, path = _storage_file(storage, sweep_id)
+    data = json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()
+    if fs is None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(data)
+    else:
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+
+
+def read_stored_spec(storage: str, sweep_id: str) -> SweepSpec | None:
+    fs, path = _storage_file(storage, sweep_id)
+    try:
+        if fs is None:
+            data = Path(path).read_bytes()
+        else:
+            with fs.open_input_stream(path) as f:
+                data = f.read()
+    except (FileNotFoundError, OSError):
+        return None
+    return SweepSpec.model_validate(json.loads(data))
+
+
+def resume_sweep(sweep: str, *, tracking_uri: str | None = None, address: str | None = None, console: Console | None = None, storage: str | None = None) -> SweepResult:
     """Continue a sweep whose driver died (killed, crashed, machine lost) from its storage.
 
     Tune restores the experiment (`Tuner.restore`): finished trials are not re-run, unfinished
     ones start again and their Ray Train run resumes from its newest checkpoint. Each trial
-    finds its MLflow run again by trial id, so it keeps one run and one value per step."""
+    finds its MLflow run again by trial id, so it keeps one run and one value per step.
+
+    Trust: MLflow only finds the sweep. Restoring unpickles Tune's state, so the state is read
+    only from `storage` (the spec's, --storage, or GANOPS_HOME/ray), under a checked sweep id,
+    and the spec comes from beside that state, with MLflow's spec hash required to match it.
+    A run whose tags point elsewhere is refused: whoever can write tags cannot make this
+    process unpickle their file."""
     from mlflow import MlflowClient
     from ray import tune
 
@@ -239,17 +299,26 @@ def resume_sweep(sweep: str, *, tracking_uri: str | None = None, address: str | 
     if parent_run is None:
         raise SweepError(f"no sweep {sweep!r} in {uri}; `ganops compare` lists a sweep's trials, the MLflow UI (`ganops ui`) lists sweeps")
     tags = parent_run.data.tags
-    sweep_id, parent = tags[tracking.TAG_SWEEP], parent_run.info.run_id
+    sweep_id, parent = tags.get(tracking.TAG_SWEEP, ""), parent_run.info.run_id
+    _check_sweep_id(sweep_id)
     if parent_run.info.status == "FINISHED":
         raise SweepError(f"sweep {sweep_id} already finished; nothing to resume (`ganops compare {sweep_id}` shows its trials)")
-    storage = tags.get(tracking.TAG_STORAGE)
-    if not storage:
-        raise SweepError(f"sweep {sweep_id} has no {tracking.TAG_STORAGE} tag (started by an older ganops); it cannot be resumed")
+    storage = trusted_storage(storage)
+    said = tags.get(tracking.TAG_STORAGE)
+    if said is not None and said.rstrip("/") != storage:
+        raise SweepError(f"sweep {sweep_id}'s MLflow run says its storage is {said}, but this resume only reads {storage} (the spec's storage, "
+                         "--storage, or GANOPS_HOME/ray); if that store is yours, resume with --storage pointing at it")
     path = f"{storage}/{sweep_id}"
     _check_storage(storage)
+    spec = read_stored_spec(storage, sweep_id)
+    if spec is None:
+        raise SweepError(f"no {STORED_SPEC} under {path}: not a sweep this storage holds (or started by an older ganops, whose sweeps "
+                         "cannot be resumed safely); check --storage / GANOPS_HOME")
+    if spec.spec_hash != tags.get(tracking.TAG_SPEC_HASH):
+        raise SweepError(f"sweep {sweep_id}: the spec stored with its state (hash {spec.spec_hash}) is not the one its MLflow run names "
+                         f"({tags.get(tracking.TAG_SPEC_HASH)}); refusing to resume a sweep whose records disagree")
     if not tune.Tuner.can_restore(path):
         raise SweepError(f"no Ray Tune experiment state under {path}; the sweep's storage is gone or unreachable")
-    spec = SweepSpec.model_validate(_load_json_artifact(client, parent, "spec/resolved.json"))
     experiment_id = parent_run.info.experiment_id
     experiment = client.get_experiment(experiment_id).name
     feature_cache = _feature_cache(spec)
@@ -282,13 +351,6 @@ def _check_storage(storage: str) -> None:
         check(storage)
     except StorageError as e:
         raise SweepError(str(e)) from None
-
-
-def _load_json_artifact(client, run_id: str, path: str) -> dict:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        return json.loads(Path(client.download_artifacts(run_id, path, tmp)).read_text())
 
 
 def _feature_cache(spec: SweepSpec) -> str | None:
@@ -345,7 +407,7 @@ def _execute(spec, client, uri, experiment, experiment_id, parent, sweep_id, sto
         # experiment state. What reached the store and MLflow stays; resume picks it up.
         first = str(e).splitlines()[0][:300]
         raise StorageLost(f"storage {storage} became unreachable mid-sweep ({first}). Finished trials and every logged step are kept in MLflow; "
-                          f"once the store answers again, continue with `ganops resume {sweep_id}`") from None
+                          f"once the store answers again, continue with `ganops resume {sweep_id} --storage {storage}`") from None
     except KeyboardInterrupt:
         status = "KILLED"
         raise

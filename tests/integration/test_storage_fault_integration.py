@@ -66,7 +66,8 @@ def test_sweep_fails_cleanly_when_s3_goes_away_and_resumes_when_it_is_back(ganop
         assert logged_before and logged_before[0] == 500
 
         proxy.up()  # the endpoint is back
-        r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "resume", sweep_id, "--json", "--require", "step>=4000"],
+        assert f"ganops resume {sweep_id} --storage s3://ganops-fault/sweeps" in " ".join(stderr.split())
+        r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "resume", sweep_id, "--storage", "s3://ganops-fault/sweeps", "--json", "--require", "step>=4000"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         proxy.down()
     assert r.returncode == 0, r.stderr[-3000:]
