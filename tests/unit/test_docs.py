@@ -35,12 +35,44 @@ def _anchors(path: Path) -> set[str]:
     return {_slug(m) for m in re.findall(r"^#+ (.+)$", text, re.M)}
 
 
-def _cli_commands() -> dict[str, set[str]]:
-    """Top-level command names, each with its subcommand names (empty for a plain command)."""
+def _cli() -> dict[str, dict[str, set[str]]]:
+    """Top-level command name -> {subcommand name ("" for the command itself) -> its option flags}."""
     from orchestrator.cli import app
 
+    def flags(cmd) -> set[str]:
+        return {o for p in cmd.params for o in [*p.opts, *p.secondary_opts]} | {"--help"}
+
     group = typer.main.get_command(app)
-    return {name: set(getattr(cmd, "commands", {}) or {}) for name, cmd in group.commands.items()}
+    out = {}
+    for name, cmd in group.commands.items():
+        subs = getattr(cmd, "commands", None) or {}
+        out[name] = {"": flags(cmd), **{sub: flags(c) for sub, c in subs.items()}}
+    return out
+
+
+GANOPS = re.compile(r"(?:^|[\s(`;&|])ganops ((?:[a-z][\w-]*)(?:\|[a-z][\w-]*)*)(?: ((?:[a-z][\w-]*)(?:\|[a-z][\w-]*)*))?([^\n#`]*)", re.M)
+
+
+def _command_problems(page: Path) -> list[str]:
+    """`ganops <command> [<sub>] [--flags]` in a page's code that the CLI does not have."""
+    cli, problems = _cli(), []
+    for code in _code(page.read_text()):
+        for m in GANOPS.finditer(code):
+            for name in m.group(1).split("|"):
+                if name not in cli:
+                    problems.append(f"`ganops {name}` (commands: {', '.join(sorted(cli))})")
+                    continue
+                subs = [s for s in cli[name] if s]
+                targets = [""]
+                if subs and m.group(2):
+                    targets = m.group(2).split("|")
+                    problems += [f"`ganops {name} {t}` (subcommands: {', '.join(sorted(subs))})" for t in targets if t not in cli[name]]
+                for target in (t for t in targets if t in cli[name]):
+                    rest = (m.group(2) or "") + (m.group(3) or "") if not subs else m.group(3) or ""
+                    for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", rest):
+                        if flag not in cli[name][target]:
+                            problems.append(f"`ganops {name}{' ' + target if target else ''} {flag}` (no such option)")
+    return [f"{page.relative_to(ROOT)}: {p}" for p in problems]
 
 
 def test_readme_is_a_front_page():
@@ -78,19 +110,10 @@ def test_readme_test_command_is_what_ci_runs():
         assert cmd.strip() in ci, f"README.md's test command {cmd.strip()!r} is not what .ci/run runs; make them the same"
 
 
-def test_readme_commands_exist_in_the_cli():
-    """Every `ganops <command>` (and `ganops cluster <sub>`) the README names is a real command."""
-    commands = _cli_commands()
-    problems = []
-    for code in _code(README.read_text()):
-        for m in re.finditer(r"(?:^|[\s(`;&|])ganops ((?:[a-z][\w-]*)(?:\|[a-z][\w-]*)*)(?: ((?:[a-z][\w-]*)(?:\|[a-z][\w-]*)*))?", code, re.M):
-            for name in m.group(1).split("|"):
-                if name not in commands:
-                    problems.append(f"`ganops {name}` (known: {', '.join(sorted(commands))})")
-                elif commands[name] and m.group(2):
-                    problems += [f"`ganops {name} {sub}` (known: {', '.join(sorted(commands[name]))})"
-                                 for sub in m.group(2).split("|") if sub not in commands[name]]
-    assert not problems, "README.md names commands the CLI does not have; fix or remove them: " + "; ".join(problems)
+def test_documented_commands_exist_in_the_cli():
+    """Every `ganops <command>` (and `ganops cluster <sub>`) with its flags that README.md or a docs/ page names is real."""
+    problems = [p for page in [README, *DOCS] for p in _command_problems(page)]
+    assert not problems, "the docs name commands or options the CLI does not have; fix or remove them:\n" + "\n".join(problems)
 
 
 def test_relative_links_land():
