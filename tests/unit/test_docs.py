@@ -43,7 +43,7 @@ def _cli() -> dict[str, dict[str, set[str]]]:
         return {o for p in cmd.params for o in [*p.opts, *p.secondary_opts]} | {"--help"}
 
     group = typer.main.get_command(app)
-    out = {}
+    out = {"--": {"": flags(group)}}  # the top level's own options: --version, --install-completion
     for name, cmd in group.commands.items():
         subs = getattr(cmd, "commands", None) or {}
         out[name] = {"": flags(cmd), **{sub: flags(c) for sub, c in subs.items()}}
@@ -57,10 +57,13 @@ def _command_problems(page: Path) -> list[str]:
     """`ganops <command> [<sub>] [--flags]` in a page's code that the CLI does not have."""
     cli, problems = _cli(), []
     for code in _code(page.read_text()):
+        for flag in re.findall(r"(?:^|[\s(`;&|])ganops (--[a-z][\w-]*)", code, re.M):
+            if flag not in cli["--"][""]:
+                problems.append(f"`ganops {flag}` (no such option)")
         for m in GANOPS.finditer(code):
             for name in m.group(1).split("|"):
                 if name not in cli:
-                    problems.append(f"`ganops {name}` (commands: {', '.join(sorted(cli))})")
+                    problems.append(f"`ganops {name}` (commands: {', '.join(sorted(c for c in cli if c != '--'))})")
                     continue
                 subs = [s for s in cli[name] if s]
                 targets = [""]
