@@ -6,9 +6,7 @@ import json
 import math
 from typing import Any
 
-from mlflow import MlflowClient
-
-from orchestrator import tracking
+from orchestrator import local_store
 
 BALANCE = ("loss_d", "loss_g", "d_x", "d_g_z")
 MIXTURE = ("modes", "hq_pct", "reverse_kl")
@@ -20,30 +18,77 @@ class CompareError(Exception):
 
 def compare(tracking_uri: str, sweep: str) -> dict[str, Any]:
     """The sweep's trials, best first by the sweep's metric, with sampled values and balance metrics."""
-    client = MlflowClient(tracking_uri)
-    parent = tracking.find_sweep_run(client, sweep)
+    parent, children = _runs(tracking_uri, sweep)
     if parent is None:
-        raise CompareError(f"no sweep {sweep!r} in {tracking_uri}; pass the sweep id the leaderboard prints (name-YYYYmmdd-HHMMSS) or its MLflow run id")
+        raise CompareError(f"no sweep {sweep!r} in {tracking_uri}; pass the sweep id the leaderboard prints (name-YYYYmmdd-HHMMSS) or its MLflow run id; `ganops sweeps` lists them")
+    return _table(parent, children)
+
+
+def sweeps(tracking_uri: str) -> list[dict[str, Any]]:
+    """Every sweep in the store, newest first: id, status, trials, best trial by the sweep's metric, start time."""
+    found = local_store.all_sweeps(tracking_uri)
+    if found is None:
+        from mlflow import MlflowClient
+
+        from orchestrator import tracking
+
+        client = MlflowClient(tracking_uri)
+        ids = [e.experiment_id for e in client.search_experiments()]
+        parents = client.search_runs(ids, filter_string=f"tags.`{tracking.TAG_KIND}` = 'sweep'", max_results=10_000) if ids else []
+        found = [(p, tracking.trial_runs(client, p)) for p in parents]
+    out = []
+    for parent, children in found:
+        table = _table(parent, children)
+        best = next((t for t in table["trials"] if _finite(t.get(table["metric"]))), None)
+        out.append({"sweep_id": table["sweep_id"], "parent_run_id": parent.info.run_id, "status": parent.info.status, "trials": len(children),
+                    "metric": table["metric"], "mode": table["mode"], "best": best[table["metric"]] if best else None,
+                    "best_trial": best["trial_id"] if best else None, "start_time": _iso(parent.info.start_time)})
+    return out
+
+
+def _iso(ms: int | None) -> str | None:
+    import datetime
+
+    return None if ms is None else datetime.datetime.fromtimestamp(ms / 1000).astimezone().isoformat(timespec="seconds")
+
+
+def _table(parent: Any, children: list) -> dict[str, Any]:
+    """A sweep's parent run and trial runs -> compare's table (trials best first)."""
     metric = parent.data.tags.get("ganops.metric", "fid")
     mode = parent.data.tags.get("ganops.mode", "min")
     trials = []
-    for r in tracking.trial_runs(client, parent):
+    for r in children:
         m = r.data.metrics
         trials.append({
-            "trial_id": r.data.tags.get(tracking.TAG_TRIAL),
+            "trial_id": r.data.tags.get(local_store.TAG_TRIAL),
             "run_id": r.info.run_id,
             "status": r.info.status,
             "sampled": json.loads(r.data.tags.get("ganops.sampled", "{}")),
             "step": int(m.get("step", 0)),
             metric: m.get(metric),
             **{k: m[k] for k in (*BALANCE, *MIXTURE) if k in m and k != metric},
-            "stop_reason": r.data.tags.get(tracking.TAG_STOP),
+            "stop_reason": r.data.tags.get("stop_reason"),
             "stop_evidence": json.loads(r.data.tags["stop_evidence"]) if "stop_evidence" in r.data.tags else None,
         })
     sign = 1 if mode == "min" else -1
     trials.sort(key=lambda t: (not _finite(t.get(metric)), sign * t[metric] if _finite(t.get(metric)) else 0))
-    return {"sweep_id": parent.data.tags.get(tracking.TAG_SWEEP), "parent_run_id": parent.info.run_id, "status": parent.info.status,
+    return {"sweep_id": parent.data.tags.get(local_store.TAG_SWEEP), "parent_run_id": parent.info.run_id, "status": parent.info.status,
             "metric": metric, "mode": mode, "trials": trials}
+
+
+def _runs(tracking_uri: str, sweep: str) -> tuple[Any, list]:
+    """(parent run or None, trial runs): read straight from a local SQLite store (no MLflow
+    import: 0.2 s instead of 2-4 s), else through MlflowClient."""
+    found = local_store.sweep_runs(tracking_uri, sweep)
+    if found is not None:
+        return found
+    from mlflow import MlflowClient
+
+    from orchestrator import tracking
+
+    client = MlflowClient(tracking_uri)
+    parent = tracking.find_sweep_run(client, sweep)
+    return (parent, tracking.trial_runs(client, parent)) if parent is not None else (None, [])
 
 
 def _finite(v: Any) -> bool:

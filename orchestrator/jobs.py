@@ -20,17 +20,18 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
 from infra import packaging
-from orchestrator.sweep import SWEEP_ENV, SweepResult, TrialSummary
+from orchestrator.results import SweepResult, TrialSummary  # not orchestrator.sweep: that imports ray (1-2 s) for `ganops job status`
 from search_spaces.spec import SweepSpec
 
 PACKAGES = ("orchestrator", "trainers", "search_spaces", "infra")  # the code a job needs
@@ -81,7 +82,31 @@ def sweep_id_for(spec: SweepSpec) -> str:
     return f"ganops-{spec.name}-{spec.spec_hash[:12]}"
 
 
+def _sweep_env() -> dict[str, str]:
+    from orchestrator.sweep import SWEEP_ENV
+
+    return SWEEP_ENV
+
+
+def _reachable(address: str) -> None:
+    """A JobError at once when nothing listens at `address` (before Ray's 1-2 s import)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"http://{address}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 8265)
+    except ValueError:
+        return  # a malformed port: Ray's client says what is wrong
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return  # ray://, auto and the like: Ray's client resolves them
+    try:
+        socket.create_connection((parts.hostname, port), timeout=5).close()
+    except OSError as e:
+        raise JobError(f"cannot reach the Ray Jobs API at {address}: {e.strerror or e}; start a cluster (`ray start --head`) and pass its dashboard address, e.g. http://127.0.0.1:8265") from None
+
+
 def _client(address: str):
+    _reachable(address)
     # Ray >= 2.5x clusters require a token by default (~/.ray/auth_token, or RAY_AUTH_TOKEN);
     # like `ray job submit`, send it when there is one. The token never leaves the headers.
     from ray._private.authentication.authentication_token_setup import (
@@ -157,7 +182,7 @@ def submit(spec: SweepSpec, address: str, *, home: str = DEFAULT_CLUSTER_HOME, e
     with tempfile.TemporaryDirectory(prefix="ganops-job-") as tmp:
         runtime_env = {
             "working_dir": str(_stage(spec, Path(tmp))),
-            "env_vars": {**SWEEP_ENV, "GANOPS_HOME": home, **(env or {})},
+            "env_vars": {**_sweep_env(), "GANOPS_HOME": home, **(env or {})},
             **({"pip": pip} if pip else {}),
         }
         _submit_job(client, address, dict(
@@ -268,6 +293,24 @@ def wait(job_id: str, address: str, *, timeout_s: float | None = None, poll_s: f
         if out.status in TERMINAL or (deadline is not None and time.monotonic() > deadline):
             return out
         time.sleep(poll_s)
+
+
+def follow_logs(job_id: str, address: str, *, poll_s: float = 1.0, sleep=time.sleep) -> Iterator[str]:
+    """The job's output as it comes (what `logs` returns, then each new part), until the job ends."""
+    client = _client(address)
+    seen = 0
+    while True:
+        try:
+            state = client.get_job_info(job_id).status.value
+            text = client.get_job_logs(job_id)
+        except RuntimeError as e:
+            raise JobError(f"no job {job_id!r} on {address} ({e}); `ray job list --address {address}` lists them") from None
+        if len(text) > seen:
+            yield text[seen:]
+            seen = len(text)
+        if state in TERMINAL:  # its logs were read after it ended: nothing more comes
+            return
+        sleep(poll_s)
 
 
 def logs(job_id: str, address: str) -> str:

@@ -3,6 +3,15 @@
 A Tune `Callback` runs in the sweep's driver process: it sees every trial's reports and how
 each trial ended, so it both draws the live table and closes MLflow runs that Tune stopped
 (their driver was killed before it could close them itself).
+
+On a terminal the table is a rich Live display. When stderr is a file or a CI log (a Live
+display there writes nothing readable until the end), each trial event is one plain line,
+flushed at once, with a summary line every GANOPS_PROGRESS_EVERY_S seconds (default 30):
+
+    [   12s] trial 3f2a1_00000 started: lr_g 0.0002, beta1 0.5
+    [   45s] trial 3f2a1_00000 eval step 200/1000: fid 87.3
+    [   60s] sweep: 2 running, 0 done, 0 stopped, 0 failed, 6 pending; best fid 87.3 (3f2a1_00000)
+    [   90s] trial 3f2a1_00001 stopped at step 400/1000: fid 210; d_overpowers: ...
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import threading
 import time
 from typing import Any
@@ -21,17 +31,33 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator import tracking
+from orchestrator.format import STATES, event_line, fmt, summary_line
 
 log = logging.getLogger(__name__)
 SHEET_EVERY_S = 60.0  # refresh the parent run's contact sheet at most this often (and at each trial end)
 
 
-def fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return str(v)
-        return f"{v:.3g}" if (abs(v) < 1e-2 or abs(v) >= 1e4) and v != 0 else f"{v:.4g}"
-    return str(v)
+def progress_every_s() -> float:
+    """Seconds between summary lines without a terminal: GANOPS_PROGRESS_EVERY_S, default 30."""
+    raw = os.environ.get("GANOPS_PROGRESS_EVERY_S", "30")
+    try:
+        every = float(raw)
+    except ValueError:
+        every = -1.0
+    if not (math.isfinite(every) and every > 0):
+        log.warning("GANOPS_PROGRESS_EVERY_S=%r is not a positive number of seconds; using 30", raw)
+        return 30.0
+    return every
+
+
+def _last_error_line(trial) -> str | None:
+    """The last line of the trial's error (the root cause, under Ray's traceback), if Tune kept it."""
+    try:
+        error = trial.get_error()
+    except Exception:  # noqa: BLE001 - a progress line must never cost the sweep anything
+        return None
+    lines = [ln.strip() for ln in str(error or "").splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else None
 
 
 class SweepProgress(Callback):
@@ -48,6 +74,9 @@ class SweepProgress(Callback):
         self.rows: dict[str, dict[str, Any]] = {}
         self.started = time.monotonic()
         self.first_result_s: float | None = None
+        self.plain = False  # True: plain lines (stderr is not a terminal) instead of the Live table
+        self.every_s = progress_every_s()
+        self._summary_at = self.started
 
     def __getstate__(self):
         # Tune pickles its callbacks with the experiment state; a terminal is not state.
@@ -57,12 +86,22 @@ class SweepProgress(Callback):
 
     # -- Tune hooks ---------------------------------------------------------------------
     def setup(self, **info):
-        if self.console is not None:
+        if self.console is None:
+            return
+        self.plain = not self.console.is_terminal
+        if not self.plain:
             self.live = Live(self._render(), console=self.console, refresh_per_second=2, transient=False)
             self.live.start()
 
+    def on_step(self, iteration, trials, **info):
+        if self.plain and time.monotonic() - self._summary_at >= self.every_s:
+            self._summary_at = time.monotonic()
+            self._say(summary_line(self._summary_at - self.started, self._counts(), self.metric, self.best()))
+
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._row(trial)["state"] = "running"
+        row = self._row(trial)
+        row["state"] = "running"
+        self._event(trial.trial_id, "started", detail=", ".join(f"{k} {fmt(v)}" for k, v in row["config"].items()) or None)
         self._refresh()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -73,6 +112,7 @@ class SweepProgress(Callback):
         row["step"] = result.get("step")
         if self.metric in result:
             row["metric"] = result[self.metric]
+            self._event(trial.trial_id, "eval", step=row["step"], value=row["metric"])
         self._refresh()
         self._refresh_sheet()
 
@@ -88,15 +128,20 @@ class SweepProgress(Callback):
         if not done:  # stopped by a balance rule or the scheduler: the sweep closes its run
             status = "FAILED" if verdict is not None and verdict.rule == "divergence" else "KILLED"
             self._close_run(trial.trial_id, status, verdict.rule if verdict else "scheduler", verdict)
+        self._event(trial.trial_id, row["state"], step=(trial.last_result or {}).get("step"), value=row.get("metric"),
+                    detail=None if done else row.get("stop_reason", "by the scheduler"))
         self._refresh()
         self._refresh_sheet(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._row(trial)["state"] = "failed"
         self._close_run(trial.trial_id, "FAILED", "error")
+        self._event(trial.trial_id, "failed", step=(trial.last_result or {}).get("step"), detail=_last_error_line(trial))
         self._refresh()
 
     def on_experiment_end(self, trials, **info):
+        if self.plain:
+            self._say(summary_line(time.monotonic() - self.started, self._counts(), self.metric, self.best()))
         self.close()
 
     # -- helpers ------------------------------------------------------------------------
@@ -108,6 +153,20 @@ class SweepProgress(Callback):
             self._refresh()
             self.live.stop()
             self.live = None
+
+    def _say(self, line: str) -> None:
+        """One plain line on the console's stream, flushed now (a CI log shows it while the sweep runs)."""
+        if self.plain and self.console is not None:
+            self.console.file.write(line + "\n")
+            self.console.file.flush()
+
+    def _event(self, trial_id: str, event: str, *, step: int | None = None, value: Any = None, detail: str | None = None) -> None:
+        if self.plain:
+            self._say(event_line(time.monotonic() - self.started, trial_id, event, step=step, steps=self.steps,
+                                 metric=self.metric if value is not None else None, value=value, detail=detail))
+
+    def _counts(self) -> dict[str, int]:
+        return {s: sum(r["state"] == s for r in self.rows.values()) for s in STATES}
 
     def _row(self, trial) -> dict[str, Any]:
         return self.rows.setdefault(trial.trial_id, {"config": {k: trial.config.get(k) for k in self.searched}, "state": "pending"})
@@ -172,7 +231,7 @@ class SweepProgress(Callback):
             self.live.update(self._render())
 
     def _render(self):
-        counts = {s: sum(r["state"] == s for r in self.rows.values()) for s in ("pending", "running", "done", "stopped", "failed")}
+        counts = self._counts()
         best = self.best()
         head = Text.assemble(
             ("sweep ", "bold"), f"{time.monotonic() - self.started:5.0f}s  ",

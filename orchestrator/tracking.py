@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,24 +15,14 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Param, RunTag
 
+# Tag names, home and default store live where the CLI's fast paths read them without importing MLflow.
+from orchestrator.local_store import TAG_KIND, TAG_PARENT, TAG_SWEEP, TAG_TRIAL, default_tracking_uri, home  # noqa: F401
+
 log = logging.getLogger(__name__)
 
-TAG_KIND = "ganops.kind"  # "sweep" on the parent, "trial" on children
-TAG_SWEEP = "ganops.sweep_id"
-TAG_TRIAL = "ganops.trial_id"
 TAG_SPEC_HASH = "ganops.spec_hash"
 TAG_STOP = "stop_reason"
-TAG_PARENT = "mlflow.parentRunId"
 TAG_STORAGE = "ganops.storage"  # where Ray keeps the sweep's experiment state and checkpoints (for `ganops resume`)
-
-
-def home() -> Path:
-    """Where the embedded defaults live: $GANOPS_HOME or ./ganops_runs."""
-    return Path(os.environ.get("GANOPS_HOME") or "ganops_runs").expanduser().resolve()
-
-
-def default_tracking_uri() -> str:
-    return f"sqlite:///{home() / 'mlflow.db'}"
 
 
 def resolve_tracking_uri(uri: str | None) -> str:

@@ -26,11 +26,13 @@ import importlib.util
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
 from pydantic import BaseModel
-from torch import Tensor, nn
+
+if TYPE_CHECKING:  # torch only where a plugin runs: loading a spec (`ganops validate`) must not pay its ~1 s import
+    import torch
+    from torch import Tensor, nn
 
 # Config annotations say TrainerConfig (trainers/config.py), which imports this module; the
 # name is not imported back, so the two stay out of an import circle.
@@ -71,6 +73,8 @@ class GanPlugin:
 
     def sample_latent(self, n: int, generator: torch.Generator) -> Tensor:
         """z of shape (n, latent_dim) from `generator`, on its device (default: cfg.latent_dist)."""
+        import torch
+
         if self.cfg.latent_dist == "normal":
             return torch.randn(n, self.cfg.latent_dim, generator=generator, device=generator.device)
         return torch.rand(n, self.cfg.latent_dim, generator=generator, device=generator.device) * 2.0 - 1.0

@@ -41,10 +41,11 @@ def test_bad_override_exits_2():
     assert r.exit_code == 2 and "key.path=value" in r.output
 
 
-def test_sample_unknown_run_exits_2(ganops_home):
-    """Sampling a run that does not exist says where to find run ids."""
+def test_sample_unknown_run_exits_2_and_creates_no_store(ganops_home):
+    """Sampling in a place where nothing has run says there is no store there, and creates none."""
     r = runner.invoke(app, ["sample", "nope_00000", "--out", "x.npy"])
-    assert r.exit_code == 2 and "leaderboard" in r.output
+    assert r.exit_code == 2 and "no MLflow store at" in r.output and "--tracking-uri" in r.output
+    assert not ganops_home.exists() and not (ganops_home.parent / "x.npy").exists()
 
 
 def test_a_bad_quality_gate_is_a_usage_error_and_launches_nothing(tmp_path):
