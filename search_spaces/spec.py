@@ -7,9 +7,11 @@ it. Loading and error reporting live in `search_spaces.loader`.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from pydantic import (
@@ -23,27 +25,29 @@ from pydantic import (
 )
 
 from trainers.config import MUTABLE_IN_FLIGHT, TrainerConfig
+# What each dataset's trials report and which way is better (the sweep metric must be one).
+from trainers.metric_names import (  # noqa: F401 - re-exported for gate.py
+    BCE_ONLY_METRICS,
+    CLASSIFIER_METRICS,
+    CONDITIONAL_METRICS,
+    FEATURE_METRICS,
+    IMAGE_METRICS,
+    MIXTURE_METRICS,
+    STACKED_METRICS,
+)
 
-# What each dataset's trials report, and which way is better. The sweep metric must be one.
-IMAGE_METRICS = {"fid": "min", "loss_g": "min", "loss_d": "min", "d_x": "max", "d_g_z": "max", "class_coverage": "max", "pixel_hist": "min",
-                 "kid": "min", "inception_score": "max", "precision": "max", "recall": "max", "coverage": "max"}
-# cdcgan28 also reports class_match: the share of samples classified as the class G was asked for.
-CONDITIONAL_METRICS = {**IMAGE_METRICS, "class_match": "max"}
-# stacked_mnist: 3-digit classes found of 1,000 and KL to uniform (VEEGAN / PacGAN Table 2).
-STACKED_METRICS = {"modes": "max", "kl": "min"}
-MIXTURE_METRICS = {"mix_score": "max", "modes": "max", "hq_pct": "max", "reverse_kl": "min", "loss_g": "min", "loss_d": "min"}
-
-# Image metrics that need the MNIST feature classifier: reported for data: mnist only.
-CLASSIFIER_METRICS = ("fid", "class_coverage", "kid", "inception_score", "precision", "recall", "coverage")
-# ... of which these are computed in a feature space: with metrics.features, every image dataset
-# reports them (class_coverage and inception_score need the classifier's class logits).
-FEATURE_METRICS = ("fid", "kid", "precision", "recall", "coverage")
-
-# D(x) and D(G(z)) are probabilities only under the BCE losses; hinge / wgan-gp do not report them.
-BCE_ONLY_METRICS = ("d_x", "d_g_z")
 BCE_LOSSES = ("nonsaturating", "minimax")
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform", "qloguniform")
+
+
+class SpecProblems(ValueError):
+    """Several problems found by one cross-field check, each (YAML path, what to do); the loader
+    reports them one by one, so a person sees every problem in one run."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{path}: {msg}" for path, msg in problems))
 
 
 class _Model(BaseModel):
@@ -242,12 +246,12 @@ class Plateau(_Model):
 class Stopping(_Model):
     """Balance rules that stop a trial early; set a rule to null to turn it off."""
 
-    divergence: Divergence | None = Field(default_factory=Divergence)
-    d_overpowers: DOverpowers | None = Field(default_factory=DOverpowers)
-    d_fooled: DFooled | None = Field(default_factory=DFooled)
-    gradient_explosion: GradientExplosion | None = Field(default_factory=GradientExplosion)
-    mode_collapse: ModeCollapse | None = Field(default_factory=ModeCollapse)
-    mixture_quality: MixtureQuality | None = Field(default_factory=MixtureQuality)
+    divergence: Divergence | None = Field(default_factory=Divergence, description="Stop at a non-finite loss or gradient; null = train on through NaN.")
+    d_overpowers: DOverpowers | None = Field(default_factory=DOverpowers, description="Stop when D rejects G's samples with near certainty; null = off.")
+    d_fooled: DFooled | None = Field(default_factory=DFooled, description="Stop when D calls everything real (G's loss near 0); null = off.")
+    gradient_explosion: GradientExplosion | None = Field(default_factory=GradientExplosion, description="Stop when D's or G's gradient norm explodes; null = off.")
+    mode_collapse: ModeCollapse | None = Field(default_factory=ModeCollapse, description="Images: stop when the samples cover too few classes; null = off.")
+    mixture_quality: MixtureQuality | None = Field(default_factory=MixtureQuality, description="2-D mixtures: stop when the samples miss the modes or collapse onto one; null = off.")
     plateau: Plateau | None = Field(None, description="Off by default.")
 
 
@@ -309,68 +313,92 @@ class SweepSpec(_Model):
     description: str | None = Field(None, description="Free text shown in MLflow.")
     trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Fixed trainer settings (see trainers/config.py).")
     search: dict[str, Distribution] = Field(default_factory=dict, description="Trainer settings to search, by name.")
-    sweep: Sweep = Field(default_factory=Sweep)
-    resources: Resources = Field(default_factory=Resources)
-    stopping: Stopping = Field(default_factory=Stopping)
-    tracking: Tracking = Field(default_factory=Tracking)
+    sweep: Sweep = Field(default_factory=Sweep, description="How many trials, how many at once, the scheduler, the search algorithm and the metric that ranks them.")
+    resources: Resources = Field(default_factory=Resources, description="What one trial asks of the cluster: workers, CPUs and GPUs.")
+    stopping: Stopping = Field(default_factory=Stopping, description="Balance rules that stop a trial early; set a rule to null to turn it off.")
+    tracking: Tracking = Field(default_factory=Tracking, description="Where MLflow records the sweep.")
     metrics: Metrics = Field(default_factory=Metrics, description="How image samples are scored (the feature network).")
     budget: Budget | None = Field(None, description="Spending cap in USD; null = none.")
     storage: str | None = Field(None, description="Ray checkpoints and experiment state: a local directory (default ./ganops_runs/ray) or s3://bucket/prefix.")
 
     @model_validator(mode="after")
-    def _search_fits_trainer(self) -> "SweepSpec":
+    def _cross_checks(self) -> "SweepSpec":
+        """Every cross-field problem at once (not the first), each with its YAML path."""
+        problems = [*self._search_problems(), *self._scheduler_problems(), *self._data_problems(), *self._metric_problems(), *self._feature_problems()]
+        if problems:
+            raise SpecProblems(problems)
+        return self
+
+    def _search_problems(self) -> Iterator[tuple[str, str]]:
         fields = TrainerConfig.model_fields
         base = self.trainer.model_dump()
         own = self.trainer.plugin_params_fields
+        searchable = sorted([*(f for f in fields if f != "params"), *own])
         for key, dist in self.search.items():
             if key not in fields and key not in own or key == "params":
-                raise ValueError(f"search.{key}: not a trainer setting; searchable settings: {', '.join(sorted([*(f for f in fields if f != 'params'), *own]))}")
+                near = difflib.get_close_matches(key, searchable, n=1)
+                hint = f"did you mean {near[0]!r}? " if near else ""
+                yield f"search.{key}", f"not a trainer setting; {hint}searchable settings: {', '.join(searchable)}"
+                continue
             for value in dist.candidates():
                 try:
                     TrainerConfig.model_validate({**base, key: value})
                 except ValidationError as e:
                     msg = "; ".join(err["msg"] for err in e.errors())
-                    raise ValueError(f"search.{key}.{dist.kind}: value {value!r} is not a valid trainer.{key}: {msg}") from None
+                    yield f"search.{key}.{dist.kind}", f"value {value!r} is not a valid trainer.{key}: {msg}"
+                    break
         if self.sweep.search_alg == "optuna":
             grids = [k for k, d in self.search.items() if d.kind == "grid"]
             if grids:
-                raise ValueError(f"search.{grids[0]}: Optuna cannot take grid values; use choice, or search_alg: random")
-        if self.sweep.scheduler == "pbt":
-            if self.sweep.search_alg != "random":
-                raise ValueError("sweep.search_alg: PBT samples its initial population itself; use search_alg: random with scheduler: pbt")
-            for key in self.sweep.pbt.mutate or []:
-                if key not in MUTABLE_IN_FLIGHT:
-                    raise ValueError(f"sweep.pbt.mutate: {key!r} cannot change inside a running trial; PBT can mutate: {', '.join(sorted(MUTABLE_IN_FLIGHT))}")
-                if key not in self.search:
-                    raise ValueError(f"sweep.pbt.mutate: {key!r} is not searched; add it under search: (PBT perturbs within its distribution)")
-            if not self.pbt_mutations:
-                raise ValueError(f"sweep.scheduler: pbt needs at least one searched setting it can mutate ({', '.join(sorted(MUTABLE_IN_FLIGHT))})")
-        for cfg in [self.trainer, *self._data_variants()]:
-            # The filesystem, checked here rather than in TrainerConfig: a saved generator's config
-            # must still load (`ganops sample`) on a machine without the training data.
-            from trainers.data_files import data_problem
+                yield f"search.{grids[0]}", "Optuna cannot take grid values; use choice, or search_alg: random"
 
+    def _scheduler_problems(self) -> Iterator[tuple[str, str]]:
+        if self.sweep.scheduler != "pbt":
+            return
+        if self.sweep.search_alg != "random":
+            yield "sweep.search_alg", "PBT samples its initial population itself; use search_alg: random with scheduler: pbt"
+        for key in self.sweep.pbt.mutate or []:
+            if key not in MUTABLE_IN_FLIGHT:
+                yield "sweep.pbt.mutate", f"{key!r} cannot change inside a running trial; PBT can mutate: {', '.join(sorted(MUTABLE_IN_FLIGHT))}"
+            elif key not in self.search:
+                yield "sweep.pbt.mutate", f"{key!r} is not searched; add it under search: (PBT perturbs within its distribution)"
+        if not self.pbt_mutations:
+            yield "sweep.scheduler", f"pbt needs at least one searched setting it can mutate ({', '.join(sorted(MUTABLE_IN_FLIGHT))})"
+
+    def _data_problems(self) -> Iterator[tuple[str, str]]:
+        # The filesystem, checked here rather than in TrainerConfig: a saved generator's config
+        # must still load (`ganops sample`) on a machine without the training data.
+        from trainers.data_files import data_problem
+
+        try:
+            variants = [self.trainer, *self._data_variants()]
+        except ValidationError:
+            variants = [self.trainer]  # a searched data value that does not fit: reported by _search_problems
+        for cfg in variants:
             problem = data_problem(cfg)
             if problem:
-                raise ValueError(f"trainer.data_dir: {problem}")
+                yield "trainer.data_dir", problem
+                return
+
+    def _metric_problems(self) -> Iterator[tuple[str, str]]:
         metrics = self.metric_table
         if self.sweep.metric is not None and self.sweep.metric not in metrics:
-            raise ValueError(f"sweep.metric: {self.sweep.metric!r} is not reported for data {self.trainer.data!r}; choose one of: {', '.join(metrics)}")
+            yield "sweep.metric", f"{self.sweep.metric!r} is not reported for data {self.trainer.data!r}; choose one of: {', '.join(metrics)}"
         if self.sweep.metric in BCE_ONLY_METRICS:
-            losses = {self.trainer.loss, *(self.search["loss"].candidates() if "loss" in self.search else ())}
-            critics = sorted(loss for loss in losses if loss not in BCE_LOSSES)
+            losses = [self.trainer.loss, *(self.search["loss"].candidates() if "loss" in self.search else ())]
+            critics = sorted({str(loss) for loss in losses if loss not in BCE_LOSSES})
             if critics:
-                raise ValueError(f"sweep.metric: {self.sweep.metric!r} is a probability that loss {critics[0]!r} does not report (its critic scores are critic_real / critic_fake); rank by another metric or use a BCE loss ({', '.join(BCE_LOSSES)})")
-        return self
+                yield "sweep.metric", (f"{self.sweep.metric!r} is a probability that loss {critics[0]!r} does not report (its critic scores are "
+                                       f"critic_real / critic_fake); rank by another metric or use a BCE loss ({', '.join(BCE_LOSSES)})")
 
-    @model_validator(mode="after")
-    def _features_fit_data(self) -> "SweepSpec":
+    def _feature_problems(self) -> Iterator[tuple[str, str]]:
         """metrics.features loads and maps a dummy batch of every image shape the sweep trains on to (N, D)."""
         ref = self.metrics.features
         if ref is None:
-            return self
+            return
         if not self.trainer.is_image:
-            raise ValueError(f"metrics.features: scores images, and data {self.trainer.data!r} is 2-D points (scored by its mixture metrics); remove it")
+            yield "metrics.features", f"scores images, and data {self.trainer.data!r} is 2-D points (scored by its mixture metrics); remove it"
+            return
         from trainers.metrics import feature_network_problem
 
         shapes = {self.trainer.image_shape}
@@ -380,12 +408,25 @@ class SweepSpec(_Model):
                 try:
                     shapes.add(TrainerConfig.model_validate({**base, key: value}).image_shape)
                 except ValidationError:
-                    pass  # reported by _search_fits_trainer
+                    pass  # reported by _search_problems
         for shape in sorted(s for s in shapes if s is not None):
             problem = feature_network_problem(ref, shape)
             if problem:
-                raise ValueError(f"metrics.features: {problem}")
-        return self
+                yield "metrics.features", problem
+                return
+
+    @property
+    def trial_count(self) -> int:
+        """Trials the sweep runs: num_samples times the size of every grid."""
+        grid = 1
+        for d in self.search.values():
+            grid *= len(d.args) if d.kind == "grid" else 1
+        return self.sweep.num_samples * grid
+
+    @property
+    def trials_identical(self) -> bool:
+        """Every trial would train the same settings with the same seed (nothing, or one value, searched)."""
+        return all(d.kind in ("choice", "grid") and len({json.dumps(v, sort_keys=True, default=str) for v in d.args}) == 1 for d in self.search.values())
 
     @property
     def pbt_mutations(self) -> list[str]:
@@ -428,3 +469,46 @@ class SweepSpec(_Model):
         """Content hash of the resolved spec: same settings, same hash, whatever the YAML's layout."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def json_schema() -> dict:
+    """The spec's JSON Schema for editors (yaml-language-server, VS Code, JetBrains): pydantic's,
+    with the descriptions of the fields, and no stricter than the loader.
+
+    One loosening: a plugin model's own settings are trainer keys (`blocks: 3`) that
+    TrainerConfig gathers into `params`, so the trainer section refuses unknown keys only when
+    `model` is built in (or absent: dcgan28)."""
+    from trainers.config import BUILTIN_MODELS, DATASETS, TORCHVISION_SHAPES
+
+    schema = SweepSpec.model_json_schema()
+    trainer = schema["$defs"]["TrainerConfig"]
+    del trainer["additionalProperties"]
+    trainer["if"] = {"properties": {"model": {"enum": list(BUILTIN_MODELS)}}}
+    trainer["then"] = {"propertyNames": {"enum": list(trainer["properties"])}}
+    # Value completion in editors; any other string stays allowed (plugins, torchvision:<Name>).
+    trainer["properties"]["model"]["examples"] = list(BUILTIN_MODELS)
+    trainer["properties"]["data"]["examples"] = [*DATASETS, *(f"torchvision:{n}" for n in TORCHVISION_SHAPES)]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "ganops sweep spec",
+        **{k: v for k, v in schema.items() if k != "title"},
+    }
+
+
+def optional_needs(data: dict) -> list[tuple[str, str, str]]:
+    """(field path, module, ganops extra) of each optional package a spec imports. `data` is a
+    spec as written or `spec.model_dump()` (the same shape), so even a spec with errors is checked."""
+    def section(key: str) -> dict:
+        value = data.get(key)
+        return value if isinstance(value, dict) else {}
+
+    needs = []
+    if section("sweep").get("search_alg") == "optuna":
+        needs.append(("sweep.search_alg", "optuna", "optuna"))
+    searched = section("search").get("data")
+    values = [section("trainer").get("data"), *(v for d in ([searched] if isinstance(searched, dict) else []) for k in ("choice", "grid") for v in d.get(k) or [])]
+    if any(isinstance(v, str) and v.startswith("torchvision:") for v in values):
+        needs.append(("trainer.data", "torchvision", "torchvision"))
+    if isinstance(data.get("storage"), str) and data["storage"].startswith("s3://"):
+        needs.append(("storage", "boto3", "s3"))
+    return needs
