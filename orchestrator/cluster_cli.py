@@ -1,8 +1,10 @@
-"""`ganops cluster config|prices|up|down|status`: an AWS Ray cluster of spot GPU workers from a
-profile (infra/clusters/*.yaml). Human text on stderr, YAML / `--json` on stdout.
+"""`ganops cluster check|config|prices|bucket|up|down|status`: an AWS Ray cluster of spot GPU
+workers from a profile (infra/clusters/*.yaml). Tables, YAML and `--json` on stdout; chatter on stderr.
 
 `up`, `down` and `status` hand over to Ray's own cluster launcher (`ray up|down|exec`) on a
 file generated from the profile; ganops adds the checks and the security group before it.
+`up` and `down` check what they need (boto3, credentials AWS accepts, the `ray` command)
+before they ask anything; `check` reports all of it, like `sky check`.
 """
 
 from __future__ import annotations
@@ -12,29 +14,30 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
-
-from search_spaces.loader import SpecError
 
 cluster_app = typer.Typer(help="AWS Ray clusters of spot GPU workers (profile: infra/clusters/*.yaml).", no_args_is_help=True)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+table_out = Console(width=None if sys.stdout.isatty() else 160)  # tables on stdout, so they pipe
 
 ProfileArg = Annotated[Path, typer.Argument(metavar="PROFILE", help="Cluster profile YAML, e.g. infra/clusters/aws-spot-gpu.yaml.")]
 YesOpt = Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation.")]
 
 
 def _fail(msg: str, code: int = 1) -> None:
-    err.print(f"[bold red]error[/] {msg}", highlight=False)
+    err.print(f"[bold red]error[/] {escape(msg)}", highlight=False)  # keeps `pip install 'ganops[aws]'` whole: rich reads [aws] as markup
     raise typer.Exit(code)
 
 
 def _profile(path: Path):
-    from search_spaces.loader import load_profile
+    from search_spaces.loader import SpecError, load_profile
 
     try:
         return load_profile(path)
@@ -185,7 +188,7 @@ def _bucket(profile) -> None:
 def _ray(*args: str) -> int:
     exe = shutil.which("ray")
     if not exe:
-        _fail("the `ray` command is not on PATH; install ray[default]==2.60.0", 2)
+        _fail(f"the `ray` command is not on PATH; install it with pip install 'ray[default]=={_ray_version()}'", 2)
     err.print(f"$ ray {' '.join(args)}", style="dim", highlight=False)
     return subprocess.call([exe, *args])
 
@@ -248,7 +251,7 @@ def prices(profile_path: ProfileArg, json_: Annotated[bool, typer.Option("--json
     for o in offers:
         od = "-" if o.on_demand_usd_per_hour is None else f"{o.on_demand_usd_per_hour:.4f}"
         table.add_row(o.instance_type, o.zone, f"{o.spot_usd_per_hour:.4f}", od, "-" if o.saving_pct is None else f"{o.saving_pct:.0f}%")
-    err.print(table)
+    table_out.print(table)
     missing = sorted(set(types) - {o.instance_type for o in offers})
     if missing:
         err.print(f"[yellow]no spot offer[/] for {', '.join(missing)} in {profile.region}", highlight=False)
@@ -272,6 +275,7 @@ def up(profile_path: ProfileArg, yes: YesOpt = False) -> None:
     Example: ganops cluster up infra/clusters/aws-spot-gpu.yaml
     """
     profile = _profile(profile_path)
+    _preflight_or_exit(profile, profile_path)
     kind = "spot" if profile.spot else "on-demand"
     if not yes and not typer.confirm(f"Start cluster {profile.name} in {profile.region}: head {profile.head_instance_type} (on demand), up to {profile.max_workers} "
                                      f"{kind} GPU workers ({', '.join(w.instance_type for w in profile.workers)}). This costs money. Continue?", err=True):
@@ -286,14 +290,21 @@ def up(profile_path: ProfileArg, yes: YesOpt = False) -> None:
 
 @cluster_app.command()
 def down(profile_path: ProfileArg, yes: YesOpt = False) -> None:
-    """Terminate every node of the cluster with `ray down` (the security group stays, for the next `up`).
+    """Terminate every node of the cluster with `ray down` (the security group stays, for the next `up`). Creates nothing.
 
     Example: ganops cluster down infra/clusters/aws-spot-gpu.yaml -y
     """
     profile = _profile(profile_path)
+    _preflight_or_exit(profile, profile_path)
+    group = _existing_security_group(profile)  # never created here: `down` creates nothing
+    path = _cluster_file(profile)
+    if group is None and not path.is_file():
+        _fail(f"nothing to tear down: no security group {_group_name(profile)} in {profile.region} and no cluster file {path}, so `ganops cluster up` has not "
+              f"run for this profile here; look in the EC2 console for instances tagged ray-cluster-name={profile.name}", 1)
     if not yes and not typer.confirm(f"Terminate every node of cluster {profile.name} in {profile.region}? Running sweeps stop.", err=True):
         _fail("cancelled; nothing was terminated", 1)
-    path = _write(profile, str(profile_path), _aws_ready(profile), build=False)  # `ray down` installs nothing
+    if group is not None:  # `ray down` installs nothing; with the group named, Ray's bootstrap creates none either
+        path = _write(profile, str(profile_path), group, build=False)
     code = _ray("down", "-y", str(path))
     if code:
         _fail(f"`ray down` failed (exit {code}); check the EC2 console for instances tagged ray-cluster-name={profile.name}", 1)
@@ -311,3 +322,158 @@ def status(profile_path: ProfileArg) -> None:
         _fail(f"no cluster file {path}: this machine has not run `ganops cluster up {profile_path}`", 1)
     # `ray status` only sends the token (~/.ray/auth_token on the head) when told auth is on.
     raise typer.Exit(1 if _ray("exec", str(path), "RAY_AUTH_MODE=token ray status") else 0)
+
+
+# -- preflight: what a launch needs, checked before anything is asked or created -----------------
+@dataclass(frozen=True)
+class Check:
+    """One thing a launch needs. ok: True found, False missing (a launch would fail), None: not
+    there yet but `cluster up` makes it, or not checkable before something else is fixed."""
+
+    name: str
+    ok: bool | None
+    detail: str
+
+
+def _ray_version() -> str:
+    from infra.aws.launcher import RAY_VERSION
+
+    return RAY_VERSION
+
+
+def _group_name(profile) -> str:
+    from infra.aws.launcher import security_group_name
+
+    return security_group_name(profile)
+
+
+def _local_checks(profile) -> list[Check]:
+    """What this machine needs: boto3, credentials boto3 finds (their source only, never a key), the ray command, Python."""
+    import importlib.util
+    from importlib.metadata import PackageNotFoundError, version
+
+    checks = []
+    has_boto3 = importlib.util.find_spec("boto3") is not None
+    checks.append(Check("boto3", has_boto3, "installed" if has_boto3 else "not installed: pip install 'ganops[aws]'"))
+    if has_boto3:
+        import boto3
+
+        creds = boto3.Session(region_name=profile.region).get_credentials()
+        checks.append(Check("credentials", creds is not None, f"found ({creds.method})" if creds is not None else
+                            "none found: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run `aws configure` (or `aws sso login`)"))
+    else:
+        checks.append(Check("credentials", None, "not checked: needs boto3"))
+    try:
+        have = version("ray")
+    except PackageNotFoundError:
+        have = None
+    want = _ray_version()
+    exe = shutil.which("ray")
+    ray_ok = exe is not None and have == want
+    checks.append(Check("ray command", ray_ok, f"{exe} (ray {have})" if ray_ok else
+                        f"{'not on PATH' if exe is None else f'ray {have}, the nodes run {want}'}: pip install 'ray[default]=={want}'"))
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    image = profile.image_id or "Ray's deep-learning AMI for the region"
+    checks.append(Check("python", True, f"this client {py}; the nodes' image ({image}) must have Python {py}: the wheel's pins are this client's"))
+    return checks
+
+
+def _aws_checks(profile) -> list[Check]:
+    """What AWS must have or accept: the credentials, the region, the image, the security group, the bucket, the instance profile, spot offers."""
+    from infra.aws.session import client
+
+    def ask(name: str, call, found, missing: tuple[bool | None, str] | None = None) -> Check:
+        try:
+            return Check(name, True, found(call()))
+        except Exception as e:  # noqa: BLE001 - botocore's errors: shown, never raised
+            code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
+            if missing is not None and any(k in code for k in ("NotFound", "NoSuchEntity", "404", "NoSuchBucket", "InvalidGroup")):
+                return Check(name, *missing)
+            return Check(name, False, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+
+    sts, ec2 = client("sts", profile.region), client("ec2", profile.region)
+    who = ask("credentials accepted", sts.get_caller_identity, lambda r: "AWS accepts them (sts get-caller-identity)")
+    if not who.ok:
+        return [who]
+    checks = [who, ask("region", lambda: ec2.describe_availability_zones(Filters=[{"Name": "state", "Values": ["available"]}])["AvailabilityZones"],
+                       lambda zones: f"{profile.region}: {len(zones)} zones available")]
+    if profile.image_id:
+        checks.append(ask("image", lambda: ec2.describe_images(ImageIds=[profile.image_id])["Images"][0], lambda im: f"{profile.image_id} ({im.get('Name', '?')})",
+                          (False, f"{profile.image_id} not found in {profile.region}")))
+    else:
+        checks.append(Check("image", True, f"Ray's default deep-learning AMI for {profile.region}"))
+    if profile.security_group_id:
+        checks.append(ask("security group", lambda: ec2.describe_security_groups(GroupIds=[profile.security_group_id]),
+                          lambda _: f"{profile.security_group_id} (from the profile)", (False, f"{profile.security_group_id} not found in {profile.region}")))
+    else:
+        group = _find_group(ec2, _group_name(profile))
+        checks.append(Check("security group", True if group else None, f"{group} ({_group_name(profile)})" if group else
+                            f"none yet: `ganops cluster up` creates {_group_name(profile)} (SSH from {profile.ssh_cidr} only)"))
+    s3 = client("s3", profile.region)
+    checks.append(ask("bucket", lambda: s3.head_bucket(Bucket=profile.s3_bucket), lambda _: f"s3://{profile.s3_bucket}",
+                      (None, f"none yet: `ganops cluster up` creates s3://{profile.s3_bucket} (private, encrypted)")))
+    iam = client("iam", profile.region)
+    ref = profile.iam_instance_profile_ref
+    name = ref.get("Name") or ref["Arn"].rsplit("/", 1)[-1]
+    checks.append(ask("instance profile", lambda: iam.get_instance_profile(InstanceProfileName=name), lambda _: f"{name} (how the nodes reach the bucket)",
+                      (False, f"{name} not found: create an IAM instance profile with read/write on s3://{profile.s3_bucket} (aws iam create-instance-profile; docs/aws.md), or name another in iam_instance_profile")))
+    if profile.spot:
+        from infra.aws.prices import spot_prices
+
+        types = [w.instance_type for w in profile.workers]
+        offers = ask("spot offers", lambda: {o.instance_type for o in spot_prices(profile.region, types, on_demand_overrides=profile.on_demand_usd_per_hour)},
+                     lambda have: ", ".join(sorted(have)) + "".join(f"; none for {t}" for t in types if t not in have))
+        checks.append(offers if not offers.detail.startswith(";") else Check("spot offers", False, f"no spot offer for {', '.join(types)} in {profile.region}"))
+    return checks
+
+
+def _find_group(ec2, name: str) -> str | None:
+    groups = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [name]}])["SecurityGroups"]
+    return groups[0]["GroupId"] if groups else None
+
+
+def _existing_security_group(profile) -> str | None:
+    """The cluster's security group if it exists (the profile's, or the one `up` created); never creates one."""
+    if profile.security_group_id:
+        return profile.security_group_id
+    from infra.aws.session import client
+
+    try:
+        return _find_group(client("ec2", profile.region), _group_name(profile))
+    except Exception as e:  # noqa: BLE001 - botocore: access denied, endpoint down
+        _fail(f"AWS refused or could not be reached while looking for security group {_group_name(profile)}: {type(e).__name__}: {e}")
+
+
+def _preflight_or_exit(profile, profile_path: Path) -> None:
+    """Before `up` / `down` ask anything: boto3, credentials AWS accepts and the ray command, or exit 2 saying what is missing."""
+    checks = _local_checks(profile)
+    if all(c.ok is not False for c in checks):
+        checks += _aws_checks(profile)[:1]  # do the credentials work? (one STS call)
+    missing = [c for c in checks if c.ok is False]
+    if missing:
+        _fail("; ".join(f"{c.name}: {c.detail}" for c in missing) + f". Nothing was asked or created; `ganops cluster check {profile_path}` shows every check", 2)
+
+
+@cluster_app.command()
+def check(profile_path: ProfileArg, json_: Annotated[bool, typer.Option("--json", help="Machine-readable result on stdout.")] = False) -> None:
+    """What a launch of this profile needs, and what is missing: boto3, credentials, the ray command, Python, region, image, security group, bucket, instance profile, spot offers. Exit 1 if something is missing.
+
+    Example: ganops cluster check infra/clusters/aws-spot-gpu.yaml
+    """
+    profile = _profile(profile_path)
+    checks = _local_checks(profile)
+    if all(c.ok for c in checks[:2]):  # boto3 and credentials: without them AWS cannot be asked
+        checks += _aws_checks(profile)
+    ready = all(c.ok is not False for c in checks)
+    if json_:
+        typer.echo(json.dumps({"profile": str(profile_path), "cluster": profile.name, "region": profile.region, "ready": ready, "checks": [asdict(c) for c in checks]}))
+    else:
+        table = Table(title=f"cluster {profile.name} in {profile.region}: {'ready to launch' if ready else 'not ready'}", title_justify="left")
+        for col in ("", "check", "detail"):
+            table.add_column(col)
+        for c in checks:
+            table.add_row({True: "[green]ok[/]", False: "[red]missing[/]", None: "[yellow]to do[/]"}[c.ok], c.name, escape(c.detail))
+        table_out.print(table)
+        err.print(f"Next: ganops cluster up {profile_path}" if ready else "Fix what is missing, then run this check again.", style="dim", highlight=False)
+    if not ready:
+        raise typer.Exit(1)

@@ -249,7 +249,7 @@ def test_spot_prices_against_moto(aws_env):
 
 
 def test_cli_prices_against_moto_server(tmp_path):
-    """`ganops cluster prices --json` against moto's server on 127.0.0.1 (AWS_ENDPOINT_URL): offers on stdout, a table without --json."""
+    """`ganops cluster prices --json` against moto's server on 127.0.0.1 (AWS_ENDPOINT_URL): offers on stdout, a table (on stdout too) without --json."""
     from infra.local_services import moto_s3
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
@@ -263,5 +263,5 @@ def test_cli_prices_against_moto_server(tmp_path):
         assert out["region"] == "us-east-1" and types and types <= {"g4dn.xlarge", "g5.xlarge", "p3.2xlarge"}
         assert all({"zone", "spot_usd_per_hour", "on_demand_usd_per_hour", "saving_pct"} <= set(o) for o in out["offers"])
         human = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
-        assert human.returncode == 0 and human.stdout == "" and "saving" in human.stderr
+        assert human.returncode == 0 and "saving" in human.stdout and "on-demand prices:" in human.stderr  # the table pipes; notes on stderr
         assert "testing" not in r.stderr + human.stderr  # no credential in the output
