@@ -13,6 +13,17 @@ REPO = Path(__file__).resolve().parents[1]
 SPECS = sorted((REPO / "search_spaces").glob("*.yaml"))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tiers: `python -m pytest -m "not slow"` is the fast tier (unit tests and the `core`
+    integration tests); the full suite is every test. Every integration test is `integration`,
+    and `slow` unless marked `core`."""
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+            if item.get_closest_marker("core") is None:
+                item.add_marker(pytest.mark.slow)
+
+
 # Credentials moto accepts; never real ones (tests check they reach no output or MLflow field).
 FAKE_CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -79,3 +90,15 @@ def watch_store(db: Path, proc, timeout: float = 240):
             return None
         time.sleep(0.25)
     return MlflowClient(f"sqlite:///{db}")
+
+
+
+@pytest.fixture(scope="session")
+def feature_cache(tmp_path_factory):
+    """One GANOPS_CACHE for the test run, holding the MNIST feature classifier: trained once
+    (~10-25 s here), then loaded by every test that scores MNIST-like images."""
+    from trainers.metrics import load_feature_extractor
+
+    cache = tmp_path_factory.mktemp("ganops_cache")
+    load_feature_extractor(cache)
+    return cache

@@ -185,11 +185,11 @@ class _Oracle(nn.Module):
         return torch.stack([self.by_class[(int(k) + self.shift) % NUM_CLASSES][i % 100] for i, k in enumerate(y)])
 
 
-def test_class_match_measures_the_conditioning_and_the_grid_shows_the_classes(tmp_path):
+def test_class_match_measures_the_conditioning_and_the_grid_shows_the_classes(feature_cache):
     """An oracle drawing real digits of the asked class scores ~ the classifier's accuracy; one
     drawing the next class scores ~0. The grid: 8 rows x 10 columns of 28x28 cells."""
     cfg = CDCGAN.model_copy(update={"eval_samples": 500})
-    ev = Evaluator(cfg, tmp_path)
+    ev = Evaluator(cfg, feature_cache)
     scores, picture = ev.evaluate(_Oracle(), fixed_noise(cfg))
     assert scores["class_match"] > 0.9 and scores["class_coverage"] == 10
     assert picture.shape == (8 * 30 + 2, 10 * 30 + 2)

@@ -125,10 +125,10 @@ def test_torchvision_data_without_torchvision_says_how_to_install_and_place_the_
 
 
 @pytest.mark.parametrize("data,output", [("stacked_mnist", "tanh"), ("image_folder", "sigmoid")])
-def test_evaluation_without_a_classifier_reports_pixel_hist_and_an_rgb_grid(data, output, tmp_path, monkeypatch):
+def test_evaluation_without_a_classifier_reports_pixel_hist_and_an_rgb_grid(data, output, tmp_path, monkeypatch, feature_cache):
     """Images the MNIST classifier cannot score as a whole: pixel_hist and a (H, W, 3) grid, no FID; sigmoid G's
     outputs are mapped to [-1, 1] first (a perfect 'G' that returns real data scores ~0)."""
-    monkeypatch.setenv("GANOPS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("GANOPS_CACHE", str(feature_cache))  # stacked_mnist scores each channel with the cached classifier
     kw = {}
     if data == "image_folder":
         _write_pngs(tmp_path / "imgs", [(28, 28)] * 4)
