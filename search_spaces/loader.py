@@ -136,7 +136,7 @@ def _apply_overrides(data: dict, overrides: list[str]) -> tuple[list[tuple[tuple
                 nxt = node[p] = {}
             if not isinstance(nxt, dict):
                 where = ".".join(parts[: depth + 1])
-                problems.append(SpecIssue(where, None, f"{where} is a value, not a section: cannot set {'.'.join(parts)}", flag=item))
+                problems.append(SpecIssue(where, None, f"is a value, not a section: cannot set {'.'.join(parts)}", flag=item))
                 break
             node = nxt
         else:

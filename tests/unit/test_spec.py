@@ -1,5 +1,8 @@
 """The spec: safe loading, validation, errors that say where and what to do."""
 
+import json
+import sys
+
 import pytest
 
 from search_spaces.loader import SpecError, load_spec, spec_from_text
@@ -248,3 +251,113 @@ def test_probability_metrics_are_refused_for_critic_losses():
     searched = "name: t\nsearch:\n  loss: {choice: [nonsaturating, wgan-gp]}\nsweep: {metric: d_g_z}\n"
     assert "wgan-gp" in issues(searched)[0].message
     spec_from_text("name: t\ntrainer: {loss: minimax}\nsweep: {metric: d_x}\n")
+
+
+# ---- `ganops validate`: every problem in one run ----
+
+MANY = """name: t
+trainer:
+  lr_g: zero
+  stpes: 10
+search:
+  lr_x: {choice: [1]}
+  lr_d: {loguniform: [0, 1]}
+sweep:
+  metric: nope
+  num_sampels: 3
+"""
+
+
+def test_every_problem_is_reported_in_one_run():
+    """Field errors, misspellings and the cross-field checks they would have hidden all come at once, by line."""
+    got = [(i.path, i.line) for i in issues(MANY)]
+    assert got == [("trainer.lr_g", 3), ("trainer.stpes", 4), ("search.lr_x", 6), ("search.lr_d", 7), ("sweep.metric", 9), ("sweep.num_sampels", 10)]
+
+
+def test_gathering_invents_no_problem_from_a_dropped_value():
+    """A misspelt `model` is not read as the default dcgan28 (which cannot train on grid25): one issue, not two."""
+    (i,) = issues("name: t\ntrainer: {modle: mlp2d, data: grid25}\nsearch:\n  lr_g: {choice: [0.001]}\n")
+    assert i.path == "trainer.modle" and "did you mean 'model'?" in i.message
+
+
+@pytest.mark.parametrize("text, where, near", [
+    ("name: t\ntrainer:\n  lr_gg: 0.1\n", "trainer.lr_gg", "lr_g"),
+    ("name: t\nstopping:\n  d_overpowers: {patiense: 2}\n", "stopping.d_overpowers.patiense", "patience"),
+    ("name: t\nsearch:\n  lr_d: {loguniformm: [1.0e-4, 1.0e-3]}\n", "search.lr_d.loguniformm", "loguniform"),
+    ("name: t\nsweeps: {num_samples: 2}\n", "sweeps", "sweep"),
+    ("name: t\nsearch:\n  lr_gg: {choice: [0.001]}\n", "search.lr_gg", "lr_g"),
+])
+def test_a_misspelt_key_gets_the_nearest_valid_key(text, where, near):
+    """difflib's nearest field name at that path, in any section (search keys: the trainer's settings)."""
+    (i,) = issues(text)
+    assert i.path == where and f"did you mean {near!r}?" in i.message
+
+
+def test_an_unknown_key_with_no_near_name_lists_the_keys_there():
+    (i,) = issues("name: t\nresources: {zzz: 1}\n")
+    assert "keys here: workers_per_trial, cpus_per_worker, gpus_per_worker" in i.message
+
+
+def test_a_bad_set_value_is_blamed_on_the_flag_not_a_line():
+    """`--set trainer.lr_g=abc` names the flag; a bad value in the file still names its line; bad flags all come at once."""
+    with pytest.raises(SpecError) as e:
+        spec_from_text(GOOD, "s.yaml", ["trainer.lr_g=abc", "trainer.steps", "trainer.steps.x=1"])
+    text = e.value.render()
+    assert "--set trainer.lr_g=abc: Input should be a valid number" in text and "s.yaml:" not in text
+    assert "--set trainer.steps: must look like key.path=value" in text and "--set trainer.steps.x=1: trainer.steps: is a value, not a section" in text
+    (i,) = issues("name: t\ntrainer:\n  lr_g: abc\n", ["trainer.steps=20"])
+    assert (i.line, i.flag) == (3, None)
+
+
+def test_a_spec_that_searches_nothing_is_valid_with_a_warning():
+    """No search (or one value of each setting): N identical trials, said as a warning, not an error."""
+    check = _check("name: t\ntrainer: {model: mlp2d, data: grid25}\nsweep: {num_samples: 4}\n")
+    assert check.spec is not None and not check.errors
+    (w,) = check.warnings
+    assert "4 trials are identical" in w.message and w.path == "search"
+    single = _check("name: t\ntrainer: {model: mlp2d, data: grid25}\nsearch:\n  lr_g: {choice: [0.001]}\n")
+    assert "8 trials are identical" in single.warnings[0].message and single.warnings[0].line == 3
+    assert not _check(GOOD).warnings and not _check("name: t\nsweep: {num_samples: 1}\n").warnings
+
+
+def _check(text, overrides=(), packages=True, tmp=None):
+    from search_spaces.loader import _check_text
+    from search_spaces.spec import SweepSpec
+
+    return _check_text(text, "s.yaml", list(overrides), SweepSpec, tmp, packages)
+
+
+def test_a_missing_optional_package_is_an_error_with_its_extra(monkeypatch):
+    """optuna search, s3:// storage: validate says which package and `pip install 'ganops[extra]'`,
+    alongside the spec's other problems; the loader used by `sweep` does not ask."""
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "boto3", None)
+    text = "name: t\ntrainer: {model: mlp2d, data: grid25, lr_g: 0}\nsweep: {search_alg: optuna}\n"
+    check = _check(text, ["storage=s3://bucket/ganops"])
+    got = {(i.path, i.line, i.flag): i.message for i in check.errors}
+    assert "pip install 'ganops[optuna]'" in got[("sweep.search_alg", 3, None)]
+    assert "pip install 'ganops[s3]'" in got[("storage", None, "storage=s3://bucket/ganops")]
+    assert ("trainer.lr_g", 2, None) in got and check.spec is None
+    assert not _check(text.replace(", lr_g: 0", ""), packages=False).errors
+
+
+def test_validate_cli_reports_warnings_and_every_error(tmp_path):
+    """`ganops validate`: warnings on stderr (exit 0) and in --json; errors all listed, exit 2, JSON says why."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    runner = CliRunner()
+    p = tmp_path / "s.yaml"
+    p.write_text("name: t\ntrainer: {model: mlp2d, data: grid25}\n")
+    r = runner.invoke(app, ["validate", str(p)])
+    assert r.exit_code == 0 and "8 trials are identical" in r.stderr and "valid" in r.stderr
+    r = runner.invoke(app, ["validate", str(p), "--json"])
+    out = json.loads(r.stdout)
+    assert r.exit_code == 0 and out["valid"] and out["trials"] == 8 and "identical" in out["warnings"][0]["message"]
+    p.write_text(MANY)
+    r = runner.invoke(app, ["validate", str(p), "--json", "--set", "trainer.beta1=abc"])
+    out = json.loads(r.stdout)
+    assert r.exit_code == 2 and not out["valid"] and len(out["errors"]) == 7
+    assert {"path": "trainer.beta1", "line": None, "flag": "trainer.beta1=abc", "message": out["errors"][0]["message"]} == out["errors"][0]
+    assert "--set trainer.beta1=abc:" in r.stderr and f"{p}:10 sweep.num_sampels: unknown key; did you mean 'num_samples'?" in r.stderr
