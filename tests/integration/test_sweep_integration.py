@@ -1,11 +1,14 @@
 """A real sweep on a real local Ray, recorded in a real MLflow store, checked through MLflow's client."""
 
+import io
 import json
+import re
 
 import numpy as np
 import pytest
 import ray
 from mlflow import MlflowClient
+from rich.console import Console
 from typer.testing import CliRunner
 
 from orchestrator.api import run_sweep, spec_from_text
@@ -47,10 +50,16 @@ def trial_runs(client, result):
     return {r.data.tags["ganops.trial_id"]: r for r in runs}
 
 
+@pytest.mark.core
 def test_sweep_records_parent_and_child_runs_with_metrics_images_and_generator(local_ray, ganops_home):
     """Each trial is a child run of the sweep's run with its params, per-eval metrics, a sample grid per eval and a generator."""
-    result = run_sweep(spec_from_text(TINY_DCGAN), spec_text=TINY_DCGAN)
+    log = io.StringIO()  # not a terminal, as a CI log: plain progress lines, not a Live table
+    result = run_sweep(spec_from_text(TINY_DCGAN), spec_text=TINY_DCGAN, console=Console(file=log, width=200))
     assert len(result.trials) == 2 and all(t.status == "done" for t in result.trials)
+    for t in result.trials:  # one line per trial event, as it happens
+        for pattern in (rf"trial {t.trial_id} started: lr_g \S+, real_label \S+", rf"trial {t.trial_id} eval step 2/4: fid \S+", rf"trial {t.trial_id} done at step 4/4: fid \S+"):
+            assert re.search(pattern, log.getvalue()), (pattern, log.getvalue())
+    assert re.search(r"sweep: 0 running, 2 done, 0 stopped, 0 failed, 0 pending; best fid \S+", log.getvalue()), log.getvalue()
     client = MlflowClient(result.tracking_uri)
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["ganops.kind"] == "sweep"
@@ -117,6 +126,7 @@ resources: {workers_per_trial: 2, cpus_per_worker: 1}
         assert FAKE_SECRET.encode() not in data and FAKE_KEY_ID.encode() not in data, p
 
 
+@pytest.mark.core
 def test_balance_rules_stop_the_diverging_and_the_d_dominated_trial_and_let_the_healthy_one_finish(local_ray, ganops_home):
     """One real Tune run, three DCGAN trials that differ only in D's SGD learning rate:
     lr_d 1.0 blows up (non-finite loss: FAILED, divergence), 1e-2 lets D overpower G
