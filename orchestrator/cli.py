@@ -21,7 +21,6 @@ for _k, _v in {"MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_DISABLE_TELEMETRY": "t
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
-from rich.logging import RichHandler  # noqa: E402
 from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -68,6 +67,8 @@ def _debug() -> bool:
 
 
 def _setup_logging() -> None:
+    from rich.logging import RichHandler
+
     logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=err, show_path=False)], format="%(message)s", force=True)
     for name in ("orchestrator", "trainers", "search_spaces", "infra"):
         logging.getLogger(name).setLevel(logging.DEBUG if _debug() else logging.INFO)

@@ -26,13 +26,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import yaml
 
 from infra import packaging
 from orchestrator.results import SweepResult, TrialSummary  # not orchestrator.sweep: that imports ray (1-2 s) for `ganops job status`
-from search_spaces.spec import SweepSpec
+
+if TYPE_CHECKING:  # annotations only: `ganops job status` need not build the spec's models
+    from search_spaces.spec import SweepSpec
 
 PACKAGES = ("orchestrator", "trainers", "search_spaces", "infra")  # the code a job needs
 DEFAULT_CLUSTER_HOME = "~/ganops_runs"  # MLflow store and Ray storage on the cluster, kept across jobs
