@@ -124,7 +124,7 @@ def _dist(profile, build: bool = True) -> tuple[Path | None, str | None]:
 def _next_steps(cluster_file: Path | str, token: Path) -> str:
     return (f"Ray on the cluster requires its token ({token}, on every node as ~/.ray/auth_token; keep it private). "
             f"Next: ray dashboard {cluster_file} (keep it running: http://127.0.0.1:8265 through SSH), then "
-            f"RAY_AUTH_TOKEN_PATH={token} ganops submit SPEC --address http://127.0.0.1:8265")
+            f"RAY_AUTH_TOKEN_PATH={token} ganops job submit SPEC --address http://127.0.0.1:8265")
 
 
 def _aws_ready(profile) -> str:

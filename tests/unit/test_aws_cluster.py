@@ -182,7 +182,7 @@ def test_cli_config_ships_wheel_and_pins_and_a_private_token(generated):
     for output, text, *_ in runs:
         assert value not in text and value not in output
         words = output.split()  # rich wraps lines between words
-        assert f"RAY_AUTH_TOKEN_PATH={token}" in words and words[words.index(f"RAY_AUTH_TOKEN_PATH={token}") + 1:][:2] == ["ganops", "submit"]
+        assert f"RAY_AUTH_TOKEN_PATH={token}" in words and words[words.index(f"RAY_AUTH_TOKEN_PATH={token}") + 1:][:3] == ["ganops", "job", "submit"]
 
 
 def test_cli_status_runs_ray_status_with_token_auth(tmp_path, monkeypatch):
