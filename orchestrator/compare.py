@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from orchestrator import local_store
-
-BALANCE = ("loss_d", "loss_g", "d_x", "d_g_z")
-MIXTURE = ("modes", "hq_pct", "reverse_kl")
+from trainers.metric_names import BALANCE_COLUMNS, MIXTURE_COLUMNS, best, best_first
 
 
 class CompareError(Exception):
@@ -39,10 +36,10 @@ def sweeps(tracking_uri: str) -> list[dict[str, Any]]:
     out = []
     for parent, children in found:
         table = _table(parent, children)
-        best = next((t for t in table["trials"] if _finite(t.get(table["metric"]))), None)
+        top = best(table["trials"], table["metric"], table["mode"])
         out.append({"sweep_id": table["sweep_id"], "parent_run_id": parent.info.run_id, "status": parent.info.status, "trials": len(children),
-                    "metric": table["metric"], "mode": table["mode"], "best": best[table["metric"]] if best else None,
-                    "best_trial": best["trial_id"] if best else None, "start_time": _iso(parent.info.start_time)})
+                    "metric": table["metric"], "mode": table["mode"], "best": top[table["metric"]] if top else None,
+                    "best_trial": top["trial_id"] if top else None, "start_time": _iso(parent.info.start_time)})
     return out
 
 
@@ -66,12 +63,11 @@ def _table(parent: Any, children: list) -> dict[str, Any]:
             "sampled": json.loads(r.data.tags.get("ganops.sampled", "{}")),
             "step": int(m.get("step", 0)),
             metric: m.get(metric),
-            **{k: m[k] for k in (*BALANCE, *MIXTURE) if k in m and k != metric},
+            **{k: m[k] for k in (*BALANCE_COLUMNS, *MIXTURE_COLUMNS) if k in m and k != metric},
             "stop_reason": r.data.tags.get("stop_reason"),
             "stop_evidence": json.loads(r.data.tags["stop_evidence"]) if "stop_evidence" in r.data.tags else None,
         })
-    sign = 1 if mode == "min" else -1
-    trials.sort(key=lambda t: (not _finite(t.get(metric)), sign * t[metric] if _finite(t.get(metric)) else 0))
+    trials = best_first(trials, metric, mode)
     return {"sweep_id": parent.data.tags.get(local_store.TAG_SWEEP), "parent_run_id": parent.info.run_id, "status": parent.info.status,
             "metric": metric, "mode": mode, "trials": trials}
 
@@ -89,7 +85,3 @@ def _runs(tracking_uri: str, sweep: str) -> tuple[Any, list]:
     client = MlflowClient(tracking_uri)
     parent = tracking.find_sweep_run(client, sweep)
     return (parent, tracking.trial_runs(client, parent)) if parent is not None else (None, [])
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)

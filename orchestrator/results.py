@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from trainers import metric_names
 
 
 @dataclass
@@ -36,21 +37,15 @@ class SweepResult:
 
     @property
     def best(self) -> TrialSummary | None:
-        scored = [t for t in self.trials if isinstance(t.metrics.get(self.metric), (int, float)) and math.isfinite(t.metrics[self.metric])]
-        if not scored:
-            return None
-        key = lambda t: t.metrics[self.metric]  # noqa: E731
-        return min(scored, key=key) if self.mode == "min" else max(scored, key=key)
+        """The best trial by the sweep's metric; None when no trial has a finite value."""
+        return metric_names.best(self.trials, self._value, self.mode)
 
     def leaderboard(self) -> list[TrialSummary]:
-        best_first = sorted(
-            self.trials,
-            key=lambda t: (
-                not isinstance(t.metrics.get(self.metric), (int, float)) or not math.isfinite(t.metrics.get(self.metric, math.nan)),
-                (t.metrics.get(self.metric, 0) if self.mode == "min" else -t.metrics.get(self.metric, 0)),
-            ),
-        )
-        return best_first
+        """The trials best first; those without a finite metric last."""
+        return metric_names.best_first(self.trials, self._value, self.mode)
+
+    def _value(self, trial: TrialSummary) -> Any:
+        return trial.metrics.get(self.metric)
 
     @property
     def cost_usd(self) -> float:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from ray.tune import Stopper
 
 from orchestrator.board import HoldsBoard
+from trainers.metric_names import DIVERGENCE_SIGNALS, is_score, oriented
 
 History = list[dict[str, Any]]
 
@@ -41,7 +42,7 @@ def divergence(history: History, cfg) -> Verdict | None:
     last = history[-1]
     if last.get("diverged"):
         return Verdict("divergence", {"step": last.get("step", 0)})
-    for k in ("loss_d", "loss_g", "grad_norm_d", "grad_norm_g"):
+    for k in DIVERGENCE_SIGNALS:
         v = last.get(k)
         if isinstance(v, (int, float)) and not math.isfinite(v):
             return Verdict("divergence", {k: v, "step": last.get("step", 0)})
@@ -131,13 +132,12 @@ def plateau(history: History, cfg, metric: str, mode: str) -> Verdict | None:
     if len(history) <= cfg.patience:
         return None
     values = [r.get(metric) for r in history]
-    if any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
+    if not all(is_score(v) for v in values):
         return None
-    sign = 1 if mode == "min" else -1
-    best_before = min(sign * v for v in values[: -cfg.patience])
-    best_recent = min(sign * v for v in values[-cfg.patience :])
+    best_before = min(oriented(v, mode) for v in values[: -cfg.patience])  # lower is better from here on
+    best_recent = min(oriented(v, mode) for v in values[-cfg.patience :])
     if best_recent > best_before - cfg.min_delta:
-        return Verdict("plateau", {metric: float(values[-1]), "best": float(sign * best_before), "evals": cfg.patience})
+        return Verdict("plateau", {metric: float(values[-1]), "best": float(oriented(best_before, mode)), "evals": cfg.patience})
     return None
 
 

@@ -25,24 +25,17 @@ from pydantic import (
 )
 
 from trainers.config import MUTABLE_IN_FLIGHT, TrainerConfig
+# What each dataset's trials report and which way is better (the sweep metric must be one).
+from trainers.metric_names import (  # noqa: F401 - re-exported for gate.py
+    BCE_ONLY_METRICS,
+    CLASSIFIER_METRICS,
+    CONDITIONAL_METRICS,
+    FEATURE_METRICS,
+    IMAGE_METRICS,
+    MIXTURE_METRICS,
+    STACKED_METRICS,
+)
 
-# What each dataset's trials report, and which way is better. The sweep metric must be one.
-IMAGE_METRICS = {"fid": "min", "loss_g": "min", "loss_d": "min", "d_x": "max", "d_g_z": "max", "class_coverage": "max", "pixel_hist": "min",
-                 "kid": "min", "inception_score": "max", "precision": "max", "recall": "max", "coverage": "max"}
-# cdcgan28 also reports class_match: the share of samples classified as the class G was asked for.
-CONDITIONAL_METRICS = {**IMAGE_METRICS, "class_match": "max"}
-# stacked_mnist: 3-digit classes found of 1,000 and KL to uniform (VEEGAN / PacGAN Table 2).
-STACKED_METRICS = {"modes": "max", "kl": "min"}
-MIXTURE_METRICS = {"mix_score": "max", "modes": "max", "hq_pct": "max", "reverse_kl": "min", "loss_g": "min", "loss_d": "min"}
-
-# Image metrics that need the MNIST feature classifier: reported for data: mnist only.
-CLASSIFIER_METRICS = ("fid", "class_coverage", "kid", "inception_score", "precision", "recall", "coverage")
-# ... of which these are computed in a feature space: with metrics.features, every image dataset
-# reports them (class_coverage and inception_score need the classifier's class logits).
-FEATURE_METRICS = ("fid", "kid", "precision", "recall", "coverage")
-
-# D(x) and D(G(z)) are probabilities only under the BCE losses; hinge / wgan-gp do not report them.
-BCE_ONLY_METRICS = ("d_x", "d_g_z")
 BCE_LOSSES = ("nonsaturating", "minimax")
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform", "qloguniform")

@@ -75,6 +75,11 @@ class TrainerConfig(BaseModel):
     steps: int = Field(1000, ge=1, le=10_000_000, description="Training iterations (one iteration = the D updates and the G updates of one D:G round).")
     batch_size: int = Field(64, ge=2, le=65_536, description="Real and fake samples per update.")
     eval_every: int = Field(100, ge=1, description="Report metrics, a sample grid and a checkpoint every this many iterations.")
+    log_every: int = Field(
+        10, ge=1, le=10_000_000,
+        description="Log the step's losses, D(x), D(G(z)) and gradient norms to the trial's MLflow run every this many iterations "
+        "(their mean since the last log), apart from the costlier evals; balance stopping still reads the evals.",
+    )
     lr_g: float = Field(2e-4, gt=0, le=1.0, description="Generator learning rate.")
     lr_d: float = Field(2e-4, gt=0, le=1.0, description="Discriminator learning rate (TTUR: tune it apart from lr_g).")
     optimizer_g: Literal["adam", "rmsprop", "sgd"] = Field("adam", description="G's optimizer: adam (with beta1, beta2), rmsprop or sgd (with momentum).")

@@ -3,17 +3,18 @@
 Every worker runs the pure `train_step` on the device Ray gives it (`ray.train.torch.get_device()`:
 its GPU, or the CPU); gradients are averaged across workers before each optimizer step, and
 every collective uses tensors on that device, so it runs under NCCL and gloo alike. Rank 0
-evaluates, logs to the trial's MLflow run (opened by the trial driver) and writes the
-checkpoint it reports to Ray.
+logs the step's losses every `log_every` steps to the trial's MLflow run (opened by the trial
+driver; trainers/trial_log.py), and every `eval_every` steps evaluates, logs the eval and
+writes the checkpoint it reports to Ray.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,9 @@ from trainers import device as placement
 from trainers.cost import trial_rate
 from trainers.data import make_data
 from trainers.evaluate import Evaluator
-from trainers.models import build_models, sample_latent
+from trainers.models import build_models, gan_for, sample_latent
 from trainers.models.conditional import GRID_ROWS, NUM_CLASSES
+from trainers.plugin import GanPlugin
 from trainers.precision import build_precision
 from trainers.step import (
     DivergenceError,
@@ -38,8 +40,10 @@ from trainers.step import (
     set_hyperparams,
     train_step,
 )
+from trainers.trial_log import LossLog, MlflowSink
 
 log = logging.getLogger(__name__)
+_MlflowSink = MlflowSink  # the name tests/unit/test_mlflow_sink.py imports
 
 CHECKPOINT_FILE = "state.pt"
 FIXED_NOISE_SEED = 20240229  # sweep-wide: every trial's grid is drawn from the same z
@@ -98,50 +102,6 @@ def _broadcast_params(world_size: int, *modules: torch.nn.Module) -> None:
     for m in modules:
         for t in list(m.parameters()) + list(m.buffers()):
             dist.broadcast(t.data, src=0)
-
-
-class _MlflowSink:
-    """Rank 0's writes to the trial's MLflow run, batched: one call per eval for all metrics."""
-
-    def __init__(self, tracking_uri: str | None, run_id: str | None):
-        self.run_id = run_id
-        self.client = None
-        self.logged_through = -1  # steps up to here are in the run already (a resumed trial)
-        if tracking_uri and run_id:
-            from mlflow import MlflowClient
-
-            self.client = MlflowClient(tracking_uri)
-
-    def resume_after(self, step: int) -> None:
-        """A trial resumed from its checkpoint at `step` replays the steps after it; those it had
-        logged before it was interrupted stay as they were (one value per step, and on CPU the
-        replay computes the same values)."""
-        if self.client is not None:
-            history = self.client.get_metric_history(self.run_id, "step")
-            self.logged_through = max([int(m.step) for m in history] + [step if step > 0 else -1])
-
-    def count_tags(self, prefix: str) -> int:
-        """Tags already on the run under `prefix` (a resumed trial numbers its PBT exploits on)."""
-        if self.client is None:
-            return 0
-        return sum(k.startswith(prefix) for k in self.client.get_run(self.run_id).data.tags)
-
-    def tag(self, key: str, value: str) -> None:
-        if self.client is not None:
-            self.client.set_tag(self.run_id, key, value[:5000])
-
-    def log(self, step: int, metrics: dict[str, float], image: np.ndarray | None, generator_file: Path | None) -> None:
-        if self.client is None or step <= self.logged_through:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)]
-        self.client.log_batch(self.run_id, metrics=batch)
-        if image is not None:
-            self.client.log_image(self.run_id, image, key="samples", step=step)
-        if generator_file is not None:
-            self.client.log_artifact(self.run_id, str(generator_file), artifact_path="generator")
 
 
 class _Orders:
@@ -226,8 +186,81 @@ def _placement_report(device, G, D, opt_g, opt_d, ema, data, noise, evaluator) -
     return placement.placement(device, **groups)
 
 
+@dataclass
+class _Worker:
+    """One worker's part of a trial: what `_setup` builds once and every step reads."""
+
+    cfg: TrainerConfig
+    gan: GanPlugin  # gan_for(cfg), built once per config (a plugin validates its Params on construction)
+    run: dict[str, Any]
+    rank: int
+    world: int
+    device: torch.device
+    G: torch.nn.Module
+    D: torch.nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    scheds: list
+    ema: Any
+    precision: Any
+    gen: torch.Generator
+    data: Any
+    step: int = 0
+    spent: dict[str, float] = field(default_factory=lambda: {"cost_usd": 0.0, "spot_saved_usd": 0.0})  # before this process
+    held_since: float = field(default_factory=time.monotonic)  # the workers hold their machines from here: the cost clock
+    sync: Any = None
+    rate: Any = None
+    watcher: Any = None
+    watching: bool = False
+    spot_saved: bool = False
+    evaluator: Evaluator | None = None
+    sink: MlflowSink | None = None
+    noise: torch.Tensor | None = None
+    orders: _Orders | None = None
+    exploits: int = 0
+    placed: bool = False  # the placement report is written at the first eval, once optimizer state exists
+    train_seconds: float = 0.0
+
+    def switch(self, cfg: TrainerConfig) -> None:
+        self.cfg, self.gan = cfg, gan_for(cfg)
+
+
 def train_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point. `loop_config` = {"trainer": TrainerConfig dump, "run": {...}}."""
+    w = _setup(loop_config)
+    losses = LossLog(w.sink, w.cfg.log_every)
+    window: dict[str, list[float]] = {}
+    try:
+        while w.step < w.cfg.steps:
+            if _obey_orders(w):
+                return
+            t0 = time.perf_counter()
+            w.G.train()
+            w.D.train()
+            try:
+                m = train_step(w.G, w.D, w.opt_g, w.opt_d, w.data, w.cfg, w.gen, sync_grads=w.sync, step=w.step + 1,
+                               schedulers=w.scheds, ema=w.ema, precision=w.precision, gan=w.gan)
+            except DivergenceError as e:
+                _report_divergence(w, e)
+                return
+            w.train_seconds += time.perf_counter() - t0
+            w.step += 1
+            for k, v in m.items():
+                window.setdefault(k, []).append(v)
+            urgent = _spot_vote(w)
+            due = urgent or w.step % w.cfg.eval_every == 0 or w.step == w.cfg.steps
+            losses.add(w.step, m, due)
+            if due:
+                _eval_and_report(w, {k: float(np.mean(v)) for k, v in window.items()})
+                window.clear()
+    finally:
+        if w.sink is not None:
+            w.sink.flush()
+
+
+def _setup(loop_config: dict[str, Any]) -> _Worker:
+    """Models, optimizers, data and RNG on this worker's device, restored from the trial's
+    checkpoint if it has one; then the spot watcher, and on rank 0 the MLflow sink."""
     import ray.train
     import ray.train.torch
 
@@ -249,122 +282,142 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
     # Each rank draws its own batches, on its device (data and latents never cross the bus).
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
     data = make_data(cfg).to(device, torch.channels_last if cfg.channels_last and cfg.is_image else torch.preserve_format)
-    step = 0
-    held_since = time.monotonic()  # the workers hold their machines from here: the cost clock
-    spent = {"cost_usd": 0.0, "spot_saved_usd": 0.0}  # before this process (from the checkpoint)
+    w = _Worker(cfg, gan_for(cfg), run, rank, world, device, G, D, opt_g, opt_d, scheds, ema, precision, gen, data)
 
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = load_state(Path(d) / CHECKPOINT_FILE)
-        step = restore(state, G, D, opt_g, opt_d, gen, schedulers=scheds, ema=ema, precision=precision)
-        spent.update({k: v for k, v in state.get("meta", {}).items() if k in spent})
-        # Settings a PBT exploit changed in flight live in the checkpoint, not in loop_config.
-        cfg = TrainerConfig.model_validate({**cfg.model_dump(), **{k: state["config"][k] for k in MUTABLE_IN_FLIGHT if k in state["config"]}})
-        set_hyperparams(opt_g, opt_d, cfg, scheds)
-        log.info("resumed from checkpoint at step %d", step)
+    _restore(w, ray.train.get_checkpoint())
     _broadcast_params(world, G, D)
-    if cfg.compile:
+    if w.cfg.compile:
         # In place (nn.Module.compile): state_dict keys stay G's own, so checkpoints load anywhere.
         G.compile()
         D.compile()
-    sync = _grad_sync(world)
-    rate = trial_rate(world, device)
+    w.sync = _grad_sync(world)
+    w.rate = trial_rate(world, device)
     # Spot nodes: checkpoint as soon as EC2 announces the reclaim (infra/aws/spot.py). Every
     # rank takes part in the vote if any rank watches, so the collective calls line up.
-    watcher = watcher_for_this_node(ray.get_runtime_context().get_node_labels() or {})
-    watching = _any_rank(watcher is not None, world, device)
-    spot_saved = False
+    w.watcher = watcher_for_this_node(ray.get_runtime_context().get_node_labels() or {})
+    w.watching = _any_rank(w.watcher is not None, world, device)
 
-    evaluator = Evaluator(cfg, Path(run["feature_cache"]) if run.get("feature_cache") else None, run.get("features")).to(device) if rank == 0 else None
-    sink = _MlflowSink(run.get("tracking_uri"), run.get("run_id")) if rank == 0 else None
-    noise = fixed_noise(cfg).to(device)
-    window: dict[str, list[float]] = {}
-    train_seconds = 0.0
-    placed = False  # the placement report is written at the first eval, once optimizer state exists
+    if rank == 0:  # the Evaluator comes at the first eval: its feature networks and real features cost seconds before step 1
+        w.sink = MlflowSink(run.get("tracking_uri"), run.get("run_id"))
+    w.noise = fixed_noise(w.cfg).to(device)
+    if w.sink is not None:
+        _open_sink(w, device_info)
+    w.orders = _Orders(run.get("board"), run.get("trial_id"), rank, device)
+    w.exploits = w.sink.count_tags("pbt.exploit.") if w.sink is not None else 0
+    if w.sink is not None and run.get("pbt"):
+        w.sink.log(w.step, _hparams(w.cfg, run["pbt"]), None, None)
+    return w
 
-    if sink is not None:
-        sink.tag("ganops.device", device_info)
-        sink.tag("ganops.cost", f"{rate.usd_per_hour:.4f} USD/h" if rate.priced else "$0: no node advertised a price (local machine)")
-        # A restart replays from its checkpoint, or from step 0 when none reached storage (e.g.
-        # the store went away before the first upload): steps the run logged already stay as
-        # they were, once each (same seed, same values on CPU).
-        sink.resume_after(step)
-        if step > 0:
-            sink.tag("ganops.resumed_from_step", str(step))
-        elif sink.logged_through > 0:
-            sink.tag("ganops.restarted_from_scratch", str(sink.logged_through))
-    orders = _Orders(run.get("board"), run.get("trial_id"), rank, device)
-    exploits = sink.count_tags("pbt.exploit.") if sink is not None else 0
-    if sink is not None and run.get("pbt"):
-        sink.log(step, _hparams(cfg, run["pbt"]), None, None)
-    while step < cfg.steps:
-        order = orders.poll(step)
-        if order == "stop":
-            log.info("sweep stopped this trial at step %d", step)
-            return
-        if isinstance(order, dict) and (new_cfg := _exploit(order, cfg, G, D, opt_g, opt_d, scheds, ema)) is not None:
-            exploits += 1
-            if sink is not None:
-                settings = {k: [getattr(cfg, k), getattr(new_cfg, k)] for k in order["config"]}  # [before, after]
-                sink.tag(f"pbt.exploit.{exploits}", json.dumps({"step": step, "donor": order["donor"], "donor_step": order.get("donor_step"), "settings": settings}))
-                sink.tag("pbt.config", json.dumps({k: getattr(new_cfg, k) for k in order["config"]}))
-                sink.log(step, {"pbt_exploits": exploits, **_hparams(new_cfg, order["config"])}, None, None)
-            cfg = new_cfg
-        t0 = time.perf_counter()
-        G.train()
-        D.train()
-        try:
-            m = train_step(G, D, opt_g, opt_d, data, cfg, gen, sync_grads=sync, step=step + 1, schedulers=scheds, ema=ema, precision=precision)
-        except DivergenceError as e:
-            # Not a crash to retry from a checkpoint (it would diverge again): the trial ends
-            # here and reports why, so the stopper and the leaderboard can say so.
-            log.warning("trial diverged: %s", e)
-            report = {"diverged": 1.0, "step": step + 1, "train_seconds": train_seconds}
-            if sink is not None:
-                sink.log(step + 1, report, None, None)
-                sink.tag("divergence", str(e))
-            ray.train.report(report)
-            return
-        train_seconds += time.perf_counter() - t0
-        step += 1
-        for k, v in m.items():
-            window.setdefault(k, []).append(v)
-        urgent = watching and not spot_saved and _any_rank(watcher is not None and watcher.noticed.is_set(), world, device)
-        if step % cfg.eval_every and step != cfg.steps and not urgent:
-            continue
-        if urgent:
-            spot_saved = True
-            if sink is not None:
-                sink.tag("ganops.spot_notice", json.dumps({"step": step, **((watcher.notice if watcher else None) or {})}))
 
-        metrics = {k: float(np.mean(v)) for k, v in window.items()}
-        window.clear()
-        metrics.update(step=step, train_seconds=train_seconds)
-        hours = (time.monotonic() - held_since) / 3600
-        metrics["cost_usd"] = spent["cost_usd"] + rate.usd_per_hour * hours
-        metrics["spot_saved_usd"] = spent["spot_saved_usd"] + (rate.on_demand_usd_per_hour - rate.usd_per_hour) * hours
-        checkpoint = None
-        with tempfile.TemporaryDirectory() as tmp:
-            if rank == 0:
-                t1 = time.perf_counter()
-                G_eval = ema.module if ema is not None else G  # cfg.ema: the averaged G is the product
-                scores, image = evaluator.evaluate(G_eval, noise)
-                metrics.update(scores)
-                metrics["eval_seconds"] = time.perf_counter() - t1
-                metrics.update(placement.telemetry(device))
-                if not placed:
-                    placed = True
-                    report = _placement_report(device, G, D, opt_g, opt_d, ema, data, noise, evaluator)
-                    sink.tag("ganops.placement", placement.report_json(report))
-                    if report["off_device"]:
-                        log.warning("not on %s: %s", device, ", ".join(report["off_device"]))
-                if scheds:
-                    metrics["lr_g_scheduled"], metrics["lr_d_scheduled"] = (s.get_last_lr()[0] for s in scheds)
-                save_state(Path(tmp) / CHECKPOINT_FILE, G, D, opt_g, opt_d, step, cfg.model_dump(), gen, schedulers=scheds, ema=ema,
-                           meta={k: metrics[k] for k in spent}, precision=precision)
-                gen_file = Path(tmp) / "generator.pt"
-                save_generator(gen_file, G_eval, cfg.model_dump())
-                sink.log(step, metrics, image, gen_file)
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
+def _restore(w: _Worker, ckpt) -> None:
+    """Pick up the trial where its last checkpoint left it: weights, optimizers, RNG, cost so far."""
+    if ckpt is None:
+        return
+    with ckpt.as_directory() as d:
+        state = load_state(Path(d) / CHECKPOINT_FILE)
+    w.step = restore(state, w.G, w.D, w.opt_g, w.opt_d, w.gen, schedulers=w.scheds, ema=w.ema, precision=w.precision)
+    w.spent.update({k: v for k, v in state.get("meta", {}).items() if k in w.spent})
+    # Settings a PBT exploit changed in flight live in the checkpoint, not in loop_config.
+    w.switch(TrainerConfig.model_validate({**w.cfg.model_dump(), **{k: state["config"][k] for k in MUTABLE_IN_FLIGHT if k in state["config"]}}))
+    set_hyperparams(w.opt_g, w.opt_d, w.cfg, w.scheds)
+    log.info("resumed from checkpoint at step %d", w.step)
+
+
+def _open_sink(w: _Worker, device_info: str) -> None:
+    """Rank 0's first words on the trial's run: device, price, and where a restart resumed."""
+    sink = w.sink
+    sink.tag("ganops.device", device_info)
+    sink.tag("ganops.cost", f"{w.rate.usd_per_hour:.4f} USD/h" if w.rate.priced else "$0: no node advertised a price (local machine)")
+    # A restart replays from its checkpoint, or from step 0 when none reached storage (e.g.
+    # the store went away before the first upload): steps the run logged already stay as
+    # they were, once each (same seed, same values on CPU).
+    sink.resume_after(w.step)
+    if w.step > 0:
+        sink.tag("ganops.resumed_from_step", str(w.step))
+    elif sink.logged_through > 0:
+        sink.tag("ganops.restarted_from_scratch", str(sink.logged_through))
+
+
+def _obey_orders(w: _Worker) -> bool:
+    """The sweep's orders for this step: True to stop here; a PBT exploit switches the config."""
+    order = w.orders.poll(w.step)
+    if order == "stop":
+        log.info("sweep stopped this trial at step %d", w.step)
+        return True
+    if isinstance(order, dict) and (new_cfg := _exploit(order, w.cfg, w.G, w.D, w.opt_g, w.opt_d, w.scheds, w.ema)) is not None:
+        w.exploits += 1
+        if w.sink is not None:
+            settings = {k: [getattr(w.cfg, k), getattr(new_cfg, k)] for k in order["config"]}  # [before, after]
+            w.sink.tag(f"pbt.exploit.{w.exploits}", json.dumps({"step": w.step, "donor": order["donor"], "donor_step": order.get("donor_step"), "settings": settings}))
+            w.sink.tag("pbt.config", json.dumps({k: getattr(new_cfg, k) for k in order["config"]}))
+            w.sink.log(w.step, {"pbt_exploits": w.exploits, **_hparams(new_cfg, order["config"])}, None, None)
+        w.switch(new_cfg)
+    return False
+
+
+def _report_divergence(w: _Worker, e: DivergenceError) -> None:
+    """Not a crash to retry from a checkpoint (it would diverge again): the trial ends here and
+    reports why, so the stopper and the leaderboard can say so."""
+    import ray.train
+
+    log.warning("trial diverged: %s", e)
+    report = {"diverged": 1.0, "step": w.step + 1, "train_seconds": w.train_seconds}
+    if w.sink is not None:
+        w.sink.log(w.step + 1, report, None, None)
+        w.sink.tag("divergence", str(e))
+    ray.train.report(report)
+
+
+def _spot_vote(w: _Worker) -> bool:
+    """True on every rank, once, when any rank's node got a spot reclaim notice: eval and checkpoint now."""
+    if not w.watching or w.spot_saved or not _any_rank(w.watcher is not None and w.watcher.noticed.is_set(), w.world, w.device):
+        return False
+    w.spot_saved = True
+    if w.sink is not None:
+        w.sink.tag("ganops.spot_notice", json.dumps({"step": w.step, **((w.watcher.notice if w.watcher else None) or {})}))
+    return True
+
+
+def _eval_and_report(w: _Worker, metrics: dict[str, float]) -> None:
+    """The eval: the window's step means (`metrics`) plus cost; rank 0 adds the evaluator's scores,
+    logs to MLflow (the step means already went there through LossLog) and writes the
+    checkpoint; every rank reports to Ray (the stopper and the scheduler read these)."""
+    import ray.train
+
+    step_keys = set(metrics)
+    metrics.update(step=w.step, train_seconds=w.train_seconds)
+    hours = (time.monotonic() - w.held_since) / 3600
+    metrics["cost_usd"] = w.spent["cost_usd"] + w.rate.usd_per_hour * hours
+    metrics["spot_saved_usd"] = w.spent["spot_saved_usd"] + (w.rate.on_demand_usd_per_hour - w.rate.usd_per_hour) * hours
+    checkpoint = None
+    with tempfile.TemporaryDirectory() as tmp:
+        if w.rank == 0:
+            if w.evaluator is None:
+                # Built here, not in _setup, so the first losses reach MLflow before it has loaded
+                # (~6 s for MNIST's classifier and real features, measured). Under fork_rng: building
+                # a network draws from the global RNG, which training's dropout reads, so a trial
+                # resumed from a checkpoint (global RNG restored) trains as the uninterrupted one did.
+                features = Path(w.run["feature_cache"]) if w.run.get("feature_cache") else None
+                with torch.random.fork_rng(devices=[]):
+                    w.evaluator = Evaluator(w.cfg, features, w.run.get("features")).to(w.device)
+            t1 = time.perf_counter()
+            G_eval = w.ema.module if w.ema is not None else w.G  # cfg.ema: the averaged G is the product
+            scores, image = w.evaluator.evaluate(G_eval, w.noise)
+            metrics.update(scores)
+            metrics["eval_seconds"] = time.perf_counter() - t1
+            metrics.update(placement.telemetry(w.device))
+            if not w.placed:
+                w.placed = True
+                report = _placement_report(w.device, w.G, w.D, w.opt_g, w.opt_d, w.ema, w.data, w.noise, w.evaluator)
+                w.sink.tag("ganops.placement", placement.report_json(report))
+                if report["off_device"]:
+                    log.warning("not on %s: %s", w.device, ", ".join(report["off_device"]))
+            if w.scheds:
+                metrics["lr_g_scheduled"], metrics["lr_d_scheduled"] = (s.get_last_lr()[0] for s in w.scheds)
+            save_state(Path(tmp) / CHECKPOINT_FILE, w.G, w.D, w.opt_g, w.opt_d, w.step, w.cfg.model_dump(), w.gen, schedulers=w.scheds, ema=w.ema,
+                       meta={k: metrics[k] for k in w.spent}, precision=w.precision)
+            gen_file = Path(tmp) / "generator.pt"
+            save_generator(gen_file, G_eval, w.cfg.model_dump())
+            w.sink.log(w.step, {k: v for k, v in metrics.items() if k not in step_keys}, image, gen_file)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint)

@@ -7,7 +7,7 @@ loop adds distribution by passing `sync_grads`, and turns DivergenceError into a
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +16,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from trainers.config import TrainerConfig
 from trainers.data import DataSource
-from trainers.models import gan_for, sample_latent
+from trainers.models import gan_for
 from trainers.models.conditional import sample_labels
+from trainers.plugin import GanPlugin
 from trainers.precision import FP32, SCALE_FLOOR, Precision
 
 
@@ -206,6 +207,19 @@ def _apply(net: nn.Module, opt: torch.optim.Optimizer, loss: Tensor, name: str, 
         metrics[f"loss_scale_{name}"] = scaler.get_scale()
 
 
+class _DRound(NamedTuple):
+    """What the last D update leaves for G's first update and for the step's metrics."""
+
+    fake_g: Tensor  # G(z) of the last D update, with its graph: G's first update reuses it
+    y_fake: Tensor | None
+    out_real: Tensor
+    out_fake: Tensor
+    loss_d_real: Tensor
+    loss_d_fake: Tensor
+    loss_d: Tensor
+    extra: dict[str, Tensor]
+
+
 def train_step(
     G: nn.Module,
     D: nn.Module,
@@ -220,6 +234,7 @@ def train_step(
     schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler] = (),
     ema: AveragedModel | None = None,
     precision: Precision = FP32,
+    gan: GanPlugin | None = None,
 ) -> dict[str, float]:
     """cfg.d_steps D updates then cfg.g_steps G updates; metrics of the last of each.
 
@@ -228,26 +243,38 @@ def train_step(
     (cfg.is_conditional) sees real images with their labels and fakes with classes drawn
     uniformly. `step` only labels a DivergenceError. After the updates the lr `schedulers` step
     once and `ema` (build_ema) averages G's new weights in. `precision` (trainers/precision.py):
-    autocast around the forward passes and, for fp16, a loss scaler per network.
+    autocast around the forward passes and, for fp16, a loss scaler per network. `gan`:
+    gan_for(cfg), which a loop builds once rather than per step (None: built here).
     Raises DivergenceError before an optimizer step that would apply a non-finite gradient.
     """
-    device = next(G.parameters()).device
-    B = cfg.batch_size
     G.train()
     D.train()
     grads: dict[str, float] = {}
-    gan = gan_for(cfg)  # a plugin may bring its own losses (trainers/plugin.py); None: cfg.loss
+    gan = gan if gan is not None else gan_for(cfg)  # a plugin may bring its own losses (trainers/plugin.py)
+    d = _update_d(G, D, opt_d, data, cfg, generator, gan, precision, sync_grads, step, grads)
+    loss_g, out = _update_g(G, D, opt_g, cfg, generator, gan, precision, sync_grads, step, grads, d)
+    for sched in schedulers:
+        sched.step()
+    if ema is not None:
+        ema.update_parameters(getattr(G, "module", G))
+    return _step_metrics(cfg, d, loss_g, out, grads)
 
+
+def _update_d(G: nn.Module, D: nn.Module, opt_d: torch.optim.Optimizer, data: DataSource, cfg: TrainerConfig, generator: torch.Generator,
+              gan: GanPlugin, precision: Precision, sync_grads: Callable[[nn.Module], None] | None, step: int | None,
+              grads: dict[str, float]) -> _DRound:
     ############################
     # (1) Update D network: maximize log(D(x)) + log(1 - D(G(z)))
     ###########################
+    device = next(G.parameters()).device
+    B = cfg.batch_size
     for i in range(cfg.d_steps):
         if cfg.is_conditional:
             real, y_real = data.sample_labeled(B, generator)  # (B, 1, 28, 28), (B,)
             real, y_real = real.to(device), y_real.to(device)
         else:
             real, y_real = data.sample(B, generator).to(device), None  # (B, 1, 28, 28) or (B, 2)
-        z = sample_latent(B, cfg, generator).to(device)  # (B, latent_dim)
+        z = gan.sample_latent(B, generator).to(device)  # (B, latent_dim)
         y_fake = _fake_labels(cfg, B, generator, device)
         last = i == cfg.d_steps - 1
         with precision.autocast():
@@ -274,10 +301,19 @@ def train_step(
         _apply(D, opt_d, loss_d, "d", cfg, precision, sync_grads, step, grads)
     # Drop D's gradients now: with D frozen below, stale ones would sit there unused.
     opt_d.zero_grad(set_to_none=True)
+    return _DRound(fake_g, y_fake, out_real, out_fake, loss_d_real, loss_d_fake, loss_d, extra)
 
+
+def _update_g(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, cfg: TrainerConfig, generator: torch.Generator, gan: GanPlugin,
+              precision: Precision, sync_grads: Callable[[nn.Module], None] | None, step: int | None, grads: dict[str, float],
+              d: _DRound) -> tuple[Tensor, Tensor]:
+    """G's updates; (loss_g, D's output on G's last samples)."""
     ############################
     # (2) Update G network: maximize log(D(G(z)))
     ###########################
+    device = next(G.parameters()).device
+    B = cfg.batch_size
+    fake_g, y_fake = d.fake_g, d.y_fake
     # Freeze D so G's backward leaves D's .grad empty: opt_d has nothing to apply, and the
     # update cannot touch D (GAN_NOTES "update discipline").
     D.requires_grad_(False)
@@ -285,7 +321,7 @@ def train_step(
         for j in range(cfg.g_steps):
             with precision.autocast():
                 if j > 0:  # the first G update reuses the last D update's fakes (and their graph)
-                    z = sample_latent(B, cfg, generator).to(device)
+                    z = gan.sample_latent(B, generator).to(device)
                     y_fake = _fake_labels(cfg, B, generator, device)
                     fake_g = _conditioned(G, y_fake)(z)  # (B, 1, 28, 28) or (B, 2)
                 opt_g.zero_grad(set_to_none=True)
@@ -295,18 +331,18 @@ def train_step(
             _apply(G, opt_g, loss_g, "g", cfg, precision, sync_grads, step, grads)
     finally:
         D.requires_grad_(True)
-    for sched in schedulers:
-        sched.step()
-    if ema is not None:
-        ema.update_parameters(getattr(G, "module", G))
+    return loss_g, out
 
+
+def _step_metrics(cfg: TrainerConfig, d: _DRound, loss_g: Tensor, out: Tensor, grads: dict[str, float]) -> dict[str, float]:
+    """The step's scalars: losses, D's probabilities (BCE) or critic scores, extras, gradient norms."""
     metrics = {
-        "loss_d_real": loss_d_real.detach().item(),  # BCE: ln 2 ~ 0.693 at equilibrium
-        "loss_d_fake": loss_d_fake.detach().item(),
-        "loss_d": loss_d.detach().item(),  # BCE: 2 ln 2 ~ 1.386 at equilibrium
+        "loss_d_real": d.loss_d_real.detach().item(),  # BCE: ln 2 ~ 0.693 at equilibrium
+        "loss_d_fake": d.loss_d_fake.detach().item(),
+        "loss_d": d.loss_d.detach().item(),  # BCE: 2 ln 2 ~ 1.386 at equilibrium
         "loss_g": loss_g.detach().item(),
     }
-    out_real, out_fake, out = out_real.detach().float(), out_fake.detach().float(), out.detach().float()
+    out_real, out_fake, out = d.out_real.detach().float(), d.out_fake.detach().float(), out.detach().float()
     if cfg.is_bce:
         # D's probabilities: what the balance rules (orchestrator/stopping.py) read.
         metrics["d_x"] = torch.sigmoid(out_real).mean().item()
@@ -320,6 +356,6 @@ def train_step(
         # no rule mistakes it for D(x) / D(G(z)).
         metrics["critic_real"] = out_real.mean().item()
         metrics["critic_fake"] = out_fake.mean().item()
-    metrics.update({k: v.detach().item() for k, v in extra.items()})
+    metrics.update({k: v.detach().item() for k, v in d.extra.items()})
     metrics.update(grads)
     return metrics

@@ -1,0 +1,112 @@
+"""Rank 0's writes to the trial's MLflow run (opened by the trial driver, orchestrator/trial.py):
+the evals' metrics, grids and generator, batched, and the step's losses between evals.
+
+Used by the per-worker loop (trainers/loop.py) only; MLflow is imported when a run is named.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+LOSS_MARKER = "loss_d"  # every step reports it: its history says which loss points a run has
+
+
+class MlflowSink:
+    """Rank 0's writes to the trial's MLflow run, batched: one call per eval for all metrics."""
+
+    def __init__(self, tracking_uri: str | None, run_id: str | None):
+        self.run_id = run_id
+        self.client = None
+        self.logged_through = -1  # steps up to here are in the run already (a resumed trial)
+        self.losses_through = -1  # ... and the losses logged between evals (log_losses)
+        self._in_flight = None  # the last asynchronous loss batch (mlflow RunOperations)
+        if tracking_uri and run_id:
+            from mlflow import MlflowClient
+
+            self.client = MlflowClient(tracking_uri)
+
+    def resume_after(self, step: int) -> None:
+        """A trial resumed from its checkpoint at `step` replays the steps after it; those it had
+        logged before it was interrupted stay as they were (one value per step, and on CPU the
+        replay computes the same values)."""
+        if self.client is not None:
+            before = [step if step > 0 else -1]
+            self.logged_through = max([int(m.step) for m in self.client.get_metric_history(self.run_id, "step")] + before)
+            self.losses_through = max([int(m.step) for m in self.client.get_metric_history(self.run_id, LOSS_MARKER)] + before)
+
+    def count_tags(self, prefix: str) -> int:
+        """Tags already on the run under `prefix` (a resumed trial numbers its PBT exploits on)."""
+        if self.client is None:
+            return 0
+        return sum(k.startswith(prefix) for k in self.client.get_run(self.run_id).data.tags)
+
+    def tag(self, key: str, value: str) -> None:
+        if self.client is not None:
+            self.client.set_tag(self.run_id, key, value[:5000])
+
+    def log(self, step: int, metrics: dict[str, float], image: np.ndarray | None, generator_file: Path | None) -> None:
+        if self.client is None or step <= self.logged_through:
+            return
+        self.client.log_batch(self.run_id, metrics=_batch(step, metrics))
+        if image is not None:
+            self.client.log_image(self.run_id, image, key="samples", step=step)
+        if generator_file is not None:
+            self.client.log_artifact(self.run_id, str(generator_file), artifact_path="generator")
+
+    def log_losses(self, step: int, scalars: dict[str, float]) -> None:
+        """The step's scalars between evals: asynchronous (MLflow's async logging), so training
+        never waits on the store; at most one batch in flight (the previous one, long done at
+        log_every's pace, is waited for first), so a slow store slows the trial rather than
+        piling up batches in memory."""
+        if self.client is None or step <= self.losses_through:
+            return
+        self.flush()
+        self._in_flight = self.client.log_batch(self.run_id, metrics=_batch(step, scalars), synchronous=False)
+
+    def flush(self) -> None:
+        """Wait for the loss batch in flight (before the worker ends: the driver closes the run)."""
+        ops, self._in_flight = self._in_flight, None
+        if ops is not None:
+            try:
+                ops.wait()
+            except Exception as e:  # noqa: BLE001 - the evals' metrics stand; say what is missing
+                log.warning("losses between evals up to step %s were not logged to MLflow: %s", self.losses_through, e)
+
+
+def _batch(step: int, metrics: dict[str, float]) -> list:
+    """The finite numbers of `metrics` as MLflow metrics at `step` (MLflow stores no NaN / inf we want)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+class LossLog:
+    """Rank 0's running means of the step's scalars, logged every `log_every` steps and at every
+    eval (issue 19: losses between the costlier evals). Each point is the mean over the steps
+    since the previous one, so the MLflow curve of loss_d, d_x, ... is one series whatever the
+    cadence; the evals' Ray reports keep their own window (the balance stopper reads those)."""
+
+    def __init__(self, sink: MlflowSink | None, every: int):
+        self.sink, self.every = sink, every
+        self.sums: dict[str, float] = {}
+        self.n = 0
+
+    def add(self, step: int, scalars: dict[str, float], due: bool) -> None:
+        """`due`: an eval at this step (its point is logged here, whatever log_every says)."""
+        if self.sink is None:
+            return
+        for k, v in scalars.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.n += 1
+        if due or step % self.every == 0:
+            self.sink.log_losses(step, {k: v / self.n for k, v in self.sums.items()})
+            self.sums.clear()
+            self.n = 0
