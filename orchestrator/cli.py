@@ -1,7 +1,10 @@
 """`ganops` command line: parse, call the Python API, render. Tables and `--json` on stdout; chatter,
 progress and errors on stderr.
 
-Exit codes: 0 success, 1 a run failed, 2 a usage or spec error. Tracebacks only with GANOPS_DEBUG=1.
+Exit codes: 0 success, 1 a run failed, 2 a usage or spec error; 128 + the signal's number when a
+signal stopped a sweep (143 SIGTERM, 130 SIGINT / Ctrl-C): its open runs are closed KILLED with
+stop_reason `terminated` / `interrupted`, `--json` prints the trials so far with an `interrupted`
+object, and `ganops resume SWEEP` continues it. Tracebacks only with GANOPS_DEBUG=1.
 """
 
 from __future__ import annotations
@@ -327,8 +330,9 @@ for _verb, _command in (("submit", submit), ("status", status), ("logs", logs), 
 
 
 def _running(start, launched: bool):
-    """Run a sweep (new or resumed) in this process: errors as messages, Ray shut down after."""
-    from orchestrator.sweep import StorageLost, SweepError
+    """Run a sweep (new or resumed) in this process: errors as messages, Ray shut down after.
+    A sweep a signal stopped comes back as its SweepInterrupted, for `_finish` to report."""
+    from orchestrator.sweep import StorageLost, SweepError, SweepInterrupted
 
     try:
         # stdout is for --json alone: Ray's own late messages (e.g. its "(raylet) WARNING ..."
@@ -342,8 +346,11 @@ def _running(start, launched: bool):
         _fail(str(e) if launched else f"{e}. Nothing was launched.", 2)
     except StorageLost as e:
         _fail(str(e), 1)
-    except KeyboardInterrupt:
-        _fail("interrupted; finished trials are in MLflow (`ganops ui`); continue with `ganops resume SWEEP`", 1)
+    except SweepInterrupted as e:
+        err.print(f"[yellow]{escape(str(e))}[/]", highlight=False)
+        return e
+    except KeyboardInterrupt:  # before the sweep had runs to close (or after it closed them)
+        _fail("interrupted; finished trials are in MLflow (`ganops ui`); continue with `ganops resume SWEEP`", 130)
     except Exception as e:  # noqa: BLE001 - shown to the person, traceback with GANOPS_DEBUG=1
         if _debug():
             raise
@@ -351,9 +358,13 @@ def _running(start, launched: bool):
 
 
 def _finish(result, conditions, json_: bool, extra: dict | None = None) -> None:
-    """Leaderboard (or JSON) and the quality gate's verdict; exit 1 if the gate fails or no trial ran."""
+    """Leaderboard (or JSON) and the quality gate's verdict; exit 1 if the gate fails or no trial ran.
+    A stopped sweep (SweepInterrupted): the trials so far, no gate, exit 128 + the signal."""
     from orchestrator import gate
+    from orchestrator.sweep import SweepInterrupted
 
+    if isinstance(result, SweepInterrupted):
+        _finish_interrupted(result, json_)
     verdict = gate.evaluate(conditions, result) if conditions else None
     if json_:
         typer.echo(json.dumps({**result.to_dict(), "mlflow_urls": result.mlflow_urls(), **({"gate": verdict} if verdict else {}), **(extra or {})}, default=str))
@@ -365,6 +376,22 @@ def _finish(result, conditions, json_: bool, extra: dict | None = None) -> None:
             err.print("[bold green]quality gate passed[/]" if verdict["passed"] else "[bold red]quality gate failed[/]")
     if not any(t.status in ("done", "stopped") for t in result.trials) or (verdict and not verdict["passed"]):
         raise typer.Exit(1)
+
+
+def _finish_interrupted(stopped, json_: bool) -> None:
+    """What a signal-stopped sweep had: its trials so far (unfinished ones included) and how
+    to continue; exit 128 + the signal's number."""
+    import signal
+
+    info = {"reason": stopped.reason, "signal": signal.Signals(stopped.signum).name, "exit_code": stopped.exit_code,
+            "resume": f"ganops resume {stopped.sweep_id}"}
+    result = stopped.result
+    if json_:
+        out = {**result.to_dict(), "mlflow_urls": result.mlflow_urls()} if result else {"sweep_id": stopped.sweep_id, "parent_run_id": stopped.parent_run_id, "trials": [], "best": None}
+        typer.echo(json.dumps({**out, "interrupted": info}, default=str))
+    elif result is not None:
+        _print_leaderboard(result)
+    raise typer.Exit(stopped.exit_code)
 
 
 def _shutdown_ray() -> None:

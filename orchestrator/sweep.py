@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import re
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from rich.console import Console
 
 from orchestrator import registry, tracking
+from orchestrator.interrupt import REASONS, StopRequest, graceful_stop
 from orchestrator.results import SweepResult, TrialSummary  # re-exported: their home before results.py
 from search_spaces.spec import SweepSpec
 
@@ -48,6 +50,23 @@ SWEEP_ENV = {
 
 class SweepError(Exception):
     """A sweep that cannot start as asked (e.g. a trial needs more than the cluster has)."""
+
+
+class SweepInterrupted(Exception):
+    """SIGTERM or SIGINT stopped the sweep (orchestrator/interrupt.py). Its open runs are closed
+    KILLED with the reason; `result` holds the trials so far (None when a second signal
+    stopped it at once); `ganops resume` continues it."""
+
+    def __init__(self, sweep_id: str, parent_run_id: str, signum: int, result: SweepResult | None = None):
+        self.sweep_id, self.parent_run_id, self.signum, self.result = sweep_id, parent_run_id, signum, result
+        self.reason = REASONS.get(signum, "interrupted")
+        super().__init__(f"sweep {sweep_id} {self.reason} ({signal.Signals(signum).name}): finished trials are in MLflow; "
+                         f"the unfinished ones go on from their checkpoints with `ganops resume {sweep_id}`")
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal's number, as a shell reports a process the signal ended (143, 130)."""
+        return 128 + self.signum
 
 
 class StorageLost(Exception):
@@ -328,6 +347,8 @@ def resume_sweep(sweep: str, *, tracking_uri: str | None = None, address: str | 
     check_fits(spec, ray.cluster_resources())
     check_shared(workers_elsewhere(spec, ray.nodes(), ray.get_runtime_context().get_node_id()), uri, storage)
     client.update_run(parent, status="RUNNING")
+    if tracking.TAG_STOP in tags:  # stopped by a signal before (orchestrator/interrupt.py); it goes on now
+        client.delete_tag(parent, tracking.TAG_STOP)
     client.set_tag(parent, "ganops.resumes", str(int(tags.get("ganops.resumes", "0")) + 1))
 
     def restored_tuner(trainable, param_space, tune_config, run_config):
@@ -395,11 +416,15 @@ def _execute(spec, client, uri, experiment, experiment_id, parent, sweep_id, sto
         ),
     )
     status = "FAILED"
+    stop = StopRequest()
     try:
-        # Tune prints banners on stdout; stdout is reserved for --json.
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-            grid = tuner.fit()
-        status = "FINISHED"
+        # SIGTERM (CI, Kubernetes, `ganops job cancel`) and Ctrl-C stop the sweep gracefully:
+        # Tune saves its state and `ganops resume` continues it (orchestrator/interrupt.py).
+        with graceful_stop(stop):
+            # Tune prints banners on stdout; stdout is reserved for --json.
+            with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+                grid = tuner.fit()
+        status = "FINISHED" if stop.signum is None else "KILLED"
     except OSError as e:
         if "://" not in storage:
             raise
@@ -409,31 +434,65 @@ def _execute(spec, client, uri, experiment, experiment_id, parent, sweep_id, sto
         raise StorageLost(f"storage {storage} became unreachable mid-sweep ({first}). Finished trials and every logged step are kept in MLflow; "
                           f"once the store answers again, continue with `ganops resume {sweep_id} --storage {storage}`") from None
     except KeyboardInterrupt:
+        # A second signal, or one before Tune listened: stop now, but leave no run RUNNING.
         status = "KILLED"
-        raise
+        progress.close()
+        reason = stop.reason or "interrupted"
+        tracking.close_open_trials(client, experiment_id, parent, "KILLED", reason)
+        tracking.end_run(client, parent, "KILLED", reason)
+        raise SweepInterrupted(sweep_id, parent, stop.signum or signal.SIGINT) from None
     finally:
         progress.close()
-        if status != "FINISHED":
+        if status == "FAILED":
             client.set_terminated(parent, status=status)
 
+    trials = _summaries(spec, grid, progress, tracking.trial_runs_by_id(client, experiment_id, parent), interrupted=stop.reason)
+    result = SweepResult(
+        sweep_id=sweep_id, experiment=experiment, experiment_id=experiment_id, parent_run_id=parent,
+        tracking_uri=uri, storage=storage, metric=spec.metric, mode=spec.mode,
+        wall_seconds=time.monotonic() - started, first_result_seconds=progress.first_result_s, trials=trials,
+    )
+    if stop.signum is not None:
+        # Tune saved the experiment with the unfinished trials in it; their drivers were
+        # stopped before they could close their runs. Close them, and the sweep's, with the
+        # reason; `ganops resume` reopens them and goes on from their checkpoints.
+        result.trials = result.leaderboard()
+        tracking.close_open_trials(client, experiment_id, parent, "KILLED", stop.reason)
+        _finish_parent(client, result, status="KILLED", stop_reason=stop.reason)
+        raise SweepInterrupted(sweep_id, parent, stop.signum, result)
+    result.trials = result.leaderboard()
+    result.registered_model = registry.try_register_best(client, result, spec.name)
+    _finish_parent(client, result)
+    return result
+
+
+def _summaries(spec: SweepSpec, grid, progress, runs: dict, interrupted: str | None = None) -> list[TrialSummary]:
+    """One TrialSummary per trial Tune knows. `interrupted`: the stop reason of a sweep stopped
+    by a signal; its trials still running (or not yet started) are `unfinished`."""
     trials = []
-    runs = tracking.trial_runs_by_id(client, experiment_id, parent)
+    analysis = getattr(grid, "_experiment_analysis", None)  # Ray 2.60: the Trial objects, for the ids of trials that never reported
+    ids_by_path = {t.path: t.trial_id for t in getattr(analysis, "trials", None) or []}
     for r in grid:
         m = dict(r.metrics or {})
-        trial_id = m.get("trial_id") or (r.path and Path(r.path).name)
+        trial_id = m.get("trial_id") or ids_by_path.get(r.path) or (r.path and Path(r.path).name)
         run = runs.get(trial_id)
         row = progress.rows.get(trial_id) or _row_from_run(run)
-        state = row.get("state", "done")
+        state = row.get("state", "pending")
+        stop_reason = row.get("stop_reason")
         if r.error and state != "stopped":
             state = "failed"
-        if state == "running":
-            state = "done"
+        if state in ("running", "pending"):
+            state, stop_reason = ("unfinished", interrupted) if interrupted else ("done", stop_reason)
         run_id = run.info.run_id if run else None
         config = {k: r.config.get(k) for k in spec.search}
         if spec.sweep.scheduler == "pbt" and run is not None:
             # Tune keeps the sampled config; the settings a PBT exploit switched to are
             # recorded by the trial itself (trainers/loop.py).
             config.update(json.loads(run.data.tags.get("pbt.config", "{}")))
+        if state == "unfinished" and run is not None and run.data.metrics.get("step", 0) > (m.get("step") or 0):
+            # Stopped between its rank-0 worker logging an eval and Tune receiving the report:
+            # MLflow has the newer story.
+            m = dict(run.data.metrics)
         numeric = {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("trial_id",)}
         trials.append(TrialSummary(
             trial_id=trial_id,
@@ -443,17 +502,9 @@ def _execute(spec, client, uri, experiment, experiment_id, parent, sweep_id, sto
             metrics=numeric,
             step=int(m.get("step", 0) or 0),
             error=_error_line(r.error) if r.error else None,
-            stop_reason=row.get("stop_reason"),
+            stop_reason=stop_reason,
         ))
-    result = SweepResult(
-        sweep_id=sweep_id, experiment=experiment, experiment_id=experiment_id, parent_run_id=parent,
-        tracking_uri=uri, storage=storage, metric=spec.metric, mode=spec.mode,
-        wall_seconds=time.monotonic() - started, first_result_seconds=progress.first_result_s, trials=trials,
-    )
-    result.trials = result.leaderboard()
-    result.registered_model = registry.try_register_best(client, result, spec.name)
-    _finish_parent(client, result)
-    return result
+    return trials
 
 
 def _row_from_run(run) -> dict[str, Any]:
@@ -461,7 +512,7 @@ def _row_from_run(run) -> dict[str, Any]:
     ended, from its MLflow run."""
     if run is None:
         return {}
-    state = {"FINISHED": "done", "KILLED": "stopped", "FAILED": "failed"}.get(run.info.status, "done")
+    state = {"FINISHED": "done", "KILLED": "stopped", "FAILED": "failed", "RUNNING": "running"}.get(run.info.status, "done")
     reason = run.data.tags.get(tracking.TAG_STOP)
     evidence = run.data.tags.get("stop_evidence")
     return {"state": state, "stop_reason": f"{reason} {evidence}" if reason and evidence else reason}
@@ -476,8 +527,10 @@ def _error_line(error: BaseException) -> str:
     return (lines[-1] if lines else repr(error))[:300]
 
 
-def _finish_parent(client, result: SweepResult) -> None:
-    """Leaderboard and best trial on the parent run, so the MLflow UI answers 'which won?'."""
+def _finish_parent(client, result: SweepResult, status: str = "FINISHED", stop_reason: str | None = None) -> None:
+    """Leaderboard and best trial on the parent run, so the MLflow UI answers 'which won?';
+    then the run closes with `status` (KILLED with its `stop_reason` for a stopped sweep: the
+    leaderboard so far, rewritten when `ganops resume` finishes it)."""
     from mlflow.entities import Metric, RunTag
 
     lines = [f"| rank | trial | status | {result.metric} | step | sampled | stop reason |", "|---|---|---|---|---|---|---|"]
@@ -507,4 +560,4 @@ def _finish_parent(client, result: SweepResult) -> None:
         log_contact_sheet(client, result.parent_run_id, [(t.trial_id, t.run_id) for t in result.trials if t.run_id])
     except Exception:  # noqa: BLE001 - a picture must never cost the sweep its result
         log.warning("could not build the contact sheet", exc_info=True)
-    client.set_terminated(result.parent_run_id, status="FINISHED")
+    tracking.end_run(client, result.parent_run_id, status, stop_reason)

@@ -135,6 +135,16 @@ def end_run(client: MlflowClient, run_id: str, status: str, stop_reason: str | N
     client.set_terminated(run_id, status=status)
 
 
+def close_open_trials(client: MlflowClient, experiment_id: str, parent_run_id: str, status: str, stop_reason: str) -> list[str]:
+    """Close every trial run of the sweep still RUNNING (their drivers were stopped before they
+    could close them: SIGTERM, Ctrl-C) with `status` and `stop_reason`; their run ids.
+    `ganops resume` reopens them (`trial_run`)."""
+    open_runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' and attributes.status = 'RUNNING'", max_results=10_000)
+    for run in open_runs:
+        end_run(client, run.info.run_id, status, stop_reason)
+    return [r.info.run_id for r in open_runs]
+
+
 def find_sweep_run(client: MlflowClient, sweep: str):
     """A sweep's parent run, by sweep id (as the leaderboard prints it) or by MLflow run id."""
     from mlflow.exceptions import MlflowException
