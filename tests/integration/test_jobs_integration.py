@@ -125,6 +125,11 @@ def test_submit_waits_gates_and_is_idempotent(ray_head, tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout)["status"] == "SUCCEEDED"
     r = cli("logs", first["job_id"], "--address", ray_head)
     assert r.returncode == 0 and first["sweep_id"] in r.stdout
+    # The same under the `job` noun, following: an ended job's whole log, then exit 0. A job has no
+    # terminal, so its sweep wrote plain progress lines (one per trial event) into that log.
+    r = cli("job", "logs", first["job_id"], "--address", ray_head, "--follow")
+    assert r.returncode == 0 and first["sweep_id"] in r.stdout
+    assert " started: lr_d " in r.stdout and "done at step 400/400: mix_score " in r.stdout, r.stdout[-3000:]
 
     # A gate the best trial misses: exit 1 with the verdict.
     r = cli("submit", spec, "--address", ray_head, "--home", str(home), "--wait", "--json", "--require", "mix_score>2")
