@@ -3,8 +3,8 @@
 Each case runs the installed `ganops` console script as a user would (a fresh process), in a
 fresh temp working directory with GANOPS_HOME unset, RUNS times; the figure is the median.
 Every case is also given as a ratio to a bare `python -c 'import pydantic, yaml, typer, rich'`
-(the floor) measured the same way right before it, so a loaded machine shows as a slower floor,
-not as a slower ganops.
+(the floor): each run of a case follows a run of the floor, and the ratio is the median of those
+pairs' ratios, so a machine under changing load shows as a slower floor, not as a slower ganops.
 
 - warm: the bytecode caches as installed (`__pycache__` beside the sources), run after one
   unmeasured run of the same command, so the OS file cache holds what it reads.
@@ -90,19 +90,22 @@ def _time(cmd: list[str], cwd: Path, env: dict[str, str], cold: bool, expect: in
     return dt
 
 
-def measure(name: str, cmd: list[str], env: dict[str, str], runs: int, cold: bool, expect: int = 0, cwd: Path | None = None, creates_nothing: bool = False) -> float:
-    """Median seconds of `runs` runs; each in `cwd` or a fresh empty directory (checked to stay empty)."""
-    times = []
-    if not cold:  # one unmeasured run: the OS file cache holds what the command reads
+def measure(name: str, cmd: list[str], env: dict[str, str], runs: int, cold: bool, expect: int = 0, cwd: Path | None = None,
+            creates_nothing: bool = False) -> tuple[float, float, float]:
+    """(median seconds, median floor seconds, median ratio) of `runs` (floor, case) pairs; each
+    case run in `cwd` or a fresh empty directory (checked to stay empty)."""
+    times, floors = [], []
+    if not cold:  # one unmeasured run each: the OS file cache holds what they read
         with tempfile.TemporaryDirectory() as d:
+            _time(FLOOR, Path(d), env, False, 0)
             _time(cmd, cwd or Path(d), env, False, expect)
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as d:
-            work = cwd or Path(d)
-            times.append(_time(cmd, work, env, cold, expect))
+            floors.append(_time(FLOOR, Path(d), env, cold, 0))
+            times.append(_time(cmd, cwd or Path(d), env, cold, expect))
             if creates_nothing and (left := sorted(p.name for p in Path(d).iterdir())):
                 raise SystemExit(f"{name}: `{' '.join(cmd)}` created {left} in its working directory; an unknown id must create nothing")
-    return statistics.median(times)
+    return statistics.median(times), statistics.median(floors), statistics.median(t / f for t, f in zip(times, floors))
 
 
 def main() -> None:
@@ -132,10 +135,9 @@ def main() -> None:
         for cold in ([False] if args.skip_cold else [False, True]):
             label = "cold" if cold else "warm"
             for name, cmd, expect, cwd, nothing in cases:
-                floor = measure("floor", FLOOR, env, args.runs, cold)  # right before: the same load
-                s = measure(name, cmd, env, args.runs, cold, expect, cwd, nothing)
+                s, floor, ratio = measure(name, cmd, env, args.runs, cold, expect, cwd, nothing)
                 target = TARGETS_S[name]
-                rows.append({"case": name, "cache": label, "median_s": s, "floor_s": floor, "ratio": s / floor, "target_s": target, "met": s <= target if not cold else None})
+                rows.append({"case": name, "cache": label, "median_s": s, "floor_s": floor, "ratio": ratio, "target_s": target, "met": s <= target if not cold else None})
                 print(f"{label:4} {name:18} {s:6.2f} s (floor {floor:.2f} s)", file=sys.stderr, flush=True)
     load = os.getloadavg()[0]
     if args.json:
