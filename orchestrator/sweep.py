@@ -19,6 +19,7 @@ from rich.console import Console
 
 from orchestrator import registry, tracking
 from orchestrator.interrupt import REASONS, StopRequest, graceful_stop
+from orchestrator.ray_local import aws_keys_to_trials, private_temp_dir
 from orchestrator.results import SweepResult, TrialSummary  # re-exported: their home before results.py
 from search_spaces.spec import SweepSpec
 
@@ -151,6 +152,9 @@ def _init_ray(address: str | None) -> None:
     if address:
         ray.init(address=address, **kwargs)
         return
+    # Ray's session logs (runtime environments among them) in a directory only this user can
+    # enter, not world-readable /tmp/ray (issue 15 item 2; orchestrator/ray_local.py).
+    kwargs["_temp_dir"] = private_temp_dir()
     try:
         ray.init(include_dashboard=False, **kwargs)
     except Exception as e:  # noqa: BLE001
@@ -420,7 +424,7 @@ def _execute(spec, client, uri, experiment, experiment_id, parent, sweep_id, sto
     try:
         # SIGTERM (CI, Kubernetes, `ganops job cancel`) and Ctrl-C stop the sweep gracefully:
         # Tune saves its state and `ganops resume` continues it (orchestrator/interrupt.py).
-        with graceful_stop(stop):
+        with graceful_stop(stop), aws_keys_to_trials(_uses_s3(client, experiment_id, storage)):
             # Tune prints banners on stdout; stdout is reserved for --json.
             with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
                 grid = tuner.fit()
@@ -505,6 +509,13 @@ def _summaries(spec: SweepSpec, grid, progress, runs: dict, interrupted: str | N
             stop_reason=stop_reason,
         ))
     return trials
+
+
+def _uses_s3(client, experiment_id: str, storage: str) -> bool:
+    """Whether trials read or write S3 themselves: s3:// storage, or an MLflow experiment whose
+    artifacts clients write to s3:// directly (a tracking server that does not proxy them)."""
+    location = client.get_experiment(experiment_id).artifact_location or ""
+    return storage.startswith("s3://") or location.startswith("s3://")
 
 
 def _row_from_run(run) -> dict[str, Any]:

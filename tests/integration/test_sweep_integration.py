@@ -3,6 +3,7 @@
 import io
 import json
 import re
+import stat
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 
 from orchestrator.api import run_sweep, spec_from_text
 from orchestrator.cli import app
+from orchestrator.ray_local import private_temp_dir, session_dir
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +41,8 @@ def local_ray():
     mp.setenv("AWS_ACCESS_KEY_ID", FAKE_KEY_ID)
     mp.setenv("AWS_SECRET_ACCESS_KEY", FAKE_SECRET)
     mp.setenv("MLFLOW_TRACKING_TOKEN", FAKE_SECRET)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Started as `ganops sweep` starts a local Ray: in a private temp dir (orchestrator/ray_local.py).
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=private_temp_dir())
     yield
     ray.shutdown()
     mp.undo()
@@ -118,9 +121,17 @@ resources: {workers_per_trial: 2, cpus_per_worker: 1}
     assert r.exit_code == 0, r.output
     assert np.load("pts.npy").shape == (50, 2)
 
-    # No credential reaches MLflow (params, tags, metrics, artifacts) or Ray's storage.
+    # No credential reaches MLflow (params, tags, metrics, artifacts), Ray's storage, or any
+    # file of Ray's session (its logs record every trial's runtime environment), which only
+    # this user can reach.
+    session = session_dir()
+    private = session.parent.parent  # Ray makes its own temp dir (session.parent) world-writable
+    assert private.name.startswith("ganops-ray-") and stat.S_IMODE(private.stat().st_mode) == 0o700
+    logs = [p for p in session.rglob("*") if p.is_file()]
+    assert sum(p.suffix in (".log", ".out", ".err") for p in logs) > 10  # the scan saw Ray's logs
     written = [p for p in ganops_home.rglob("*") if p.is_file()]
     assert any(p.name == "mlflow.db" for p in written) and any("checkpoint" in str(p) for p in written)
+    written += logs
     for p in written:
         data = p.read_bytes()
         assert FAKE_SECRET.encode() not in data and FAKE_KEY_ID.encode() not in data, p
