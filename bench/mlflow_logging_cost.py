@@ -19,7 +19,7 @@ The sweep's driver then does what run_sweep does once: the parent run, the trial
 MLflow time is what those calls take; Tune and the CPU burn are not counted. A trial's MLflow
 calls delay that trial, so they add to the sweep's wall (N x per-trial / trials at once) plus
 the driver's once-per-sweep calls. The share is against the demo sweep's measured wall time
-(README, "The demo sweep": 525 s for 8 trials, 2 at a time).
+(docs/benchmarks.md, "The demo sweep": 525 s for 8 trials, 2 at a time).
 
     python bench/mlflow_logging_cost.py [--trials 200] [--evals 5] [--busy-seconds 1.0]
 """
@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 DEMO_SPEC = REPO / "search_spaces" / "dcgan.yaml"
-# README "The demo sweep" (bench/sweep_overhead.py): 525 s wall for 8 trials, 2 at a time;
+# docs/benchmarks.md "The demo sweep" (bench/sweep_overhead.py): 525 s wall for 8 trials, 2 at a time;
 # a trial ran 577 s / 8 of training plus 34.5 s outside training on average.
 DEMO_WALL_S, DEMO_TRIALS, DEMO_CONCURRENT = 525.0, 8, 2
 DEMO_TRIAL_S = 577.0 / 8 + 34.5  # 106.6 s

@@ -257,7 +257,7 @@ class Stopping(_Model):
 
 class Metrics(_Model):
     """How image samples are scored: the feature network of FID, KID, precision/recall,
-    density/coverage and diversity (README "Image metrics")."""
+    density/coverage and diversity (docs/metrics.md, "Image metrics")."""
 
     features: str | None = Field(
         None,

@@ -126,7 +126,7 @@ class TrainerConfig(BaseModel):
     )
     tf32: bool = Field(True, description="On CUDA GPUs of compute capability 8.0 and newer (Ampere, Hopper): fp32 matmuls and convolutions use TF32 tensor cores (torch.backends.*.allow_tf32). No effect on CPU or older GPUs.")
     channels_last: bool = Field(False, description="Image models: keep G, D and the batches in channels-last memory format (faster convolutions on tensor-core GPUs).")
-    compile: bool = Field(False, description="torch.compile G and D (nn.Module.compile): the first iterations pay the compile time; see README for when it pays.")
+    compile: bool = Field(False, description="torch.compile G and D (nn.Module.compile): the first iterations pay the compile time; docs/gpus-and-clusters.md says when it pays.")
 
     @field_validator("dg_ratio", mode="before")
     @classmethod
