@@ -74,13 +74,19 @@ class LocalService:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 time.sleep(0.2)
-        raise RuntimeError(f"{self.name} did not answer {self.url + probe} within {timeout:.0f}s:\n{self.log.read_text()[-3000:]}")
+        raise RuntimeError(
+            f"{self.name} did not answer {self.url + probe} within {timeout:.0f}s:\n{self.log.read_text()[-3000:]}"
+        )
 
 
-def _start(name: str, cmd: list[str], log: Path, env: dict[str, str], port: int, probe: str, timeout: float) -> LocalService:
+def _start(
+    name: str, cmd: list[str], log: Path, env: dict[str, str], port: int, probe: str, timeout: float
+) -> LocalService:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+        )
     svc = LocalService(name, f"http://{HOST}:{port}", log, proc)
     try:
         svc.wait_ready(probe, timeout)
@@ -100,7 +106,15 @@ def _server_env(extra: dict[str, str]) -> dict[str, str]:
 def moto_s3(log: Path, creds: dict[str, str], timeout: float = 60.0) -> Iterator[LocalService]:
     """moto's S3-compatible server (`python -m moto.server`), in memory: gone when it stops."""
     port = free_port()
-    svc = _start("moto S3 server", [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)], log, _server_env(creds), port, "/moto-api/", timeout)
+    svc = _start(
+        "moto S3 server",
+        [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(port)],
+        log,
+        _server_env(creds),
+        port,
+        "/moto-api/",
+        timeout,
+    )
     try:
         yield svc
     finally:
@@ -128,8 +142,18 @@ def mlflow_server(
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cmd = [
-        sys.executable, "-m", "mlflow", "server", "--host", HOST, "--port", str(port), "--workers", str(workers),
-        "--backend-store-uri", f"sqlite:///{(workdir / 'mlflow.db').resolve()}",
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--backend-store-uri",
+        f"sqlite:///{(workdir / 'mlflow.db').resolve()}",
     ]
     if default_artifact_root:
         cmd += ["--no-serve-artifacts", "--default-artifact-root", default_artifact_root]

@@ -65,7 +65,12 @@ def _satisfied(req: Requirement, seen: set[str]) -> bool:
     seen.add(key)
     for sub in map(Requirement, md.requires(req.name) or []):
         # Only what the asked-for extras add: the base requirements came with the install.
-        if req.extras and sub.marker is not None and not sub.marker.evaluate({"extra": ""}) and _active(sub, req.extras):
+        if (
+            req.extras
+            and sub.marker is not None
+            and not sub.marker.evaluate({"extra": ""})
+            and _active(sub, req.extras)
+        ):
             if not _satisfied(sub, seen):
                 return False
     return True
@@ -81,8 +86,10 @@ def wrong_ray(requirements: Iterable[str], installed: str | None) -> str | None:
     """A message when the node's Ray is not the pinned one (a job cannot replace it), else None."""
     for r in map(Requirement, requirements):
         if canonicalize_name(r.name) == "ray" and (installed is None or not r.specifier.contains(installed)):
-            return (f"the cluster runs Ray {installed or '(none)'} but this client has {r.specifier}; a job cannot change "
-                    "the Ray that runs it: use a client with the cluster's Ray version, or a cluster with the client's")
+            return (
+                f"the cluster runs Ray {installed or '(none)'} but this client has {r.specifier}; a job cannot change "
+                "the Ray that runs it: use a client with the cluster's Ray version, or a cluster with the client's"
+            )
     return None
 
 
@@ -98,7 +105,7 @@ def parse_probe(log_text: str) -> dict | None:
     at = log_text.rfind(PROBE_MARK)
     if at < 0:
         return None
-    return json.loads(log_text[at + len(PROBE_MARK):].splitlines()[0])
+    return json.loads(log_text[at + len(PROBE_MARK) :].splitlines()[0])
 
 
 SOURCES = ("orchestrator", "trainers", "search_spaces", "infra", "pyproject.toml", "README.md")
@@ -114,18 +121,39 @@ def build_wheel(out_dir: Path) -> Path:
 
     root = Path(__file__).resolve().parents[1]
     if not (root / "pyproject.toml").is_file():
-        raise FileNotFoundError(f"no pyproject.toml above {Path(__file__).parent}: build the wheel from a ganops checkout (pip install -e .)")
+        raise FileNotFoundError(
+            f"no pyproject.toml above {Path(__file__).parent}: build the wheel from a ganops checkout (pip install "
+            "-e .)"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ganops-wheel-") as tmp:
         src = Path(tmp) / "src"
         src.mkdir()
         for name in SOURCES:
             if (root / name).is_dir():
-                shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+                shutil.copytree(
+                    root / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+                )
             elif (root / name).is_file():
                 shutil.copy2(root / name, src / name)
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(Path(tmp) / "dist"), str(src)],
-                       check=True, capture_output=True, text=True, env={**os.environ, "SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH", "315532800")})  # same source, same wheel
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--no-build-isolation",
+                "-q",
+                "-w",
+                str(Path(tmp) / "dist"),
+                str(src),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH", "315532800")},
+        )  # same source, same wheel
         wheels = list((Path(tmp) / "dist").glob(f"{DIST}-*.whl"))
         if len(wheels) != 1:
             raise FileNotFoundError(f"pip wheel wrote {len(wheels)} {DIST} wheels, expected 1")
@@ -140,7 +168,11 @@ def _main(argv: list[str]) -> int:
             ray_version = md.version("ray")
         except md.PackageNotFoundError:
             ray_version = None
-        info = {"unsatisfied": unsatisfied(argv[1:]), "ray": ray_version, "python": f"{sys.version_info[0]}.{sys.version_info[1]}"}
+        info = {
+            "unsatisfied": unsatisfied(argv[1:]),
+            "ray": ray_version,
+            "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
+        }
         print(PROBE_MARK + json.dumps(info), flush=True)
         return 0
     if len(argv) >= 1 and argv[0] == "pins":

@@ -76,7 +76,16 @@ def _line_map(node: yaml.Node, path: tuple = (), out: dict | None = None, seen: 
     seen = set() if seen is None else seen
     if id(node) in seen:
         line = out.get(path, node.start_mark.line + 1)
-        raise SpecError("", [SpecIssue(".".join(map(str, path)), line, "YAML anchors and aliases (&name, *name) are not supported; write the value out")])
+        raise SpecError(
+            "",
+            [
+                SpecIssue(
+                    ".".join(map(str, path)),
+                    line,
+                    "YAML anchors and aliases (&name, *name) are not supported; write the value out",
+                )
+            ],
+        )
     seen.add(id(node))
     out.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
@@ -100,15 +109,21 @@ def _line_for(lines: dict[tuple, int], loc: tuple) -> int | None:
 def parse_override(item: str) -> tuple[list[str], Any]:
     """`trainer.steps=200` -> (["trainer", "steps"], 200); the value is parsed as YAML."""
     if "=" not in item:
-        raise SpecError("--set", [SpecIssue("", None, "must look like key.path=value, e.g. trainer.steps=200", flag=item)])
+        raise SpecError(
+            "--set", [SpecIssue("", None, "must look like key.path=value, e.g. trainer.steps=200", flag=item)]
+        )
     key, raw = item.split("=", 1)
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
-        raise SpecError("--set", [SpecIssue("", None, "has an empty key; write key.path=value, e.g. trainer.steps=200", flag=item)])
+        raise SpecError(
+            "--set", [SpecIssue("", None, "has an empty key; write key.path=value, e.g. trainer.steps=200", flag=item)]
+        )
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
-        raise SpecError("--set", [SpecIssue(".".join(parts), None, f"value {raw!r} is not valid YAML: {e}", flag=item)]) from None
+        raise SpecError(
+            "--set", [SpecIssue(".".join(parts), None, f"value {raw!r} is not valid YAML: {e}", flag=item)]
+        ) from None
     return parts, value
 
 
@@ -136,7 +151,9 @@ def _apply_overrides(data: dict, overrides: list[str]) -> tuple[list[tuple[tuple
                 nxt = node[p] = {}
             if not isinstance(nxt, dict):
                 where = ".".join(parts[: depth + 1])
-                problems.append(SpecIssue(where, None, f"is a value, not a section: cannot set {'.'.join(parts)}", flag=item))
+                problems.append(
+                    SpecIssue(where, None, f"is a value, not a section: cannot set {'.'.join(parts)}", flag=item)
+                )
                 break
             node = nxt
         else:
@@ -220,7 +237,7 @@ def _without(data: dict, loc: tuple, missing: bool) -> bool:
             return True
         loc = loc[:-1]
     node, last = data, None
-    for i, part in enumerate(loc):
+    for part in loc:
         if not isinstance(node, dict) or part not in node:
             break
         last = (node, part)
@@ -234,8 +251,11 @@ def _without(data: dict, loc: tuple, missing: bool) -> bool:
 # Values the cross-field checks read: with one of them dropped (so at its default), those checks
 # would judge a spec the person did not write (`modle: mlp2d` read as dcgan28 on grid25), so the
 # gathering stops there rather than report problems that are not there.
-_PIVOTS = {("trainer", k) for k in ("model", "data", "data_dir", "image_size", "channels", "loss", "params")} | {
-    ("sweep", k) for k in ("search_alg", "scheduler", "metric", "mode", "pbt")} | {("metrics", "features")}
+_PIVOTS = (
+    {("trainer", k) for k in ("model", "data", "data_dir", "image_size", "channels", "loss", "params")}
+    | {("sweep", k) for k in ("search_alg", "scheduler", "metric", "mode", "pbt")}
+    | {("metrics", "features")}
+)
 
 
 def _is_pivot(loc: tuple, err: dict, data: dict) -> bool:
@@ -270,7 +290,14 @@ def _validate_all(model: type[BaseModel], data: dict, context: dict) -> tuple[An
     return None, found
 
 
-def _check_text(text: str, source: str, overrides: list[str], model: type[BaseModel], base_dir: str | Path | None, packages: bool = False) -> SpecCheck:
+def _check_text(
+    text: str,
+    source: str,
+    overrides: list[str],
+    model: type[BaseModel],
+    base_dir: str | Path | None,
+    packages: bool = False,
+) -> SpecCheck:
     """Every problem of spec text: YAML, then `--set`, then the model's fields and cross-field checks."""
     check = SpecCheck(source, None)
     try:
@@ -294,20 +321,35 @@ def _check_text(text: str, source: str, overrides: list[str], model: type[BaseMo
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        check.errors.append(SpecIssue("", 1, f"a spec is a mapping of sections ({', '.join(list(model.model_fields)[:4])}, ...), not a {type(data).__name__}"))
+        check.errors.append(
+            SpecIssue(
+                "",
+                1,
+                f"a spec is a mapping of sections ({', '.join(list(model.model_fields)[:4])}, ...), not a "
+                f"{type(data).__name__}",
+            )
+        )
         return check
     applied, check.errors = _apply_overrides(data, overrides)
     context = {"base_dir": str(base_dir) if base_dir is not None else None}
     obj, problems = _validate_all(model, data, context)
+
     def place(loc: tuple, msg: str, *also: tuple) -> SpecIssue:
         """Blame the last `--set` that wrote `loc` (or one of `also`), else the file's line."""
-        flag = next((item for parts, item in reversed(applied) if any(where[: len(parts)] == parts for where in (loc, *also))), None)
+        flag = next(
+            (item for parts, item in reversed(applied) if any(where[: len(parts)] == parts for where in (loc, *also))),
+            None,
+        )
         return SpecIssue(".".join(map(str, loc)), None if flag else _line_for(lines, loc), msg, flag=flag)
 
     check.errors += [place(loc, msg) for loc, msg in sorted(problems, key=lambda p: _line_for(lines, p[0]) or 0)]
     if packages and model is SweepSpec:  # from the spec as written: checked even when it has errors
         known = " ".join(i.message for i in check.errors)  # torchvision data already says how to install it
-        check.errors += [place(_split_path(path), msg) for path, extra, msg in _missing_packages(data) if f"ganops[{extra}]" not in known]
+        check.errors += [
+            place(_split_path(path), msg)
+            for path, extra, msg in _missing_packages(data)
+            if f"ganops[{extra}]" not in known
+        ]
     if check.errors:
         return check
     check.spec = obj
@@ -317,9 +359,18 @@ def _check_text(text: str, source: str, overrides: list[str], model: type[BaseMo
 
 
 def _missing_packages(data: dict) -> list[tuple[str, str, str]]:
-    """(path, extra, message) of each optional package the spec needs and this Python lacks (found without importing it)."""
-    return [(path, extra, f"needs the Python package {module}, which is not installed here; install it with `pip install 'ganops[{extra}]'`")
-            for path, module, extra in optional_needs(data) if not _installed(module)]
+    """(path, extra, message) of each optional package the spec needs and this Python lacks
+    (found without importing it)."""
+    return [
+        (
+            path,
+            extra,
+            f"needs the Python package {module}, which is not installed here; install it with `pip install "
+            f"'ganops[{extra}]'`",
+        )
+        for path, module, extra in optional_needs(data)
+        if not _installed(module)
+    ]
 
 
 def _installed(module: str) -> bool:
@@ -334,11 +385,20 @@ def _warnings(spec: SweepSpec) -> list[str]:
     n = spec.trial_count
     if n > 1 and spec.trials_identical:
         what = "searches nothing" if not spec.search else "searches a single value of each setting"
-        return [f"{what}, so its {n} trials are identical (same settings, same seed); add settings under search:, search trainer.seed, or set sweep.num_samples: 1"]
+        return [
+            f"{what}, so its {n} trials are identical (same settings, same seed); add settings under search:, search "
+            "trainer.seed, or set sweep.num_samples: 1"
+        ]
     return []
 
 
-def spec_from_text(text: str, source: str = "<spec>", overrides: list[str] | None = None, model: type[BaseModel] = SweepSpec, base_dir: str | Path | None = None) -> Any:
+def spec_from_text(
+    text: str,
+    source: str = "<spec>",
+    overrides: list[str] | None = None,
+    model: type[BaseModel] = SweepSpec,
+    base_dir: str | Path | None = None,
+) -> Any:
     """Validate spec text into a `SweepSpec` (or another pydantic `model`, e.g. a cluster
     profile), or raise `SpecError` with every issue found. `base_dir`: where relative plugin
     files (`trainer.model: my_gan.py:MyGan`) are found; default the working directory."""
@@ -352,9 +412,14 @@ def read_yaml_text(path: str | Path, what: str = "spec", example: str = "search_
     """The text of a small YAML file (`what`: a spec, a cluster profile), or SpecError saying why not."""
     p = Path(path)
     if not p.is_file():
-        raise SpecError(str(path), [SpecIssue("", None, f"no such file; pass the path of a {what} YAML, e.g. {example}")])
+        raise SpecError(
+            str(path), [SpecIssue("", None, f"no such file; pass the path of a {what} YAML, e.g. {example}")]
+        )
     if p.stat().st_size > MAX_SPEC_BYTES:
-        raise SpecError(str(path), [SpecIssue("", None, f"file is larger than {MAX_SPEC_BYTES:,} bytes; a {what} is a short YAML file")])
+        raise SpecError(
+            str(path),
+            [SpecIssue("", None, f"file is larger than {MAX_SPEC_BYTES:,} bytes; a {what} is a short YAML file")],
+        )
     try:
         return p.read_text(encoding="utf-8")
     except UnicodeDecodeError:

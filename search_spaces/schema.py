@@ -1,7 +1,7 @@
 """Write (or check) the spec's JSON Schema that ships beside the specs: search_spaces/ganops.schema.json.
 
-    python -m search_spaces.schema          # rewrite it after changing a field of the spec
-    python -m search_spaces.schema --check  # exit 1 if it is stale
+python -m search_spaces.schema          # rewrite it after changing a field of the spec
+python -m search_spaces.schema --check  # exit 1 if it is stale
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from trainers.config import MUTABLE_IN_FLIGHT, TrainerConfig
+
 # What each dataset's trials report and which way is better (the sweep metric must be one).
 from trainers.metric_names import (  # noqa: F401 - re-exported for gate.py
     BCE_ONLY_METRICS,
@@ -62,8 +63,12 @@ class Distribution(_Model):
     uniform: tuple[float, float] | None = Field(None, description="[low, high], uniform.")
     loguniform: tuple[float, float] | None = Field(None, description="[low, high], uniform in log space; low > 0.")
     randint: tuple[int, int] | None = Field(None, description="[low, high), integer.")
-    quniform: tuple[float, float, float] | None = Field(None, description="[low, high, q], uniform rounded to a multiple of q.")
-    qloguniform: tuple[float, float, float] | None = Field(None, description="[low, high, q], log-uniform rounded to a multiple of q.")
+    quniform: tuple[float, float, float] | None = Field(
+        None, description="[low, high, q], uniform rounded to a multiple of q."
+    )
+    qloguniform: tuple[float, float, float] | None = Field(
+        None, description="[low, high, q], log-uniform rounded to a multiple of q."
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "Distribution":
@@ -118,34 +123,66 @@ class Pbt(_Model):
     perturbation_interval: int = Field(2, ge=1, description="Evals between a trial's exploit/explore decisions.")
     burn_in: int = Field(0, ge=0, description="Evals before the first decision.")
     quantile_fraction: float = Field(0.25, gt=0, le=0.5, description="Bottom fraction that exploits the top fraction.")
-    resample_probability: float = Field(0.25, ge=0, le=1, description="Chance a mutated setting is resampled from its search distribution instead of perturbed (x0.8 / x1.2, or a neighbouring choice).")
-    mutate: list[str] | None = Field(None, description="Searched settings PBT mutates; default: every searched one among lr_g, lr_d, beta1, beta2, momentum, real_label, dg_ratio.")
+    resample_probability: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Chance a mutated setting is resampled from its search distribution instead of perturbed (x0.8 / "
+        "x1.2, or a neighbouring choice).",
+    )
+    mutate: list[str] | None = Field(
+        None,
+        description="Searched settings PBT mutates; default: every searched one among lr_g, lr_d, beta1, beta2, "
+        "momentum, real_label, dg_ratio.",
+    )
 
 
 class Sweep(_Model):
     """How many trials, how many at once, and what 'best' means."""
 
-    scheduler: Literal["fifo", "asha", "pbt"] = Field("fifo", description="fifo runs every trial to its end (or its balance stop); asha cuts the worse trials at rungs; pbt (Population Based Training) moves the worse trials onto the better ones' weights with perturbed settings.")
+    scheduler: Literal["fifo", "asha", "pbt"] = Field(
+        "fifo",
+        description="fifo runs every trial to its end (or its balance stop); asha cuts the worse trials at rungs; "
+        "pbt (Population Based Training) moves the worse trials onto the better ones' weights with "
+        "perturbed settings.",
+    )
     asha: Asha = Field(default_factory=Asha, description="ASHA settings, used when scheduler is asha.")
     pbt: Pbt = Field(default_factory=Pbt, description="PBT settings, used when scheduler is pbt.")
-    search_alg: Literal["random", "optuna"] = Field("random", description="random (and grid) sampling, or Optuna's TPE (needs `pip install optuna`).")
+    search_alg: Literal["random", "optuna"] = Field(
+        "random", description="random (and grid) sampling, or Optuna's TPE (needs `pip install optuna`)."
+    )
 
-    num_samples: int = Field(8, ge=1, le=100_000, description="Trials to sample (times the grid size when `grid` is used).")
-    max_concurrent_trials: int | None = Field(None, ge=1, description="Trials running at once; default: as many as the cluster's CPUs allow.")
-    metric: str | None = Field(None, description="Metric that ranks trials; default fid (images) or mix_score (2-D mixtures).")
-    mode: Literal["min", "max"] | None = Field(None, description="Whether lower or higher `metric` is better; default: the metric's natural direction.")
+    num_samples: int = Field(
+        8, ge=1, le=100_000, description="Trials to sample (times the grid size when `grid` is used)."
+    )
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, description="Trials running at once; default: as many as the cluster's CPUs allow."
+    )
+    metric: str | None = Field(
+        None, description="Metric that ranks trials; default fid (images) or mix_score (2-D mixtures)."
+    )
+    mode: Literal["min", "max"] | None = Field(
+        None, description="Whether lower or higher `metric` is better; default: the metric's natural direction."
+    )
     seed: int | None = Field(0, description="Seed of the search algorithm (same seed, same sampled configs).")
-    max_failures: int = Field(1, ge=0, le=100, description="Restarts of a trial from its last checkpoint after a worker or node is lost.")
+    max_failures: int = Field(
+        1, ge=0, le=100, description="Restarts of a trial from its last checkpoint after a worker or node is lost."
+    )
 
 
 class Resources(_Model):
     """What one trial asks of the cluster."""
 
-    workers_per_trial: int = Field(1, ge=1, le=1024, description="Ray Train workers per trial (data parallel; gradients averaged).")
+    workers_per_trial: int = Field(
+        1, ge=1, le=1024, description="Ray Train workers per trial (data parallel; gradients averaged)."
+    )
     cpus_per_worker: float = Field(1.0, gt=0, le=1024, description="CPUs reserved per worker.")
     gpus_per_worker: float = Field(
-        0.0, ge=0, le=16,
-        description="GPUs per worker; 0 trains on CPU. A fraction 0 < x < 1 shares one GPU among several trials (0.25: four at once); "
+        0.0,
+        ge=0,
+        le=16,
+        description="GPUs per worker; 0 trains on CPU. A fraction 0 < x < 1 shares one GPU among several trials "
+        "(0.25: four at once); "
         "more than 1 must be a whole number.",
     )
 
@@ -154,7 +191,10 @@ class Resources(_Model):
     def _schedulable_gpus(cls, v: float) -> float:
         # Ray schedules a fraction of one GPU, or whole GPUs, in steps of 1/10,000.
         if v > 1 and v != int(v):
-            raise ValueError(f"{v:g} GPUs cannot be scheduled by Ray: a fraction of a GPU must be at most 1 (e.g. 0.5), more than 1 must be whole (2, 4)")
+            raise ValueError(
+                f"{v:g} GPUs cannot be scheduled by Ray: a fraction of a GPU must be at most 1 (e.g. 0.5), more than "
+                "1 must be whole (2, 4)"
+            )
         if v and round(v, 4) != v:
             raise ValueError(f"{v!r}: Ray schedules GPU fractions in steps of 0.0001; round it (e.g. 0.3333)")
         return v
@@ -162,8 +202,12 @@ class Resources(_Model):
     @model_validator(mode="after")
     def _one_gpu_per_rank(self) -> "Resources":
         if 0 < self.gpus_per_worker < 1 and self.workers_per_trial > 1:
-            raise ValueError(f"workers_per_trial: {self.workers_per_trial} with gpus_per_worker: {self.gpus_per_worker:g} could put two ranks of one "
-                             "trial on the same GPU, which NCCL refuses; use gpus_per_worker: 1 for multi-worker trials, or one worker to share a GPU")
+            raise ValueError(
+                f"workers_per_trial: {self.workers_per_trial} with gpus_per_worker: {self.gpus_per_worker:g} could "
+                "put two ranks of one "
+                "trial on the same GPU, which NCCL refuses; use gpus_per_worker: 1 for multi-worker trials, or one "
+                "worker to share a GPU"
+            )
         return self
 
 
@@ -175,7 +219,14 @@ class DOverpowers(_Model):
     """D wins outright: it rejects G's samples with near certainty while calling real data real,
     for `patience` evals in a row."""
 
-    d_g_z_below: float = Field(0.05, gt=0, lt=0.5, description="D(G(z)) below this, as a geometric mean over the window: exp(-G's loss), i.e. G's loss above -ln 0.05 = 3.0 (balance: 0.5, G's loss ln 2 = 0.693). The arithmetic mean of D(G(z)) misses a D that rejects most fakes with certainty and passes a few.")
+    d_g_z_below: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="D(G(z)) below this, as a geometric mean over the window: exp(-G's loss), i.e. G's loss above "
+        "-ln 0.05 = 3.0 (balance: 0.5, G's loss ln 2 = 0.693). The arithmetic mean of D(G(z)) misses a D "
+        "that rejects most fakes with certainty and passes a few.",
+    )
     d_x_above: float = Field(0.95, gt=0.5, lt=1, description="D(x) above this (balance is 0.5).")
     patience: int = Field(3, ge=1, description="Consecutive evals before stopping.")
 
@@ -191,7 +242,12 @@ class DFooled(_Model):
 class GradientExplosion(_Model):
     """A gradient norm of D or G above a threshold."""
 
-    threshold: float = Field(1000.0, gt=0, description="ganhacks warns above 100, but a healthy 28x28 DCGAN's D norm reaches ~350 here, so the default is 1000.")
+    threshold: float = Field(
+        1000.0,
+        gt=0,
+        description="ganhacks warns above 100, but a healthy 28x28 DCGAN's D norm reaches ~350 here, so the default "
+        "is 1000.",
+    )
     patience: int = Field(3, ge=1, description="Consecutive evals before stopping.")
 
 
@@ -199,15 +255,22 @@ class ModeCollapse(_Model):
     """Images: sample-based collapse (balanced losses are not proof of health). 2-D mixtures
     have their own rule, `mixture_quality`."""
 
-    min_classes: int | None = Field(5, ge=1, le=10, description="Fewer MNIST classes than this among the generated samples.")
-    after_step: int = Field(200, ge=0, description="Ignore evals before this iteration: a fresh G draws one blob (warm-up).")
+    min_classes: int | None = Field(
+        5, ge=1, le=10, description="Fewer MNIST classes than this among the generated samples."
+    )
+    after_step: int = Field(
+        200, ge=0, description="Ignore evals before this iteration: a fresh G draws one blob (warm-up)."
+    )
     patience: int = Field(2, ge=1, description="Consecutive evals before stopping.")
 
     @model_validator(mode="before")
     @classmethod
     def _min_modes_moved(cls, data: Any) -> Any:
         if isinstance(data, dict) and "min_modes" in data:
-            raise ValueError("min_modes has moved to stopping.mixture_quality.min_modes (2-D mixtures have their own rule, warm-up and patience)")
+            raise ValueError(
+                "min_modes has moved to stopping.mixture_quality.min_modes (2-D mixtures have their own rule, "
+                "warm-up and patience)"
+            )
         return data
 
 
@@ -228,12 +291,44 @@ class MixtureQuality(_Model):
     G draws one blob inside the centre mode's cell (eff_modes 1), a G that learns has spread
     out of it by the first eval, and one that has not by then (lr_g <= 1.1e-5 here) never does."""
 
-    min_effective_modes: float | None = Field(1.5, ge=1, description="Total collapse: the samples' nearest means, counted over ALL samples whatever their quality, spread over fewer than this many means (eff_modes = K exp(-reverse_kl); 1 = every sample in one mode's cell). Judged from `collapse_after_step`, not `after_step`: measured on grid25 (MLP, evals every 500), every G with lr_g <= 1.1e-5 (and some up to 5.8e-5 against a fast D) sat at exactly 1 from the first or second eval to the last; every trial that learnt read 15 or more at its first eval and 8.6 or more later (bench/stopping_replay.py).")
-    collapse_after_step: int = Field(500, ge=0, description="Ignore evals before this iteration for `min_effective_modes`: a fresh G draws one blob.")
-    min_hq_pct: float | None = Field(5.0, gt=0, lt=100, description="High-quality % (samples within 3 sigma of their nearest mean) below this: above chance (1.8% on grid25) and an order of magnitude under any published success (40%+).")
-    min_modes: int | None = Field(2, ge=1, description="Fewer modes captured than this. The default 2 means every good sample on one mode: collapse, whatever the mixture. Raise it per spec (e.g. 10 of grid25's 25).")
-    after_step: int = Field(4000, ge=0, description="Ignore evals before this iteration: trials measured here that went on to learn spent up to 3,500 iterations under 5% high quality, some with 1-2 modes.")
-    patience: int = Field(2, ge=1, description="Consecutive evals before stopping: a learning trial can dip for one eval (measured: 16.6% -> 4.4% -> 25.6%).")
+    min_effective_modes: float | None = Field(
+        1.5,
+        ge=1,
+        description="Total collapse: the samples' nearest means, counted over ALL samples whatever their quality, "
+        "spread over fewer than this many means (eff_modes = K exp(-reverse_kl); 1 = every sample in one "
+        "mode's cell). Judged from `collapse_after_step`, not `after_step`: measured on grid25 (MLP, "
+        "evals every 500), every G with lr_g <= 1.1e-5 (and some up to 5.8e-5 against a fast D) sat at "
+        "exactly 1 from the first or second eval to the last; every trial that learnt read 15 or more at "
+        "its first eval and 8.6 or more later (bench/stopping_replay.py).",
+    )
+    collapse_after_step: int = Field(
+        500, ge=0, description="Ignore evals before this iteration for `min_effective_modes`: a fresh G draws one blob."
+    )
+    min_hq_pct: float | None = Field(
+        5.0,
+        gt=0,
+        lt=100,
+        description="High-quality % (samples within 3 sigma of their nearest mean) below this: above chance (1.8% on "
+        "grid25) and an order of magnitude under any published success (40%+).",
+    )
+    min_modes: int | None = Field(
+        2,
+        ge=1,
+        description="Fewer modes captured than this. The default 2 means every good sample on one mode: collapse, "
+        "whatever the mixture. Raise it per spec (e.g. 10 of grid25's 25).",
+    )
+    after_step: int = Field(
+        4000,
+        ge=0,
+        description="Ignore evals before this iteration: trials measured here that went on to learn spent up to "
+        "3,500 iterations under 5% high quality, some with 1-2 modes.",
+    )
+    patience: int = Field(
+        2,
+        ge=1,
+        description="Consecutive evals before stopping: a learning trial can dip for one eval (measured: 16.6% -> "
+        "4.4% -> 25.6%).",
+    )
 
 
 class Plateau(_Model):
@@ -246,12 +341,25 @@ class Plateau(_Model):
 class Stopping(_Model):
     """Balance rules that stop a trial early; set a rule to null to turn it off."""
 
-    divergence: Divergence | None = Field(default_factory=Divergence, description="Stop at a non-finite loss or gradient; null = train on through NaN.")
-    d_overpowers: DOverpowers | None = Field(default_factory=DOverpowers, description="Stop when D rejects G's samples with near certainty; null = off.")
-    d_fooled: DFooled | None = Field(default_factory=DFooled, description="Stop when D calls everything real (G's loss near 0); null = off.")
-    gradient_explosion: GradientExplosion | None = Field(default_factory=GradientExplosion, description="Stop when D's or G's gradient norm explodes; null = off.")
-    mode_collapse: ModeCollapse | None = Field(default_factory=ModeCollapse, description="Images: stop when the samples cover too few classes; null = off.")
-    mixture_quality: MixtureQuality | None = Field(default_factory=MixtureQuality, description="2-D mixtures: stop when the samples miss the modes or collapse onto one; null = off.")
+    divergence: Divergence | None = Field(
+        default_factory=Divergence, description="Stop at a non-finite loss or gradient; null = train on through NaN."
+    )
+    d_overpowers: DOverpowers | None = Field(
+        default_factory=DOverpowers, description="Stop when D rejects G's samples with near certainty; null = off."
+    )
+    d_fooled: DFooled | None = Field(
+        default_factory=DFooled, description="Stop when D calls everything real (G's loss near 0); null = off."
+    )
+    gradient_explosion: GradientExplosion | None = Field(
+        default_factory=GradientExplosion, description="Stop when D's or G's gradient norm explodes; null = off."
+    )
+    mode_collapse: ModeCollapse | None = Field(
+        default_factory=ModeCollapse, description="Images: stop when the samples cover too few classes; null = off."
+    )
+    mixture_quality: MixtureQuality | None = Field(
+        default_factory=MixtureQuality,
+        description="2-D mixtures: stop when the samples miss the modes or collapse onto one; null = off.",
+    )
     plateau: Plateau | None = Field(None, description="Off by default.")
 
 
@@ -261,11 +369,16 @@ class Metrics(_Model):
 
     features: str | None = Field(
         None,
-        description="Feature network for the image metrics: a TorchScript file (.pt / .ts, torch.jit.save of a scripted or traced net) "
-        "or a callable returning the network (package.module:callable, importable here and on every worker, or path/to/file.py:callable); "
-        "relative paths are read from the spec's folder. It maps images (N, C, H, W) in [-1, 1] to (N, D) features and is checked on a "
-        "dummy batch of the data's shape when the spec is validated. With it, every image dataset reports fid, kid, precision, recall, "
-        "density, coverage and diversity in its feature space (mnist: instead of the MNIST classifier's; class_coverage and "
+        description="Feature network for the image metrics: a TorchScript file (.pt / .ts, torch.jit.save of a "
+        "scripted or traced net) "
+        "or a callable returning the network (package.module:callable, importable here and on every worker, or "
+        "path/to/file.py:callable); "
+        "relative paths are read from the spec's folder. It maps images (N, C, H, W) in [-1, 1] to (N, D) features "
+        "and is checked on a "
+        "dummy batch of the data's shape when the spec is validated. With it, every image dataset reports fid, kid, "
+        "precision, recall, "
+        "density, coverage and diversity in its feature space (mnist: instead of the MNIST classifier's; "
+        "class_coverage and "
         "inception_score still come from the classifier). null = the MNIST classifier, mnist only.",
     )
 
@@ -285,13 +398,22 @@ class Metrics(_Model):
 class Budget(_Model):
     """What the sweep may spend, from the prices the cluster's nodes advertise (trainers/cost.py)."""
 
-    max_usd: float = Field(..., gt=0, description="Stop starting trials once the trials' cost_usd adds up to this, then stop the sweep (its running trials end KILLED, stop_reason budget). A local machine costs $0 and never reaches it.")
+    max_usd: float = Field(
+        ...,
+        gt=0,
+        description="Stop starting trials once the trials' cost_usd adds up to this, then stop the sweep (its "
+        "running trials end KILLED, stop_reason budget). A local machine costs $0 and never reaches it.",
+    )
 
 
 class Tracking(_Model):
     """Where MLflow records the sweep."""
 
-    uri: str | None = Field(None, description="MLflow tracking URI (e.g. http://mlflow.internal:5000); default: a SQLite store under ./ganops_runs (or $GANOPS_HOME).")
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI (e.g. http://mlflow.internal:5000); default: a SQLite store under "
+        "./ganops_runs (or $GANOPS_HOME).",
+    )
     experiment: str | None = Field(None, description="MLflow experiment; default: the spec's name.")
 
     @field_validator("uri")
@@ -301,30 +423,58 @@ class Tracking(_Model):
         from urllib.parse import urlsplit
 
         if uri and urlsplit(uri).scheme in ("http", "https") and urlsplit(uri).password is not None:
-            raise ValueError("has a password in it, and the spec is logged to MLflow; drop user:password@ and set "
-                             "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment")
+            raise ValueError(
+                "has a password in it, and the spec is logged to MLflow; drop user:password@ and set "
+                "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment"
+            )
         return uri
 
 
 class SweepSpec(_Model):
     """One sweep: a trainer with fixed settings, the settings to search, and where to run and record it."""
 
-    name: str = Field(..., min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Sweep name: letters, digits, '_', '.', '-'.")
+    name: str = Field(
+        ...,
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Sweep name: letters, digits, '_', '.', '-'.",
+    )
     description: str | None = Field(None, description="Free text shown in MLflow.")
-    trainer: TrainerConfig = Field(default_factory=TrainerConfig, description="Fixed trainer settings (see trainers/config.py).")
+    trainer: TrainerConfig = Field(
+        default_factory=TrainerConfig, description="Fixed trainer settings (see trainers/config.py)."
+    )
     search: dict[str, Distribution] = Field(default_factory=dict, description="Trainer settings to search, by name.")
-    sweep: Sweep = Field(default_factory=Sweep, description="How many trials, how many at once, the scheduler, the search algorithm and the metric that ranks them.")
-    resources: Resources = Field(default_factory=Resources, description="What one trial asks of the cluster: workers, CPUs and GPUs.")
-    stopping: Stopping = Field(default_factory=Stopping, description="Balance rules that stop a trial early; set a rule to null to turn it off.")
+    sweep: Sweep = Field(
+        default_factory=Sweep,
+        description="How many trials, how many at once, the scheduler, the search algorithm and the metric that "
+        "ranks them.",
+    )
+    resources: Resources = Field(
+        default_factory=Resources, description="What one trial asks of the cluster: workers, CPUs and GPUs."
+    )
+    stopping: Stopping = Field(
+        default_factory=Stopping,
+        description="Balance rules that stop a trial early; set a rule to null to turn it off.",
+    )
     tracking: Tracking = Field(default_factory=Tracking, description="Where MLflow records the sweep.")
     metrics: Metrics = Field(default_factory=Metrics, description="How image samples are scored (the feature network).")
     budget: Budget | None = Field(None, description="Spending cap in USD; null = none.")
-    storage: str | None = Field(None, description="Ray checkpoints and experiment state: a local directory (default ./ganops_runs/ray) or s3://bucket/prefix.")
+    storage: str | None = Field(
+        None,
+        description="Ray checkpoints and experiment state: a local directory (default ./ganops_runs/ray) or s3://bucket/prefix.",
+    )
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "SweepSpec":
         """Every cross-field problem at once (not the first), each with its YAML path."""
-        problems = [*self._search_problems(), *self._scheduler_problems(), *self._data_problems(), *self._metric_problems(), *self._feature_problems()]
+        problems = [
+            *self._search_problems(),
+            *self._scheduler_problems(),
+            *self._data_problems(),
+            *self._metric_problems(),
+            *self._feature_problems(),
+        ]
         if problems:
             raise SpecProblems(problems)
         return self
@@ -356,14 +506,27 @@ class SweepSpec(_Model):
         if self.sweep.scheduler != "pbt":
             return
         if self.sweep.search_alg != "random":
-            yield "sweep.search_alg", "PBT samples its initial population itself; use search_alg: random with scheduler: pbt"
+            yield (
+                "sweep.search_alg",
+                "PBT samples its initial population itself; use search_alg: random with scheduler: pbt",
+            )
         for key in self.sweep.pbt.mutate or []:
             if key not in MUTABLE_IN_FLIGHT:
-                yield "sweep.pbt.mutate", f"{key!r} cannot change inside a running trial; PBT can mutate: {', '.join(sorted(MUTABLE_IN_FLIGHT))}"
+                yield (
+                    "sweep.pbt.mutate",
+                    f"{key!r} cannot change inside a running trial; "
+                    f"PBT can mutate: {', '.join(sorted(MUTABLE_IN_FLIGHT))}",
+                )
             elif key not in self.search:
-                yield "sweep.pbt.mutate", f"{key!r} is not searched; add it under search: (PBT perturbs within its distribution)"
+                yield (
+                    "sweep.pbt.mutate",
+                    f"{key!r} is not searched; add it under search: (PBT perturbs within its distribution)",
+                )
         if not self.pbt_mutations:
-            yield "sweep.scheduler", f"pbt needs at least one searched setting it can mutate ({', '.join(sorted(MUTABLE_IN_FLIGHT))})"
+            yield (
+                "sweep.scheduler",
+                f"pbt needs at least one searched setting it can mutate ({', '.join(sorted(MUTABLE_IN_FLIGHT))})",
+            )
 
     def _data_problems(self) -> Iterator[tuple[str, str]]:
         # The filesystem, checked here rather than in TrainerConfig: a saved generator's config
@@ -383,13 +546,23 @@ class SweepSpec(_Model):
     def _metric_problems(self) -> Iterator[tuple[str, str]]:
         metrics = self.metric_table
         if self.sweep.metric is not None and self.sweep.metric not in metrics:
-            yield "sweep.metric", f"{self.sweep.metric!r} is not reported for data {self.trainer.data!r}; choose one of: {', '.join(metrics)}"
+            yield (
+                "sweep.metric",
+                f"{self.sweep.metric!r} is not reported for data {self.trainer.data!r}; "
+                f"choose one of: {', '.join(metrics)}",
+            )
         if self.sweep.metric in BCE_ONLY_METRICS:
             losses = [self.trainer.loss, *(self.search["loss"].candidates() if "loss" in self.search else ())]
             critics = sorted({str(loss) for loss in losses if loss not in BCE_LOSSES})
             if critics:
-                yield "sweep.metric", (f"{self.sweep.metric!r} is a probability that loss {critics[0]!r} does not report (its critic scores are "
-                                       f"critic_real / critic_fake); rank by another metric or use a BCE loss ({', '.join(BCE_LOSSES)})")
+                yield (
+                    "sweep.metric",
+                    (
+                        f"{self.sweep.metric!r} is a probability that loss {critics[0]!r} does not report "
+                        "(its critic scores are critic_real / critic_fake); "
+                        f"rank by another metric or use a BCE loss ({', '.join(BCE_LOSSES)})"
+                    ),
+                )
 
     def _feature_problems(self) -> Iterator[tuple[str, str]]:
         """metrics.features loads and maps a dummy batch of every image shape the sweep trains on to (N, D)."""
@@ -397,7 +570,11 @@ class SweepSpec(_Model):
         if ref is None:
             return
         if not self.trainer.is_image:
-            yield "metrics.features", f"scores images, and data {self.trainer.data!r} is 2-D points (scored by its mixture metrics); remove it"
+            yield (
+                "metrics.features",
+                f"scores images, and data {self.trainer.data!r} is 2-D points (scored by its mixture metrics); "
+                "remove it",
+            )
             return
         from trainers.metrics import feature_network_problem
 
@@ -426,17 +603,29 @@ class SweepSpec(_Model):
     @property
     def trials_identical(self) -> bool:
         """Every trial would train the same settings with the same seed (nothing, or one value, searched)."""
-        return all(d.kind in ("choice", "grid") and len({json.dumps(v, sort_keys=True, default=str) for v in d.args}) == 1 for d in self.search.values())
+        return all(
+            d.kind in ("choice", "grid") and len({json.dumps(v, sort_keys=True, default=str) for v in d.args}) == 1
+            for d in self.search.values()
+        )
 
     @property
     def pbt_mutations(self) -> list[str]:
         """The settings PBT mutates: pbt.mutate, or every searched setting it can mutate."""
-        return list(self.sweep.pbt.mutate) if self.sweep.pbt.mutate is not None else [k for k in self.search if k in MUTABLE_IN_FLIGHT]
+        return (
+            list(self.sweep.pbt.mutate)
+            if self.sweep.pbt.mutate is not None
+            else [k for k in self.search if k in MUTABLE_IN_FLIGHT]
+        )
 
     def _data_variants(self) -> list[TrainerConfig]:
         """The trainer with each searched data / data_dir value (their files must exist too)."""
         base = self.trainer.model_dump()
-        return [TrainerConfig.model_validate({**base, key: value}) for key in ("data", "data_dir") if key in self.search for value in self.search[key].candidates()]
+        return [
+            TrainerConfig.model_validate({**base, key: value})
+            for key in ("data", "data_dir")
+            if key in self.search
+            for value in self.search[key].candidates()
+        ]
 
     @property
     def metric_table(self) -> dict[str, str]:
@@ -498,6 +687,7 @@ def json_schema() -> dict:
 def optional_needs(data: dict) -> list[tuple[str, str, str]]:
     """(field path, module, ganops extra) of each optional package a spec imports. `data` is a
     spec as written or `spec.model_dump()` (the same shape), so even a spec with errors is checked."""
+
     def section(key: str) -> dict:
         value = data.get(key)
         return value if isinstance(value, dict) else {}
@@ -506,7 +696,15 @@ def optional_needs(data: dict) -> list[tuple[str, str, str]]:
     if section("sweep").get("search_alg") == "optuna":
         needs.append(("sweep.search_alg", "optuna", "optuna"))
     searched = section("search").get("data")
-    values = [section("trainer").get("data"), *(v for d in ([searched] if isinstance(searched, dict) else []) for k in ("choice", "grid") for v in d.get(k) or [])]
+    values = [
+        section("trainer").get("data"),
+        *(
+            v
+            for d in ([searched] if isinstance(searched, dict) else [])
+            for k in ("choice", "grid")
+            for v in d.get(k) or []
+        ),
+    ]
     if any(isinstance(v, str) and v.startswith("torchvision:") for v in values):
         needs.append(("trainer.data", "torchvision", "torchvision"))
     if isinstance(data.get("storage"), str) and data["storage"].startswith("s3://"):

@@ -15,7 +15,9 @@ class TinyMlpGan(GanPlugin):
     def build(self):
         c, h, w = self.cfg.image_shape
         n, k = c * h * w, self.params.hidden
-        G = nn.Sequential(nn.Linear(self.cfg.latent_dim, k), nn.ReLU(), nn.Linear(k, n), nn.Tanh(), nn.Unflatten(1, (c, h, w)))
+        G = nn.Sequential(
+            nn.Linear(self.cfg.latent_dim, k), nn.ReLU(), nn.Linear(k, n), nn.Tanh(), nn.Unflatten(1, (c, h, w))
+        )
         D = nn.Sequential(nn.Flatten(), nn.Linear(n, k), nn.LeakyReLU(0.2), nn.Linear(k, 1))
         return G, D
 

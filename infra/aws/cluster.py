@@ -13,7 +13,6 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-
 _INSTANCE_TYPE = r"^[a-z][a-z0-9-]*\.[a-z0-9]+$"  # g4dn.xlarge, p3.2xlarge, m5.large
 _NAME = r"^[a-z][a-z0-9-]{0,39}$"  # becomes the Ray cluster name and the security group's
 InstanceType = Annotated[str, Field(pattern=_INSTANCE_TYPE, description="EC2 instance type, e.g. g4dn.xlarge.")]
@@ -27,29 +26,68 @@ class WorkerType(_Strict):
     """One GPU worker instance type of the pool."""
 
     instance_type: InstanceType
-    gpus: int = Field(ge=1, le=16, description="GPUs per instance (g4dn.xlarge: 1, p3.8xlarge: 4); becomes the node's Ray `GPU` resource.")
+    gpus: int = Field(
+        ge=1,
+        le=16,
+        description="GPUs per instance (g4dn.xlarge: 1, p3.8xlarge: 4); becomes the node's Ray `GPU` resource.",
+    )
 
 
 class ClusterProfile(_Strict):
     """An AWS Ray cluster: an on-demand head that runs the trial drivers, spot GPU workers."""
 
-    name: str = Field(pattern=_NAME, description="Cluster name: lowercase letters, digits, '-'; names the Ray cluster and its security group.")
+    name: str = Field(
+        pattern=_NAME,
+        description="Cluster name: lowercase letters, digits, '-'; names the Ray cluster and its security group.",
+    )
     region: str = Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$", description="AWS region, e.g. us-east-1.")
-    head_instance_type: InstanceType = Field(description="The head node, always on demand: it runs every trial driver, so a spot reclaim never kills one.")
-    workers: list[WorkerType] = Field(min_length=1, description="GPU worker instance types; the autoscaler picks among them.")
+    head_instance_type: InstanceType = Field(
+        description="The head node, always on demand: it runs every trial driver, so a spot reclaim never kills one."
+    )
+    workers: list[WorkerType] = Field(
+        min_length=1, description="GPU worker instance types; the autoscaler picks among them."
+    )
     spot: bool = Field(True, description="Workers on spot instances.")
-    max_price: float | None = Field(None, gt=0, description="Highest spot price to pay, USD per instance-hour; default: up to the on-demand price (AWS's default).")
-    fallback_on_demand: bool = Field(False, description="Also offer on-demand worker types, used when spot capacity is not there.")
+    max_price: float | None = Field(
+        None,
+        gt=0,
+        description="Highest spot price to pay, USD per instance-hour; default: up to the on-demand price (AWS's "
+        "default).",
+    )
+    fallback_on_demand: bool = Field(
+        False, description="Also offer on-demand worker types, used when spot capacity is not there."
+    )
     min_workers: int = Field(0, ge=0, description="Workers kept running even when idle (all types together).")
     max_workers: int = Field(4, ge=1, le=1000, description="Most workers at once (all types together).")
     idle_timeout_minutes: float = Field(5, gt=0, description="An idle worker is terminated after this long.")
-    s3_bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", description="Bucket for checkpoints and experiment state (name only, no s3://).")
-    iam_instance_profile: str = Field(description="IAM instance profile for every node (ARN or name): how nodes reach the bucket without keys.")
-    ssh_cidr: str = Field(description="The only network allowed to SSH to the nodes, e.g. 203.0.113.7/32 (your address).")
-    allow_ssh_from_anywhere: bool = Field(False, description="Needed for ssh_cidr 0.0.0.0/0 or ::/0; anyone on the internet can then try to log in.")
-    security_group_id: str | None = Field(None, pattern=r"^sg-[0-9a-f]{8,17}$", description="An existing security group to use instead of the one `ganops cluster up` creates.")
-    image_id: str | None = Field(None, pattern=r"^ami-[0-9a-f]{8,17}$", description="AMI for every node; default: Ray's deep-learning AMI for the region.")
-    on_demand_usd_per_hour: dict[str, float] = Field(default_factory=dict, description="On-demand USD/h per instance type, overriding infra/aws/prices.py's table (e.g. for another region).")
+    s3_bucket: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        description="Bucket for checkpoints and experiment state (name only, no s3://).",
+    )
+    iam_instance_profile: str = Field(
+        description="IAM instance profile for every node (ARN or name): how nodes reach the bucket without keys."
+    )
+    ssh_cidr: str = Field(
+        description="The only network allowed to SSH to the nodes, e.g. 203.0.113.7/32 (your address)."
+    )
+    allow_ssh_from_anywhere: bool = Field(
+        False, description="Needed for ssh_cidr 0.0.0.0/0 or ::/0; anyone on the internet can then try to log in."
+    )
+    security_group_id: str | None = Field(
+        None,
+        pattern=r"^sg-[0-9a-f]{8,17}$",
+        description="An existing security group to use instead of the one `ganops cluster up` creates.",
+    )
+    image_id: str | None = Field(
+        None,
+        pattern=r"^ami-[0-9a-f]{8,17}$",
+        description="AMI for every node; default: Ray's deep-learning AMI for the region.",
+    )
+    on_demand_usd_per_hour: dict[str, float] = Field(
+        default_factory=dict,
+        description="On-demand USD/h per instance type, overriding infra/aws/prices.py's table (e.g. for another "
+        "region).",
+    )
 
     @field_validator("ssh_cidr")
     @classmethod
@@ -62,15 +100,21 @@ class ClusterProfile(_Strict):
     @field_validator("iam_instance_profile")
     @classmethod
     def _iam(cls, v: str) -> str:
-        if not (re.match(r"^arn:aws[a-z-]*:iam::\d{12}:instance-profile/[\w+=,.@/-]+$", v) or re.match(r"^[\w+=,.@-]{1,128}$", v)):
+        if not (
+            re.match(r"^arn:aws[a-z-]*:iam::\d{12}:instance-profile/[\w+=,.@/-]+$", v)
+            or re.match(r"^[\w+=,.@-]{1,128}$", v)
+        ):
             raise ValueError("an instance profile ARN (arn:aws:iam::123456789012:instance-profile/NAME) or its NAME")
         return v
 
     @model_validator(mode="after")
     def _cross(self) -> ClusterProfile:
         if ipaddress.ip_network(self.ssh_cidr).prefixlen == 0 and not self.allow_ssh_from_anywhere:
-            raise ValueError(f"ssh_cidr: {self.ssh_cidr} opens SSH to the whole internet; give your own network (e.g. 203.0.113.7/32), "
-                             "or set allow_ssh_from_anywhere: true if you really mean it")
+            raise ValueError(
+                f"ssh_cidr: {self.ssh_cidr} opens SSH to the whole internet; give your own network (e.g. "
+                "203.0.113.7/32), "
+                "or set allow_ssh_from_anywhere: true if you really mean it"
+            )
         if self.min_workers > self.max_workers:
             raise ValueError(f"min_workers: {self.min_workers} is more than max_workers ({self.max_workers})")
         types = [w.instance_type for w in self.workers]
@@ -79,11 +123,16 @@ class ClusterProfile(_Strict):
         if self.max_price is not None and not self.spot:
             raise ValueError("max_price: a spot price cap needs spot: true")
         if self.fallback_on_demand and not self.spot:
-            raise ValueError("fallback_on_demand: falling back to on demand needs spot: true (workers are on demand already)")
+            raise ValueError(
+                "fallback_on_demand: falling back to on demand needs spot: true (workers are on demand already)"
+            )
         return self
 
     @property
     def iam_instance_profile_ref(self) -> dict[str, str]:
         """EC2's IamInstanceProfile parameter: {"Arn": ...} or {"Name": ...}."""
-        return {"Arn": self.iam_instance_profile} if self.iam_instance_profile.startswith("arn:") else {"Name": self.iam_instance_profile}
-
+        return (
+            {"Arn": self.iam_instance_profile}
+            if self.iam_instance_profile.startswith("arn:")
+            else {"Name": self.iam_instance_profile}
+        )

@@ -62,7 +62,11 @@ def worker_type(instance_type: str, spot: bool) -> str:
 def ssh_permissions(cidr: str) -> list[dict[str, Any]]:
     """The only inbound rule from outside the cluster: TCP 22 from `cidr`."""
     net = ipaddress.ip_network(cidr)
-    ranges = {"Ipv6Ranges": [{"CidrIpv6": str(net), "Description": "ganops: SSH"}]} if net.version == 6 else {"IpRanges": [{"CidrIp": str(net), "Description": "ganops: SSH"}]}
+    ranges = (
+        {"Ipv6Ranges": [{"CidrIpv6": str(net), "Description": "ganops: SSH"}]}
+        if net.version == 6
+        else {"IpRanges": [{"CidrIp": str(net), "Description": "ganops: SSH"}]}
+    )
     return [{"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, **ranges}]
 
 
@@ -70,10 +74,15 @@ def security_group_name(profile: ClusterProfile) -> str:
     return f"ganops-{profile.name}"
 
 
-def _node_config(profile: ClusterProfile, instance_type: str, security_group_id: str | None, market: dict | None = None) -> dict[str, Any]:
-    cfg: dict[str, Any] = {"InstanceType": instance_type, "IamInstanceProfile": profile.iam_instance_profile_ref,
-                           # IMDSv2 only: a process on the node cannot be tricked into leaking the role's keys through a plain GET.
-                           "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"}}
+def _node_config(
+    profile: ClusterProfile, instance_type: str, security_group_id: str | None, market: dict | None = None
+) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "InstanceType": instance_type,
+        "IamInstanceProfile": profile.iam_instance_profile_ref,
+        # IMDSv2 only: a process on the node cannot be tricked into leaking the role's keys through a plain GET.
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+    }
     if security_group_id:
         cfg["SecurityGroupIds"] = [security_group_id]
     if profile.image_id:
@@ -90,7 +99,9 @@ def _spot_market(profile: ClusterProfile) -> dict[str, Any]:
     return {"MarketType": "spot", "SpotOptions": options}
 
 
-def price_labels(profile: ClusterProfile, instance_type: str, spot: bool, spot_usd: dict[str, float] | None = None) -> dict[str, str]:
+def price_labels(
+    profile: ClusterProfile, instance_type: str, spot: bool, spot_usd: dict[str, float] | None = None
+) -> dict[str, str]:
     """The node labels trainers/cost.py reads: USD per hour, on-demand USD per hour, market.
 
     A spot node's price is the current cheapest offer when `spot_usd` has it (`ganops cluster up`
@@ -106,7 +117,11 @@ def price_labels(profile: ClusterProfile, instance_type: str, spot: bool, spot_u
         price = (spot_usd or {}).get(instance_type) or profile.max_price or on_demand
     if price is None:
         return {}
-    return {LABEL_PRICE: f"{price:.4f}", LABEL_ON_DEMAND: f"{on_demand or price:.4f}", LABEL_MARKET: "spot" if spot else "on-demand"}
+    return {
+        LABEL_PRICE: f"{price:.4f}",
+        LABEL_ON_DEMAND: f"{on_demand or price:.4f}",
+        LABEL_MARKET: "spot" if spot else "on-demand",
+    }
 
 
 def setup_commands(wheel: str | None, python: tuple[int, int] | None = None) -> list[str]:
@@ -116,19 +131,31 @@ def setup_commands(wheel: str | None, python: tuple[int, int] | None = None) -> 
     are its dependencies) and `--force-reinstall` (a node set up before keeps no older build of
     the same version). Without a wheel the nodes get Ray only, and `ganops submit` brings the rest."""
     major, minor = python or sys.version_info[:2]
-    check = (f"python -c 'import sys; v = sys.version_info[:2]; sys.exit(None if v == ({major}, {minor}) else "
-             f"\"ganops needs Python {major}.{minor} on the nodes, this image has %d.%d: set image_id in the cluster profile\" % v)'")
+    check = (
+        f"python -c 'import sys; v = sys.version_info[:2]; sys.exit(None if v == ({major}, {minor}) else "
+        f'"ganops needs Python {major}.{minor} on the nodes, this image has %d.%d: set image_id in the cluster '
+        "profile\" % v)'"
+    )
     if wheel is None:
         return [check, f"python -m pip install -q 'ray[default,tune,train]=={RAY_VERSION}' 'boto3>=1.35'"]
     if not _WHEEL.match(wheel):
         raise ValueError(f"wheel: {wheel!r} is not a wheel's file name (NAME-VERSION-...-any.whl)")
-    return [check,
-            f"python -m pip install -q -r {DIST_REMOTE}/{REQUIREMENTS}",
-            f"python -m pip install -q --no-deps --force-reinstall {DIST_REMOTE}/{wheel}"]
+    return [
+        check,
+        f"python -m pip install -q -r {DIST_REMOTE}/{REQUIREMENTS}",
+        f"python -m pip install -q --no-deps --force-reinstall {DIST_REMOTE}/{wheel}",
+    ]
 
 
-def launcher_config(profile: ClusterProfile, security_group_id: str | None = None, spot_usd: dict[str, float] | None = None, *,
-                    dist_dir: str | Path | None = None, wheel: str | None = None, token_file: str | Path | None = None) -> dict[str, Any]:
+def launcher_config(
+    profile: ClusterProfile,
+    security_group_id: str | None = None,
+    spot_usd: dict[str, float] | None = None,
+    *,
+    dist_dir: str | Path | None = None,
+    wheel: str | None = None,
+    token_file: str | Path | None = None,
+) -> dict[str, Any]:
     """The `ray up` configuration for `profile`; `security_group_id`: the group every node joins
     (default: the profile's). Pass it for anything you launch (see the module docstring).
     `spot_usd`: current spot USD/h per instance type, for the nodes' price labels.
@@ -137,7 +164,9 @@ def launcher_config(profile: ClusterProfile, security_group_id: str | None = Non
     cluster's Ray token, copied to TOKEN_REMOTE. `ganops cluster config|up` passes all three;
     without them the file is for reading, not launching (`unsafe_reasons` says so)."""
     if (dist_dir is None) != (wheel is None):
-        raise ValueError("dist_dir and wheel go together: the directory file_mounts copies, and the wheel's file name in it")
+        raise ValueError(
+            "dist_dir and wheel go together: the directory file_mounts copies, and the wheel's file name in it"
+        )
     file_mounts: dict[str, str] = {}
     if dist_dir is not None:
         file_mounts[DIST_REMOTE] = str(dist_dir)
@@ -146,32 +175,48 @@ def launcher_config(profile: ClusterProfile, security_group_id: str | None = Non
     sg = security_group_id or profile.security_group_id
     head = head_type(profile)
     node_types: dict[str, Any] = {
-        head: {"node_config": _node_config(profile, profile.head_instance_type, sg),
-               "resources": {"CPU": 0, DRIVER_RESOURCE: DRIVER_SLOTS}, "min_workers": 0, "max_workers": 0},
+        head: {
+            "node_config": _node_config(profile, profile.head_instance_type, sg),
+            "resources": {"CPU": 0, DRIVER_RESOURCE: DRIVER_SLOTS},
+            "min_workers": 0,
+            "max_workers": 0,
+        },
     }
     for i, w in enumerate(profile.workers):
         market = _spot_market(profile) if profile.spot else None  # a fresh dict per node: no YAML anchors in the file
         # min_workers is a cluster-wide floor; keep it on the first (preferred) type only.
-        nt = {"node_config": _node_config(profile, w.instance_type, sg, market), "resources": {"GPU": w.gpus},
-              "labels": price_labels(profile, w.instance_type, profile.spot, spot_usd),
-              "min_workers": profile.min_workers if i == 0 else 0, "max_workers": profile.max_workers}
+        nt = {
+            "node_config": _node_config(profile, w.instance_type, sg, market),
+            "resources": {"GPU": w.gpus},
+            "labels": price_labels(profile, w.instance_type, profile.spot, spot_usd),
+            "min_workers": profile.min_workers if i == 0 else 0,
+            "max_workers": profile.max_workers,
+        }
         if profile.fallback_on_demand:
             nt["priority"] = SPOT_PRIORITY
         node_types[worker_type(w.instance_type, profile.spot)] = nt
         if profile.fallback_on_demand:
             node_types[worker_type(w.instance_type, False)] = {
-                "node_config": _node_config(profile, w.instance_type, sg), "resources": {"GPU": w.gpus},
+                "node_config": _node_config(profile, w.instance_type, sg),
+                "resources": {"GPU": w.gpus},
                 "labels": price_labels(profile, w.instance_type, False),
-                "min_workers": 0, "max_workers": profile.max_workers, "priority": ON_DEMAND_PRIORITY}
+                "min_workers": 0,
+                "max_workers": profile.max_workers,
+                "priority": ON_DEMAND_PRIORITY,
+            }
     return {
         "cluster_name": profile.name,
         "max_workers": profile.max_workers,
         "idle_timeout_minutes": profile.idle_timeout_minutes,
         "upscaling_speed": 1.0,
         "provider": {
-            "type": "aws", "region": profile.region,
+            "type": "aws",
+            "region": profile.region,
             "cache_stopped_nodes": False,  # a stopped spot node is not a spot node you get back; terminate
-            "security_group": {"GroupName": security_group_name(profile), "IpPermissions": ssh_permissions(profile.ssh_cidr)},
+            "security_group": {
+                "GroupName": security_group_name(profile),
+                "IpPermissions": ssh_permissions(profile.ssh_cidr),
+            },
         },
         "auth": {"ssh_user": "ubuntu"},
         "available_node_types": node_types,
@@ -184,12 +229,18 @@ def launcher_config(profile: ClusterProfile, security_group_id: str | None = Non
         "worker_setup_commands": [],
         "head_start_ray_commands": [
             "ray stop",
-            # autoscaler v2: it honours node-type `priority` and backs off a type whose launches fail (spot first, then on demand).
-            # RAY_AUTH_MODE=token: every RPC and dashboard request needs the token (~/.ray/auth_token); no token, no start.
-            f"ulimit -n 65536; {AUTH_ENV} RAY_enable_autoscaler_v2=1 ray start --head --port=6379 --object-manager-port=8076 "
+            # autoscaler v2: it honours node-type `priority` and backs off a type whose launches fail (spot first, then
+            # on demand).
+            # RAY_AUTH_MODE=token: every RPC and dashboard request needs the token (~/.ray/auth_token); no token, no
+            # start.
+            f"ulimit -n 65536; {AUTH_ENV} RAY_enable_autoscaler_v2=1 ray start --head --port=6379 "
+            "--object-manager-port=8076 "
             "--autoscaling-config=~/ray_bootstrap_config.yaml --dashboard-host=127.0.0.1",
         ],
-        "worker_start_ray_commands": ["ray stop", f"ulimit -n 65536; {AUTH_ENV} ray start --address=$RAY_HEAD_IP:6379 --object-manager-port=8076"],
+        "worker_start_ray_commands": [
+            "ray stop",
+            f"ulimit -n 65536; {AUTH_ENV} ray start --address=$RAY_HEAD_IP:6379 --object-manager-port=8076",
+        ],
     }
 
 
@@ -197,8 +248,10 @@ def dump(config: dict[str, Any], source: str) -> str:
     """The config as YAML text, headed by where it came from and how to launch it."""
     import yaml
 
-    head = (f"# Ray cluster launcher config generated by ganops from {source}; edit the profile, not this file.\n"
-            "# Launch with `ganops cluster up PROFILE` (it creates the security group first).\n")
+    head = (
+        f"# Ray cluster launcher config generated by ganops from {source}; edit the profile, not this file.\n"
+        "# Launch with `ganops cluster up PROFILE` (it creates the security group first).\n"
+    )
     return head + yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
 
 
@@ -207,10 +260,15 @@ def unsafe_reasons(config: dict[str, Any]) -> list[str]:
     out = []
     missing = [n for n, t in config["available_node_types"].items() if not t["node_config"].get("SecurityGroupIds")]
     if missing:
-        out.append(f"node types {', '.join(missing)} have no SecurityGroupIds: Ray would create a group with SSH open to 0.0.0.0/0")
+        out.append(
+            f"node types {', '.join(missing)} have no SecurityGroupIds: Ray would create a group with SSH open to "
+            "0.0.0.0/0"
+        )
     for perm in config.get("provider", {}).get("security_group", {}).get("IpPermissions", []):
         if perm.get("FromPort") != 22 or perm.get("ToPort") != 22:
-            out.append(f"an inbound rule opens ports {perm.get('FromPort')}-{perm.get('ToPort')}; only SSH (22) may be open")
+            out.append(
+                f"an inbound rule opens ports {perm.get('FromPort')}-{perm.get('ToPort')}; only SSH (22) may be open"
+            )
     if TOKEN_REMOTE not in config.get("file_mounts", {}):
         out.append(f"no token file is mounted at {TOKEN_REMOTE}: Ray would refuse to start with {AUTH_ENV}")
     return out

@@ -33,13 +33,22 @@ class SecurityGroupError(RuntimeError):
 def _default_vpc(ec2: Ec2SecurityGroups) -> str:
     vpcs = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
     if not vpcs:
-        raise SecurityGroupError("this region has no default VPC; create a security group yourself (SSH from your CIDR only) and set security_group_id in the profile")
+        raise SecurityGroupError(
+            "this region has no default VPC; create a security group yourself (SSH from your CIDR only) and set "
+            "security_group_id in the profile"
+        )
     return vpcs[0]["VpcId"]
 
 
 def expected_rules(group_id: str, ssh_cidr: str) -> list[dict[str, Any]]:
     """Inbound rules of a ganops cluster group: intra-cluster traffic, and SSH from `ssh_cidr`."""
-    return [{"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group_id, "Description": "ganops: Ray between cluster nodes"}]}, *ssh_permissions(ssh_cidr)]
+    return [
+        {
+            "IpProtocol": "-1",
+            "UserIdGroupPairs": [{"GroupId": group_id, "Description": "ganops: Ray between cluster nodes"}],
+        },
+        *ssh_permissions(ssh_cidr),
+    ]
 
 
 def _open_to_world(perms: list[dict], allow_ssh: bool) -> list[str]:
@@ -54,19 +63,30 @@ def _open_to_world(perms: list[dict], allow_ssh: bool) -> list[str]:
     return bad
 
 
-def ensure_security_group(ec2: Ec2SecurityGroups, name: str, ssh_cidr: str, allow_ssh_from_anywhere: bool = False, vpc_id: str | None = None) -> str:
+def ensure_security_group(
+    ec2: Ec2SecurityGroups, name: str, ssh_cidr: str, allow_ssh_from_anywhere: bool = False, vpc_id: str | None = None
+) -> str:
     """The id of group `name` in `vpc_id` (default VPC), created with only SSH from `ssh_cidr`
     open to the outside. An existing group is reused unless a rule opens it to the world."""
     vpc = vpc_id or _default_vpc(ec2)
-    found = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [name]}, {"Name": "vpc-id", "Values": [vpc]}])["SecurityGroups"]
+    found = ec2.describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": [name]}, {"Name": "vpc-id", "Values": [vpc]}]
+    )["SecurityGroups"]
     if found:
         group = found[0]
         bad = _open_to_world(group.get("IpPermissions", []), allow_ssh_from_anywhere)
         if bad:
-            raise SecurityGroupError(f"security group {name} ({group['GroupId']}) allows {', '.join(bad)}; remove those rules or delete the group and run again")
+            raise SecurityGroupError(
+                f"security group {name} ({group['GroupId']}) allows {', '.join(bad)}; remove those rules or delete "
+                "the group and run again"
+            )
         return group["GroupId"]
-    gid = ec2.create_security_group(GroupName=name, VpcId=vpc, Description="ganops Ray cluster: SSH from one CIDR, Ray only between members",
-                                    TagSpecifications=[{"ResourceType": "security-group", "Tags": [{"Key": "ganops.cluster", "Value": name}]}])["GroupId"]
+    gid = ec2.create_security_group(
+        GroupName=name,
+        VpcId=vpc,
+        Description="ganops Ray cluster: SSH from one CIDR, Ray only between members",
+        TagSpecifications=[{"ResourceType": "security-group", "Tags": [{"Key": "ganops.cluster", "Value": name}]}],
+    )["GroupId"]
     ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=expected_rules(gid, ssh_cidr))
     log.info("created security group %s (%s) in %s: SSH from %s only", name, gid, vpc, ssh_cidr)
     return gid

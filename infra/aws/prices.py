@@ -17,11 +17,19 @@ from typing import Any, Protocol
 # by any command here. Other regions cost more or less: set `on_demand_usd_per_hour` in the
 # profile for your region or for a type missing here.
 ON_DEMAND_USD_PER_HOUR_US_EAST_1: dict[str, float] = {
-    "m5.large": 0.096, "m5.xlarge": 0.192, "m5.2xlarge": 0.384,
-    "g4dn.xlarge": 0.526, "g4dn.2xlarge": 0.752, "g4dn.12xlarge": 3.912,
-    "g5.xlarge": 1.006, "g5.2xlarge": 1.212, "g5.12xlarge": 5.672,
-    "p3.2xlarge": 3.06, "p3.8xlarge": 12.24,
-    "p2.xlarge": 0.90, "p2.8xlarge": 7.20,
+    "m5.large": 0.096,
+    "m5.xlarge": 0.192,
+    "m5.2xlarge": 0.384,
+    "g4dn.xlarge": 0.526,
+    "g4dn.2xlarge": 0.752,
+    "g4dn.12xlarge": 3.912,
+    "g5.xlarge": 1.006,
+    "g5.2xlarge": 1.212,
+    "g5.12xlarge": 5.672,
+    "p3.2xlarge": 3.06,
+    "p3.8xlarge": 12.24,
+    "p2.xlarge": 0.90,
+    "p2.8xlarge": 7.20,
 }
 TABLE_REGION = "us-east-1"
 
@@ -51,7 +59,9 @@ class SpotOffer:
         return {**asdict(self), "saving_pct": None if self.saving_pct is None else round(self.saving_pct, 2)}
 
 
-def on_demand_price(instance_type: str, region: str, overrides: dict[str, float] | None = None) -> tuple[float | None, str]:
+def on_demand_price(
+    instance_type: str, region: str, overrides: dict[str, float] | None = None
+) -> tuple[float | None, str]:
     """(USD/h, where it came from): the profile's override first, then the table."""
     if overrides and instance_type in overrides:
         return overrides[instance_type], "profile"
@@ -72,8 +82,14 @@ def cheapest_per_zone(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str]
     return best
 
 
-def spot_prices(region: str, instance_types: list[str], *, ec2: SpotPriceHistory | None = None,
-                on_demand_overrides: dict[str, float] | None = None, now: dt.datetime | None = None) -> list[SpotOffer]:
+def spot_prices(
+    region: str,
+    instance_types: list[str],
+    *,
+    ec2: SpotPriceHistory | None = None,
+    on_demand_overrides: dict[str, float] | None = None,
+    now: dt.datetime | None = None,
+) -> list[SpotOffer]:
     """The cheapest current spot offer per instance type and zone, cheapest first within a type.
 
     `StartTime=now` asks EC2 for the prices in effect now (one record per type and zone,
@@ -84,7 +100,8 @@ def spot_prices(region: str, instance_types: list[str], *, ec2: SpotPriceHistory
 
         ec2 = client("ec2", region)
     pages = ec2.get_paginator("describe_spot_price_history").paginate(
-        InstanceTypes=list(instance_types), ProductDescriptions=["Linux/UNIX"], StartTime=now or dt.datetime.now(dt.UTC))
+        InstanceTypes=list(instance_types), ProductDescriptions=["Linux/UNIX"], StartTime=now or dt.datetime.now(dt.UTC)
+    )
     best = cheapest_per_zone(r for page in pages for r in page["SpotPriceHistory"])
     offers = []
     for (itype, zone), price in best.items():

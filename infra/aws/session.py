@@ -18,5 +18,7 @@ def client(service: str, region: str) -> Any:
     try:
         import boto3
     except ImportError:
-        raise AwsUnavailable("boto3 is not installed: pip install 'ganops[aws]' (or pip install 'boto3>=1.35')") from None
+        raise AwsUnavailable(
+            "boto3 is not installed: pip install 'ganops[aws]' (or pip install 'boto3>=1.35')"
+        ) from None
     return boto3.client(service, region_name=region)

@@ -28,10 +28,14 @@ TOKEN_TTL_S = 21600
 def instance_action(endpoint: str = IMDS, timeout: float = 1.0) -> dict | None:
     """The pending spot action, or None when there is none (404). Raises OSError when the
     metadata service cannot be reached."""
-    put = urllib.request.Request(f"{endpoint}/latest/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_S)})
+    put = urllib.request.Request(
+        f"{endpoint}/latest/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_S)}
+    )
     with urllib.request.urlopen(put, timeout=timeout) as r:
         token = r.read().decode()
-    get = urllib.request.Request(f"{endpoint}/latest/meta-data/spot/instance-action", headers={"X-aws-ec2-metadata-token": token})
+    get = urllib.request.Request(
+        f"{endpoint}/latest/meta-data/spot/instance-action", headers={"X-aws-ec2-metadata-token": token}
+    )
     try:
         with urllib.request.urlopen(get, timeout=timeout) as r:
             return json.loads(r.read().decode() or "{}")

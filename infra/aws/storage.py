@@ -13,7 +13,12 @@ from typing import Any
 
 from infra.aws.session import client
 
-PUBLIC_ACCESS_BLOCK = {"BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True}
+PUBLIC_ACCESS_BLOCK = {
+    "BlockPublicAcls": True,
+    "IgnorePublicAcls": True,
+    "BlockPublicPolicy": True,
+    "RestrictPublicBuckets": True,
+}
 ENCRYPTION = {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}, "BucketKeyEnabled": True}]}
 
 
@@ -29,7 +34,7 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     """("bucket", "prefix") of s3://bucket/prefix."""
     if not uri.startswith("s3://") or len(uri) <= len("s3://"):
         raise ValueError(f"not an s3:// URI: {uri!r} (expected s3://bucket/prefix)")
-    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
     return bucket, prefix.strip("/")
 
 

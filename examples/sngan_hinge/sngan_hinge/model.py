@@ -16,9 +16,15 @@ class Generator(nn.Module):
         super().__init__()
         self.fc = nn.Linear(latent_dim, ch * 2 * 7 * 7)
         self.net = nn.Sequential(
-            nn.BatchNorm2d(ch * 2), nn.ReLU(),
-            nn.Upsample(scale_factor=2), nn.Conv2d(ch * 2, ch, 3, padding=1), nn.BatchNorm2d(ch), nn.ReLU(),  # (B, ch, 14, 14)
-            nn.Upsample(scale_factor=2), nn.Conv2d(ch, channels, 3, padding=1), nn.Tanh(),  # (B, C, 28, 28)
+            nn.BatchNorm2d(ch * 2),
+            nn.ReLU(),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(ch * 2, ch, 3, padding=1),
+            nn.BatchNorm2d(ch),
+            nn.ReLU(),  # (B, ch, 14, 14)
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(ch, channels, 3, padding=1),
+            nn.Tanh(),  # (B, C, 28, 28)
         )
         self.ch = ch
 
@@ -30,9 +36,12 @@ class Discriminator(nn.Module):
     def __init__(self, ch: int, channels: int, slope: float) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            spectral_norm(nn.Conv2d(channels, ch, 4, 2, 1)), nn.LeakyReLU(slope),  # (B, ch, 14, 14)
-            spectral_norm(nn.Conv2d(ch, ch * 2, 4, 2, 1)), nn.LeakyReLU(slope),  # (B, 2ch, 7, 7)
-            nn.Flatten(), spectral_norm(nn.Linear(ch * 2 * 7 * 7, 1)),
+            spectral_norm(nn.Conv2d(channels, ch, 4, 2, 1)),
+            nn.LeakyReLU(slope),  # (B, ch, 14, 14)
+            spectral_norm(nn.Conv2d(ch, ch * 2, 4, 2, 1)),
+            nn.LeakyReLU(slope),  # (B, 2ch, 7, 7)
+            nn.Flatten(),
+            spectral_norm(nn.Linear(ch * 2 * 7 * 7, 1)),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -52,7 +61,9 @@ class SNGan(GanPlugin):
         c, h, w = self.cfg.image_shape
         if (h, w) != (28, 28):
             raise ValueError(f"sngan makes 28x28 images; the data is {h}x{w}")
-        return Generator(self.cfg.latent_dim, self.params.g_channels, c), Discriminator(self.params.d_channels, c, self.cfg.leaky_slope)
+        return Generator(self.cfg.latent_dim, self.params.g_channels, c), Discriminator(
+            self.params.d_channels, c, self.cfg.leaky_slope
+        )
 
     def d_loss(self, D, out_real, out_fake, real, fake, generator, gp_scale=1.0):
         return F.relu(1 - out_real).mean(), F.relu(1 + out_fake).mean(), {}
