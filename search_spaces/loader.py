@@ -12,6 +12,7 @@ import importlib.util
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,7 +182,7 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(tp.model_fields) if isinstance(tp, type) and issubclass(tp, BaseModel) else []
 
 
-def _friendly(err: dict, model: type[BaseModel] = SweepSpec) -> str:
+def _friendly(err: Mapping[str, Any], model: type[BaseModel] = SweepSpec) -> str:
     loc = tuple(err["loc"])
     if err["type"] == "extra_forbidden":
         fields = _fields_at(model, loc[:-1])
@@ -258,7 +259,7 @@ _PIVOTS = (
 )
 
 
-def _is_pivot(loc: tuple, err: dict, data: dict) -> bool:
+def _is_pivot(loc: tuple, err: Mapping[str, Any], data: dict) -> bool:
     if len(loc) < 2:
         return err["type"] != "missing" or loc not in {(k,) for k in _PLACEHOLDERS}  # a whole section at its default
     if loc[0] == "trainer" and err["type"] == "extra_forbidden":  # a misspelt `model:` leaves model at dcgan28

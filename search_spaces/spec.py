@@ -11,7 +11,7 @@ import difflib
 import hashlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 from pydantic import (
@@ -628,7 +628,7 @@ class SweepSpec(_Model):
         ]
 
     @property
-    def metric_table(self) -> dict[str, str]:
+    def metric_table(self) -> Mapping[str, str]:
         if not self.trainer.is_image:
             return MIXTURE_METRICS
         if self.trainer.is_conditional:
