@@ -32,9 +32,11 @@ from rich.text import Text
 
 from orchestrator import tracking
 from orchestrator.format import STATES, event_line, fmt, summary_line
+from orchestrator.results import Standings
 
 log = logging.getLogger(__name__)
 SHEET_EVERY_S = 60.0  # refresh the parent run's contact sheet at most this often (and at each trial end)
+TABLE_ROWS = 20  # the live table shows the best this many trials and counts the rest: a terminal holds no more
 
 
 def progress_every_s() -> float:
@@ -72,6 +74,9 @@ class SweepProgress(Callback):
         self.console = console
         self.live: Live | None = None
         self.rows: dict[str, dict[str, Any]] = {}
+        # Kept as events arrive, so that no report costs more in a bigger sweep (bench/driver_scale.py).
+        self.counts: dict[str, int] = dict.fromkeys(STATES, 0)
+        self.standings = Standings(mode)
         self.started = time.monotonic()
         self.first_result_s: float | None = None
         self.plain = False  # True: plain lines (stderr is not a terminal) instead of the Live table
@@ -90,7 +95,8 @@ class SweepProgress(Callback):
             return
         self.plain = not self.console.is_terminal
         if not self.plain:
-            self.live = Live(self._render(), console=self.console, refresh_per_second=2, transient=False)
+            # Drawn by Live's own thread at 2 Hz, not once per report: a report only updates rows.
+            self.live = Live(console=self.console, refresh_per_second=2, transient=False, get_renderable=self._render)
             self.live.start()
 
     def on_step(self, iteration, trials, **info):
@@ -100,20 +106,19 @@ class SweepProgress(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         row = self._row(trial)
-        row["state"] = "running"
+        self._set_state(row, "running")
         self._event(trial.trial_id, "started", detail=", ".join(f"{k} {fmt(v)}" for k, v in row["config"].items()) or None)
-        self._refresh()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if self.first_result_s is None:
             self.first_result_s = time.monotonic() - self.started
         row = self._row(trial)
-        row["state"] = "running"
+        self._set_state(row, "running")
         row["step"] = result.get("step")
         if self.metric in result:
             row["metric"] = result[self.metric]
+            self.standings.update(trial.trial_id, row["metric"])
             self._event(trial.trial_id, "eval", step=row["step"], value=row["metric"])
-        self._refresh()
         self._refresh_sheet()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -122,7 +127,7 @@ class SweepProgress(Callback):
         # (that verdict stopped nothing).
         done = (trial.last_result or {}).get("step", 0) >= self.steps
         verdict = self.stopper.verdicts.get(trial.trial_id) if self.stopper and not done else None
-        row["state"] = "done" if done else "stopped"
+        self._set_state(row, "done" if done else "stopped")
         if verdict is not None:
             row["stop_reason"] = verdict.describe()
         if not done:  # stopped by a balance rule or the scheduler: the sweep closes its run
@@ -130,14 +135,12 @@ class SweepProgress(Callback):
             self._close_run(trial.trial_id, status, verdict.rule if verdict else "scheduler", verdict)
         self._event(trial.trial_id, row["state"], step=(trial.last_result or {}).get("step"), value=row.get("metric"),
                     detail=None if done else row.get("stop_reason", "by the scheduler"))
-        self._refresh()
         self._refresh_sheet(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._row(trial)["state"] = "failed"
+        self._set_state(self._row(trial), "failed")
         self._close_run(trial.trial_id, "FAILED", "error")
         self._event(trial.trial_id, "failed", step=(trial.last_result or {}).get("step"), detail=_last_error_line(trial))
-        self._refresh()
 
     def on_experiment_end(self, trials, **info):
         if self.plain:
@@ -150,8 +153,7 @@ class SweepProgress(Callback):
         if self._sheet_thread is not None:
             self._sheet_thread.join(timeout=120)  # the sweep's final sheet must not be overwritten by a late one
         if self.live is not None:
-            self._refresh()
-            self.live.stop()
+            self.live.stop()  # draws the table a last time
             self.live = None
 
     def _say(self, line: str) -> None:
@@ -166,10 +168,20 @@ class SweepProgress(Callback):
                                  metric=self.metric if value is not None else None, value=value, detail=detail))
 
     def _counts(self) -> dict[str, int]:
-        return {s: sum(r["state"] == s for r in self.rows.values()) for s in STATES}
+        return dict(self.counts)
 
     def _row(self, trial) -> dict[str, Any]:
-        return self.rows.setdefault(trial.trial_id, {"config": {k: trial.config.get(k) for k in self.searched}, "state": "pending"})
+        row = self.rows.get(trial.trial_id)
+        if row is None:
+            row = self.rows[trial.trial_id] = {"config": {k: trial.config.get(k) for k in self.searched}, "state": "pending"}
+            self.counts["pending"] += 1
+            self.standings.update(trial.trial_id)
+        return row
+
+    def _set_state(self, row: dict[str, Any], state: str) -> None:
+        self.counts[row["state"]] -= 1
+        self.counts[state] += 1
+        row["state"] = state
 
     def _close_run(self, trial_id: str, status: str, reason: str, verdict=None) -> None:
         from mlflow import MlflowClient
@@ -198,22 +210,21 @@ class SweepProgress(Callback):
         self._sheet_thread = threading.Thread(target=self._log_sheet, daemon=True, name="contact-sheet")
         self._sheet_thread.start()
 
-    def _ranked_trial_ids(self) -> list[str]:
-        sign = 1 if self.mode == "min" else -1
-        rows = list(self.rows.items())
-        return [tid for tid, r in sorted(rows, key=lambda kv: (not isinstance(kv[1].get("metric"), (int, float)), sign * (kv[1].get("metric") or 0)))]
+    def _ranked_trial_ids(self, n: int) -> list[str]:
+        """The best `n` trials' ids, best first (the contact sheet's rows)."""
+        return self.standings.top(n)
 
     def _log_sheet(self) -> None:
         from mlflow import MlflowClient
 
-        from orchestrator.contact_sheet import log_contact_sheet
+        from orchestrator.contact_sheet import MAX_ROWS, log_contact_sheet
 
         while True:
             self._sheet_again = False
             try:
                 client = MlflowClient(self.tracking_uri)
                 run_ids = tracking.trial_run_ids(client, self.experiment_ids[0], self.parent_run_id)  # one search, not one per trial
-                trials = [(tid, run_ids[tid]) for tid in self._ranked_trial_ids() if tid in run_ids]
+                trials = [(tid, run_ids[tid]) for tid in self._ranked_trial_ids(MAX_ROWS) if tid in run_ids]
                 log_contact_sheet(client, self.parent_run_id, trials)
             except Exception:  # noqa: BLE001 - a picture must never cost the sweep anything
                 log.debug("contact sheet refresh failed", exc_info=True)
@@ -221,16 +232,12 @@ class SweepProgress(Callback):
                 return
 
     def best(self) -> tuple[str, float] | None:
-        scored = [(tid, r["metric"]) for tid, r in self.rows.items() if isinstance(r.get("metric"), (int, float)) and math.isfinite(r["metric"])]
-        if not scored:
-            return None
-        return (min if self.mode == "min" else max)(scored, key=lambda x: x[1])
-
-    def _refresh(self):
-        if self.live is not None:
-            self.live.update(self._render())
+        return self.standings.best()
 
     def _render(self):
+        """The live table: a head line with the counts and the best, then the best TABLE_ROWS
+        trials and how many more there are (a table of every trial redrawn at 2 Hz cost the
+        driver more the bigger the sweep, and a terminal shows a screenful anyway)."""
         counts = self._counts()
         best = self.best()
         head = Text.assemble(
@@ -246,7 +253,12 @@ class SweepProgress(Callback):
         table.add_column("step", justify="right")
         table.add_column(self.metric, justify="right")
         table.add_column("state")
-        for tid, r in self.rows.items():
+        shown = self._ranked_trial_ids(TABLE_ROWS)
+        for tid in shown:
+            r = self.rows[tid]
             state = r["state"] + (f": {r['stop_reason']}" if r.get("stop_reason") else "")
             table.add_row(tid, *[fmt(r["config"].get(k)) for k in self.searched], f"{r.get('step') or 0}/{self.steps}", fmt(r.get("metric", "-")), state)
+        more = len(self.rows) - len(shown)
+        if more > 0:
+            return Group(head, table, Text(f"... and {more} more trial(s), best first above; `ganops compare` lists them all", style="dim"))
         return Group(head, table)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -70,3 +71,46 @@ class SweepResult:
         d["best"] = asdict(self.best) if self.best else None
         d["cost_usd"], d["spot_saved_usd"] = self.cost_usd, self.spot_saved_usd
         return d
+
+
+class Standings:
+    """Trials best first by their latest metric value, kept in order as values arrive.
+
+    The same order as `metric_names.best_first` over the trials in the order they were first
+    seen (missing, NaN and infinite values last; ties by first seen), without sorting every row
+    on every result: the live table, the sweep's best and the contact sheet ask on each report,
+    and a sort per report made the driver's cost per result grow with the sweep
+    (bench/driver_scale.py). An update is a bisection in a sorted list: O(log n) comparisons
+    and one memmove."""
+
+    def __init__(self, mode: str) -> None:
+        self._sign = 1.0 if metric_names.check_mode(mode) == "min" else -1.0
+        self._keys: dict[str, tuple[bool, float, int]] = {}
+        self._order: list[tuple[bool, float, int, str]] = []  # sorted (no score, oriented value, first seen, trial id)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def update(self, trial_id: str, value: Any = None) -> None:
+        """Record `trial_id`'s latest value (None: a trial with no value yet)."""
+        old = self._keys.get(trial_id)
+        seen = old[2] if old is not None else len(self._keys)
+        key = (False, self._sign * value, seen) if metric_names.is_score(value) else (True, 0.0, seen)
+        if key == old:
+            return
+        if old is not None:
+            del self._order[bisect.bisect_left(self._order, (*old, trial_id))]
+        self._keys[trial_id] = key
+        bisect.insort(self._order, (*key, trial_id))
+
+    def top(self, n: int) -> list[str]:
+        """The ids of the best `n` trials, best first (those without a value after the rest)."""
+        return [k[3] for k in self._order[:n]]
+
+    def best(self) -> tuple[str, float] | None:
+        """(trial id, value) of the best trial; None while no trial has a finite value."""
+        head = self._order[:1]  # one read: the live table's thread asks while the driver updates
+        if not head or head[0][0]:
+            return None
+        _, v, _, tid = head[0]
+        return tid, self._sign * v

@@ -177,10 +177,18 @@ class BalanceStopper(HoldsBoard, Stopper):
     verdicts: dict[str, Verdict] = field(default_factory=dict)
     costs: dict[str, float] = field(default_factory=dict)  # each trial's latest cost_usd
     budget_verdict: Verdict | None = None
+    # sum(costs), kept as each trial's cost changes: summing every trial's cost on every report
+    # made a report's cost grow with the sweep (bench/driver_scale.py). None: sum once (a
+    # stopper Tune pickled before this field existed, restored by `ganops resume`).
+    spent_usd: float | None = None
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         if isinstance(result.get("cost_usd"), (int, float)):
-            self.costs[trial_id] = float(result["cost_usd"])
+            cost = float(result["cost_usd"])
+            if self.spent_usd is None:
+                self.spent_usd = sum(self.costs.values())
+            self.spent_usd += cost - self.costs.get(trial_id, 0.0)
+            self.costs[trial_id] = cost
             if self._over_budget():
                 return self.board is None
         if "step" not in result or trial_id in self.verdicts:
@@ -203,7 +211,7 @@ class BalanceStopper(HoldsBoard, Stopper):
         (verdict `budget`) and stop_all() ends the sweep, so no new trial starts."""
         if self.budget_verdict is not None:
             return True
-        spent = sum(self.costs.values())
+        spent = self.spent_usd if self.spent_usd is not None else sum(self.costs.values())
         if self.max_usd is None or spent < self.max_usd:
             return False
         self.budget_verdict = Verdict("budget", {"spent_usd": spent, "max_usd": self.max_usd})

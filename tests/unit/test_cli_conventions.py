@@ -211,6 +211,54 @@ def test_sweep_progress_without_a_terminal_writes_a_line_per_event(tmp_path, mon
     ]
 
 
+def test_live_table_shows_the_best_trials_and_counts_the_rest(tmp_path):
+    """On a terminal the live table lists the best TABLE_ROWS trials, best first, and how many
+    more there are; the head line's counts and best come from every trial."""
+    from ray.tune.experiment import Trial
+
+    from orchestrator.progress import TABLE_ROWS, SweepProgress
+
+    n = TABLE_ROWS + 15
+    p = SweepProgress(metric="fid", mode="min", steps=100, searched=["lr_g"], tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                      console=None, experiment_ids=["0"])
+    trials = [Trial("__fake", config={"lr_g": 1e-4}, trial_id=f"t_{i:05d}", stub=True) for i in range(n)]
+    for i, t in enumerate(trials):
+        p.on_trial_start(0, trials, t)
+        p.on_trial_result(1, trials, t, {"step": 50, "fid": float(1000 - i)})  # the last started is the best
+    p.on_trial_result(2, trials, trials[0], {"step": 60, "fid": 1.0})  # a trial's newest value moves it up
+    p.on_trial_result(2, trials, trials[1], {"step": 60, "fid": float("nan")})  # a NaN goes last
+    sink = io.StringIO()
+    Console(file=sink, width=200, color_system=None).print(p._render())
+    lines = sink.getvalue().splitlines()
+    rows = [ln.split()[0] for ln in lines if ln.startswith("t_")]
+    assert rows == ["t_00000", *[f"t_{i:05d}" for i in range(n - 1, n - TABLE_ROWS, -1)]]
+    assert f"running {n}" in lines[0] and "best fid 1 (t_00000)" in lines[0]
+    assert f"... and {n - TABLE_ROWS} more trial(s)" in lines[-1]
+    assert p._counts()["running"] == n and p._ranked_trial_ids(n)[-1] == "t_00001"
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_standings_rank_as_best_first_does_while_values_change(mode):
+    """The driver's kept-in-order standings give metric_names.best_first's order (missing and
+    non-finite last, ties by first seen) after every update, without re-sorting."""
+    import math
+    import random
+
+    from orchestrator.results import Standings
+    from trainers.metric_names import best_first
+
+    rng = random.Random(7)
+    st, latest = Standings(mode), {}
+    for _ in range(400):
+        tid = f"t{rng.randrange(60)}"
+        value = rng.choice([None, math.nan, math.inf, float(rng.randrange(20)), rng.random()])
+        latest[tid] = value
+        st.update(tid, value)
+        order = best_first(list(latest), lambda t: latest[t], mode)
+        assert st.top(len(latest)) == order
+        assert st.best() == ((order[0], latest[order[0]]) if isinstance(latest[order[0]], float) and math.isfinite(latest[order[0]]) else None)
+
+
 # -- cluster preflight against moto ------------------------------------------------------------
 @pytest.fixture
 def no_aws_credentials(monkeypatch, tmp_path):

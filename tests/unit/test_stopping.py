@@ -176,3 +176,20 @@ def test_stopper_keeps_per_trial_history_and_verdict():
     assert st("b", {**BALANCED, "step": 1, "loss_d": math.inf}) is True
     assert "b" in st.verdicts and "a" not in st.verdicts
     assert st("a", {"no_step": 1}) is False and not st.stop_all()
+
+
+def test_budget_sum_follows_each_trials_latest_cost_and_a_restored_stopper():
+    """The running budget sum counts each trial's latest cost once (a report replaces the trial's
+    last cost), and a stopper pickled before the sum was kept sums its costs once on resume."""
+    import pickle
+
+    off = Stopping.model_validate({"d_overpowers": None, "d_fooled": None, "mixture_quality": None, "mode_collapse": None, "plateau": None})
+    st = BalanceStopper(off, "fid", "min", max_usd=10.0)
+    for i in range(100):
+        st(f"t{i}", {**BALANCED, "step": 100, "cost_usd": 0.05})
+        st(f"t{i}", {**BALANCED, "step": 200, "cost_usd": 0.09})
+    assert st.spent_usd == pytest.approx(9.0) and not st.stop_all()
+    old = pickle.loads(pickle.dumps(st))
+    old.spent_usd = None  # as restored from an experiment state written before the field existed
+    assert old("t0", {**BALANCED, "step": 300, "cost_usd": 1.5}) is True  # 8.91 + 1.5 >= 10
+    assert old.budget_verdict.evidence["spent_usd"] == pytest.approx(10.41) and old.stop_all()

@@ -1,0 +1,164 @@
+"""Bench: the sweep driver's cost per trial result at 10, 100, 1,000 and 10,000 trials (issue 17).
+
+No training and no Ray cluster: synthetic eval reports go through the driver-side objects a
+sweep builds (orchestrator/sweep.py `_execute`), called the way Tune calls them, on real Tune
+`Trial` objects:
+
+- `BalanceStopper` (every balance rule, and the budget sum: `max_usd` set so it never trips),
+  posting its stops on a `TrialBoard` (the class the board actor runs, called in-process);
+- `SweepProgress` in both modes: plain lines (stderr is a file or a CI log) and the rich Live
+  table (a terminal; drawn at its own 2 Hz in its thread, as in a sweep);
+- the contact-sheet selection (the best `contact_sheet.MAX_ROWS` trials) at every trial end,
+  as the progress callback asks for a sheet then;
+- the leaderboard (`SweepResult.leaderboard()`, `.best`, `.to_dict()`) once at the end.
+
+Trials run in waves of `--concurrent` (default 64): each reports `--evals` evals (default 5),
+1 in 10 diverges at its third eval and is stopped. Closing a stopped trial's MLflow run is
+left out (it is tracking-server load: bench/tracking_load.py); everything else is the sweep's
+own code. Reported: microseconds per result (every hook, stopper and selection that result
+caused, divided by the results), and the cost of one table draw and one summary line.
+
+    nice -n 10 python bench/driver_scale.py [--sizes 10 100 1000 10000] [--json]
+
+Target (issue 17): per-result time flat within 2x from 10 to 10,000 trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import time
+from types import SimpleNamespace
+
+from rich.console import Console
+
+from orchestrator.board import TrialBoard
+from orchestrator.contact_sheet import MAX_ROWS
+from orchestrator.progress import SweepProgress
+from orchestrator.results import SweepResult, TrialSummary
+from orchestrator.stopping import BalanceStopper
+from search_spaces.spec import Stopping
+
+STEPS_PER_EVAL = 100
+SEARCHED = ["lr_g", "lr_d", "beta1"]
+
+
+class InProcessBoard:
+    """The board's `stop.remote(tid)` as the stopper calls it on the actor handle, run in this
+    process: the actor call is a Ray message whose cost does not depend on the sweep's size."""
+
+    def __init__(self) -> None:
+        self.board = TrialBoard()
+        self.stop = SimpleNamespace(remote=self.board.stop)
+
+
+def _result(rng: random.Random, step: int, cost: float, diverged: bool) -> dict:
+    loss_d = math.nan if diverged else 1.386 + rng.uniform(-0.2, 0.2)
+    return {"step": step, "fid": rng.uniform(20, 300), "loss_d": loss_d, "loss_g": 0.693 + rng.uniform(-0.2, 0.2),
+            "d_x": 0.5 + rng.uniform(-0.1, 0.1), "d_g_z": 0.5 + rng.uniform(-0.1, 0.1), "grad_norm_d": rng.uniform(0.5, 2),
+            "grad_norm_g": rng.uniform(0.5, 2), "cost_usd": cost, "training_iteration": step // STEPS_PER_EVAL}
+
+
+def run_once(n: int, *, evals: int, concurrent: int, rich_table: bool, seed: int = 0) -> dict:
+    """Drive one synthetic sweep of `n` trials; the timings of its driver-side work."""
+    from ray.tune.experiment import Trial
+
+    rng = random.Random(seed)
+    steps = evals * STEPS_PER_EVAL
+    trials = [Trial("__fake", config={k: rng.uniform(1e-5, 1e-2) for k in SEARCHED}, trial_id=f"bench_{i:05d}", stub=True) for i in range(n)]
+    board = InProcessBoard()
+    stopper = BalanceStopper(Stopping(), "fid", "min", board=board, max_usd=1e12)
+    sink = io.StringIO()
+    console = Console(file=sink, width=160, force_terminal=rich_table, color_system=None)
+    progress = SweepProgress(metric="fid", mode="min", steps=steps, searched=SEARCHED, tracking_uri="sqlite:////nonexistent/mlflow.db",
+                             console=console, experiment_ids=["0"], stopper=stopper, parent_run_id=None)
+    progress._close_run = lambda *a, **k: None  # MLflow writes: tracking-server load, measured by bench/tracking_load.py
+    results = 0
+    t0 = time.perf_counter()
+    progress.setup()
+    it = 0
+    for w in range(0, n, concurrent):
+        wave = trials[w:w + concurrent]
+        for t in wave:
+            progress.on_trial_start(it, trials, t)
+        live = list(wave)
+        for e in range(1, evals + 1):
+            still = []
+            for i, t in enumerate(live):
+                it += 1
+                r = _result(rng, e * STEPS_PER_EVAL, 0.01 * e, diverged=(int(t.trial_id[-5:]) % 10 == 3 and e == 3))
+                t.update_last_result(r)
+                stop = stopper(t.trial_id, r)
+                progress.on_trial_result(it, trials, t, r)
+                progress.on_step(it, trials)
+                results += 1
+                if stop or board.board.poll(t.trial_id):
+                    progress.on_trial_complete(it, trials, t)
+                    progress._ranked_trial_ids(MAX_ROWS)  # the contact sheet a trial end asks for
+                else:
+                    still.append(t)
+            live = still
+        for t in live:
+            progress.on_trial_complete(it, trials, t)
+            progress._ranked_trial_ids(MAX_ROWS)
+    progress.on_experiment_end(trials)
+    summaries = [TrialSummary(t.trial_id, None, progress.rows[t.trial_id]["state"], dict(t.config), dict(t.last_result), t.last_result.get("step", 0)) for t in trials]
+    result = SweepResult("bench", "bench", "0", "p", "sqlite:///x", "/tmp", "fid", "min", 0.0, None, trials=summaries)
+    result.trials = result.leaderboard()
+    result.to_dict()
+    total = time.perf_counter() - t0
+    # One draw of the live table and one summary line at this size (a terminal redraws at 2 Hz;
+    # a CI log gets a summary every 30 s).
+    t1 = time.perf_counter()
+    Console(file=io.StringIO(), width=160, color_system=None).print(progress._render())
+    draw = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    progress.best(), progress._counts()
+    summary = time.perf_counter() - t2
+    stopped = sum(r["state"] == "stopped" for r in progress.rows.values())
+    return {"trials": n, "results": results, "stopped": stopped, "us_per_result": 1e6 * total / results,
+            "table_draw_ms": 1e3 * draw, "summary_ms": 1e3 * summary}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000, 10000])
+    ap.add_argument("--evals", type=int, default=5)
+    ap.add_argument("--concurrent", type=int, default=64)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per size and mode; the median is reported")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    if any(s < 1 for s in args.sizes) or args.evals < 1 or args.concurrent < 1 or args.repeat < 1:
+        print("driver_scale: --sizes, --evals, --concurrent and --repeat take positive integers", file=sys.stderr)
+        return 2
+    rows = []
+    for mode in ("plain", "rich"):
+        for n in args.sizes:
+            runs = [run_once(n, evals=args.evals, concurrent=args.concurrent, rich_table=mode == "rich", seed=k) for k in range(args.repeat)]
+            row = {"mode": mode, **{k: runs[0][k] for k in ("trials", "results", "stopped")},
+                   **{k: statistics.median(r[k] for r in runs) for k in ("us_per_result", "table_draw_ms", "summary_ms")}}
+            rows.append(row)
+            if not args.json:
+                print(f"{mode:5s} {n:6d} trials {row['results']:6d} results: {row['us_per_result']:8.1f} us/result, "
+                      f"table draw {row['table_draw_ms']:8.2f} ms, summary {row['summary_ms']:7.3f} ms", file=sys.stderr, flush=True)
+    ratios = {}
+    for mode in ("plain", "rich"):
+        per = [r["us_per_result"] for r in rows if r["mode"] == mode]
+        ratios[mode] = max(per) / min(per)
+    out = {"rows": rows, "flat_ratio": ratios, "target": 2.0, "met": all(v <= 2.0 for v in ratios.values()),
+           "load": os.getloadavg()[0], "cpus": os.cpu_count()}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"max/min us per result: plain {ratios['plain']:.2f}x, rich {ratios['rich']:.2f}x (target <= 2x); load {out['load']:.2f} on {out['cpus']} CPUs", file=sys.stderr)
+    return 0 if out["met"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
