@@ -404,10 +404,10 @@ def _shutdown_ray() -> None:
 
 def _print_leaderboard(result) -> None:
     from orchestrator.progress import fmt
+    from trainers.metric_names import side_columns
 
     searched = list(result.trials[0].config) if result.trials else []
-    extra = ["modes", "hq_pct", "reverse_kl"] if result.metric in ("mix_score", "modes", "hq_pct", "reverse_kl") else ["loss_d", "loss_g", "d_x", "d_g_z"]
-    extra = [k for k in extra if k != result.metric]
+    extra = list(side_columns(result.metric))
     table = Table(title=f"{result.sweep_id}: best {result.metric} ({result.mode}) first", title_justify="left")
     for col in ["#", "trial", *searched, result.metric, *extra, "step", "status"]:
         table.add_column(col, justify="right" if col not in ("trial", "status") else "left")
@@ -535,7 +535,9 @@ def compare(
     trials = found["trials"]
     sampled = sorted({k for t in trials for k in t["sampled"]})
     metric = found["metric"]
-    extra = [k for k in ("modes", "hq_pct", "reverse_kl", "loss_d", "loss_g", "d_x", "d_g_z") if k != metric and any(k in t for t in trials)]
+    from trainers.metric_names import BALANCE_COLUMNS, MIXTURE_COLUMNS
+
+    extra = [k for k in (*MIXTURE_COLUMNS, *BALANCE_COLUMNS) if k != metric and any(k in t for t in trials)]
     table = Table(title=f"{found['sweep_id']} ({found['status']}): best {metric} ({found['mode']}) first", title_justify="left")
     for col in ["#", "trial", *sampled, metric, *extra, "step", "status", "stop reason"]:
         table.add_column(col)

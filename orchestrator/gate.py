@@ -11,9 +11,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from trainers.metric_names import CONDITIONAL_METRICS, MIXTURE_METRICS, STEP_SCALARS
+
 _OPS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt}
 _COND = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|==|!=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
-BALANCE = ("loss_d", "loss_d_real", "loss_d_fake", "loss_g", "d_x", "d_g_z", "grad_norm_d", "grad_norm_g", "step")
+BALANCE = (*STEP_SCALARS, "step")
 
 
 class GateError(ValueError):
@@ -38,8 +40,6 @@ def parse(texts: list[str], spec) -> list[Condition]:
     """Conditions from `--require` texts; GateError names the bad one and what is allowed.
     Without a spec (e.g. `ganops resume`, which reads it from MLflow) any metric ganops reports is allowed."""
     if spec is None:
-        from search_spaces.spec import CONDITIONAL_METRICS, MIXTURE_METRICS
-
         known = list(dict.fromkeys([*CONDITIONAL_METRICS, *MIXTURE_METRICS, *BALANCE]))
     else:
         known = [*spec.metric_table, *BALANCE]
