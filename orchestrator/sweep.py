@@ -19,7 +19,7 @@ from rich.console import Console
 
 from orchestrator import registry, tracking
 from orchestrator.interrupt import REASONS, StopRequest, graceful_stop
-from orchestrator.ray_local import aws_keys_to_trials, private_temp_dir
+from orchestrator.ray_local import aws_keys_to_trials, private_temp_dir, started_here
 from orchestrator.results import SweepResult, TrialSummary  # re-exported: their home before results.py
 from search_spaces.spec import SweepSpec
 
@@ -221,6 +221,7 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
     _check_sweep_id(sweep_id)
     uri = tracking.resolve_tracking_uri(spec.tracking.uri)
     client = MlflowClient(uri)
+    _check_access(client, uri)
     storage = trusted_storage(spec.storage)
     if tracking.find_sweep_run(client, sweep_id) is not None:
         if resume:
@@ -318,6 +319,7 @@ def resume_sweep(sweep: str, *, tracking_uri: str | None = None, address: str | 
     started = time.monotonic()
     uri = tracking.resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
+    _check_access(client, uri)
     parent_run = tracking.find_sweep_run(client, sweep)
     if parent_run is None:
         raise SweepError(f"no sweep {sweep!r} in {uri}; `ganops compare` lists a sweep's trials, the MLflow UI (`ganops ui`) lists sweeps")
@@ -369,6 +371,14 @@ def resume_sweep(sweep: str, *, tracking_uri: str | None = None, address: str | 
     return _execute(spec, client, uri, experiment, experiment_id, parent, sweep_id, storage, feature_cache, console, started, restored_tuner)
 
 
+def _check_access(client, uri: str) -> None:
+    """A tracking server that refuses this login stops the sweep before anything launches."""
+    try:
+        tracking.check_access(client, uri)
+    except tracking.TrackingAccessError as e:
+        raise SweepError(str(e)) from None
+
+
 def _check_storage(storage: str) -> None:
     from orchestrator.storage import StorageError, check
 
@@ -397,7 +407,7 @@ def _execute(spec, client, uri, experiment, experiment_id, parent, sweep_id, sto
     from orchestrator.board import start_board
     from orchestrator.progress import SweepProgress
     from orchestrator.stopping import BalanceStopper
-    from orchestrator.trial import make_trainable
+    from orchestrator.trial import make_trainable, tracking_login_to_trials
     from search_spaces.tune_space import param_space
 
     concurrent = spec.sweep.max_concurrent_trials or default_concurrency(spec, ray.cluster_resources())
@@ -424,7 +434,8 @@ def _execute(spec, client, uri, experiment, experiment_id, parent, sweep_id, sto
     try:
         # SIGTERM (CI, Kubernetes, `ganops job cancel`) and Ctrl-C stop the sweep gracefully:
         # Tune saves its state and `ganops resume` continues it (orchestrator/interrupt.py).
-        with graceful_stop(stop), aws_keys_to_trials(_uses_s3(client, experiment_id, storage)):
+        with graceful_stop(stop), aws_keys_to_trials(_uses_s3(client, experiment_id, storage)), \
+                tracking_login_to_trials(uri, started_here()):
             # Tune prints banners on stdout; stdout is reserved for --json.
             with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
                 grid = tuner.fit()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,55 @@ def resolve_tracking_uri(uri: str | None) -> str:
         home().mkdir(parents=True, exist_ok=True)
         return default_tracking_uri()
     return uri
+
+
+# What MLflow's client sends to a tracking server that asks for a login (its basic-auth app):
+# a user and password, or a bearer token. Read from the environment (or ~/.mlflow/credentials);
+# never written to a param, tag, log line or --json.
+CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+class TrackingAccessError(Exception):
+    """The tracking server refused this process's login (HTTP 401) or its user (HTTP 403)."""
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def check_access(client: MlflowClient, uri: str) -> None:
+    """Before a sweep launches anything: one cheap read (the first experiment) that a server
+    with MLflow's basic-auth app answers 401 without a valid login and 403 for a user who may
+    not read. Raises TrackingAccessError saying which variables to set; no-op for local stores."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    if not is_server(uri):
+        return
+    try:
+        client.search_experiments(max_results=1)
+    except MlflowException as e:
+        status = e.get_http_status_code()
+        if status not in (401, 403):
+            raise
+    else:
+        return
+    user = read_mlflow_creds().username  # a user name is no secret; the password is never shown
+    token = bool(os.environ.get("MLFLOW_TRACKING_TOKEN"))
+    how = (
+        "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (a user of the server's basic-auth app) "
+        "or MLFLOW_TRACKING_TOKEN in this environment, or put mlflow_tracking_username / "
+        "mlflow_tracking_password under [mlflow] in ~/.mlflow/credentials"
+    )
+    if status == 403:
+        msg = (f"tracking server {uri} does not let user {user!r} read experiments (HTTP 403); "
+               "ask its admin for READ (or EDIT) permission")
+    elif user is None and not token:
+        msg = f"tracking server {uri} asks for a login (HTTP 401) and none is set: {how}"
+    else:
+        who = f"user {user!r}" if user else "MLFLOW_TRACKING_TOKEN"
+        msg = f"tracking server {uri} refused the login of {who} (HTTP 401: wrong user name, password or token): {how}"
+    raise TrackingAccessError(msg)
 
 
 def git_commit() -> str | None:

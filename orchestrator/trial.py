@@ -8,7 +8,10 @@ the workers' reports back to Tune's schedulers, stoppers and progress display.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+from collections.abc import Iterator
 from typing import Any
 
 from ray import tune
@@ -33,6 +36,40 @@ def driver_resources(cluster_resources: dict[str, float]) -> dict[str, float]:
     if cluster_resources.get(DRIVER_RESOURCE, 0) >= 1:
         return {**DRIVER_RESOURCES, DRIVER_RESOURCE: 1}
     return DRIVER_RESOURCES
+
+
+@contextlib.contextmanager
+def tracking_login_to_trials(tracking_uri: str, ray_started_here: bool) -> Iterator[bool]:
+    """While inside, Tune copies this environment's MLflow login (MLFLOW_TRACKING_USERNAME /
+    _PASSWORD / _TOKEN) into new trials' runtime environments, which their Ray Train workers
+    inherit, when the tracking store is a server and this process did not start Ray. A Ray
+    started here forks its workers from this environment (and this home's ~/.mlflow/credentials):
+    they have the login already, and a copy would only put it in Ray's runtime-env logs.
+
+    A login read from ~/.mlflow/credentials travels the same way (a cluster's nodes lack that
+    file): it is put into this process's environment for the sweep's length. Yields whether the
+    login is copied. Same mechanism as the AWS keys (orchestrator/ray_local.py)."""
+    from mlflow.utils.credentials import read_mlflow_creds
+    from ray.tune.execution import class_cache
+
+    propagated = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
+    creds = read_mlflow_creds()
+    has_login = bool(creds.username or os.environ.get("MLFLOW_TRACKING_TOKEN"))
+    needed = tracking.is_server(tracking_uri) and not ray_started_here and has_login
+    if not needed or not isinstance(propagated, (set, frozenset)):
+        yield False
+        return
+    read = {"MLFLOW_TRACKING_USERNAME": creds.username, "MLFLOW_TRACKING_PASSWORD": creds.password}
+    from_file = {k: v for k, v in read.items() if v and k not in os.environ}
+    os.environ.update(from_file)
+    class_cache.ENV_VARS_TO_PROPAGATE = type(propagated)(propagated | set(tracking.CREDENTIAL_VARS))
+    log.info("the trials get this environment's MLflow login (the tracking server needs one; Ray runs elsewhere)")
+    try:
+        yield True
+    finally:
+        class_cache.ENV_VARS_TO_PROPAGATE = propagated
+        for k in from_file:
+            os.environ.pop(k, None)
 
 
 def scaling_config(spec: SweepSpec):
