@@ -150,3 +150,18 @@ def all_sweeps(uri: str) -> list[tuple[LocalRun, list[LocalRun]]] | None:
             return None
         out.append((p, found[1]))
     return out
+
+
+def metric_histories(uri: str, parent_run_id: str, keys: tuple[str, ...]) -> dict[str, dict[str, list[tuple[int, float]]]] | None:
+    """Every trial run of the sweep `parent_run_id`: key -> its (step, value) points, step
+    order, for the metrics `keys`, in one query (`ganops report` asked MLflow once per trial
+    and metric: 9,000 requests for 1,000 trials); None: ask MLflow."""
+    marks = ",".join("?" * len(keys))
+    rows = _query(uri, f"SELECT run_uuid, key, step, value, is_nan FROM metrics WHERE key IN ({marks}) AND run_uuid IN "
+                       "(SELECT run_uuid FROM tags WHERE key = ? AND value = ?) ORDER BY run_uuid, key, step, value", (*keys, TAG_PARENT, parent_run_id))
+    if rows is None:
+        return None
+    out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for rid, k, step, v, is_nan in rows:
+        out.setdefault(rid, {}).setdefault(k, []).append((int(step), math.nan if is_nan else float(v)))
+    return out

@@ -2,9 +2,13 @@
 
 Built from what MLflow holds, so it works on a finished sweep and on a running one: the
 leaderboard and contact sheet of the sweep's run (written when the sweep ends), then per
-trial its newest sample grid and its loss / balance / metric curves. Images are inlined as
-data: URIs and the curves as SVG drawn by matplotlib (already installed: mlflow requires
-it), so the page loads nothing from anywhere.
+trial its newest sample grid and its loss / balance / metric curves: the best DETAIL_TRIALS
+in full, the rest in one table. Images are inlined as data: URIs and the curves as SVG
+written here, so the page loads nothing from anywhere.
+
+At 1,000 trials (bench/report_scale.py) a block per trial made a page of 100+ MB, and
+matplotlib's 0.5-2.5 s per figure made minutes of it; the curves are a few polylines each,
+which this module writes directly in well under a millisecond.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from orchestrator.compare import CompareError, compare
 from orchestrator.contact_sheet import trial_images
 
 LN2 = math.log(2)
+DETAIL_TRIALS = 50  # trials shown in full (samples and curves), best first; the rest are rows of a table
+OVERVIEW_LABELS = 10  # the overview names the best this many trials; the others are grey lines
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
 
 class ReportError(Exception):
@@ -58,8 +65,10 @@ def render(client: MlflowClient, parent, table: dict, uri: str) -> str:
         files = {a.path for a in client.list_artifacts(parent.info.run_id)}
         board = _artifact(client, parent.info.run_id, "leaderboard.csv", tmp) if "leaderboard.csv" in files else None
         sheet = _artifact(client, parent.info.run_id, "contact_sheet.png", tmp) if "contact_sheet.png" in files else None
-        histories = {t["run_id"]: _histories(client, t["run_id"], metric) for t in trials}
-        blocks = [_trial_block(client, i, t, metric, histories[t["run_id"]], tmp) for i, t in enumerate(trials, 1)]
+        histories = _all_histories(client, parent.info.run_id, trials, metric)
+        blocks = [_trial_block(client, i, t, metric, histories[t["run_id"]], tmp) for i, t in enumerate(trials[:DETAIL_TRIALS], 1)]
+        if len(trials) > DETAIL_TRIALS:
+            blocks.append(_rest_table(trials, metric))
         missing = "the sweep is still running; it is written when the sweep ends" if status == "RUNNING" else f"the sweep ended {status} without writing it"
         sheet_missing = ("the sweep draws it when its first trial ends, then refreshes it as it runs" if status == "RUNNING"
                          else f"the sweep ended {status} without drawing it")
@@ -115,59 +124,105 @@ def _panels(metric: str) -> list[tuple[str, tuple[str, ...], dict[float, str]]]:
     ]
 
 
-def _histories(client: MlflowClient, run_id: str, metric: str) -> dict[str, list[tuple[int, float]]]:
-    keys = {k for _, ks, _ in _panels(metric) for k in ks}
+def _keys(metric: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(k for _, ks, _ in _panels(metric) for k in ks))
+
+
+def _all_histories(client: MlflowClient, parent_run_id: str, trials: list[dict], metric: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """run id -> metric -> (step, value) points: every curve of the detailed trials, the metric
+    of the rest (the overview). A local store answers in one query; else MLflow, per run."""
+    from orchestrator import local_store
+
+    found = local_store.metric_histories(client.tracking_uri, parent_run_id, _keys(metric))
+    if found is not None:
+        return {t["run_id"]: found.get(t["run_id"], {}) for t in trials}
+    return {t["run_id"]: _histories(client, t["run_id"], _keys(metric) if i < DETAIL_TRIALS else (metric,)) for i, t in enumerate(trials)}
+
+
+def _histories(client: MlflowClient, run_id: str, keys: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
     return {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in keys}
 
 
-def _curves_svg(hist: dict, metric: str) -> str:
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
+def _finite(points: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    return [(x, y) for x, y in points if math.isfinite(y)]
 
-    fig = Figure(figsize=(12, 2.5), layout="constrained")
-    for ax, (title, keys, refs) in zip(fig.subplots(1, 4), _panels(metric)):
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
-        drawn = [k for k in keys if hist.get(k)]
-        for k in drawn:
-            ax.plot(*zip(*hist[k]), marker="o", markersize=3, label=k)
-        if not drawn:
-            ax.text(0.5, 0.5, "no values yet", ha="center", va="center", transform=ax.transAxes, color="grey")
-            continue
-        for y, label in refs.items():
-            ax.axhline(y, color="grey", linestyle=":", linewidth=1, label=label)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=6, loc="best")
-    return _svg(fig)
+
+def _num(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def _panel(x0: float, y0: float, w: float, h: float, title: str, series: list[tuple[str | None, str, list[tuple[int, float]], float]],
+           refs: dict[float, str], markers: bool = True, legend_cols: int = 2) -> str:
+    """One chart as SVG elements: frame, title, first/last step and min/max value, a line (and
+    markers) per series (label, colour, points, width), dotted reference lines, a legend below.
+    Points that are not finite are left out."""
+    out = [f'<text x="{x0 + w / 2:.1f}" y="{y0 + 13:.1f}" text-anchor="middle" font-size="12">{_e(title)}</text>']
+    px, py, pw, ph = x0 + 42, y0 + 20, w - 52, h - 78  # the plot area inside the panel
+    out.append(f'<path d="M{px:.1f},{py:.1f}h{pw:.1f}v{ph:.1f}h{-pw:.1f}z" fill="none" stroke="#999" stroke-width="0.8"/>')
+    drawn = [(label, color, fin, width) for label, color, pts, width in series if (fin := _finite(pts))]
+    if not drawn:
+        out.append(f'<text x="{px + pw / 2:.1f}" y="{py + ph / 2:.1f}" text-anchor="middle" font-size="11" fill="grey">no values yet</text>')
+        return "".join(out)
+    xs = [x for _, _, pts, _ in drawn for x, _ in pts]
+    ys = [y for _, _, pts, _ in drawn for _, y in pts] + list(refs)
+    xlo, xhi, ylo, yhi = min(xs), max(xs), min(ys), max(ys)
+    if xhi == xlo:
+        xlo, xhi = xlo - 1, xhi + 1
+    pad = (yhi - ylo) * 0.05 or abs(yhi) * 0.05 or 1.0
+    ylo, yhi = ylo - pad, yhi + pad
+
+    def at(x: float, y: float) -> str:
+        return f"{px + (x - xlo) / (xhi - xlo) * pw:.1f},{py + (yhi - y) / (yhi - ylo) * ph:.1f}"
+
+    for y, _ in refs.items():
+        out.append(f'<path d="M{at(xlo, y)}H{px + pw:.1f}" stroke="grey" stroke-width="1" stroke-dasharray="2,3" fill="none"/>')
+    for _, color, pts, width in drawn:
+        out.append(f'<path d="M{"L".join(at(x, y) for x, y in pts)}" stroke="{color}" stroke-width="{width}" fill="none"/>')
+        if markers:  # a small diamond per eval, as its own path (a browser draws each)
+            out.extend(f'<path d="M{at(x, y)}m-2.5,0l2.5,-2.5l2.5,2.5l-2.5,2.5z" fill="{color}"/>' for x, y in pts)
+    axis = 'font-size="9" fill="#444"'
+    out.append(f'<text x="{px - 3:.1f}" y="{py + 4:.1f}" text-anchor="end" {axis}>{_num(yhi - pad)}</text>'
+               f'<text x="{px - 3:.1f}" y="{py + ph:.1f}" text-anchor="end" {axis}>{_num(ylo + pad)}</text>'
+               f'<text x="{px:.1f}" y="{py + ph + 11:.1f}" {axis}>{xlo if len(set(xs)) > 1 else min(xs)}</text>'
+               f'<text x="{px + pw:.1f}" y="{py + ph + 11:.1f}" text-anchor="end" {axis}>{max(xs)}</text>'
+               f'<text x="{px + pw / 2:.1f}" y="{py + ph + 11:.1f}" text-anchor="middle" {axis}>step</text>')
+    legend = [(label, color, "") for label, color, _, _ in drawn if label] + [(label, "grey", ' stroke-dasharray="2,3"') for label in refs.values()]
+    cols = 1 if any(len(label) > 18 for label, _, _ in legend) else legend_cols  # long labels get a line each
+    for i, (label, color, dash) in enumerate(legend[:max(4, 3 * cols)]):
+        lx, ly = px + (i % cols) * pw / cols, py + ph + 24 + (i // cols) * 11
+        out.append(f'<path d="M{lx:.1f},{ly - 3:.1f}h14" stroke="{color}" stroke-width="2"{dash}/><text x="{lx + 17:.1f}" y="{ly:.1f}" font-size="9">{_e(label)}</text>')
+    return "".join(out)
+
+
+def _svg(width: int, height: int, body: str) -> str:
+    return f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" font-family="sans-serif">{body}</svg>'
+
+
+def _curves_svg(hist: dict, metric: str) -> str:
+    """A trial's four panels: losses, D outputs, gradient norms, the sweep metric."""
+    body = "".join(_panel(i * 300, 0, 300, 252, title, [(k, COLORS[j], hist.get(k) or [], 1.5) for j, k in enumerate(keys)], refs)
+                   for i, (title, keys, refs) in enumerate(_panels(metric)))
+    return _svg(1200, 252, body)
 
 
 def _overview_svg(trials: list[dict], histories: dict, metric: str) -> str:
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(9, 3.2), layout="constrained")
-    ax = fig.subplots()
-    for t in trials:
-        if points := histories[t["run_id"]].get(metric):
-            ax.plot(*zip(*points), marker="o", markersize=3, label=t["trial_id"] or t["run_id"][:8])
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("step", fontsize=8)
-    ax.set_ylabel(metric, fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    return _svg(fig)
+    """The sweep metric of every trial: the best OVERVIEW_LABELS in colour and named, the rest grey (drawn first, under them)."""
+    named = [(t["trial_id"] or t["run_id"][:8], COLORS[i % len(COLORS)], histories[t["run_id"]].get(metric) or [], 1.5) for i, t in enumerate(trials[:OVERVIEW_LABELS])]
+    rest = [(None, "#c8c8c8", histories[t["run_id"]].get(metric) or [], 0.7) for t in trials[OVERVIEW_LABELS:]]
+    panel = _panel(0, 0, 900, 330, f"{metric}, best {min(len(trials), OVERVIEW_LABELS)} named" + (f", {len(rest)} more in grey" if rest else ""),
+                   rest + named, {}, markers=len(trials) <= OVERVIEW_LABELS, legend_cols=5)
+    return _svg(900, 330, panel)
 
 
-def _svg(fig) -> str:
-    """The figure as an <svg> element to inline: text stays text (no glyph outlines), no XML prolog."""
-    import matplotlib
-
-    buf = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "none"}):
-        fig.savefig(buf, format="svg", metadata={"Date": None})
-    text = buf.getvalue()
-    return text[text.index("<svg"):]
+def _rest_table(trials: list[dict], metric: str) -> str:
+    """The trials after the best DETAIL_TRIALS, one row each."""
+    rows = "".join(f'<tr id="trial-{_e(t["trial_id"] or t["run_id"])}"><td>{i}</td><td>{_e(t["trial_id"] or "-")}</td><td>{_e(t["status"])}</td><td>{t["step"]}</td>'
+                   f'<td>{_e(_fmt(t.get(metric)))}</td><td>{_e(t["stop_reason"] or "")}</td><td><code>{_e(t["run_id"])}</code></td></tr>'
+                   for i, t in enumerate(trials[DETAIL_TRIALS:], DETAIL_TRIALS + 1))
+    return (f'<h3 id="rest">The other {len(trials) - DETAIL_TRIALS} trials</h3><p class="note">Shown in full above: the best {DETAIL_TRIALS}. '
+            f'Curves and samples of any trial: the MLflow UI (<code>ganops ui</code>) or <code>ganops sample TRIAL</code>.</p>'
+            f'<div class="scroll"><table class="rest"><thead><tr><th>rank</th><th>trial</th><th>status</th><th>step</th><th>{_e(metric)}</th>'
+            f'<th>stop reason</th><th>run</th></tr></thead><tbody>{rows}</tbody></table></div>')
 
 
 def _csv_table(text: str, metric: str) -> str:

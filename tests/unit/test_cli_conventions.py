@@ -130,6 +130,14 @@ def test_local_store_reads_what_mlflow_reads(store):
     assert local_store.sweep_runs(uri, parent.info.run_id)[0].info.run_id == parent.info.run_id  # by run id too
     assert local_store.sweep_runs(uri, "nope") == (None, [])
     assert local_store.sweep_runs("http://127.0.0.1:5000", sweep_id) is None  # a server: MLflow answers
+    # the report's curves: every trial's metric histories in one query, as get_metric_history gives them
+    keys = ("loss_d", "fid", "step")
+    histories = local_store.metric_histories(uri, parent.info.run_id, keys)
+    assert set(histories) == set(by_mlflow)
+    for rid in by_mlflow:
+        for k in keys:
+            assert histories[rid].get(k, []) == sorted((m.step, m.value) for m in client.get_metric_history(rid, k))
+    assert local_store.metric_histories("http://127.0.0.1:5000", parent.info.run_id, keys) is None
 
 
 def test_compare_table_goes_to_stdout_and_hints_to_stderr(store):
