@@ -102,23 +102,26 @@ class LocalRun:
 
 
 def _runs(uri: str, where: str, args: tuple) -> list[LocalRun] | None:
-    rows = _query(uri, f"SELECT r.run_uuid, r.experiment_id, r.status, r.start_time, r.end_time FROM runs r JOIN experiments e "
-                       f"ON e.experiment_id = r.experiment_id WHERE r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active' AND ({where}) "
-                       "ORDER BY r.start_time DESC, r.run_uuid", args)
+    chosen = (f"FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id "
+              f"WHERE r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active' AND ({where})")
+    rows = _query(uri, f"SELECT r.run_uuid, r.experiment_id, r.status, r.start_time, r.end_time {chosen} ORDER BY r.start_time DESC, r.run_uuid", args)
     if rows is None:
         return None
     runs = {r[0]: LocalRun(_Info(r[0], str(r[1]), r[2], r[3], r[4]), _Data()) for r in rows}
     if not runs:
         return []
-    marks = ",".join("?" * len(runs))
-    tags = _query(uri, f"SELECT run_uuid, key, value FROM tags WHERE run_uuid IN ({marks})", tuple(runs))
-    metrics = _query(uri, f"SELECT run_uuid, key, value, is_nan FROM latest_metrics WHERE run_uuid IN ({marks})", tuple(runs))
+    # The same selection as a subquery, not one `?` per run: SQLite caps a statement's
+    # parameters (999 before 3.32, 32,766 since), and a sweep can hold more trials.
+    tags = _query(uri, f"SELECT run_uuid, key, value FROM tags WHERE run_uuid IN (SELECT r.run_uuid {chosen})", args)
+    metrics = _query(uri, f"SELECT run_uuid, key, value, is_nan FROM latest_metrics WHERE run_uuid IN (SELECT r.run_uuid {chosen})", args)
     if tags is None or metrics is None:
         return None
     for rid, k, v in tags:
-        runs[rid].data.tags[k] = v
+        if rid in runs:  # a run written between the queries is left for the next read
+            runs[rid].data.tags[k] = v
     for rid, k, v, is_nan in metrics:
-        runs[rid].data.metrics[k] = math.nan if is_nan else float(v)
+        if rid in runs:
+            runs[rid].data.metrics[k] = math.nan if is_nan else float(v)
     return list(runs.values())
 
 
