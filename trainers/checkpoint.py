@@ -120,12 +120,23 @@ def restore(
         if "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], generator.device)
     else:
-        log.warning("checkpoint's random stream is from a %s generator, this worker's is %s: the stream restarts from the seed",
-                    state.get("generator_device"), generator.device.type)
+        log.warning(
+            "checkpoint's random stream is from a %s generator, this worker's is %s: the stream restarts from the seed",
+            state.get("generator_device"),
+            generator.device.type,
+        )
     return int(state["step"])
 
 
-def _load_training(state: dict[str, Any], G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, schedulers: Sequence[LRScheduler], ema: AveragedModel | None) -> None:
+def _load_training(
+    state: dict[str, Any],
+    G: nn.Module,
+    D: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    schedulers: Sequence[LRScheduler],
+    ema: AveragedModel | None,
+) -> None:
     _unwrap(G).load_state_dict(state["G"])
     _unwrap(D).load_state_dict(state["D"])
     # Optimizer.load_state_dict moves its state to each parameter's device.

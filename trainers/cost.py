@@ -26,7 +26,11 @@ class Rate:
     priced: bool = False  # False: no node said its price (local machine): cost is $0
 
     def __add__(self, other: "Rate") -> "Rate":
-        return Rate(self.usd_per_hour + other.usd_per_hour, self.on_demand_usd_per_hour + other.on_demand_usd_per_hour, self.priced or other.priced)
+        return Rate(
+            self.usd_per_hour + other.usd_per_hour,
+            self.on_demand_usd_per_hour + other.on_demand_usd_per_hour,
+            self.priced or other.priced,
+        )
 
 
 def _label(labels: dict, key: str) -> str | None:
@@ -70,6 +74,8 @@ def trial_rate(world_size: int, device=None) -> Rate:
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor([rate.usd_per_hour, rate.on_demand_usd_per_hour, float(rate.priced)], dtype=torch.float64, device=device)
+    t = torch.tensor(
+        [rate.usd_per_hour, rate.on_demand_usd_per_hour, float(rate.priced)], dtype=torch.float64, device=device
+    )
     dist.all_reduce(t)
     return Rate(float(t[0]), float(t[1]), bool(t[2] > 0))

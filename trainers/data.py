@@ -54,7 +54,8 @@ def load_mnist_labels() -> Tensor:
 
 
 def default_cache_dir() -> Path:
-    """Where derived data is cached (the feature classifier, decoded image folders): $GANOPS_CACHE or ~/.cache/ganops."""
+    """Where derived data is cached (the feature classifier, decoded image folders): $GANOPS_CACHE or
+    ~/.cache/ganops."""
     return Path(os.environ.get("GANOPS_CACHE") or Path.home() / ".cache" / "ganops")
 
 
@@ -68,7 +69,9 @@ def to_tanh_range(images: Tensor, cfg: TrainerConfig) -> Tensor:
     return images if cfg.output == "tanh" else images * 2.0 - 1.0
 
 
-def stacked_mnist_batch(n: int, generator: torch.Generator, digits: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+def stacked_mnist_batch(
+    n: int, generator: torch.Generator, digits: tuple[Tensor, Tensor] | None = None
+) -> tuple[Tensor, Tensor]:
     """n stacked-MNIST images (n, 3, 28, 28) in [-1, 1] and their digits (n, 3) int64.
 
     Channel k of image i is the MNIST digit labels[i, k] (three independent uniform draws from
@@ -155,7 +158,10 @@ def _plugin_real(cfg: TrainerConfig) -> Tensor:
     cls = data_class(cfg.data)
     x = torch.as_tensor(cls().real(cfg)).float()
     if x.dim() != 4 or tuple(x.shape[1:]) != tuple(cls.shape):
-        raise ValueError(f"{cfg.data}.real() gave shape {tuple(x.shape)}; its declared shape is (N, {', '.join(map(str, cls.shape))})")
+        raise ValueError(
+            f"{cfg.data}.real() gave shape {tuple(x.shape)}; its declared shape is (N, "
+            f"{', '.join(map(str, cls.shape))})"
+        )
     return x
 
 
@@ -210,7 +216,9 @@ class DataSource:
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         raise NotImplementedError
 
-    def to(self, device: torch.device | str, memory_format: torch.memory_format = torch.preserve_format) -> "DataSource":
+    def to(
+        self, device: torch.device | str, memory_format: torch.memory_format = torch.preserve_format
+    ) -> "DataSource":
         """Move the data to `device` (in place; returns self)."""
         self.device = torch.device(device)
         return self
@@ -224,7 +232,9 @@ class TensorSource(DataSource):
         self.images = images  # (N, C, H, W)
         self.labels = labels  # (N,) int64, for conditional training (sample_labeled)
 
-    def to(self, device: torch.device | str, memory_format: torch.memory_format = torch.preserve_format) -> "TensorSource":
+    def to(
+        self, device: torch.device | str, memory_format: torch.memory_format = torch.preserve_format
+    ) -> "TensorSource":
         super().to(device)
         self.images = self.images.to(device, memory_format=memory_format)
         self.labels = None if self.labels is None else self.labels.to(device)
@@ -254,15 +264,20 @@ class StackedMnistSource(DataSource):
         self.memory_format = torch.preserve_format
         self.digits = _mnist()
 
-    def to(self, device: torch.device | str, memory_format: torch.memory_format = torch.preserve_format) -> "StackedMnistSource":
+    def to(
+        self, device: torch.device | str, memory_format: torch.memory_format = torch.preserve_format
+    ) -> "StackedMnistSource":
         super().to(device)
         self.memory_format = memory_format
         self.digits = tuple(t.to(device) for t in self.digits)
         return self
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
-        batch = to_model_range(stacked_mnist_batch(n, generator, self.digits)[0], self.cfg)  # (n, 3, 28, 28), on the generator's device
-        return batch if self.memory_format is torch.preserve_format else batch.contiguous(memory_format=self.memory_format)
+        # (n, 3, 28, 28), on the generator's device
+        batch = to_model_range(stacked_mnist_batch(n, generator, self.digits)[0], self.cfg)
+        return (
+            batch if self.memory_format is torch.preserve_format else batch.contiguous(memory_format=self.memory_format)
+        )
 
 
 class MixtureSource(DataSource):
@@ -271,7 +286,9 @@ class MixtureSource(DataSource):
         self.means = mixture_means(name)  # (K, 2)
         self.sigma = mixture_sigma(name)
 
-    def to(self, device: torch.device | str, memory_format: torch.memory_format = torch.preserve_format) -> "MixtureSource":
+    def to(
+        self, device: torch.device | str, memory_format: torch.memory_format = torch.preserve_format
+    ) -> "MixtureSource":
         super().to(device)
         self.means = self.means.to(device)
         return self

@@ -41,7 +41,9 @@ def placement(expected: torch.device, **groups: Iterable[torch.Tensor] | list[st
     """{"device": expected, "groups": {name: [devices seen]}, "off_device": [names]}: each group
     (parameters, optimizer state, batches, ...) and whether it lives on `expected`.
     A group may be given as tensors or as a list of device names already."""
-    seen = {k: (v if v and isinstance(v[0], str) else _devices(v)) for k, v in ((k, list(v)) for k, v in groups.items())}
+    seen = {
+        k: (v if v and isinstance(v[0], str) else _devices(v)) for k, v in ((k, list(v)) for k, v in groups.items())
+    }
     want = _canonical(expected)
     off = sorted(k for k, devs in seen.items() if any(_canonical(torch.device(d)) != want for d in devs))
     return {"device": want, "groups": seen, "off_device": off}
@@ -63,7 +65,10 @@ def telemetry(device: torch.device) -> dict[str, float]:
     utilisation; {} on a CPU."""
     if device.type != "cuda":
         return {}
-    out = {"gpu_mem_allocated_mb": torch.cuda.memory_allocated(device) / 2**20, "gpu_mem_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+    out = {
+        "gpu_mem_allocated_mb": torch.cuda.memory_allocated(device) / 2**20,
+        "gpu_mem_peak_mb": torch.cuda.max_memory_allocated(device) / 2**20,
+    }
     torch.cuda.reset_peak_memory_stats(device)
     try:
         # torch maps the logical device to NVML's physical one (CUDA_VISIBLE_DEVICES); needs

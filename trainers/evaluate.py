@@ -69,7 +69,8 @@ class Evaluator:
             self.feature_net = self.features
         if hasattr(self, "feature_net"):
             self.fid = FidScorer(self.feature_net, self.real)
-            # metrics branch: KID, IS (MNIST classifier only), precision/recall, density/coverage, diversity (~0.4 s per eval)
+            # metrics branch (~0.4 s per eval): KID, IS (MNIST classifier only), precision/recall, density/coverage,
+            # diversity
             self.feature_scores = FeatureScorer(self.feature_net, self.real)
 
     def _networks(self) -> list[torch.nn.Module]:
@@ -85,7 +86,9 @@ class Evaluator:
 
     def devices(self) -> list[str]:
         """Where the feature networks live (for the trial's placement report)."""
-        return sorted({str(p.device) for net in self._networks() for p in itertools.chain(net.parameters(), net.buffers())})
+        return sorted(
+            {str(p.device) for net in self._networks() for p in itertools.chain(net.parameters(), net.buffers())}
+        )
 
     @torch.no_grad()
     def _generate(self, G: torch.nn.Module, n: int, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -131,11 +134,15 @@ class Evaluator:
                 if self.cfg.data == "stacked_mnist":
                     # VEEGAN / PacGAN Table 2: modes of 1,000 and KL; the papers score 26,000
                     # samples (set eval_samples: 26000), fewer miss modes by chance alone.
-                    scores.update({k: float(v) for k, v in stacked_mnist_scores(fakes, self.features.classifier).items()})
+                    scores.update(
+                        {k: float(v) for k, v in stacked_mnist_scores(fakes, self.features.classifier).items()}
+                    )
                 scores["pixel_hist"] = pixel_histogram_distance(self.real[: len(fakes)], fakes.cpu())
                 if labels is not None:
                     scores["class_match"] = self.class_match(fakes, labels)
-                    picture = image_grid(G(fixed_noise, grid_labels(len(fixed_noise)).to(fixed_noise.device)), nrow=NUM_CLASSES)
+                    picture = image_grid(
+                        G(fixed_noise, grid_labels(len(fixed_noise)).to(fixed_noise.device)), nrow=NUM_CLASSES
+                    )
                 else:
                     picture = image_grid(to_tanh_range(G(fixed_noise), self.cfg), nrow=8)
             else:

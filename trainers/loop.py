@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from infra.aws.spot import watcher_for_this_node
+from trainers import device as placement
 from trainers.checkpoint import adopt, load_state, restore, save_generator, save_state
 from trainers.config import MUTABLE_IN_FLIGHT, TrainerConfig
-from trainers import device as placement
 from trainers.cost import trial_rate
 from trainers.data import make_data
 from trainers.evaluate import Evaluator
@@ -135,7 +135,9 @@ class _Orders:
         return order[0]
 
 
-def _exploit(order: dict[str, Any], cfg: TrainerConfig, G, D, opt_g, opt_d, scheds=(), ema=None) -> TrainerConfig | None:
+def _exploit(
+    order: dict[str, Any], cfg: TrainerConfig, G, D, opt_g, opt_d, scheds=(), ema=None
+) -> TrainerConfig | None:
     """Load the donor's networks and optimizer states and switch to the explored settings
     (PBT, orchestrator/pbt.py). Returns the new config, or None if the donor's checkpoint is
     gone (it was rotated out): then the trial goes on as it was."""
@@ -206,8 +208,10 @@ class _Worker:
     gen: torch.Generator
     data: Any
     step: int = 0
-    spent: dict[str, float] = field(default_factory=lambda: {"cost_usd": 0.0, "spot_saved_usd": 0.0})  # before this process
-    held_since: float = field(default_factory=time.monotonic)  # the workers hold their machines from here: the cost clock
+    # spent before this process (restored from the checkpoint)
+    spent: dict[str, float] = field(default_factory=lambda: {"cost_usd": 0.0, "spot_saved_usd": 0.0})
+    # the workers hold their machines from here: the cost clock
+    held_since: float = field(default_factory=time.monotonic)
     sync: Any = None
     rate: Any = None
     watcher: Any = None
@@ -238,8 +242,21 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
             w.G.train()
             w.D.train()
             try:
-                m = train_step(w.G, w.D, w.opt_g, w.opt_d, w.data, w.cfg, w.gen, sync_grads=w.sync, step=w.step + 1,
-                               schedulers=w.scheds, ema=w.ema, precision=w.precision, gan=w.gan)
+                m = train_step(
+                    w.G,
+                    w.D,
+                    w.opt_g,
+                    w.opt_d,
+                    w.data,
+                    w.cfg,
+                    w.gen,
+                    sync_grads=w.sync,
+                    step=w.step + 1,
+                    schedulers=w.scheds,
+                    ema=w.ema,
+                    precision=w.precision,
+                    gan=w.gan,
+                )
             except DivergenceError as e:
                 _report_divergence(w, e)
                 return
@@ -281,7 +298,9 @@ def _setup(loop_config: dict[str, Any]) -> _Worker:
     precision = build_precision(cfg.precision, device)
     # Each rank draws its own batches, on its device (data and latents never cross the bus).
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)
-    data = make_data(cfg).to(device, torch.channels_last if cfg.channels_last and cfg.is_image else torch.preserve_format)
+    data = make_data(cfg).to(
+        device, torch.channels_last if cfg.channels_last and cfg.is_image else torch.preserve_format
+    )
     w = _Worker(cfg, gan_for(cfg), run, rank, world, device, G, D, opt_g, opt_d, scheds, ema, precision, gen, data)
 
     _restore(w, ray.train.get_checkpoint())
@@ -297,7 +316,8 @@ def _setup(loop_config: dict[str, Any]) -> _Worker:
     w.watcher = watcher_for_this_node(ray.get_runtime_context().get_node_labels() or {})
     w.watching = _any_rank(w.watcher is not None, world, device)
 
-    if rank == 0:  # the Evaluator comes at the first eval: its feature networks and real features cost seconds before step 1
+    # The Evaluator comes at the first eval: its feature networks and real features cost seconds before step 1.
+    if rank == 0:
         w.sink = MlflowSink(run.get("tracking_uri"), run.get("run_id"))
     w.noise = fixed_noise(w.cfg).to(device)
     if w.sink is not None:
@@ -318,7 +338,11 @@ def _restore(w: _Worker, ckpt) -> None:
     w.step = restore(state, w.G, w.D, w.opt_g, w.opt_d, w.gen, schedulers=w.scheds, ema=w.ema, precision=w.precision)
     w.spent.update({k: v for k, v in state.get("meta", {}).items() if k in w.spent})
     # Settings a PBT exploit changed in flight live in the checkpoint, not in loop_config.
-    w.switch(TrainerConfig.model_validate({**w.cfg.model_dump(), **{k: state["config"][k] for k in MUTABLE_IN_FLIGHT if k in state["config"]}}))
+    w.switch(
+        TrainerConfig.model_validate(
+            {**w.cfg.model_dump(), **{k: state["config"][k] for k in MUTABLE_IN_FLIGHT if k in state["config"]}}
+        )
+    )
     set_hyperparams(w.opt_g, w.opt_d, w.cfg, w.scheds)
     log.info("resumed from checkpoint at step %d", w.step)
 
@@ -327,7 +351,10 @@ def _open_sink(w: _Worker, device_info: str) -> None:
     """Rank 0's first words on the trial's run: device, price, and where a restart resumed."""
     sink = w.sink
     sink.tag("ganops.device", device_info)
-    sink.tag("ganops.cost", f"{w.rate.usd_per_hour:.4f} USD/h" if w.rate.priced else "$0: no node advertised a price (local machine)")
+    sink.tag(
+        "ganops.cost",
+        f"{w.rate.usd_per_hour:.4f} USD/h" if w.rate.priced else "$0: no node advertised a price (local machine)",
+    )
     # A restart replays from its checkpoint, or from step 0 when none reached storage (e.g.
     # the store went away before the first upload): steps the run logged already stay as
     # they were, once each (same seed, same values on CPU).
@@ -344,11 +371,24 @@ def _obey_orders(w: _Worker) -> bool:
     if order == "stop":
         log.info("sweep stopped this trial at step %d", w.step)
         return True
-    if isinstance(order, dict) and (new_cfg := _exploit(order, w.cfg, w.G, w.D, w.opt_g, w.opt_d, w.scheds, w.ema)) is not None:
+    if (
+        isinstance(order, dict)
+        and (new_cfg := _exploit(order, w.cfg, w.G, w.D, w.opt_g, w.opt_d, w.scheds, w.ema)) is not None
+    ):
         w.exploits += 1
         if w.sink is not None:
             settings = {k: [getattr(w.cfg, k), getattr(new_cfg, k)] for k in order["config"]}  # [before, after]
-            w.sink.tag(f"pbt.exploit.{w.exploits}", json.dumps({"step": w.step, "donor": order["donor"], "donor_step": order.get("donor_step"), "settings": settings}))
+            w.sink.tag(
+                f"pbt.exploit.{w.exploits}",
+                json.dumps(
+                    {
+                        "step": w.step,
+                        "donor": order["donor"],
+                        "donor_step": order.get("donor_step"),
+                        "settings": settings,
+                    }
+                ),
+            )
             w.sink.tag("pbt.config", json.dumps({k: getattr(new_cfg, k) for k in order["config"]}))
             w.sink.log(w.step, {"pbt_exploits": w.exploits, **_hparams(new_cfg, order["config"])}, None, None)
         w.switch(new_cfg)
@@ -370,11 +410,17 @@ def _report_divergence(w: _Worker, e: DivergenceError) -> None:
 
 def _spot_vote(w: _Worker) -> bool:
     """True on every rank, once, when any rank's node got a spot reclaim notice: eval and checkpoint now."""
-    if not w.watching or w.spot_saved or not _any_rank(w.watcher is not None and w.watcher.noticed.is_set(), w.world, w.device):
+    if (
+        not w.watching
+        or w.spot_saved
+        or not _any_rank(w.watcher is not None and w.watcher.noticed.is_set(), w.world, w.device)
+    ):
         return False
     w.spot_saved = True
     if w.sink is not None:
-        w.sink.tag("ganops.spot_notice", json.dumps({"step": w.step, **((w.watcher.notice if w.watcher else None) or {})}))
+        w.sink.tag(
+            "ganops.spot_notice", json.dumps({"step": w.step, **((w.watcher.notice if w.watcher else None) or {})})
+        )
     return True
 
 
@@ -388,7 +434,9 @@ def _eval_and_report(w: _Worker, metrics: dict[str, float]) -> None:
     metrics.update(step=w.step, train_seconds=w.train_seconds)
     hours = (time.monotonic() - w.held_since) / 3600
     metrics["cost_usd"] = w.spent["cost_usd"] + w.rate.usd_per_hour * hours
-    metrics["spot_saved_usd"] = w.spent["spot_saved_usd"] + (w.rate.on_demand_usd_per_hour - w.rate.usd_per_hour) * hours
+    metrics["spot_saved_usd"] = (
+        w.spent["spot_saved_usd"] + (w.rate.on_demand_usd_per_hour - w.rate.usd_per_hour) * hours
+    )
     checkpoint = None
     with tempfile.TemporaryDirectory() as tmp:
         if w.rank == 0:
@@ -414,8 +462,20 @@ def _eval_and_report(w: _Worker, metrics: dict[str, float]) -> None:
                     log.warning("not on %s: %s", w.device, ", ".join(report["off_device"]))
             if w.scheds:
                 metrics["lr_g_scheduled"], metrics["lr_d_scheduled"] = (s.get_last_lr()[0] for s in w.scheds)
-            save_state(Path(tmp) / CHECKPOINT_FILE, w.G, w.D, w.opt_g, w.opt_d, w.step, w.cfg.model_dump(), w.gen, schedulers=w.scheds, ema=w.ema,
-                       meta={k: metrics[k] for k in w.spent}, precision=w.precision)
+            save_state(
+                Path(tmp) / CHECKPOINT_FILE,
+                w.G,
+                w.D,
+                w.opt_g,
+                w.opt_d,
+                w.step,
+                w.cfg.model_dump(),
+                w.gen,
+                schedulers=w.scheds,
+                ema=w.ema,
+                meta={k: metrics[k] for k in w.spent},
+                precision=w.precision,
+            )
             gen_file = Path(tmp) / "generator.pt"
             save_generator(gen_file, G_eval, w.cfg.model_dump())
             w.sink.log(w.step, {k: v for k, v in metrics.items() if k not in step_keys}, image, gen_file)

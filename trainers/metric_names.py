@@ -17,14 +17,26 @@ MODES: tuple[Mode, ...] = ("min", "max")
 # Every metric that can rank trials, and its natural direction (the spec's default `mode`).
 DIRECTION: dict[str, Mode] = {
     # the step's losses and D's outputs (trainers/step.py); BCE balance: loss_d 2 ln 2, loss_g ln 2, D 0.5
-    "loss_g": "min", "loss_d": "min", "d_x": "max", "d_g_z": "max",
+    "loss_g": "min",
+    "loss_d": "min",
+    "d_x": "max",
+    "d_g_z": "max",
     # images (trainers/evaluate.py)
-    "fid": "min", "kid": "min", "pixel_hist": "min", "class_coverage": "max", "inception_score": "max",
-    "precision": "max", "recall": "max", "coverage": "max",
+    "fid": "min",
+    "kid": "min",
+    "pixel_hist": "min",
+    "class_coverage": "max",
+    "inception_score": "max",
+    "precision": "max",
+    "recall": "max",
+    "coverage": "max",
     "class_match": "max",  # cdcgan28: share of samples classified as the class G was asked for
     "kl": "min",  # stacked_mnist: KL of the 1,000 3-digit classes to uniform (VEEGAN / PacGAN Table 2)
     # 2-D mixtures (PacGAN Table 1 protocol) and stacked_mnist's modes of 1,000
-    "mix_score": "max", "modes": "max", "hq_pct": "max", "reverse_kl": "min",
+    "mix_score": "max",
+    "modes": "max",
+    "hq_pct": "max",
+    "reverse_kl": "min",
 }
 
 
@@ -33,8 +45,20 @@ def _table(*names: str) -> dict[str, Mode]:
 
 
 # What each dataset's trials report that may rank them (the sweep metric must be one).
-IMAGE_METRICS = _table("fid", "loss_g", "loss_d", "d_x", "d_g_z", "class_coverage", "pixel_hist",
-                       "kid", "inception_score", "precision", "recall", "coverage")
+IMAGE_METRICS = _table(
+    "fid",
+    "loss_g",
+    "loss_d",
+    "d_x",
+    "d_g_z",
+    "class_coverage",
+    "pixel_hist",
+    "kid",
+    "inception_score",
+    "precision",
+    "recall",
+    "coverage",
+)
 CONDITIONAL_METRICS = {**IMAGE_METRICS, **_table("class_match")}
 STACKED_METRICS = _table("modes", "kl")
 MIXTURE_METRICS = _table("mix_score", "modes", "hq_pct", "reverse_kl", "loss_g", "loss_d")

@@ -162,7 +162,9 @@ def _train_mnist_classifier(epochs: int, seed: int) -> tuple[MnistClassifier, fl
         clf = MnistClassifier()
     batch = 64
     opt = torch.optim.Adam(clf.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * math.ceil(train_idx.numel() / batch))
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=3e-3, total_steps=epochs * math.ceil(train_idx.numel() / batch)
+    )
     clf.train()
     for _ in range(epochs):
         for b in train_idx[torch.randperm(train_idx.numel(), generator=g)].split(batch):
@@ -194,7 +196,9 @@ def load_feature_extractor(cache_dir: Path) -> nn.Module:
     else:
         t0 = time.perf_counter()
         clf, acc = train_mnist_classifier()
-        log.info("trained MNIST feature classifier: %.1f%% held-out accuracy in %.1f s", 100 * acc, time.perf_counter() - t0)
+        log.info(
+            "trained MNIST feature classifier: %.1f%% held-out accuracy in %.1f s", 100 * acc, time.perf_counter() - t0
+        )
         cache_dir.mkdir(parents=True, exist_ok=True)
         # Atomic: concurrent trials may race to write the same file; each writes its own temp
         # file and os.replace makes one complete version win.
@@ -239,8 +243,10 @@ def feature_reference_kind(ref: str) -> str:
         return "file"
     if m and _MODULE.match(m.group("target")):
         return "module"
-    raise FeatureNetworkError(f"{ref!r} is neither a TorchScript file ({', '.join(TORCHSCRIPT_SUFFIXES)}) nor a callable "
-                              "(package.module:callable or path/to/file.py:callable) returning the network")
+    raise FeatureNetworkError(
+        f"{ref!r} is neither a TorchScript file ({', '.join(TORCHSCRIPT_SUFFIXES)}) nor a callable "
+        "(package.module:callable or path/to/file.py:callable) returning the network"
+    )
 
 
 def resolve_feature_reference(ref: str, base_dir: str | Path | None) -> str:
@@ -283,8 +289,10 @@ def _load_feature_object(ref: str) -> nn.Module | Callable[[Tensor], Tensor]:
     if kind == "torchscript":
         path = Path(ref).expanduser()
         if not path.is_file():
-            raise FeatureNetworkError(f"no file {path}; give a TorchScript file (torch.jit.save(torch.jit.script(net), path)); "
-                                      "a relative path is read from the spec's folder")
+            raise FeatureNetworkError(
+                f"no file {path}; give a TorchScript file (torch.jit.save(torch.jit.script(net), path)); "
+                "a relative path is read from the spec's folder"
+            )
         try:
             # TorchScript, not pickle: torch.jit.load rebuilds the network from its serialized
             # TorchScript code and tensors and never unpickles arbitrary Python objects (a
@@ -292,9 +300,11 @@ def _load_feature_object(ref: str) -> nn.Module | Callable[[Tensor], Tensor]:
             # feature file cannot run code on the workers beyond the network's own ops.
             return torch.jit.load(str(path), map_location="cpu")
         except Exception as e:
-            raise FeatureNetworkError(f"{path} is not a TorchScript file ({_short(e).split('. ')[0]}); save the network with "
-                                      "torch.jit.save(torch.jit.script(net), path) (or torch.jit.trace); a torch.save()d model "
-                                      "or state dict is not one") from None
+            raise FeatureNetworkError(
+                f"{path} is not a TorchScript file ({_short(e).split('. ')[0]}); save the network with "
+                "torch.jit.save(torch.jit.script(net), path) (or torch.jit.trace); "
+                "a torch.save()d model or state dict is not one"
+            ) from None
     target, attr = ref.rsplit(":", 1)
     if kind == "file":
         module = _import_file(Path(target).expanduser())
@@ -302,9 +312,10 @@ def _load_feature_object(ref: str) -> nn.Module | Callable[[Tensor], Tensor]:
         try:
             module = importlib.import_module(target)
         except ModuleNotFoundError as e:
-            raise FeatureNetworkError(f"module {target!r} cannot be imported ({e}); it must be importable where the spec is validated "
-                                      "and on every worker: install it, put its folder on PYTHONPATH, or name the file "
-                                      "(path/to/file.py:callable)") from None
+            raise FeatureNetworkError(
+                f"module {target!r} cannot be imported ({e}); it must be importable where the spec is validated and on "
+                "every worker: install it, put its folder on PYTHONPATH, or name the file (path/to/file.py:callable)"
+            ) from None
         except Exception as e:
             raise FeatureNetworkError(f"module {target!r} raised {_short(e)} while it was imported") from None
     obj: Any = module
@@ -315,13 +326,18 @@ def _load_feature_object(ref: str) -> nn.Module | Callable[[Tensor], Tensor]:
     if isinstance(obj, nn.Module):  # the network itself
         return obj
     if not callable(obj):
-        raise FeatureNetworkError(f"{ref} is a {type(obj).__name__}; name a callable that returns the feature network (an nn.Module)")
+        raise FeatureNetworkError(
+            f"{ref} is a {type(obj).__name__}; name a callable that returns the feature network (an nn.Module)"
+        )
     try:
         net = obj()  # a factory (a function, or an nn.Module class) called without arguments
     except Exception as e:
         raise FeatureNetworkError(f"calling {ref}() raised {_short(e)}") from None
     if not callable(net):
-        raise FeatureNetworkError(f"{ref}() returned a {type(net).__name__}; it must return an nn.Module (or a callable) mapping images to features")
+        raise FeatureNetworkError(
+            f"{ref}() returned a {type(net).__name__}; it must return an nn.Module (or a callable) "
+            "mapping images to features"
+        )
     return net
 
 
@@ -359,16 +375,22 @@ def load_feature_network(ref: str, image_shape: tuple[int, int, int]) -> Feature
         with torch.no_grad():
             out = net(x)
     except Exception as e:
-        raise FeatureNetworkError(f"{ref} fails on a ({PROBE_BATCH}, {c}, {h}, {w}) batch of images in [-1, 1] "
-                                  f"(the data's shape): {_short(e)}") from None
+        raise FeatureNetworkError(
+            f"{ref} fails on a ({PROBE_BATCH}, {c}, {h}, {w}) batch of images in [-1, 1] "
+            f"(the data's shape): {_short(e)}"
+        ) from None
     if not isinstance(out, Tensor):
         raise FeatureNetworkError(f"{ref} returns a {type(out).__name__}, not a tensor; it must return (N, D) features")
     if out.ndim != 2 or out.shape[0] != PROBE_BATCH or out.shape[1] < 1:
-        raise FeatureNetworkError(f"{ref} maps a ({PROBE_BATCH}, {c}, {h}, {w}) batch to shape {tuple(out.shape)}; it must return "
-                                  f"(N, D) features, ({PROBE_BATCH}, D) here (flatten or pool them)")
+        raise FeatureNetworkError(
+            f"{ref} maps a ({PROBE_BATCH}, {c}, {h}, {w}) batch to shape {tuple(out.shape)}; it must return "
+            f"(N, D) features, ({PROBE_BATCH}, D) here (flatten or pool them)"
+        )
     if not out.is_floating_point() or not bool(torch.isfinite(out).all()):
-        raise FeatureNetworkError(f"{ref} returns {'non-finite' if out.is_floating_point() else out.dtype} features on a dummy batch; "
-                                  "they must be finite floating-point numbers")
+        raise FeatureNetworkError(
+            f"{ref} returns {'non-finite' if out.is_floating_point() else out.dtype} features on a dummy batch; "
+            "they must be finite floating-point numbers"
+        )
     return FeatureNetwork(net, int(out.shape[1]), ref).eval()
 
 
@@ -503,7 +525,10 @@ def density_coverage(real: Tensor, fake: Tensor, k: int = 5) -> dict[str, float]
     real, fake = real.detach().double(), fake.detach().double()
     r_real = _kth_neighbour_radius(real, k)  # (R,)
     inside = torch.cdist(fake, real) <= r_real[None, :]  # (F, R)
-    return {"density": float(inside.double().sum() / (k * fake.shape[0])), "coverage": float(inside.any(dim=0).double().mean())}
+    return {
+        "density": float(inside.double().sum() / (k * fake.shape[0])),
+        "coverage": float(inside.any(dim=0).double().mean()),
+    }
 
 
 def mean_pairwise_distance(x: Tensor) -> float:
@@ -544,7 +569,9 @@ class FeatureScorer:
         gamma = float(1.0 / self.real_features.double().pow(2).sum(dim=1).mean())
         with warnings.catch_warnings():  # its note that it keeps every feature: 5k x 128 floats here
             warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-            self._kid = KernelInceptionDistance(feature=nn.Identity(), gamma=gamma, reset_real_features=False, sync_on_compute=False)
+            self._kid = KernelInceptionDistance(
+                feature=nn.Identity(), gamma=gamma, reset_real_features=False, sync_on_compute=False
+            )
         self._kid.update(self.real_features, real=True)
 
     @torch.no_grad()
@@ -552,7 +579,9 @@ class FeatureScorer:
         """(N, D) features on the CPU and, with the MNIST classifier, its (N, 10) logits (else None)."""
         if self.classifier is None:
             dev = _device(self.extractor)  # the network's device (a GPU in a GPU trial); scores on the CPU
-            return torch.cat([self.extractor(c.to(dev)).float().cpu() for c in images.detach().float().split(self.batch_size)]), None
+            return torch.cat(
+                [self.extractor(c.to(dev)).float().cpu() for c in images.detach().float().split(self.batch_size)]
+            ), None
         dev = _device(self.classifier)
         feats = [self.classifier.features(c.to(dev)) for c in images.detach().float().split(self.batch_size)]
         f = torch.cat(feats)  # (N, 128)
@@ -593,7 +622,9 @@ class FeatureScorer:
 
 
 @torch.no_grad()
-def stacked_mnist_scores(images: Tensor, classifier: nn.Module | None = None, batch_size: int = 2000) -> dict[str, float | int]:
+def stacked_mnist_scores(
+    images: Tensor, classifier: nn.Module | None = None, batch_size: int = 2000
+) -> dict[str, float | int]:
     """(N, 3, 28, 28) in [-1, 1] -> {"modes": distinct 3-digit classes predicted (of 1,000),
     "kl": KL(predicted histogram || uniform over 1,000)}. Each channel is classified as an
     MNIST digit; the class is 100 d0 + 10 d1 + d2. The papers score 26,000 samples; with
@@ -605,7 +636,9 @@ def stacked_mnist_scores(images: Tensor, classifier: nn.Module | None = None, ba
     if x.ndim != 4 or x.shape[1:] != (3, 28, 28):
         raise ValueError(f"stacked_mnist_scores wants (N, 3, 28, 28) images, got {tuple(x.shape)}")
     n = x.shape[0]
-    digits = torch.cat([classifier(c).argmax(1).cpu() for c in x.reshape(n * 3, 1, 28, 28).split(batch_size)]).reshape(n, 3)
+    digits = torch.cat([classifier(c).argmax(1).cpu() for c in x.reshape(n * 3, 1, 28, 28).split(batch_size)]).reshape(
+        n, 3
+    )
     cls = digits[:, 0] * 100 + digits[:, 1] * 10 + digits[:, 2]  # (N,)
     p = torch.bincount(cls, minlength=1000).double() / max(n, 1)
     nz = p > 0

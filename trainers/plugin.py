@@ -79,7 +79,16 @@ class GanPlugin:
             return torch.randn(n, self.cfg.latent_dim, generator=generator, device=generator.device)
         return torch.rand(n, self.cfg.latent_dim, generator=generator, device=generator.device) * 2.0 - 1.0
 
-    def d_loss(self, D: nn.Module, out_real: Tensor, out_fake: Tensor, real: Tensor, fake: Tensor, generator: torch.Generator, gp_scale: float = 1.0) -> tuple[Tensor, Tensor, dict[str, Tensor]] | None:
+    def d_loss(
+        self,
+        D: nn.Module,
+        out_real: Tensor,
+        out_fake: Tensor,
+        real: Tensor,
+        fake: Tensor,
+        generator: torch.Generator,
+        gp_scale: float = 1.0,
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]] | None:
         """D's loss as (real term, fake term, extras summed in with weight 1); None: ganops' cfg.loss
         (with label smoothing, flips and gradient penalty as configured)."""
         return None
@@ -121,7 +130,9 @@ def import_file(path: str | Path) -> Any:
     feature networks in trainers/metrics.py)."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise PluginError(f"no file {p}; give a .py file beside the spec (path relative to the spec's folder) or an importable module")
+        raise PluginError(
+            f"no file {p}; give a .py file beside the spec (path relative to the spec's folder) or an importable module"
+        )
     name = f"ganops_file_{hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:12]}"
     if name in sys.modules:
         return sys.modules[name]
@@ -143,7 +154,9 @@ def _entry_point(name: str, group: str) -> Any:
     try:
         return eps[0].load()
     except Exception as e:
-        raise PluginError(f"entry point {name!r} ({group}: {eps[0].value}) failed to load: {type(e).__name__}: {e}") from None
+        raise PluginError(
+            f"entry point {name!r} ({group}: {eps[0].value}) failed to load: {type(e).__name__}: {e}"
+        ) from None
 
 
 @functools.lru_cache(maxsize=64)
@@ -152,8 +165,10 @@ def load_object(value: str, group: str = "ganops.models") -> Any:
     if not is_reference(value):
         obj = _entry_point(value, group)
         if obj is None:
-            raise PluginError(f"{value!r} is neither a built-in nor an installed plugin (no entry point {value!r} in group {group}); "
-                              "name a plugin as package.module:Class or path/to/file.py:Class")
+            raise PluginError(
+                f"{value!r} is neither a built-in nor an installed plugin (no entry point {value!r} in group {group}); "
+                "name a plugin as package.module:Class or path/to/file.py:Class"
+            )
         return obj
     target, _, attr = value.rpartition(":")
     if not target or not attr:
@@ -164,15 +179,21 @@ def load_object(value: str, group: str = "ganops.models") -> Any:
         try:
             module = importlib.import_module(target)
         except ModuleNotFoundError as e:
-            raise PluginError(f"module {target!r} not found ({e}); install the package that has it (pip install -e ...) "
-                              "or name a file: path/to/file.py:Class") from None
+            raise PluginError(
+                f"module {target!r} not found ({e}); install the package that has it (pip install -e ...) "
+                "or name a file: path/to/file.py:Class"
+            ) from None
         except Exception as e:
             raise PluginError(f"module {target!r} raised {type(e).__name__} while it was imported: {e}") from None
     try:
         return getattr(module, attr)
     except AttributeError:
         # the classes it defines (not those it imports)
-        have = sorted(n for n, v in vars(module).items() if isinstance(v, type) and v.__module__ == module.__name__ and not n.startswith("_"))
+        have = sorted(
+            n
+            for n, v in vars(module).items()
+            if isinstance(v, type) and v.__module__ == module.__name__ and not n.startswith("_")
+        )
         raise PluginError(f"{target} has no {attr!r}; its classes: {', '.join(have) or 'none'}") from None
 
 
@@ -183,16 +204,26 @@ def _what(obj: Any) -> str:
 def plugin_class(value: str) -> type[GanPlugin]:
     obj = load_object(value, "ganops.models")
     if not (isinstance(obj, type) and issubclass(obj, GanPlugin)):
-        raise PluginError(f"{value} is {_what(obj)}, not a GanPlugin: subclass trainers.plugin.GanPlugin and define build() -> (G, D) (docs/plugins.md)")
+        raise PluginError(
+            f"{value} is {_what(obj)}, not a GanPlugin: "
+            "subclass trainers.plugin.GanPlugin and define build() -> (G, D) (docs/plugins.md)"
+        )
     if obj.build is GanPlugin.build:
-        raise PluginError(f"{value} does not define build(); a GanPlugin must return (G, D) from build() (docs/plugins.md)")
+        raise PluginError(
+            f"{value} does not define build(); a GanPlugin must return (G, D) from build() (docs/plugins.md)"
+        )
     return obj
 
 
 def data_class(value: str) -> type[PluginData]:
     obj = load_object(value, "ganops.data")
     if not (isinstance(obj, type) and issubclass(obj, PluginData)):
-        raise PluginError(f"{value} is {_what(obj)}, not a PluginData: subclass trainers.plugin.PluginData and define real(cfg) (docs/plugins.md)")
+        raise PluginError(
+            f"{value} is {_what(obj)}, not a PluginData: "
+            "subclass trainers.plugin.PluginData and define real(cfg) (docs/plugins.md)"
+        )
     if obj.real is PluginData.real:
-        raise PluginError(f"{value} does not define real(cfg); a PluginData returns its real samples as a tensor (docs/plugins.md)")
+        raise PluginError(
+            f"{value} does not define real(cfg); a PluginData returns its real samples as a tensor (docs/plugins.md)"
+        )
     return obj

@@ -78,5 +78,9 @@ def build_precision(precision: str, device: torch.device | str) -> Precision:
     dtype = DTYPES[precision]
     if dtype is None:
         return Precision(device_type)
-    scalers = (torch.amp.GradScaler(device_type), torch.amp.GradScaler(device_type)) if dtype is torch.float16 else (None, None)
+    scalers = (
+        (torch.amp.GradScaler(device_type), torch.amp.GradScaler(device_type))
+        if dtype is torch.float16
+        else (None, None)
+    )
     return Precision(device_type, dtype, *scalers)

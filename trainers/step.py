@@ -30,7 +30,9 @@ class DivergenceError(RuntimeError):
         self.value = value
         self.step = step
         where = f" at iteration {step}" if step is not None else ""
-        super().__init__(f"training diverged{where}: {quantity} = {value}; lower the learning rates or restore a checkpoint")
+        super().__init__(
+            f"training diverged{where}: {quantity} = {value}; lower the learning rates or restore a checkpoint"
+        )
 
 
 def _optimizer(name: str, params, lr: float, cfg: TrainerConfig) -> torch.optim.Optimizer:
@@ -41,16 +43,25 @@ def _optimizer(name: str, params, lr: float, cfg: TrainerConfig) -> torch.optim.
     return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum)
 
 
-def build_optimizers(G: nn.Module, D: nn.Module, cfg: TrainerConfig) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+def build_optimizers(
+    G: nn.Module, D: nn.Module, cfg: TrainerConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
     """(opt_g, opt_d), each network with its own optimizer and learning rate (TTUR)."""
-    return _optimizer(cfg.optimizer_g, G.parameters(), cfg.lr_g, cfg), _optimizer(cfg.optimizer_d, D.parameters(), cfg.lr_d, cfg)
+    return _optimizer(cfg.optimizer_g, G.parameters(), cfg.lr_g, cfg), _optimizer(
+        cfg.optimizer_d, D.parameters(), cfg.lr_d, cfg
+    )
 
 
-def build_schedulers(opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, cfg: TrainerConfig) -> list[torch.optim.lr_scheduler.LRScheduler]:
+def build_schedulers(
+    opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, cfg: TrainerConfig
+) -> list[torch.optim.lr_scheduler.LRScheduler]:
     """cfg.lr_decay's schedulers for (opt_g, opt_d), stepped once per iteration by train_step;
     [] for "none". Both end at lr_decay_final times their initial lr at iteration cfg.steps."""
     if cfg.lr_decay == "linear":
-        return [torch.optim.lr_scheduler.LinearLR(o, start_factor=1.0, end_factor=cfg.lr_decay_final, total_iters=cfg.steps) for o in (opt_g, opt_d)]
+        return [
+            torch.optim.lr_scheduler.LinearLR(o, start_factor=1.0, end_factor=cfg.lr_decay_final, total_iters=cfg.steps)
+            for o in (opt_g, opt_d)
+        ]
     if cfg.lr_decay == "exponential":
         gamma = cfg.lr_decay_final ** (1.0 / cfg.steps)
         return [torch.optim.lr_scheduler.ExponentialLR(o, gamma=gamma) for o in (opt_g, opt_d)]
@@ -65,7 +76,12 @@ def build_ema(G: nn.Module, cfg: TrainerConfig) -> AveragedModel | None:
     return AveragedModel(getattr(G, "module", G), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
 
 
-def set_hyperparams(opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, cfg: TrainerConfig, schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler] = ()) -> None:
+def set_hyperparams(
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    cfg: TrainerConfig,
+    schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler] = (),
+) -> None:
     """Put cfg's learning rates, betas and momentum into existing optimizers (after a PBT
     exploit loaded the donor's optimizer states, which carry the donor's values).
 
@@ -117,7 +133,10 @@ def d_targets(n: int, cfg: TrainerConfig, generator: torch.Generator) -> tuple[T
     if cfg.label_flip > 0:
         flip_real = torch.rand(n, generator=generator, device=generator.device) < cfg.label_flip
         flip_fake = torch.rand(n, generator=generator, device=generator.device) < cfg.label_flip
-        real_v, fake_v = torch.as_tensor(t_real, device=generator.device).expand(n), torch.as_tensor(t_fake, device=generator.device).expand(n)
+        real_v, fake_v = (
+            torch.as_tensor(t_real, device=generator.device).expand(n),
+            torch.as_tensor(t_fake, device=generator.device).expand(n),
+        )
         t_real, t_fake = torch.where(flip_real, fake_v, real_v), torch.where(flip_fake, real_v, fake_v)
     return t_real, t_fake
 
@@ -128,7 +147,9 @@ def _bce(logits: Tensor, target: Tensor | float) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
-def gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor, generator: torch.Generator, scale: float = 1.0) -> Tensor:
+def gradient_penalty(
+    D: nn.Module, real: Tensor, fake: Tensor, generator: torch.Generator, scale: float = 1.0
+) -> Tensor:
     """E[(||grad_x D(x_hat)||_2 - 1)^2] on x_hat = eps x + (1 - eps) G(z), eps ~ U[0, 1] per
     sample (Gulrajani et al. 2017, Algorithm 1). create_graph so the penalty trains D.
     `scale`: fp16's loss scale, applied to the inner gradient and undone (PyTorch's AMP recipe
@@ -142,7 +163,16 @@ def gradient_penalty(D: nn.Module, real: Tensor, fake: Tensor, generator: torch.
     return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
-def d_loss(D: nn.Module, out_real: Tensor, out_fake: Tensor, real: Tensor, fake: Tensor, cfg: TrainerConfig, generator: torch.Generator, gp_scale: float = 1.0) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+def d_loss(
+    D: nn.Module,
+    out_real: Tensor,
+    out_fake: Tensor,
+    real: Tensor,
+    fake: Tensor,
+    cfg: TrainerConfig,
+    generator: torch.Generator,
+    gp_scale: float = 1.0,
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """D's loss as (real term, fake term, extras); the total is their sum plus gp_lambda * extras["gp"]."""
     if cfg.loss == "hinge":
         return F.relu(1 - out_real).mean(), F.relu(1 + out_fake).mean(), {}
@@ -175,8 +205,17 @@ def _fake_labels(cfg: TrainerConfig, n: int, generator: torch.Generator, device)
     return sample_labels(n, generator).to(device) if cfg.is_conditional else None
 
 
-def _apply(net: nn.Module, opt: torch.optim.Optimizer, loss: Tensor, name: str, cfg: TrainerConfig, precision: Precision,
-           sync_grads: Callable[[nn.Module], None] | None, step: int | None, metrics: dict[str, float]) -> None:
+def _apply(
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    loss: Tensor,
+    name: str,
+    cfg: TrainerConfig,
+    precision: Precision,
+    sync_grads: Callable[[nn.Module], None] | None,
+    step: int | None,
+    metrics: dict[str, float],
+) -> None:
     """Backward `loss` into `net` and take `opt`'s step: gradients averaged across workers,
     checked, clipped. Puts grad_norm_<name> (before clipping) and, under fp16, the scaler's
     state into `metrics`. Raises DivergenceError before applying a non-finite update."""
@@ -260,9 +299,19 @@ def train_step(
     return _step_metrics(cfg, d, loss_g, out, grads)
 
 
-def _update_d(G: nn.Module, D: nn.Module, opt_d: torch.optim.Optimizer, data: DataSource, cfg: TrainerConfig, generator: torch.Generator,
-              gan: GanPlugin, precision: Precision, sync_grads: Callable[[nn.Module], None] | None, step: int | None,
-              grads: dict[str, float]) -> _DRound:
+def _update_d(
+    G: nn.Module,
+    D: nn.Module,
+    opt_d: torch.optim.Optimizer,
+    data: DataSource,
+    cfg: TrainerConfig,
+    generator: torch.Generator,
+    gan: GanPlugin,
+    precision: Precision,
+    sync_grads: Callable[[nn.Module], None] | None,
+    step: int | None,
+    grads: dict[str, float],
+) -> _DRound:
     ############################
     # (1) Update D network: maximize log(D(x)) + log(1 - D(G(z)))
     ###########################
@@ -289,12 +338,16 @@ def _update_d(G: nn.Module, D: nn.Module, opt_d: torch.optim.Optimizer, data: Da
             out_real = _conditioned(D, y_real)(real).view(-1)  # (B,) logits (critic scores for hinge / wgan-gp)
             out_fake = _conditioned(D, y_fake)(fake).view(-1)  # (B,)
             # A conditional critic's gradient penalty is taken on the interpolates under the real labels.
-            own = gan.d_loss(_conditioned(D, y_real), out_real, out_fake, real, fake, generator, precision.gp_scale("d"))
+            own = gan.d_loss(
+                _conditioned(D, y_real), out_real, out_fake, real, fake, generator, precision.gp_scale("d")
+            )
             if own is not None:
                 loss_d_real, loss_d_fake, extra = own
                 loss_d = loss_d_real + loss_d_fake + sum(extra.values(), torch.zeros((), device=device))
             else:
-                loss_d_real, loss_d_fake, extra = d_loss(_conditioned(D, y_real), out_real, out_fake, real, fake, cfg, generator, precision.gp_scale("d"))
+                loss_d_real, loss_d_fake, extra = d_loss(
+                    _conditioned(D, y_real), out_real, out_fake, real, fake, cfg, generator, precision.gp_scale("d")
+                )
                 loss_d = loss_d_real + loss_d_fake
                 if "gp" in extra:
                     loss_d = loss_d + cfg.gp_lambda * extra["gp"]
@@ -304,9 +357,19 @@ def _update_d(G: nn.Module, D: nn.Module, opt_d: torch.optim.Optimizer, data: Da
     return _DRound(fake_g, y_fake, out_real, out_fake, loss_d_real, loss_d_fake, loss_d, extra)
 
 
-def _update_g(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, cfg: TrainerConfig, generator: torch.Generator, gan: GanPlugin,
-              precision: Precision, sync_grads: Callable[[nn.Module], None] | None, step: int | None, grads: dict[str, float],
-              d: _DRound) -> tuple[Tensor, Tensor]:
+def _update_g(
+    G: nn.Module,
+    D: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    cfg: TrainerConfig,
+    generator: torch.Generator,
+    gan: GanPlugin,
+    precision: Precision,
+    sync_grads: Callable[[nn.Module], None] | None,
+    step: int | None,
+    grads: dict[str, float],
+    d: _DRound,
+) -> tuple[Tensor, Tensor]:
     """G's updates; (loss_g, D's output on G's last samples)."""
     ############################
     # (2) Update G network: maximize log(D(G(z)))
@@ -334,7 +397,9 @@ def _update_g(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, cfg: Tra
     return loss_g, out
 
 
-def _step_metrics(cfg: TrainerConfig, d: _DRound, loss_g: Tensor, out: Tensor, grads: dict[str, float]) -> dict[str, float]:
+def _step_metrics(
+    cfg: TrainerConfig, d: _DRound, loss_g: Tensor, out: Tensor, grads: dict[str, float]
+) -> dict[str, float]:
     """The step's scalars: losses, D's probabilities (BCE) or critic scores, extras, gradient norms."""
     metrics = {
         "loss_d_real": d.loss_d_real.detach().item(),  # BCE: ln 2 ~ 0.693 at equilibrium

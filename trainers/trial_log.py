@@ -38,8 +38,12 @@ class MlflowSink:
         replay computes the same values)."""
         if self.client is not None:
             before = [step if step > 0 else -1]
-            self.logged_through = max([int(m.step) for m in self.client.get_metric_history(self.run_id, "step")] + before)
-            self.losses_through = max([int(m.step) for m in self.client.get_metric_history(self.run_id, LOSS_MARKER)] + before)
+            self.logged_through = max(
+                [int(m.step) for m in self.client.get_metric_history(self.run_id, "step")] + before
+            )
+            self.losses_through = max(
+                [int(m.step) for m in self.client.get_metric_history(self.run_id, LOSS_MARKER)] + before
+            )
 
     def count_tags(self, prefix: str) -> int:
         """Tags already on the run under `prefix` (a resumed trial numbers its PBT exploits on)."""
@@ -85,7 +89,9 @@ def _batch(step: int, metrics: dict[str, float]) -> list:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    return [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)]
+    return [
+        Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)
+    ]
 
 
 class LossLog:

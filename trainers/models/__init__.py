@@ -14,7 +14,6 @@ import torch
 from torch import Tensor, nn
 
 from trainers.config import TrainerConfig
-from trainers.plugin import GanPlugin, plugin_class
 from trainers.models.common import init_weights
 from trainers.models.conditional import CDCGAN28Discriminator, CDCGAN28Generator
 from trainers.models.dcgan import (
@@ -25,11 +24,17 @@ from trainers.models.dcgan import (
 )
 from trainers.models.fc import FCDiscriminator, FCGenerator
 from trainers.models.mlp2d import MLP2dDiscriminator, MLP2dGenerator
+from trainers.plugin import GanPlugin, plugin_class
 
 __all__ = ["BuiltinGan", "build_models", "gan_for", "sample_latent"]
 
 # The convolutional image models' generators (one signature); D is ConvDiscriminator for all.
-_CONV_G = {"dcgan28": ProjectedGenerator, "dcgan28_upsample": DCGAN28UpsampleGenerator, "dcgan32": functools.partial(ProjectedGenerator, size=32), "dcgan64": DCGAN64Generator}
+_CONV_G = {
+    "dcgan28": ProjectedGenerator,
+    "dcgan28_upsample": DCGAN28UpsampleGenerator,
+    "dcgan32": functools.partial(ProjectedGenerator, size=32),
+    "dcgan64": DCGAN64Generator,
+}
 
 
 def _build(cfg: TrainerConfig) -> tuple[nn.Module, nn.Module]:
@@ -71,7 +76,10 @@ def build_models(cfg: TrainerConfig) -> tuple[nn.Module, nn.Module]:
         torch.manual_seed(cfg.seed)
         G, D = gan_for(cfg).build()
     if not (isinstance(G, nn.Module) and isinstance(D, nn.Module)):
-        raise TypeError(f"{cfg.model}.build() must return (G, D) as two torch.nn.Module, got ({type(G).__name__}, {type(D).__name__})")
+        raise TypeError(
+            f"{cfg.model}.build() must return (G, D) as two torch.nn.Module, "
+            f"got ({type(G).__name__}, {type(D).__name__})"
+        )
     return G, D
 
 

@@ -21,7 +21,9 @@ class ProjectedGenerator(nn.Module):
 
     START = {28: (7, 2), 32: (4, 3)}  # size -> (projected side, transposed convs)
 
-    def __init__(self, latent_dim: int, width: int, channels: int = 1, norm: str = "batch", output: str = "tanh", size: int = 28) -> None:
+    def __init__(
+        self, latent_dim: int, width: int, channels: int = 1, norm: str = "batch", output: str = "tanh", size: int = 28
+    ) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         w, bias = width, has_bias(norm)
@@ -45,7 +47,9 @@ class DCGAN28UpsampleGenerator(nn.Module):
     """The Keras MNIST tutorial's G: dense to 7x7, then nearest-neighbour upsampling + 3x3 conv
     instead of transposed convs (no checkerboard artefacts from overlapping strides)."""
 
-    def __init__(self, latent_dim: int, width: int, channels: int = 1, norm: str = "batch", output: str = "tanh") -> None:
+    def __init__(
+        self, latent_dim: int, width: int, channels: int = 1, norm: str = "batch", output: str = "tanh"
+    ) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         w, bias = width, has_bias(norm)
@@ -105,13 +109,20 @@ class ConvDiscriminator(nn.Module):
 
     STAGES = {28: 2, 32: 3, 64: 4}
 
-    def __init__(self, width: int, slope: float, channels: int = 1, norm: str = "batch", dropout: float = 0.0, size: int = 28) -> None:
+    def __init__(
+        self, width: int, slope: float, channels: int = 1, norm: str = "batch", dropout: float = 0.0, size: int = 28
+    ) -> None:
         super().__init__()
         # No norm on the first layer (Radford et al.): it would normalise away the input statistics.
-        layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1), *d_activation(slope, dropout)]  # (B, w, size/2, size/2)
+        # (B, w, size/2, size/2)
+        layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1), *d_activation(slope, dropout)]
         c, side = width, size // 2
         for _ in range(self.STAGES[size] - 1):
-            layers += [nn.Conv2d(c, 2 * c, 4, 2, 1, bias=has_bias(norm)), norm2d(norm, 2 * c), *d_activation(slope, dropout)]
+            layers += [
+                nn.Conv2d(c, 2 * c, 4, 2, 1, bias=has_bias(norm)),
+                norm2d(norm, 2 * c),
+                *d_activation(slope, dropout),
+            ]
             c, side = 2 * c, side // 2  # dcgan28: (B, 2w, 7, 7); dcgan32: (B, 4w, 4, 4); dcgan64: (B, 8w, 4, 4)
         layers += [nn.Flatten(), nn.Linear(c * side * side, 1)]  # (B, 1) logit
         self.net = nn.Sequential(*layers)
