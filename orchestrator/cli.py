@@ -601,6 +601,10 @@ def _read_store(tracking_uri: str | None, kind: str, ident: str) -> str:
 
     uri = tracking_uri or _default_uri()
     what = {"sweep": "sweep", "run": "MLflow run or Ray trial"}[kind]
+    if ident.startswith("models:/"):
+        if local_store.parse_model_uri(ident) is None:
+            _fail(f"{ident!r} is not a model URI; {local_store.MODEL_URI_HELP}", 2)
+        what = "registered model version"
     if (path := local_store.missing(uri)) is not None:
         _fail(f"no {what} {ident!r}: there is no MLflow store at {path} yet, so nothing has run with this GANOPS_HOME. "
               "Run a sweep first (`ganops sweep SPEC`), or point at the sweep's store with --tracking-uri or GANOPS_HOME", 2)

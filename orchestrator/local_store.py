@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,16 @@ TAG_KIND = "ganops.kind"  # "sweep" on the parent, "trial" on children (orchestr
 TAG_SWEEP = "ganops.sweep_id"
 TAG_TRIAL = "ganops.trial_id"
 TAG_PARENT = "mlflow.parentRunId"
+
+
+MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_-]+))/?$")
+MODEL_URI_HELP = "use models:/NAME/VERSION or models:/NAME@ALIAS (e.g. models:/ganops-dcgan-mnist@best)"
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None] | None:
+    """`models:/NAME/VERSION` or `models:/NAME@ALIAS` -> (name, version, alias); None if neither."""
+    m = MODEL_URI.match(uri)
+    return (m["name"], m["version"], m["alias"]) if m else None
 
 
 def home() -> Path:

@@ -20,7 +20,6 @@ and unpickling one runs whatever code it names. So:
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING
 from mlflow import MlflowClient
 
 from orchestrator import tracking
+from orchestrator.local_store import MODEL_URI_HELP, parse_model_uri  # noqa: F401 - parse_model_uri is this module's API too
 
 if TYPE_CHECKING:
     from orchestrator.results import SweepResult
@@ -40,17 +40,10 @@ MODEL_NAME = "generator_model"
 ALIAS = "best"
 WEIGHTS = "extra_files/generator.pt"  # inside the model directory: state dict + config, no code
 TAG_REGISTERED = "ganops.registered_model"
-_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_-]+))/?$")
 
 
 def registered_name(spec_name: str) -> str:
     return f"ganops-{spec_name}"
-
-
-def parse_model_uri(uri: str) -> tuple[str, str | None, str | None] | None:
-    """`models:/NAME/VERSION` or `models:/NAME@ALIAS` -> (name, version, alias); None if neither."""
-    m = _MODEL_URI.match(uri)
-    return (m["name"], m["version"], m["alias"]) if m else None
 
 
 def _conditional_example(G, z):
@@ -167,7 +160,7 @@ def download_weights(client: MlflowClient, uri: str, dst: Path) -> tuple[str, st
 
     parsed = parse_model_uri(uri)
     if parsed is None:
-        raise LookupError(f"{uri!r} is not a model URI; use models:/NAME/VERSION or models:/NAME@ALIAS (e.g. models:/ganops-dcgan-mnist@best)")
+        raise LookupError(f"{uri!r} is not a model URI; {MODEL_URI_HELP}")
     name, number, alias = parsed
     try:
         mv = client.get_model_version(name, number) if number else client.get_model_version_by_alias(name, alias)
