@@ -56,13 +56,13 @@ def tracking_login_to_trials(tracking_uri: str, ray_started_here: bool) -> Itera
     creds = read_mlflow_creds()
     has_login = bool(creds.username or os.environ.get("MLFLOW_TRACKING_TOKEN"))
     needed = tracking.is_server(tracking_uri) and not ray_started_here and has_login
-    if not needed or not isinstance(propagated, (set, frozenset)):
+    if not needed or not isinstance(propagated, set):  # Ray 2.60: a set of names
         yield False
         return
     read = {"MLFLOW_TRACKING_USERNAME": creds.username, "MLFLOW_TRACKING_PASSWORD": creds.password}
     from_file = {k: v for k, v in read.items() if v and k not in os.environ}
     os.environ.update(from_file)
-    class_cache.ENV_VARS_TO_PROPAGATE = type(propagated)(propagated | set(tracking.CREDENTIAL_VARS))
+    class_cache.ENV_VARS_TO_PROPAGATE = propagated | set(tracking.CREDENTIAL_VARS)
     log.info("the trials get this environment's MLflow login (the tracking server needs one; Ray runs elsewhere)")
     try:
         yield True
