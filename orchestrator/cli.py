@@ -560,6 +560,7 @@ def sweeps(tracking_uri: TrackingOpt = None, json_: JsonOpt = False) -> None:
     from orchestrator.local_store import missing
 
     uri = tracking_uri or _default_uri()
+    _check_login(uri)
     found = [] if missing(uri) else _sweeps(uri)
     if json_:
         typer.echo(json.dumps(found))
@@ -594,6 +595,20 @@ def _default_uri() -> str:
     return default_tracking_uri()
 
 
+def _check_login(uri: str) -> None:
+    """A tracking server that refuses this login: exit 2 naming the variables to set, not MLflow's own error."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    from mlflow import MlflowClient
+
+    from orchestrator.tracking import TrackingAccessError, check_access
+
+    try:
+        check_access(MlflowClient(uri), uri)
+    except TrackingAccessError as e:
+        _fail(str(e), 2)
+
+
 def _read_store(tracking_uri: str | None, kind: str, ident: str) -> str:
     """The store a read command asks, checked without creating or migrating it: exit 2 when it
     does not exist, or when a read-only query finds no such sweep / run there."""
@@ -605,6 +620,7 @@ def _read_store(tracking_uri: str | None, kind: str, ident: str) -> str:
         if local_store.parse_model_uri(ident) is None:
             _fail(f"{ident!r} is not a model URI; {local_store.MODEL_URI_HELP}", 2)
         what = "registered model version"
+    _check_login(uri)
     if (path := local_store.missing(uri)) is not None:
         _fail(f"no {what} {ident!r}: there is no MLflow store at {path} yet, so nothing has run with this GANOPS_HOME. "
               "Run a sweep first (`ganops sweep SPEC`), or point at the sweep's store with --tracking-uri or GANOPS_HOME", 2)

@@ -125,6 +125,12 @@ def test_refused_login_stops_the_sweep_before_launch(team, tmp_path, monkeypatch
         ), text
         assert wrong not in r.stdout + r.stderr
         assert "Ray" not in r.stderr, r.stderr  # refused before Ray starts
+        # the read commands refuse the same way (exit 2, the variables to set), not with MLflow's error
+        for read in (["compare", "any-sweep"], ["report", "any-sweep"], ["sample", "any-run"], ["sweeps"]):
+            r = _ganops([*read, "--tracking-uri", url], _env(tmp_path, **login), tmp_path, timeout=120)
+            text = " ".join(r.stderr.split())
+            assert r.returncode == 2 and says in text and "MLFLOW_TRACKING_USERNAME" in text, (read, r.stderr[-2000:])
+            assert wrong not in r.stdout + r.stderr and "Traceback" not in r.stderr
     assert len(_all_runs(admin)) == before
 
 
