@@ -8,7 +8,7 @@ copies these fields by hand.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -415,12 +415,14 @@ class TrainerConfig(BaseModel):
             raise ValueError(
                 f"data {self.data!r} needs trainer.data_dir: the dataset's root directory (torchvision's root=)"
             )
-        size, side = MODEL_SIZE[self.model], self.image_shape[1]
+        shape = self.image_shape
+        assert shape is not None  # image data: the 2-D mixtures returned above
+        size, side = MODEL_SIZE[self.model], shape[1]
         if size is not None and side != size:
-            fits = [m for m, s in MODEL_SIZE.items() if s in (None, side)]
+            models = [m for m, s in MODEL_SIZE.items() if s in (None, side)]
             raise ValueError(
                 f"model {self.model!r} makes {size}x{size} images but data {self.data!r} is {side}x{side}; "
-                f"use model: {', '.join(fits)}" + ("" if fixed is not None else f", or image_size: {size}")
+                f"use model: {', '.join(models)}" + ("" if fixed is not None else f", or image_size: {size}")
             )
         return self
 
@@ -477,7 +479,9 @@ class TrainerConfig(BaseModel):
         if not self.is_image:
             return None
         if self.is_plugin_data:
-            return tuple(plugins.data_class(self.data).shape)
+            shape = plugins.data_class(self.data).shape
+            assert shape is not None  # _known_data rejects plugin data that declares no shape
+            return cast(tuple[int, int, int], tuple(shape))  # tuple(): a plugin may declare its shape as a list
         fixed = _fixed_shape(self.data)
         if fixed is not None:
             return fixed

@@ -61,7 +61,7 @@ def current_worker_rate() -> Rate:
     if _label(labels, LABEL_PRICE) is None:
         return Rate()
     node_id = ctx.get_node_id()
-    total = next((n.get("Resources", {}) for n in ray.nodes() if n.get("NodeID") == node_id), {})
+    total: dict[str, float] = next((n.get("Resources", {}) for n in ray.nodes() if n.get("NodeID") == node_id), {})
     return worker_rate(labels, total, ctx.get_assigned_resources())
 
 

@@ -125,8 +125,8 @@ def _decode(file: Path, size: int, channels: int) -> Tensor:
     from PIL import Image
 
     try:
-        with Image.open(file) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
+        with Image.open(file) as opened:
+            im = opened.convert("L" if channels == 1 else "RGB")
             w, h = im.size
             scale = size / min(w, h)
             nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
@@ -156,11 +156,12 @@ def _plugin_real(cfg: TrainerConfig) -> Tensor:
     from trainers.plugin import data_class
 
     cls = data_class(cfg.data)
+    shape = cls.shape
+    assert shape is not None  # TrainerConfig rejects plugin data that declares no shape
     x = torch.as_tensor(cls().real(cfg)).float()
-    if x.dim() != 4 or tuple(x.shape[1:]) != tuple(cls.shape):
+    if x.dim() != 4 or tuple(x.shape[1:]) != tuple(shape):
         raise ValueError(
-            f"{cfg.data}.real() gave shape {tuple(x.shape)}; its declared shape is (N, "
-            f"{', '.join(map(str, cls.shape))})"
+            f"{cfg.data}.real() gave shape {tuple(x.shape)}; its declared shape is (N, {', '.join(map(str, shape))})"
         )
     return x
 
@@ -178,9 +179,12 @@ def real_images(cfg: TrainerConfig, n: int | None = None) -> Tensor:
     if problem:
         raise ValueError(f"trainer.data_dir: {problem}")
     if cfg.data == "image_folder":
-        channels, size, _ = cfg.image_shape
+        shape = cfg.image_shape
+        assert shape is not None and cfg.data_dir is not None  # image data; TrainerConfig requires data_dir
+        channels, size, _ = shape
         return load_image_folder(cfg.data_dir, size, channels)
     if cfg.data.startswith("torchvision:"):
+        assert cfg.data_dir is not None  # TrainerConfig requires data_dir for torchvision data
         return load_torchvision(cfg.data.removeprefix("torchvision:"), str(Path(cfg.data_dir).expanduser()))
     raise ValueError(f"data {cfg.data!r} has no images")
 
@@ -215,6 +219,10 @@ class DataSource:
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         raise NotImplementedError
+
+    def sample_labeled(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
+        """(images, their class labels or None): what a conditional model draws (TensorSource has labels)."""
+        raise NotImplementedError(f"{type(self).__name__} has no class labels; a conditional model needs them")
 
     def to(
         self, device: torch.device | str, memory_format: torch.memory_format = torch.preserve_format
@@ -269,7 +277,8 @@ class StackedMnistSource(DataSource):
     ) -> "StackedMnistSource":
         super().to(device)
         self.memory_format = memory_format
-        self.digits = tuple(t.to(device) for t in self.digits)
+        images, labels = self.digits
+        self.digits = (images.to(device), labels.to(device))
         return self
 
     def sample(self, n: int, generator: torch.Generator) -> Tensor:

@@ -38,6 +38,7 @@ def open_torchvision(name: str, root: str):
 def data_problem(cfg: TrainerConfig) -> str | None:
     """What stops cfg.data from loading here, as a message saying what to do; None if nothing."""
     if cfg.data == "image_folder":
+        assert cfg.data_dir is not None  # TrainerConfig requires data_dir for image_folder
         root = Path(cfg.data_dir).expanduser()
         if not root.is_dir():
             return (
@@ -50,6 +51,7 @@ def data_problem(cfg: TrainerConfig) -> str | None:
                 "put the training images there"
             )
     elif cfg.data.startswith("torchvision:"):
+        assert cfg.data_dir is not None  # TrainerConfig requires data_dir for torchvision data
         return torchvision_problem(cfg.data.removeprefix("torchvision:"), str(Path(cfg.data_dir).expanduser()))
     return None
 

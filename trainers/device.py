@@ -7,7 +7,8 @@ Pure torch: the loop asks Ray for the device (`ray.train.torch.get_device()`) an
 from __future__ import annotations
 
 import json
-from typing import Iterable
+from collections.abc import Iterable
+from typing import cast
 
 import torch
 from torch import nn
@@ -41,12 +42,17 @@ def placement(expected: torch.device, **groups: Iterable[torch.Tensor] | list[st
     """{"device": expected, "groups": {name: [devices seen]}, "off_device": [names]}: each group
     (parameters, optimizer state, batches, ...) and whether it lives on `expected`.
     A group may be given as tensors or as a list of device names already."""
-    seen = {
-        k: (v if v and isinstance(v[0], str) else _devices(v)) for k, v in ((k, list(v)) for k, v in groups.items())
-    }
+    seen = {k: _device_names(v) for k, v in groups.items()}
     want = _canonical(expected)
     off = sorted(k for k, devs in seen.items() if any(_canonical(torch.device(d)) != want for d in devs))
     return {"device": want, "groups": seen, "off_device": off}
+
+
+def _device_names(group: Iterable[torch.Tensor] | list[str]) -> list[str]:
+    items = list(group)
+    if items and isinstance(items[0], str):
+        return cast(list[str], items)  # device names already
+    return _devices(cast(list[torch.Tensor], items))
 
 
 def _canonical(d: torch.device) -> str:

@@ -63,7 +63,9 @@ class Evaluator:
         if cfg.has_mnist_classifier or cfg.data == "stacked_mnist":
             # the MNIST classifier: class coverage, IS and class_match; stacked_mnist: each channel's digit
             self.features = load_feature_extractor(cache_dir or default_cache_dir())
+        self.feature_net: torch.nn.Module  # what FID and the feature scores embed images with, where there is one
         if features is not None:
+            assert cfg.image_shape is not None  # image data: checked above
             self.feature_net = load_feature_network(features, cfg.image_shape)
         elif cfg.has_mnist_classifier:
             self.feature_net = self.features

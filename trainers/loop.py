@@ -115,8 +115,9 @@ class _Orders:
         # `active` is the same on every rank (it comes from the config), so all ranks take part
         # in the same broadcasts; only rank 0 talks to the board.
         self.active = bool(board_name and trial_id)
-        self.board, self.trial_id, self.rank, self.every, self.device = None, trial_id, rank, every, device
-        if self.active and rank == 0:
+        self.board: Any = None  # the board's actor handle (rank 0)
+        self.trial_id, self.rank, self.every, self.device = trial_id, rank, every, device
+        if board_name and trial_id and rank == 0:  # self.active, spelled out so the names are known to be set
             import ray
 
             try:
@@ -129,7 +130,9 @@ class _Orders:
             return None
         import ray
 
-        order = [ray.get(self.board.poll.remote(self.trial_id)) if self.board is not None else None]
+        order: list[str | dict[str, Any] | None] = [
+            ray.get(self.board.poll.remote(self.trial_id)) if self.board is not None else None
+        ]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.broadcast_object_list(order, src=0, device=self.device)
         return order[0]
@@ -169,8 +172,9 @@ def _place(cfg: TrainerConfig, device: torch.device, G: torch.nn.Module, D: torc
     G.to(device)
     D.to(device)
     if cfg.channels_last and cfg.is_image:
-        G.to(memory_format=torch.channels_last)
-        D.to(memory_format=torch.channels_last)
+        # torch's stubs omit Module.to's memory_format keyword, which it takes (nn.Module.to's docstring)
+        G.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        D.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 def _placement_report(device, G, D, opt_g, opt_d, ema, data, noise, evaluator) -> dict:
@@ -321,7 +325,7 @@ def _setup(loop_config: dict[str, Any]) -> _Worker:
         w.sink = MlflowSink(run.get("tracking_uri"), run.get("run_id"))
     w.noise = fixed_noise(w.cfg).to(device)
     if w.sink is not None:
-        _open_sink(w, device_info)
+        _open_sink(w, w.sink, device_info)
     w.orders = _Orders(run.get("board"), run.get("trial_id"), rank, device)
     w.exploits = w.sink.count_tags("pbt.exploit.") if w.sink is not None else 0
     if w.sink is not None and run.get("pbt"):
@@ -347,9 +351,8 @@ def _restore(w: _Worker, ckpt) -> None:
     log.info("resumed from checkpoint at step %d", w.step)
 
 
-def _open_sink(w: _Worker, device_info: str) -> None:
-    """Rank 0's first words on the trial's run: device, price, and where a restart resumed."""
-    sink = w.sink
+def _open_sink(w: _Worker, sink: MlflowSink, device_info: str) -> None:
+    """Rank 0's first words on the trial's run (`sink`): device, price, and where a restart resumed."""
     sink.tag("ganops.device", device_info)
     sink.tag(
         "ganops.cost",
@@ -367,6 +370,7 @@ def _open_sink(w: _Worker, device_info: str) -> None:
 
 def _obey_orders(w: _Worker) -> bool:
     """The sweep's orders for this step: True to stop here; a PBT exploit switches the config."""
+    assert w.orders is not None  # set by _setup
     order = w.orders.poll(w.step)
     if order == "stop":
         log.info("sweep stopped this trial at step %d", w.step)
@@ -440,6 +444,7 @@ def _eval_and_report(w: _Worker, metrics: dict[str, float]) -> None:
     checkpoint = None
     with tempfile.TemporaryDirectory() as tmp:
         if w.rank == 0:
+            assert w.sink is not None and w.noise is not None  # rank 0's, set by _setup
             if w.evaluator is None:
                 # Built here, not in _setup, so the first losses reach MLflow before it has loaded
                 # (~6 s for MNIST's classifier and real features, measured). Under fork_rng: building

@@ -89,7 +89,7 @@ def side_columns(metric: str) -> tuple[str, ...]:
 def check_mode(mode: str) -> Mode:
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: write min (lower is better) or max (higher is better)")
-    return mode  # type: ignore[return-value]
+    return mode
 
 
 def is_score(value: Any) -> bool:

@@ -184,7 +184,7 @@ def _data_hash() -> str:
     return h.hexdigest()[:12]
 
 
-def load_feature_extractor(cache_dir: Path) -> nn.Module:
+def load_feature_extractor(cache_dir: Path) -> MnistFeatures:
     """FID feature extractor: the cached classifier, trained on first use (~10 s on 2 CPU threads)."""
     cache_dir = Path(cache_dir)
     path = cache_dir / f"mnist_lenet_{_data_hash()}.pt"

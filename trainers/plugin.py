@@ -24,6 +24,7 @@ import hashlib
 import importlib
 import importlib.util
 import sys
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -66,7 +67,8 @@ class GanPlugin:
 
     def __init__(self, cfg: TrainerConfig) -> None:
         self.cfg = cfg
-        self.params = type(self).Params.model_validate(cfg.params) if type(self).Params is not None else None
+        params_model = type(self).Params
+        self.params = params_model.model_validate(cfg.params) if params_model is not None else None
 
     def build(self) -> tuple[nn.Module, nn.Module]:
         raise NotImplementedError(f"{type(self).__name__}.build() must return (G, D)")
@@ -81,7 +83,7 @@ class GanPlugin:
 
     def d_loss(
         self,
-        D: nn.Module,
+        D: Callable[[Tensor], Tensor],
         out_real: Tensor,
         out_fake: Tensor,
         real: Tensor,
@@ -90,7 +92,8 @@ class GanPlugin:
         gp_scale: float = 1.0,
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]] | None:
         """D's loss as (real term, fake term, extras summed in with weight 1); None: ganops' cfg.loss
-        (with label smoothing, flips and gradient penalty as configured)."""
+        (with label smoothing, flips and gradient penalty as configured). `D` is the discriminator
+        as a function of its input: the nn.Module itself, or a conditional D bound to the real labels."""
         return None
 
     def g_loss(self, out: Tensor) -> Tensor | None:
@@ -137,6 +140,8 @@ def import_file(path: str | Path) -> Any:
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, p)
+    if spec is None or spec.loader is None:  # no loader for the suffix: not a Python source file
+        raise PluginError(f"{p} is not a Python source file (no import loader for {p.suffix!r}); give a .py file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # before exec: dataclasses and pickling look modules up by name
     try:

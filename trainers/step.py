@@ -148,7 +148,7 @@ def _bce(logits: Tensor, target: Tensor | float) -> Tensor:
 
 
 def gradient_penalty(
-    D: nn.Module, real: Tensor, fake: Tensor, generator: torch.Generator, scale: float = 1.0
+    D: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, generator: torch.Generator, scale: float = 1.0
 ) -> Tensor:
     """E[(||grad_x D(x_hat)||_2 - 1)^2] on x_hat = eps x + (1 - eps) G(z), eps ~ U[0, 1] per
     sample (Gulrajani et al. 2017, Algorithm 1). create_graph so the penalty trains D.
@@ -164,7 +164,7 @@ def gradient_penalty(
 
 
 def d_loss(
-    D: nn.Module,
+    D: Callable[[Tensor], Tensor],
     out_real: Tensor,
     out_fake: Tensor,
     real: Tensor,
@@ -320,6 +320,7 @@ def _update_d(
     for i in range(cfg.d_steps):
         if cfg.is_conditional:
             real, y_real = data.sample_labeled(B, generator)  # (B, 1, 28, 28), (B,)
+            assert y_real is not None  # cdcgan28 trains on MNIST with its labels (TrainerConfig)
             real, y_real = real.to(device), y_real.to(device)
         else:
             real, y_real = data.sample(B, generator).to(device), None  # (B, 1, 28, 28) or (B, 2)

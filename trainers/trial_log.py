@@ -10,8 +10,13 @@ import logging
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.utils.async_logging.run_operations import RunOperations
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +27,11 @@ class MlflowSink:
     """Rank 0's writes to the trial's MLflow run, batched: one call per eval for all metrics."""
 
     def __init__(self, tracking_uri: str | None, run_id: str | None):
-        self.run_id = run_id
-        self.client = None
+        self.run_id = run_id or ""  # read only where there is a client, and there is one only with a run
+        self.client: MlflowClient | None = None
         self.logged_through = -1  # steps up to here are in the run already (a resumed trial)
         self.losses_through = -1  # ... and the losses logged between evals (log_losses)
-        self._in_flight = None  # the last asynchronous loss batch (mlflow RunOperations)
+        self._in_flight: RunOperations | None = None  # the last asynchronous loss batch
         if tracking_uri and run_id:
             from mlflow import MlflowClient
 

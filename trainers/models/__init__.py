@@ -9,6 +9,7 @@ Which model fits which data is checked by TrainerConfig (trainers.config.MODEL_S
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +30,7 @@ from trainers.plugin import GanPlugin, plugin_class
 __all__ = ["BuiltinGan", "build_models", "gan_for", "sample_latent"]
 
 # The convolutional image models' generators (one signature); D is ConvDiscriminator for all.
-_CONV_G = {
+_CONV_G: Mapping[str, Callable[..., nn.Module]] = {
     "dcgan28": ProjectedGenerator,
     "dcgan28_upsample": DCGAN28UpsampleGenerator,
     "dcgan32": functools.partial(ProjectedGenerator, size=32),
@@ -42,7 +43,9 @@ def _build(cfg: TrainerConfig) -> tuple[nn.Module, nn.Module]:
         # PyTorch's default (Kaiming-uniform) init: N(0, 0.02) starves a 2-layer MLP
         # whose output must reach +-4.
         return MLP2dGenerator(cfg.latent_dim, cfg.width), MLP2dDiscriminator(cfg.width)
-    c, h, w = cfg.image_shape
+    shape = cfg.image_shape
+    assert shape is not None  # TrainerConfig pairs the 2-D mixtures with mlp2d only: the rest are image models
+    c, h, w = shape
     if cfg.model == "cdcgan28":  # the class fed to every layer of both nets; dcgan28's conventions
         G: nn.Module = CDCGAN28Generator(cfg.latent_dim, cfg.g_width)
         D: nn.Module = CDCGAN28Discriminator(cfg.d_width, cfg.leaky_slope)
