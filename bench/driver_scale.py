@@ -16,7 +16,9 @@ Trials run in waves of `--concurrent` (default 64): each reports `--evals` evals
 1 in 10 diverges at its third eval and is stopped. Closing a stopped trial's MLflow run is
 left out (it is tracking-server load: bench/tracking_load.py); everything else is the sweep's
 own code. Reported: microseconds per result (every hook, stopper and selection that result
-caused, divided by the results), and the cost of one table draw and one summary line.
+caused, and the end's leaderboard, divided by the results); apart, what a sweep pays once
+whatever its size (starting and stopping the Live display: 10-15 ms, which alone is 300 us a
+result in a 10-trial sweep of 48 results); and the cost of one table draw and one summary line.
 
     nice -n 10 python bench/driver_scale.py [--sizes 10 100 1000 10000] [--json]
 
@@ -46,6 +48,7 @@ from orchestrator.stopping import BalanceStopper
 from search_spaces.spec import Stopping
 
 STEPS_PER_EVAL = 100
+MIN_RESULTS = 20_000  # results per size and mode at least, over as many runs as that takes
 SEARCHED = ["lr_g", "lr_d", "beta1"]
 
 
@@ -80,8 +83,10 @@ def run_once(n: int, *, evals: int, concurrent: int, rich_table: bool, seed: int
                              console=console, experiment_ids=["0"], stopper=stopper, parent_run_id=None)
     progress._close_run = lambda *a, **k: None  # MLflow writes: tracking-server load, measured by bench/tracking_load.py
     results = 0
+    t_setup = time.perf_counter()
+    progress.setup()  # once per sweep: starts the Live display (and its thread) on a terminal
     t0 = time.perf_counter()
-    progress.setup()
+    setup = t0 - t_setup
     it = 0
     for w in range(0, n, concurrent):
         wave = trials[w:w + concurrent]
@@ -107,12 +112,14 @@ def run_once(n: int, *, evals: int, concurrent: int, rich_table: bool, seed: int
         for t in live:
             progress.on_trial_complete(it, trials, t)
             progress._ranked_trial_ids(MAX_ROWS)
-    progress.on_experiment_end(trials)
+    t_end = time.perf_counter()
+    progress.on_experiment_end(trials)  # once per sweep: the last summary line, or the table's last draw
+    once = setup + time.perf_counter() - t_end
     summaries = [TrialSummary(t.trial_id, None, progress.rows[t.trial_id]["state"], dict(t.config), dict(t.last_result), t.last_result.get("step", 0)) for t in trials]
     result = SweepResult("bench", "bench", "0", "p", "sqlite:///x", "/tmp", "fid", "min", 0.0, None, trials=summaries)
     result.trials = result.leaderboard()
     result.to_dict()
-    total = time.perf_counter() - t0
+    total = time.perf_counter() - t0 - (once - setup)
     # One draw of the live table and one summary line at this size (a terminal redraws at 2 Hz;
     # a CI log gets a summary every 30 s).
     t1 = time.perf_counter()
@@ -123,7 +130,7 @@ def run_once(n: int, *, evals: int, concurrent: int, rich_table: bool, seed: int
     summary = time.perf_counter() - t2
     stopped = sum(r["state"] == "stopped" for r in progress.rows.values())
     return {"trials": n, "results": results, "stopped": stopped, "us_per_result": 1e6 * total / results,
-            "table_draw_ms": 1e3 * draw, "summary_ms": 1e3 * summary}
+            "once_per_sweep_ms": 1e3 * once, "table_draw_ms": 1e3 * draw, "summary_ms": 1e3 * summary}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,22 +138,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000, 10000])
     ap.add_argument("--evals", type=int, default=5)
     ap.add_argument("--concurrent", type=int, default=64)
-    ap.add_argument("--repeat", type=int, default=3, help="runs per size and mode; the median is reported")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds over every size and mode; the median of the runs is reported")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if any(s < 1 for s in args.sizes) or args.evals < 1 or args.concurrent < 1 or args.repeat < 1:
         print("driver_scale: --sizes, --evals, --concurrent and --repeat take positive integers", file=sys.stderr)
         return 2
-    rows = []
-    for mode in ("plain", "rich"):
+    # Rounds: every size and mode once per round, so a shared machine's load, which changes by
+    # the minute, falls on all sizes alike. A small sweep is over in milliseconds, where that
+    # noise is as big as the figure: it runs several times a round, MIN_RESULTS results in all.
+    modes = ("plain", "rich")
+    runs: dict[tuple[str, int], list[dict]] = {(m, n): [] for m in modes for n in args.sizes}
+    for k in range(args.repeat):
         for n in args.sizes:
-            runs = [run_once(n, evals=args.evals, concurrent=args.concurrent, rich_table=mode == "rich", seed=k) for k in range(args.repeat)]
-            row = {"mode": mode, **{k: runs[0][k] for k in ("trials", "results", "stopped")},
-                   **{k: statistics.median(r[k] for r in runs) for k in ("us_per_result", "table_draw_ms", "summary_ms")}}
-            rows.append(row)
-            if not args.json:
-                print(f"{mode:5s} {n:6d} trials {row['results']:6d} results: {row['us_per_result']:8.1f} us/result, "
-                      f"table draw {row['table_draw_ms']:8.2f} ms, summary {row['summary_ms']:7.3f} ms", file=sys.stderr, flush=True)
+            for mode in modes:
+                times = max(1, -(-MIN_RESULTS // (args.repeat * n * args.evals)))
+                runs[mode, n] += [run_once(n, evals=args.evals, concurrent=args.concurrent, rich_table=mode == "rich", seed=k * times + j) for j in range(times)]
+    rows = []
+    for (mode, n), done in runs.items():
+        row = {"mode": mode, "runs": len(done), **{k: done[0][k] for k in ("trials", "results", "stopped")},
+               **{k: statistics.median(r[k] for r in done) for k in ("us_per_result", "once_per_sweep_ms", "table_draw_ms", "summary_ms")}}
+        rows.append(row)
+        if not args.json:
+            print(f"{mode:5s} {n:6d} trials {row['results']:6d} results: {row['us_per_result']:8.1f} us/result, once per sweep {row['once_per_sweep_ms']:6.2f} ms, "
+                  f"table draw {row['table_draw_ms']:8.2f} ms, summary {row['summary_ms']:7.3f} ms", file=sys.stderr, flush=True)
     ratios = {}
     for mode in ("plain", "rich"):
         per = [r["us_per_result"] for r in rows if r["mode"] == mode]
