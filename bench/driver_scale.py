@@ -18,7 +18,9 @@ left out (it is tracking-server load: bench/tracking_load.py); everything else i
 own code. Reported: microseconds per result (every hook, stopper and selection that result
 caused, and the end's leaderboard, divided by the results); apart, what a sweep pays once
 whatever its size (starting and stopping the Live display: 10-15 ms, which alone is 300 us a
-result in a 10-trial sweep of 48 results); and the cost of one table draw and one summary line.
+result in a 10-trial sweep of 48 results); the cost of one table draw and one summary line;
+and the size of what Tune pickles of ours into each experiment-state save (the callback and
+the stopper it holds).
 
     nice -n 10 python bench/driver_scale.py [--sizes 10 100 1000 10000] [--json]
 
@@ -32,6 +34,7 @@ import io
 import json
 import math
 import os
+import pickle
 import random
 import statistics
 import sys
@@ -129,8 +132,11 @@ def run_once(n: int, *, evals: int, concurrent: int, rich_table: bool, seed: int
     progress.best(), progress._counts()
     summary = time.perf_counter() - t2
     stopped = sum(r["state"] == "stopped" for r in progress.rows.values())
+    # What Tune pickles of ours into each experiment-state save: the callback (with the stopper it holds).
+    del progress._close_run
+    state = len(pickle.dumps(progress))
     return {"trials": n, "results": results, "stopped": stopped, "us_per_result": 1e6 * total / results,
-            "once_per_sweep_ms": 1e3 * once, "table_draw_ms": 1e3 * draw, "summary_ms": 1e3 * summary}
+            "once_per_sweep_ms": 1e3 * once, "state_mb": state / 1e6, "table_draw_ms": 1e3 * draw, "summary_ms": 1e3 * summary}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,11 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for (mode, n), done in runs.items():
         row = {"mode": mode, "runs": len(done), **{k: done[0][k] for k in ("trials", "results", "stopped")},
-               **{k: statistics.median(r[k] for r in done) for k in ("us_per_result", "once_per_sweep_ms", "table_draw_ms", "summary_ms")}}
+               **{k: statistics.median(r[k] for r in done) for k in ("us_per_result", "once_per_sweep_ms", "table_draw_ms", "summary_ms", "state_mb")}}
         rows.append(row)
         if not args.json:
             print(f"{mode:5s} {n:6d} trials {row['results']:6d} results: {row['us_per_result']:8.1f} us/result, once per sweep {row['once_per_sweep_ms']:6.2f} ms, "
-                  f"table draw {row['table_draw_ms']:8.2f} ms, summary {row['summary_ms']:7.3f} ms", file=sys.stderr, flush=True)
+                  f"table draw {row['table_draw_ms']:8.2f} ms, summary {row['summary_ms']:7.3f} ms, pickled state {row['state_mb']:.2f} MB", file=sys.stderr, flush=True)
     ratios = {}
     for mode in ("plain", "rich"):
         per = [r["us_per_result"] for r in rows if r["mode"] == mode]
