@@ -66,9 +66,18 @@ class InProcessBoard:
 
 def _result(rng: random.Random, step: int, cost: float, diverged: bool) -> dict:
     loss_d = math.nan if diverged else 1.386 + rng.uniform(-0.2, 0.2)
-    return {"step": step, "fid": rng.uniform(20, 300), "loss_d": loss_d, "loss_g": 0.693 + rng.uniform(-0.2, 0.2),
-            "d_x": 0.5 + rng.uniform(-0.1, 0.1), "d_g_z": 0.5 + rng.uniform(-0.1, 0.1), "grad_norm_d": rng.uniform(0.5, 2),
-            "grad_norm_g": rng.uniform(0.5, 2), "cost_usd": cost, "training_iteration": step // STEPS_PER_EVAL}
+    return {
+        "step": step,
+        "fid": rng.uniform(20, 300),
+        "loss_d": loss_d,
+        "loss_g": 0.693 + rng.uniform(-0.2, 0.2),
+        "d_x": 0.5 + rng.uniform(-0.1, 0.1),
+        "d_g_z": 0.5 + rng.uniform(-0.1, 0.1),
+        "grad_norm_d": rng.uniform(0.5, 2),
+        "grad_norm_g": rng.uniform(0.5, 2),
+        "cost_usd": cost,
+        "training_iteration": step // STEPS_PER_EVAL,
+    }
 
 
 def run_once(n: int, *, evals: int, concurrent: int, rich_table: bool, seed: int = 0) -> dict:
@@ -77,14 +86,28 @@ def run_once(n: int, *, evals: int, concurrent: int, rich_table: bool, seed: int
 
     rng = random.Random(seed)
     steps = evals * STEPS_PER_EVAL
-    trials = [Trial("__fake", config={k: rng.uniform(1e-5, 1e-2) for k in SEARCHED}, trial_id=f"bench_{i:05d}", stub=True) for i in range(n)]
+    trials = [
+        Trial("__fake", config={k: rng.uniform(1e-5, 1e-2) for k in SEARCHED}, trial_id=f"bench_{i:05d}", stub=True)
+        for i in range(n)
+    ]
     board = InProcessBoard()
     stopper = BalanceStopper(Stopping(), "fid", "min", board=board, max_usd=1e12)
     sink = io.StringIO()
     console = Console(file=sink, width=160, force_terminal=rich_table, color_system=None)
-    progress = SweepProgress(metric="fid", mode="min", steps=steps, searched=SEARCHED, tracking_uri="sqlite:////nonexistent/mlflow.db",
-                             console=console, experiment_ids=["0"], stopper=stopper, parent_run_id=None)
-    progress._close_run = lambda *a, **k: None  # MLflow writes: tracking-server load, measured by bench/tracking_load.py
+    progress = SweepProgress(
+        metric="fid",
+        mode="min",
+        steps=steps,
+        searched=SEARCHED,
+        tracking_uri="sqlite:////nonexistent/mlflow.db",
+        console=console,
+        experiment_ids=["0"],
+        stopper=stopper,
+        parent_run_id=None,
+    )
+    progress._close_run = lambda *a, **k: (
+        None
+    )  # MLflow writes: tracking-server load, measured by bench/tracking_load.py
     results = 0
     t_setup = time.perf_counter()
     progress.setup()  # once per sweep: starts the Live display (and its thread) on a terminal
@@ -92,13 +115,13 @@ def run_once(n: int, *, evals: int, concurrent: int, rich_table: bool, seed: int
     setup = t0 - t_setup
     it = 0
     for w in range(0, n, concurrent):
-        wave = trials[w:w + concurrent]
+        wave = trials[w : w + concurrent]
         for t in wave:
             progress.on_trial_start(it, trials, t)
         live = list(wave)
         for e in range(1, evals + 1):
             still = []
-            for i, t in enumerate(live):
+            for t in live:
                 it += 1
                 r = _result(rng, e * STEPS_PER_EVAL, 0.01 * e, diverged=(int(t.trial_id[-5:]) % 10 == 3 and e == 3))
                 t.update_last_result(r)
@@ -118,7 +141,17 @@ def run_once(n: int, *, evals: int, concurrent: int, rich_table: bool, seed: int
     t_end = time.perf_counter()
     progress.on_experiment_end(trials)  # once per sweep: the last summary line, or the table's last draw
     once = setup + time.perf_counter() - t_end
-    summaries = [TrialSummary(t.trial_id, None, progress.rows[t.trial_id]["state"], dict(t.config), dict(t.last_result), t.last_result.get("step", 0)) for t in trials]
+    summaries = [
+        TrialSummary(
+            t.trial_id,
+            None,
+            progress.rows[t.trial_id]["state"],
+            dict(t.config),
+            dict(t.last_result),
+            t.last_result.get("step", 0),
+        )
+        for t in trials
+    ]
     result = SweepResult("bench", "bench", "0", "p", "sqlite:///x", "/tmp", "fid", "min", 0.0, None, trials=summaries)
     result.trials = result.leaderboard()
     result.to_dict()
@@ -135,8 +168,16 @@ def run_once(n: int, *, evals: int, concurrent: int, rich_table: bool, seed: int
     # What Tune pickles of ours into each experiment-state save: the callback (with the stopper it holds).
     del progress._close_run
     state = len(pickle.dumps(progress))
-    return {"trials": n, "results": results, "stopped": stopped, "us_per_result": 1e6 * total / results,
-            "once_per_sweep_ms": 1e3 * once, "state_mb": state / 1e6, "table_draw_ms": 1e3 * draw, "summary_ms": 1e3 * summary}
+    return {
+        "trials": n,
+        "results": results,
+        "stopped": stopped,
+        "us_per_result": 1e6 * total / results,
+        "once_per_sweep_ms": 1e3 * once,
+        "state_mb": state / 1e6,
+        "table_draw_ms": 1e3 * draw,
+        "summary_ms": 1e3 * summary,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000, 10000])
     ap.add_argument("--evals", type=int, default=5)
     ap.add_argument("--concurrent", type=int, default=64)
-    ap.add_argument("--repeat", type=int, default=3, help="rounds over every size and mode; the median of the runs is reported")
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="rounds over every size and mode; the median of the runs is reported"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if any(s < 1 for s in args.sizes) or args.evals < 1 or args.concurrent < 1 or args.repeat < 1:
@@ -159,25 +202,53 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.sizes:
             for mode in modes:
                 times = max(1, -(-MIN_RESULTS // (args.repeat * n * args.evals)))
-                runs[mode, n] += [run_once(n, evals=args.evals, concurrent=args.concurrent, rich_table=mode == "rich", seed=k * times + j) for j in range(times)]
+                runs[mode, n] += [
+                    run_once(
+                        n, evals=args.evals, concurrent=args.concurrent, rich_table=mode == "rich", seed=k * times + j
+                    )
+                    for j in range(times)
+                ]
     rows = []
     for (mode, n), done in runs.items():
-        row = {"mode": mode, "runs": len(done), **{k: done[0][k] for k in ("trials", "results", "stopped")},
-               **{k: statistics.median(r[k] for r in done) for k in ("us_per_result", "once_per_sweep_ms", "table_draw_ms", "summary_ms", "state_mb")}}
+        row = {
+            "mode": mode,
+            "runs": len(done),
+            **{k: done[0][k] for k in ("trials", "results", "stopped")},
+            **{
+                k: statistics.median(r[k] for r in done)
+                for k in ("us_per_result", "once_per_sweep_ms", "table_draw_ms", "summary_ms", "state_mb")
+            },
+        }
         rows.append(row)
         if not args.json:
-            print(f"{mode:5s} {n:6d} trials {row['results']:6d} results: {row['us_per_result']:8.1f} us/result, once per sweep {row['once_per_sweep_ms']:6.2f} ms, "
-                  f"table draw {row['table_draw_ms']:8.2f} ms, summary {row['summary_ms']:7.3f} ms, pickled state {row['state_mb']:.2f} MB", file=sys.stderr, flush=True)
+            print(
+                f"{mode:5s} {n:6d} trials {row['results']:6d} results: {row['us_per_result']:8.1f} us/result, once "
+                f"per sweep {row['once_per_sweep_ms']:6.2f} ms, "
+                f"table draw {row['table_draw_ms']:8.2f} ms, summary {row['summary_ms']:7.3f} ms, pickled state "
+                f"{row['state_mb']:.2f} MB",
+                file=sys.stderr,
+                flush=True,
+            )
     ratios = {}
     for mode in ("plain", "rich"):
         per = [r["us_per_result"] for r in rows if r["mode"] == mode]
         ratios[mode] = max(per) / min(per)
-    out = {"rows": rows, "flat_ratio": ratios, "target": 2.0, "met": all(v <= 2.0 for v in ratios.values()),
-           "load": os.getloadavg()[0], "cpus": os.cpu_count()}
+    out = {
+        "rows": rows,
+        "flat_ratio": ratios,
+        "target": 2.0,
+        "met": all(v <= 2.0 for v in ratios.values()),
+        "load": os.getloadavg()[0],
+        "cpus": os.cpu_count(),
+    }
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"max/min us per result: plain {ratios['plain']:.2f}x, rich {ratios['rich']:.2f}x (target <= 2x); load {out['load']:.2f} on {out['cpus']} CPUs", file=sys.stderr)
+        print(
+            f"max/min us per result: plain {ratios['plain']:.2f}x, rich {ratios['rich']:.2f}x (target <= 2x); load "
+            f"{out['load']:.2f} on {out['cpus']} CPUs",
+            file=sys.stderr,
+        )
     return 0 if out["met"] else 1
 
 

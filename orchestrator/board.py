@@ -24,8 +24,8 @@ class TrialBoard:
         self.stopped.add(trial_id)
 
     def exploit(self, trial_id: str, order: dict[str, Any]) -> None:
-        """Queue a PBT exploit: {"donor", "checkpoint" (URI of the donor's Ray Train checkpoint), "config" (new settings)}.
-        A newer order replaces one the trial has not picked up yet."""
+        """Queue a PBT exploit: {"donor", "checkpoint" (URI of the donor's Ray Train checkpoint),
+        "config" (new settings)}. A newer order replaces one the trial has not picked up yet."""
         self.exploits[trial_id] = order
 
     def poll(self, trial_id: str) -> str | dict[str, Any] | None:

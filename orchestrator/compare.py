@@ -17,13 +17,16 @@ def compare(tracking_uri: str, sweep: str) -> dict[str, Any]:
     """The sweep's trials, best first by the sweep's metric, with sampled values and balance metrics."""
     parent, children = _runs(tracking_uri, sweep)
     if parent is None:
-        raise CompareError(f"no sweep {sweep!r} in {tracking_uri}; pass the sweep id the leaderboard prints (name-YYYYmmdd-HHMMSS) or its MLflow run id; `ganops sweeps` lists them")
+        raise CompareError(
+            f"no sweep {sweep!r} in {tracking_uri}; pass the sweep id the leaderboard prints (name-YYYYmmdd-HHMMSS) "
+            "or its MLflow run id; `ganops sweeps` lists them"
+        )
     return _table(parent, children)
 
 
 def sweeps(tracking_uri: str) -> list[dict[str, Any]]:
     """Every sweep in the store, newest first: id, status, trials, best trial by the sweep's metric, start time."""
-    found = local_store.all_sweeps(tracking_uri)
+    found: list[tuple[Any, list[Any]]] | None = local_store.all_sweeps(tracking_uri)  # LocalRun or mlflow Run
     if found is None:
         from mlflow import MlflowClient
 
@@ -31,15 +34,29 @@ def sweeps(tracking_uri: str) -> list[dict[str, Any]]:
 
         client = MlflowClient(tracking_uri)
         ids = [e.experiment_id for e in client.search_experiments()]
-        parents = client.search_runs(ids, filter_string=f"tags.`{tracking.TAG_KIND}` = 'sweep'", max_results=10_000) if ids else []
+        parents = (
+            client.search_runs(ids, filter_string=f"tags.`{tracking.TAG_KIND}` = 'sweep'", max_results=10_000)
+            if ids
+            else []
+        )
         found = [(p, tracking.trial_runs(client, p)) for p in parents]
     out = []
     for parent, children in found:
         table = _table(parent, children)
         top = best(table["trials"], table["metric"], table["mode"])
-        out.append({"sweep_id": table["sweep_id"], "parent_run_id": parent.info.run_id, "status": parent.info.status, "trials": len(children),
-                    "metric": table["metric"], "mode": table["mode"], "best": top[table["metric"]] if top else None,
-                    "best_trial": top["trial_id"] if top else None, "start_time": _iso(parent.info.start_time)})
+        out.append(
+            {
+                "sweep_id": table["sweep_id"],
+                "parent_run_id": parent.info.run_id,
+                "status": parent.info.status,
+                "trials": len(children),
+                "metric": table["metric"],
+                "mode": table["mode"],
+                "best": top[table["metric"]] if top else None,
+                "best_trial": top["trial_id"] if top else None,
+                "start_time": _iso(parent.info.start_time),
+            }
+        )
     return out
 
 
@@ -56,20 +73,28 @@ def _table(parent: Any, children: list) -> dict[str, Any]:
     trials = []
     for r in children:
         m = r.data.metrics
-        trials.append({
-            "trial_id": r.data.tags.get(local_store.TAG_TRIAL),
-            "run_id": r.info.run_id,
-            "status": r.info.status,
-            "sampled": json.loads(r.data.tags.get("ganops.sampled", "{}")),
-            "step": int(m.get("step", 0)),
-            metric: m.get(metric),
-            **{k: m[k] for k in (*BALANCE_COLUMNS, *MIXTURE_COLUMNS) if k in m and k != metric},
-            "stop_reason": r.data.tags.get("stop_reason"),
-            "stop_evidence": json.loads(r.data.tags["stop_evidence"]) if "stop_evidence" in r.data.tags else None,
-        })
+        trials.append(
+            {
+                "trial_id": r.data.tags.get(local_store.TAG_TRIAL),
+                "run_id": r.info.run_id,
+                "status": r.info.status,
+                "sampled": json.loads(r.data.tags.get("ganops.sampled", "{}")),
+                "step": int(m.get("step", 0)),
+                metric: m.get(metric),
+                **{k: m[k] for k in (*BALANCE_COLUMNS, *MIXTURE_COLUMNS) if k in m and k != metric},
+                "stop_reason": r.data.tags.get("stop_reason"),
+                "stop_evidence": json.loads(r.data.tags["stop_evidence"]) if "stop_evidence" in r.data.tags else None,
+            }
+        )
     trials = best_first(trials, metric, mode)
-    return {"sweep_id": parent.data.tags.get(local_store.TAG_SWEEP), "parent_run_id": parent.info.run_id, "status": parent.info.status,
-            "metric": metric, "mode": mode, "trials": trials}
+    return {
+        "sweep_id": parent.data.tags.get(local_store.TAG_SWEEP),
+        "parent_run_id": parent.info.run_id,
+        "status": parent.info.status,
+        "metric": metric,
+        "mode": mode,
+        "trials": trials,
+    }
 
 
 def _runs(tracking_uri: str, sweep: str) -> tuple[Any, list]:

@@ -48,10 +48,12 @@ def _cell(path: str) -> Image.Image:
     w, h = img.size
     if w >= 200 and h >= 200 and w == h:  # an 8x8 image grid: the top-left 4x4 digits, larger
         img = img.crop((0, 0, w // 2, h // 2))
-    return img.resize((CELL, CELL), Image.NEAREST)
+    return img.resize((CELL, CELL), Image.Resampling.NEAREST)
 
 
-def build(client: MlflowClient, trials: list[tuple[str, str]], max_cols: int = 12, max_rows: int = MAX_ROWS) -> Image.Image | None:
+def build(
+    client: MlflowClient, trials: list[tuple[str, str]], max_cols: int = 12, max_rows: int = MAX_ROWS
+) -> Image.Image | None:
     """`trials`: (label, run_id) best first; the first `max_rows` make the rows. None when no
     trial has logged a picture yet."""
     trials = trials[:max_rows]
@@ -67,11 +69,22 @@ def build(client: MlflowClient, trials: list[tuple[str, str]], max_cols: int = 1
     draw = ImageDraw.Draw(sheet)
     for c, s in enumerate(steps):
         draw.text((LABEL_W + c * CELL + 4, 3), f"step {s}", fill="black")
-    cells = [(r, c, root, imgs[s]) for r, (_, root, imgs) in enumerate(per_trial) for c, s in enumerate(steps) if s in imgs]
+    cells = [
+        (r, c, root, imgs[s]) for r, (_, root, imgs) in enumerate(per_trial) for c, s in enumerate(steps) if s in imgs
+    ]
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(4) as pool:
+
         def fetch(cell):
             r, c, root, path = cell
-            return r, c, mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/{path}", dst_path=str(Path(tmp) / f"{r}-{c}"), tracking_uri=client.tracking_uri)
+            return (
+                r,
+                c,
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{root}/{path}",
+                    dst_path=str(Path(tmp) / f"{r}-{c}"),
+                    tracking_uri=client.tracking_uri,
+                ),
+            )
 
         for r, c, local in pool.map(fetch, cells):
             sheet.paste(_cell(local), (LABEL_W + c * CELL, 18 + r * CELL))

@@ -71,14 +71,22 @@ def _query(uri: str, sql: str, args: tuple = ()) -> list[tuple] | None:
 
 def has_sweep(uri: str, sweep: str) -> bool | None:
     """Whether the store holds sweep `sweep` (sweep id or the parent run's id); None: ask MLflow."""
-    rows = _query(uri, "SELECT 1 FROM tags t JOIN tags k ON k.run_uuid = t.run_uuid AND k.key = ? AND k.value = 'sweep' "
-                       "WHERE (t.key = ? AND t.value = ?) OR t.run_uuid = ? LIMIT 1", (TAG_KIND, TAG_SWEEP, sweep, sweep))
+    rows = _query(
+        uri,
+        "SELECT 1 FROM tags t JOIN tags k ON k.run_uuid = t.run_uuid AND k.key = ? AND k.value = 'sweep' "
+        "WHERE (t.key = ? AND t.value = ?) OR t.run_uuid = ? LIMIT 1",
+        (TAG_KIND, TAG_SWEEP, sweep, sweep),
+    )
     return None if rows is None else bool(rows)
 
 
 def has_run(uri: str, run: str) -> bool | None:
     """Whether the store holds MLflow run `run` or a trial with Ray trial id `run`; None: ask MLflow."""
-    rows = _query(uri, "SELECT 1 FROM runs WHERE run_uuid = ? UNION SELECT 1 FROM tags WHERE key = ? AND value = ? LIMIT 1", (run, TAG_TRIAL, run))
+    rows = _query(
+        uri,
+        "SELECT 1 FROM runs WHERE run_uuid = ? UNION SELECT 1 FROM tags WHERE key = ? AND value = ? LIMIT 1",
+        (run, TAG_TRIAL, run),
+    )
     return None if rows is None else bool(rows)
 
 
@@ -113,9 +121,16 @@ class LocalRun:
 
 
 def _runs(uri: str, where: str, args: tuple) -> list[LocalRun] | None:
-    chosen = (f"FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id "
-              f"WHERE r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active' AND ({where})")
-    rows = _query(uri, f"SELECT r.run_uuid, r.experiment_id, r.status, r.start_time, r.end_time {chosen} ORDER BY r.start_time DESC, r.run_uuid", args)
+    chosen = (
+        f"FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id "
+        f"WHERE r.lifecycle_stage = 'active' AND e.lifecycle_stage = 'active' AND ({where})"
+    )
+    rows = _query(
+        uri,
+        f"SELECT r.run_uuid, r.experiment_id, r.status, r.start_time, r.end_time {chosen} ORDER BY r.start_time "
+        "DESC, r.run_uuid",
+        args,
+    )
     if rows is None:
         return None
     runs = {r[0]: LocalRun(_Info(r[0], str(r[1]), r[2], r[3], r[4]), _Data()) for r in rows}
@@ -124,7 +139,11 @@ def _runs(uri: str, where: str, args: tuple) -> list[LocalRun] | None:
     # The same selection as a subquery, not one `?` per run: SQLite caps a statement's
     # parameters (999 before 3.32, 32,766 since), and a sweep can hold more trials.
     tags = _query(uri, f"SELECT run_uuid, key, value FROM tags WHERE run_uuid IN (SELECT r.run_uuid {chosen})", args)
-    metrics = _query(uri, f"SELECT run_uuid, key, value, is_nan FROM latest_metrics WHERE run_uuid IN (SELECT r.run_uuid {chosen})", args)
+    metrics = _query(
+        uri,
+        f"SELECT run_uuid, key, value, is_nan FROM latest_metrics WHERE run_uuid IN (SELECT r.run_uuid {chosen})",
+        args,
+    )
     if tags is None or metrics is None:
         return None
     for rid, k, v in tags:
@@ -139,7 +158,9 @@ def _runs(uri: str, where: str, args: tuple) -> list[LocalRun] | None:
 def sweep_runs(uri: str, sweep: str) -> tuple[LocalRun | None, list[LocalRun]] | None:
     """(the sweep's parent run or None if there is no such sweep, its trial runs); None: ask MLflow."""
     kind = f"r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = '{TAG_KIND}' AND value = 'sweep')"
-    found = _runs(uri, f"{kind} AND r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = ? AND value = ?)", (TAG_SWEEP, sweep))
+    found = _runs(
+        uri, f"{kind} AND r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = ? AND value = ?)", (TAG_SWEEP, sweep)
+    )
     if found == []:  # by MLflow run id, as `MlflowClient.get_run` finds it
         found = _runs(uri, f"{kind} AND r.run_uuid = ?", (sweep,))
     if found is None:
@@ -147,8 +168,11 @@ def sweep_runs(uri: str, sweep: str) -> tuple[LocalRun | None, list[LocalRun]] |
     if not found:
         return None, []
     parent = found[0]
-    children = _runs(uri, "r.experiment_id = ? AND r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = ? AND value = ?)",
-                     (parent.info.experiment_id, TAG_PARENT, parent.info.run_id))
+    children = _runs(
+        uri,
+        "r.experiment_id = ? AND r.run_uuid IN (SELECT run_uuid FROM tags WHERE key = ? AND value = ?)",
+        (parent.info.experiment_id, TAG_PARENT, parent.info.run_id),
+    )
     return None if children is None else (parent, children)
 
 
@@ -166,13 +190,19 @@ def all_sweeps(uri: str) -> list[tuple[LocalRun, list[LocalRun]]] | None:
     return out
 
 
-def metric_histories(uri: str, parent_run_id: str, keys: tuple[str, ...]) -> dict[str, dict[str, list[tuple[int, float]]]] | None:
+def metric_histories(
+    uri: str, parent_run_id: str, keys: tuple[str, ...]
+) -> dict[str, dict[str, list[tuple[int, float]]]] | None:
     """Every trial run of the sweep `parent_run_id`: key -> its (step, value) points, step
     order, for the metrics `keys`, in one query (`ganops report` asked MLflow once per trial
     and metric: 9,000 requests for 1,000 trials); None: ask MLflow."""
     marks = ",".join("?" * len(keys))
-    rows = _query(uri, f"SELECT run_uuid, key, step, value, is_nan FROM metrics WHERE key IN ({marks}) AND run_uuid IN "
-                       "(SELECT run_uuid FROM tags WHERE key = ? AND value = ?) ORDER BY run_uuid, key, step, value", (*keys, TAG_PARENT, parent_run_id))
+    rows = _query(
+        uri,
+        f"SELECT run_uuid, key, step, value, is_nan FROM metrics WHERE key IN ({marks}) AND run_uuid IN "
+        "(SELECT run_uuid FROM tags WHERE key = ? AND value = ?) ORDER BY run_uuid, key, step, value",
+        (*keys, TAG_PARENT, parent_run_id),
+    )
     if rows is None:
         return None
     out: dict[str, dict[str, list[tuple[int, float]]]] = {}

@@ -63,7 +63,19 @@ def _last_error_line(trial) -> str | None:
 
 
 class SweepProgress(Callback):
-    def __init__(self, *, metric: str, mode: str, steps: int, searched: list[str], tracking_uri: str, console: Console | None, experiment_ids: list[str], stopper=None, parent_run_id: str | None = None):
+    def __init__(
+        self,
+        *,
+        metric: str,
+        mode: str,
+        steps: int,
+        searched: list[str],
+        tracking_uri: str,
+        console: Console | None,
+        experiment_ids: list[str],
+        stopper=None,
+        parent_run_id: str | None = None,
+    ):
         self.stopper = stopper
         self.parent_run_id = parent_run_id
         self._sheet_at = time.monotonic()
@@ -107,7 +119,9 @@ class SweepProgress(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         row = self._row(trial)
         self._set_state(row, "running")
-        self._event(trial.trial_id, "started", detail=", ".join(f"{k} {fmt(v)}" for k, v in row["config"].items()) or None)
+        self._event(
+            trial.trial_id, "started", detail=", ".join(f"{k} {fmt(v)}" for k, v in row["config"].items()) or None
+        )
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if self.first_result_s is None:
@@ -133,14 +147,21 @@ class SweepProgress(Callback):
         if not done:  # stopped by a balance rule or the scheduler: the sweep closes its run
             status = "FAILED" if verdict is not None and verdict.rule == "divergence" else "KILLED"
             self._close_run(trial.trial_id, status, verdict.rule if verdict else "scheduler", verdict)
-        self._event(trial.trial_id, row["state"], step=(trial.last_result or {}).get("step"), value=row.get("metric"),
-                    detail=None if done else row.get("stop_reason", "by the scheduler"))
+        self._event(
+            trial.trial_id,
+            row["state"],
+            step=(trial.last_result or {}).get("step"),
+            value=row.get("metric"),
+            detail=None if done else row.get("stop_reason", "by the scheduler"),
+        )
         self._refresh_sheet(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._set_state(self._row(trial), "failed")
         self._close_run(trial.trial_id, "FAILED", "error")
-        self._event(trial.trial_id, "failed", step=(trial.last_result or {}).get("step"), detail=_last_error_line(trial))
+        self._event(
+            trial.trial_id, "failed", step=(trial.last_result or {}).get("step"), detail=_last_error_line(trial)
+        )
 
     def on_experiment_end(self, trials, **info):
         if self.plain:
@@ -162,10 +183,22 @@ class SweepProgress(Callback):
             self.console.file.write(line + "\n")
             self.console.file.flush()
 
-    def _event(self, trial_id: str, event: str, *, step: int | None = None, value: Any = None, detail: str | None = None) -> None:
+    def _event(
+        self, trial_id: str, event: str, *, step: int | None = None, value: Any = None, detail: str | None = None
+    ) -> None:
         if self.plain:
-            self._say(event_line(time.monotonic() - self.started, trial_id, event, step=step, steps=self.steps,
-                                 metric=self.metric if value is not None else None, value=value, detail=detail))
+            self._say(
+                event_line(
+                    time.monotonic() - self.started,
+                    trial_id,
+                    event,
+                    step=step,
+                    steps=self.steps,
+                    metric=self.metric if value is not None else None,
+                    value=value,
+                    detail=detail,
+                )
+            )
 
     def _counts(self) -> dict[str, int]:
         return dict(self.counts)
@@ -173,7 +206,10 @@ class SweepProgress(Callback):
     def _row(self, trial) -> dict[str, Any]:
         row = self.rows.get(trial.trial_id)
         if row is None:
-            row = self.rows[trial.trial_id] = {"config": {k: trial.config.get(k) for k in self.searched}, "state": "pending"}
+            row = self.rows[trial.trial_id] = {
+                "config": {k: trial.config.get(k) for k in self.searched},
+                "state": "pending",
+            }
             self.counts["pending"] += 1
             self.standings.update(trial.trial_id)
         return row
@@ -215,6 +251,8 @@ class SweepProgress(Callback):
         return self.standings.top(n)
 
     def _log_sheet(self) -> None:
+        if self.parent_run_id is None:  # no sweep run to draw the sheet on
+            return
         from mlflow import MlflowClient
 
         from orchestrator.contact_sheet import MAX_ROWS, log_contact_sheet
@@ -223,7 +261,9 @@ class SweepProgress(Callback):
             self._sheet_again = False
             try:
                 client = MlflowClient(self.tracking_uri)
-                run_ids = tracking.trial_run_ids(client, self.experiment_ids[0], self.parent_run_id)  # one search, not one per trial
+                run_ids = tracking.trial_run_ids(
+                    client, self.experiment_ids[0], self.parent_run_id
+                )  # one search, not one per trial
                 trials = [(tid, run_ids[tid]) for tid in self._ranked_trial_ids(MAX_ROWS) if tid in run_ids]
                 log_contact_sheet(client, self.parent_run_id, trials)
             except Exception:  # noqa: BLE001 - a picture must never cost the sweep anything
@@ -241,9 +281,16 @@ class SweepProgress(Callback):
         counts = self._counts()
         best = self.best()
         head = Text.assemble(
-            ("sweep ", "bold"), f"{time.monotonic() - self.started:5.0f}s  ",
-            (f"running {counts['running']}", "cyan"), "  ", (f"done {counts['done']}", "green"), "  ",
-            (f"stopped {counts['stopped']}", "yellow"), "  ", (f"failed {counts['failed']}", "red"), "  ",
+            ("sweep ", "bold"),
+            f"{time.monotonic() - self.started:5.0f}s  ",
+            (f"running {counts['running']}", "cyan"),
+            "  ",
+            (f"done {counts['done']}", "green"),
+            "  ",
+            (f"stopped {counts['stopped']}", "yellow"),
+            "  ",
+            (f"failed {counts['failed']}", "red"),
+            "  ",
             f"best {self.metric} " + (f"{fmt(best[1])} ({best[0]})" if best else "-"),
         )
         table = Table(box=None, pad_edge=False, show_header=True, header_style="dim")
@@ -257,8 +304,18 @@ class SweepProgress(Callback):
         for tid in shown:
             r = self.rows[tid]
             state = r["state"] + (f": {r['stop_reason']}" if r.get("stop_reason") else "")
-            table.add_row(tid, *[fmt(r["config"].get(k)) for k in self.searched], f"{r.get('step') or 0}/{self.steps}", fmt(r.get("metric", "-")), state)
+            table.add_row(
+                tid,
+                *[fmt(r["config"].get(k)) for k in self.searched],
+                f"{r.get('step') or 0}/{self.steps}",
+                fmt(r.get("metric", "-")),
+                state,
+            )
         more = len(self.rows) - len(shown)
         if more > 0:
-            return Group(head, table, Text(f"... and {more} more trial(s), best first above; `ganops compare` lists them all", style="dim"))
+            return Group(
+                head,
+                table,
+                Text(f"... and {more} more trial(s), best first above; `ganops compare` lists them all", style="dim"),
+            )
         return Group(head, table)

@@ -47,7 +47,10 @@ def report(tracking_uri: str, sweep: str, out: Path) -> dict:
     except CompareError as e:
         raise ReportError(str(e)) from None
     except MlflowException:  # e.g. a quote in the id makes MLflow's filter string invalid
-        raise ReportError(f"no sweep {sweep!r} in {_safe_uri(tracking_uri)}; pass the sweep id the leaderboard prints (name-YYYYmmdd-HHMMSS) or its MLflow run id") from None
+        raise ReportError(
+            f"no sweep {sweep!r} in {_safe_uri(tracking_uri)}; pass the sweep id the leaderboard prints "
+            "(name-YYYYmmdd-HHMMSS) or its MLflow run id"
+        ) from None
     parent = client.get_run(table["parent_run_id"])
     page = render(client, parent, table, _safe_uri(tracking_uri))
     try:
@@ -55,7 +58,12 @@ def report(tracking_uri: str, sweep: str, out: Path) -> dict:
         out.write_text(page, encoding="utf-8")
     except OSError as e:
         raise ReportError(f"cannot write the report to {out}: {e.strerror}; pass a writable file with --out") from None
-    return {"path": str(out.resolve()), "trials": len(table["trials"]), "sweep_id": table["sweep_id"], "status": table["status"]}
+    return {
+        "path": str(out.resolve()),
+        "trials": len(table["trials"]),
+        "sweep_id": table["sweep_id"],
+        "status": table["status"],
+    }
 
 
 def render(client: MlflowClient, parent, table: dict, uri: str) -> str:
@@ -64,34 +72,64 @@ def render(client: MlflowClient, parent, table: dict, uri: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         files = {a.path for a in client.list_artifacts(parent.info.run_id)}
         board = _artifact(client, parent.info.run_id, "leaderboard.csv", tmp) if "leaderboard.csv" in files else None
-        sheet = _artifact(client, parent.info.run_id, "contact_sheet.png", tmp) if "contact_sheet.png" in files else None
+        sheet = (
+            _artifact(client, parent.info.run_id, "contact_sheet.png", tmp) if "contact_sheet.png" in files else None
+        )
         histories = _all_histories(client, parent.info.run_id, trials, metric)
-        blocks = [_trial_block(client, i, t, metric, histories[t["run_id"]], tmp) for i, t in enumerate(trials[:DETAIL_TRIALS], 1)]
+        blocks = [
+            _trial_block(client, i, t, metric, histories[t["run_id"]], tmp)
+            for i, t in enumerate(trials[:DETAIL_TRIALS], 1)
+        ]
         if len(trials) > DETAIL_TRIALS:
             blocks.append(_rest_table(trials, metric))
-        missing = "the sweep is still running; it is written when the sweep ends" if status == "RUNNING" else f"the sweep ended {status} without writing it"
-        sheet_missing = ("the sweep draws it when its first trial ends, then refreshes it as it runs" if status == "RUNNING"
-                         else f"the sweep ended {status} without drawing it")
-        leaderboard = (_csv_table(board.read_text(encoding="utf-8"), metric) if board else
-                       f'<p class="note">No leaderboard yet: {missing}. Standings from MLflow now:</p>{_live_table(table)}')
-        contact = (f'<img class="contact-sheet" alt="contact sheet" src="{_data_uri(sheet)}">'
-                   '<p class="note">Rows: trials, best first. Columns: eval steps. Every cell is drawn from the same fixed noise.</p>'
-                   if sheet else f'<p class="note">No contact sheet yet: {sheet_missing}. Each trial\'s newest samples are below.</p>')
-    overview = _overview_svg(trials, histories, metric) if any(histories[t["run_id"]].get(metric) for t in trials) else '<p class="note">No trial has reported yet.</p>'
+        missing = (
+            "the sweep is still running; it is written when the sweep ends"
+            if status == "RUNNING"
+            else f"the sweep ended {status} without writing it"
+        )
+        sheet_missing = (
+            "the sweep draws it when its first trial ends, then refreshes it as it runs"
+            if status == "RUNNING"
+            else f"the sweep ended {status} without drawing it"
+        )
+        leaderboard = (
+            _csv_table(board.read_text(encoding="utf-8"), metric)
+            if board
+            else f'<p class="note">No leaderboard yet: {missing}. Standings from MLflow now:</p>{_live_table(table)}'
+        )
+        contact = (
+            f'<img class="contact-sheet" alt="contact sheet" src="{_data_uri(sheet)}">'
+            '<p class="note">Rows: trials, best first. Columns: eval steps. Every cell is drawn from the same fixed '
+            "noise.</p>"
+            if sheet
+            else f'<p class="note">No contact sheet yet: {sheet_missing}. Each trial\'s newest samples are below.</p>'
+        )
+    overview = (
+        _overview_svg(trials, histories, metric)
+        if any(histories[t["run_id"]].get(metric) for t in trials)
+        else '<p class="note">No trial has reported yet.</p>'
+    )
     sweep_id = table["sweep_id"] or parent.info.run_id
     when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
-    banner = (f'<p class="running">This sweep is still running: {len(trials)} trial(s) so far. The page shows what MLflow held at {when}; '
-              f'run <code>ganops report {_e(sweep_id)}</code> again for more.</p>' if status == "RUNNING" else "")
+    banner = (
+        f'<p class="running">This sweep is still running: {len(trials)} trial(s) so far. The page shows what MLflow '
+        f"held at {when}; "
+        f"run <code>ganops report {_e(sweep_id)}</code> again for more.</p>"
+        if status == "RUNNING"
+        else ""
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>ganops report: {_e(sweep_id)}</title><style>{CSS}</style></head>
 <body>
 <header><h1>Sweep {_e(sweep_id)}</h1>
-<p class="meta">status <b>{_e(status)}</b> &middot; {len(trials)} trial(s) &middot; ranked by <b>{_e(metric)}</b> ({_e(table["mode"])}) &middot;
+<p class="meta">status <b>{_e(status)}</b> &middot; {len(trials)} trial(s) &middot;
+ranked by <b>{_e(metric)}</b> ({_e(table["mode"])}) &middot;
 MLflow run <code>{_e(parent.info.run_id)}</code> in {_e(uri)} &middot; generated {when}</p>{banner}</header>
 <section id="leaderboard"><h2>Leaderboard</h2><div class="scroll">{leaderboard}</div></section>
 <section id="contact-sheet"><h2>Contact sheet</h2>{contact}</section>
 <section id="overview"><h2>{_e(metric)} of every trial</h2><figure class="overview">{overview}</figure></section>
-<section id="trials"><h2>Trials, best first</h2>{"".join(blocks) or '<p class="note">No trial has started yet.</p>'}</section>
+<section id="trials"><h2>Trials, best first</h2>
+{"".join(blocks) or '<p class="note">No trial has started yet.</p>'}</section>
 </body></html>
 """
 
@@ -102,16 +140,23 @@ def _trial_block(client: MlflowClient, rank: int, t: dict, metric: str, hist: di
     if images:
         step = max(images)
         path = _artifact(client, t["run_id"], images[step], tmp)
-        samples = f'<figure class="samples"><img alt="samples at step {step}" src="{_data_uri(path)}"><figcaption>samples at step {step}</figcaption></figure>'
+        samples = (
+            f'<figure class="samples"><img alt="samples at step {step}" src="{_data_uri(path)}">'
+            f"<figcaption>samples at step {step}</figcaption></figure>"
+        )
     else:
         samples = '<figure class="samples"><p class="note">no samples yet (logged at the first eval)</p></figure>'
     stop = f" &middot; stopped: {_e(t['stop_reason'])}" if t.get("stop_reason") else ""
     sampled = ", ".join(f"{_e(k)} = {_e(_fmt(v))}" for k, v in sorted(t["sampled"].items())) or "no sampled values"
     value = t.get(metric)
-    return (f'<article class="trial" id="trial-{_e(t["trial_id"] or t["run_id"])}">'
-            f'<h3>#{rank} {_e(t["trial_id"] or t["run_id"])} <span class="status">{_e(t["status"])} at step {t["step"]}{stop}</span></h3>'
-            f'<p class="meta">{sampled} &middot; {_e(metric)} = {_e(_fmt(value)) if value is not None else "-"} &middot; run <code>{_e(t["run_id"])}</code></p>'
-            f'<div class="row">{samples}<figure class="curves">{_curves_svg(hist, metric)}</figure></div></article>')
+    return (
+        f'<article class="trial" id="trial-{_e(t["trial_id"] or t["run_id"])}">'
+        f'<h3>#{rank} {_e(t["trial_id"] or t["run_id"])} <span class="status">{_e(t["status"])} at step '
+        f"{t['step']}{stop}</span></h3>"
+        f'<p class="meta">{sampled} &middot; {_e(metric)} = {_e(_fmt(value)) if value is not None else "-"} &middot; '
+        f"run <code>{_e(t['run_id'])}</code></p>"
+        f'<div class="row">{samples}<figure class="curves">{_curves_svg(hist, metric)}</figure></div></article>'
+    )
 
 
 def _panels(metric: str) -> list[tuple[str, tuple[str, ...], dict[float, str]]]:
@@ -128,7 +173,9 @@ def _keys(metric: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(k for _, ks, _ in _panels(metric) for k in ks))
 
 
-def _all_histories(client: MlflowClient, parent_run_id: str, trials: list[dict], metric: str) -> dict[str, dict[str, list[tuple[int, float]]]]:
+def _all_histories(
+    client: MlflowClient, parent_run_id: str, trials: list[dict], metric: str
+) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """run id -> metric -> (step, value) points: every curve of the detailed trials, the metric
     of the rest (the overview). A local store answers in one query; else MLflow, per run."""
     from orchestrator import local_store
@@ -136,7 +183,10 @@ def _all_histories(client: MlflowClient, parent_run_id: str, trials: list[dict],
     found = local_store.metric_histories(client.tracking_uri, parent_run_id, _keys(metric))
     if found is not None:
         return {t["run_id"]: found.get(t["run_id"], {}) for t in trials}
-    return {t["run_id"]: _histories(client, t["run_id"], _keys(metric) if i < DETAIL_TRIALS else (metric,)) for i, t in enumerate(trials)}
+    return {
+        t["run_id"]: _histories(client, t["run_id"], _keys(metric) if i < DETAIL_TRIALS else (metric,))
+        for i, t in enumerate(trials)
+    }
 
 
 def _histories(client: MlflowClient, run_id: str, keys: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
@@ -151,17 +201,31 @@ def _num(v: float) -> str:
     return f"{v:.3g}"
 
 
-def _panel(x0: float, y0: float, w: float, h: float, title: str, series: list[tuple[str | None, str, list[tuple[int, float]], float]],
-           refs: dict[float, str], markers: bool = True, legend_cols: int = 2) -> str:
+def _panel(
+    x0: float,
+    y0: float,
+    w: float,
+    h: float,
+    title: str,
+    series: list[tuple[str | None, str, list[tuple[int, float]], float]],
+    refs: dict[float, str],
+    markers: bool = True,
+    legend_cols: int = 2,
+) -> str:
     """One chart as SVG elements: frame, title, first/last step and min/max value, a line (and
     markers) per series (label, colour, points, width), dotted reference lines, a legend below.
     Points that are not finite are left out."""
     out = [f'<text x="{x0 + w / 2:.1f}" y="{y0 + 13:.1f}" text-anchor="middle" font-size="12">{_e(title)}</text>']
     px, py, pw, ph = x0 + 42, y0 + 20, w - 52, h - 78  # the plot area inside the panel
-    out.append(f'<path d="M{px:.1f},{py:.1f}h{pw:.1f}v{ph:.1f}h{-pw:.1f}z" fill="none" stroke="#999" stroke-width="0.8"/>')
+    out.append(
+        f'<path d="M{px:.1f},{py:.1f}h{pw:.1f}v{ph:.1f}h{-pw:.1f}z" fill="none" stroke="#999" stroke-width="0.8"/>'
+    )
     drawn = [(label, color, fin, width) for label, color, pts, width in series if (fin := _finite(pts))]
     if not drawn:
-        out.append(f'<text x="{px + pw / 2:.1f}" y="{py + ph / 2:.1f}" text-anchor="middle" font-size="11" fill="grey">no values yet</text>')
+        out.append(
+            f'<text x="{px + pw / 2:.1f}" y="{py + ph / 2:.1f}" text-anchor="middle" font-size="11" fill="grey">no '
+            "values yet</text>"
+        )
         return "".join(out)
     xs = [x for _, _, pts, _ in drawn for x, _ in pts]
     ys = [y for _, _, pts, _ in drawn for _, y in pts] + list(refs)
@@ -175,54 +239,91 @@ def _panel(x0: float, y0: float, w: float, h: float, title: str, series: list[tu
         return f"{px + (x - xlo) / (xhi - xlo) * pw:.1f},{py + (yhi - y) / (yhi - ylo) * ph:.1f}"
 
     for y, _ in refs.items():
-        out.append(f'<path d="M{at(xlo, y)}H{px + pw:.1f}" stroke="grey" stroke-width="1" stroke-dasharray="2,3" fill="none"/>')
+        out.append(
+            f'<path d="M{at(xlo, y)}H{px + pw:.1f}" stroke="grey" stroke-width="1" stroke-dasharray="2,3" fill="none"/>'
+        )
     for _, color, pts, width in drawn:
-        out.append(f'<path d="M{"L".join(at(x, y) for x, y in pts)}" stroke="{color}" stroke-width="{width}" fill="none"/>')
+        out.append(
+            f'<path d="M{"L".join(at(x, y) for x, y in pts)}" stroke="{color}" stroke-width="{width}" fill="none"/>'
+        )
         if markers:  # a small diamond per eval, as its own path (a browser draws each)
             out.extend(f'<path d="M{at(x, y)}m-2.5,0l2.5,-2.5l2.5,2.5l-2.5,2.5z" fill="{color}"/>' for x, y in pts)
     axis = 'font-size="9" fill="#444"'
-    out.append(f'<text x="{px - 3:.1f}" y="{py + 4:.1f}" text-anchor="end" {axis}>{_num(yhi - pad)}</text>'
-               f'<text x="{px - 3:.1f}" y="{py + ph:.1f}" text-anchor="end" {axis}>{_num(ylo + pad)}</text>'
-               f'<text x="{px:.1f}" y="{py + ph + 11:.1f}" {axis}>{xlo if len(set(xs)) > 1 else min(xs)}</text>'
-               f'<text x="{px + pw:.1f}" y="{py + ph + 11:.1f}" text-anchor="end" {axis}>{max(xs)}</text>'
-               f'<text x="{px + pw / 2:.1f}" y="{py + ph + 11:.1f}" text-anchor="middle" {axis}>step</text>')
-    legend = [(label, color, "") for label, color, _, _ in drawn if label] + [(label, "grey", ' stroke-dasharray="2,3"') for label in refs.values()]
+    out.append(
+        f'<text x="{px - 3:.1f}" y="{py + 4:.1f}" text-anchor="end" {axis}>{_num(yhi - pad)}</text>'
+        f'<text x="{px - 3:.1f}" y="{py + ph:.1f}" text-anchor="end" {axis}>{_num(ylo + pad)}</text>'
+        f'<text x="{px:.1f}" y="{py + ph + 11:.1f}" {axis}>{xlo if len(set(xs)) > 1 else min(xs)}</text>'
+        f'<text x="{px + pw:.1f}" y="{py + ph + 11:.1f}" text-anchor="end" {axis}>{max(xs)}</text>'
+        f'<text x="{px + pw / 2:.1f}" y="{py + ph + 11:.1f}" text-anchor="middle" {axis}>step</text>'
+    )
+    legend = [(label, color, "") for label, color, _, _ in drawn if label] + [
+        (label, "grey", ' stroke-dasharray="2,3"') for label in refs.values()
+    ]
     cols = 1 if any(len(label) > 18 for label, _, _ in legend) else legend_cols  # long labels get a line each
-    for i, (label, color, dash) in enumerate(legend[:max(4, 3 * cols)]):
+    for i, (label, color, dash) in enumerate(legend[: max(4, 3 * cols)]):
         lx, ly = px + (i % cols) * pw / cols, py + ph + 24 + (i // cols) * 11
-        out.append(f'<path d="M{lx:.1f},{ly - 3:.1f}h14" stroke="{color}" stroke-width="2"{dash}/><text x="{lx + 17:.1f}" y="{ly:.1f}" font-size="9">{_e(label)}</text>')
+        out.append(
+            f'<path d="M{lx:.1f},{ly - 3:.1f}h14" stroke="{color}" stroke-width="2"{dash}/><text x="{lx + 17:.1f}" '
+            f'y="{ly:.1f}" font-size="9">{_e(label)}</text>'
+        )
     return "".join(out)
 
 
 def _svg(width: int, height: int, body: str) -> str:
-    return f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" font-family="sans-serif">{body}</svg>'
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'font-family="sans-serif">{body}</svg>'
+    )
 
 
 def _curves_svg(hist: dict, metric: str) -> str:
     """A trial's four panels: losses, D outputs, gradient norms, the sweep metric."""
-    body = "".join(_panel(i * 300, 0, 300, 252, title, [(k, COLORS[j], hist.get(k) or [], 1.5) for j, k in enumerate(keys)], refs)
-                   for i, (title, keys, refs) in enumerate(_panels(metric)))
+    body = "".join(
+        _panel(i * 300, 0, 300, 252, title, [(k, COLORS[j], hist.get(k) or [], 1.5) for j, k in enumerate(keys)], refs)
+        for i, (title, keys, refs) in enumerate(_panels(metric))
+    )
     return _svg(1200, 252, body)
 
 
 def _overview_svg(trials: list[dict], histories: dict, metric: str) -> str:
-    """The sweep metric of every trial: the best OVERVIEW_LABELS in colour and named, the rest grey (drawn first, under them)."""
-    named = [(t["trial_id"] or t["run_id"][:8], COLORS[i % len(COLORS)], histories[t["run_id"]].get(metric) or [], 1.5) for i, t in enumerate(trials[:OVERVIEW_LABELS])]
+    """The sweep metric of every trial: the best OVERVIEW_LABELS in colour and named, the rest grey (drawn first, under
+    them)."""
+    named = [
+        (t["trial_id"] or t["run_id"][:8], COLORS[i % len(COLORS)], histories[t["run_id"]].get(metric) or [], 1.5)
+        for i, t in enumerate(trials[:OVERVIEW_LABELS])
+    ]
     rest = [(None, "#c8c8c8", histories[t["run_id"]].get(metric) or [], 0.7) for t in trials[OVERVIEW_LABELS:]]
-    panel = _panel(0, 0, 900, 330, f"{metric}, best {min(len(trials), OVERVIEW_LABELS)} named" + (f", {len(rest)} more in grey" if rest else ""),
-                   rest + named, {}, markers=len(trials) <= OVERVIEW_LABELS, legend_cols=5)
+    panel = _panel(
+        0,
+        0,
+        900,
+        330,
+        f"{metric}, best {min(len(trials), OVERVIEW_LABELS)} named" + (f", {len(rest)} more in grey" if rest else ""),
+        rest + named,
+        {},
+        markers=len(trials) <= OVERVIEW_LABELS,
+        legend_cols=5,
+    )
     return _svg(900, 330, panel)
 
 
 def _rest_table(trials: list[dict], metric: str) -> str:
     """The trials after the best DETAIL_TRIALS, one row each."""
-    rows = "".join(f'<tr id="trial-{_e(t["trial_id"] or t["run_id"])}"><td>{i}</td><td>{_e(t["trial_id"] or "-")}</td><td>{_e(t["status"])}</td><td>{t["step"]}</td>'
-                   f'<td>{_e(_fmt(t.get(metric)))}</td><td>{_e(t["stop_reason"] or "")}</td><td><code>{_e(t["run_id"])}</code></td></tr>'
-                   for i, t in enumerate(trials[DETAIL_TRIALS:], DETAIL_TRIALS + 1))
-    return (f'<h3 id="rest">The other {len(trials) - DETAIL_TRIALS} trials</h3><p class="note">Shown in full above: the best {DETAIL_TRIALS}. '
-            f'Curves and samples of any trial: the MLflow UI (<code>ganops ui</code>) or <code>ganops sample TRIAL</code>.</p>'
-            f'<div class="scroll"><table class="rest"><thead><tr><th>rank</th><th>trial</th><th>status</th><th>step</th><th>{_e(metric)}</th>'
-            f'<th>stop reason</th><th>run</th></tr></thead><tbody>{rows}</tbody></table></div>')
+    rows = "".join(
+        f'<tr id="trial-{_e(t["trial_id"] or t["run_id"])}"><td>{i}</td><td>{_e(t["trial_id"] or "-")}</td>'
+        f"<td>{_e(t['status'])}</td><td>{t['step']}</td><td>{_e(_fmt(t.get(metric)))}</td>"
+        f"<td>{_e(t['stop_reason'] or '')}</td><td><code>{_e(t['run_id'])}</code></td></tr>"
+        for i, t in enumerate(trials[DETAIL_TRIALS:], DETAIL_TRIALS + 1)
+    )
+    return (
+        f'<h3 id="rest">The other {len(trials) - DETAIL_TRIALS} trials</h3><p class="note">Shown in full above: the '
+        f"best {DETAIL_TRIALS}. "
+        "Curves and samples of any trial: the MLflow UI (<code>ganops ui</code>) or <code>ganops sample "
+        "TRIAL</code>.</p>"
+        '<div class="scroll"><table '
+        f'class="rest"><thead><tr><th>rank</th><th>trial</th><th>status</th><th>step</th><th>{_e(metric)}</th>'
+        f"<th>stop reason</th><th>run</th></tr></thead><tbody>{rows}</tbody></table></div>"
+    )
 
 
 def _csv_table(text: str, metric: str) -> str:
@@ -246,7 +347,17 @@ def _live_table(table: dict) -> str:
     sampled = sorted({k for t in table["trials"] for k in t["sampled"]})
     rows = [["rank", "trial_id", "status", "step", *sampled, metric, "stop_reason"]]
     for i, t in enumerate(table["trials"], 1):
-        rows.append([i, t["trial_id"], t["status"], t["step"], *(t["sampled"].get(k, "") for k in sampled), t.get(metric, ""), t["stop_reason"] or ""])
+        rows.append(
+            [
+                i,
+                t["trial_id"],
+                t["status"],
+                t["step"],
+                *(t["sampled"].get(k, "") for k in sampled),
+                t.get(metric, ""),
+                t["stop_reason"] or "",
+            ]
+        )
     buf = io.StringIO()
     csv.writer(buf).writerows(rows)
     return _csv_table(buf.getvalue(), metric)
@@ -257,7 +368,9 @@ def _artifact(client: MlflowClient, run_id: str, path: str, tmp: str) -> Path:
 
 
 def _data_uri(path: Path) -> str:
-    mime = {".png": "image/png", ".webp": "image/webp", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}.get(path.suffix.lower(), "application/octet-stream")
+    mime = {".png": "image/png", ".webp": "image/webp", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}.get(
+        path.suffix.lower(), "application/octet-stream"
+    )
     return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
 
 
@@ -278,7 +391,7 @@ def _safe_uri(uri: str) -> str:
     """The tracking URI without a user:password part: the page may be shared."""
     parts = urlsplit(uri)
     if parts.password or parts.username:
-        return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+        return urlunsplit(parts._replace(netloc=(parts.hostname or "") + (f":{parts.port}" if parts.port else "")))
     return uri
 
 

@@ -72,7 +72,16 @@ def d_overpowers(history: History, cfg) -> Verdict | None:
     if all(_nll_g(r, 0) > floor and r.get("d_x", 0) > cfg.d_x_above for r in tail):
         last = tail[-1]
         nll = float(_nll_g(last, math.nan))
-        return Verdict("d_overpowers", {"d_x": float(last["d_x"]), "d_g_z_geo": math.exp(-nll), "d_g_z": float(last.get("d_g_z", math.nan)), "loss_g": nll, "evals": len(tail)})
+        return Verdict(
+            "d_overpowers",
+            {
+                "d_x": float(last["d_x"]),
+                "d_g_z_geo": math.exp(-nll),
+                "d_g_z": float(last.get("d_g_z", math.nan)),
+                "loss_g": nll,
+                "evals": len(tail),
+            },
+        )
     return None
 
 
@@ -82,7 +91,10 @@ def d_fooled(history: History, cfg) -> Verdict | None:
     if tail is None:
         return None
     if all(_nll_g(r, 1) < cfg.loss_g_below and r.get("d_g_z", 0) > cfg.d_g_z_above for r in tail):
-        return Verdict("d_fooled", {"loss_g": float(_nll_g(tail[-1], math.nan)), "d_g_z": float(tail[-1]["d_g_z"]), "evals": len(tail)})
+        return Verdict(
+            "d_fooled",
+            {"loss_g": float(_nll_g(tail[-1], math.nan)), "d_g_z": float(tail[-1]["d_g_z"]), "evals": len(tail)},
+        )
     return None
 
 
@@ -93,7 +105,9 @@ def gradient_explosion(history: History, cfg) -> Verdict | None:
         return None
     for k in ("grad_norm_d", "grad_norm_g"):
         if all(r.get(k, 0) > cfg.threshold for r in tail):
-            return Verdict("gradient_explosion", {k: float(tail[-1][k]), "threshold": cfg.threshold, "evals": len(tail)})
+            return Verdict(
+                "gradient_explosion", {k: float(tail[-1][k]), "threshold": cfg.threshold, "evals": len(tail)}
+            )
     return None
 
 
@@ -123,21 +137,24 @@ def mixture_quality(history: History, cfg) -> Verdict | None:
     own, shorter warm-up. Defaults and the measurements behind them:
     `search_spaces.spec.MixtureQuality`."""
     collapse = SimpleNamespace(patience=cfg.patience, after_step=cfg.collapse_after_step)
-    return (_below_floors(history, collapse, "mixture_quality", (("eff_modes", cfg.min_effective_modes),))
-            or _below_floors(history, cfg, "mixture_quality", (("hq_pct", cfg.min_hq_pct), ("modes", cfg.min_modes))))
+    return _below_floors(
+        history, collapse, "mixture_quality", (("eff_modes", cfg.min_effective_modes),)
+    ) or _below_floors(history, cfg, "mixture_quality", (("hq_pct", cfg.min_hq_pct), ("modes", cfg.min_modes)))
 
 
 def plateau(history: History, cfg, metric: str, mode: str) -> Verdict | None:
     """The sweep metric has not improved by `min_delta` over its best in the last `patience` evals."""
     if len(history) <= cfg.patience:
         return None
-    values = [r.get(metric) for r in history]
-    if not all(is_score(v) for v in values):
+    values = [v for r in history if is_score(v := r.get(metric))]
+    if len(values) != len(history):  # a missing or non-finite value: nothing to compare yet
         return None
     best_before = min(oriented(v, mode) for v in values[: -cfg.patience])  # lower is better from here on
     best_recent = min(oriented(v, mode) for v in values[-cfg.patience :])
     if best_recent > best_before - cfg.min_delta:
-        return Verdict("plateau", {metric: float(values[-1]), "best": float(oriented(best_before, mode)), "evals": cfg.patience})
+        return Verdict(
+            "plateau", {metric: float(values[-1]), "best": float(oriented(best_before, mode)), "evals": cfg.patience}
+        )
     return None
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeGuard, TypeVar
 
 Mode = Literal["min", "max"]
 MODES: tuple[Mode, ...] = ("min", "max")
@@ -92,7 +92,7 @@ def check_mode(mode: str) -> Mode:
     return mode
 
 
-def is_score(value: Any) -> bool:
+def is_score(value: Any) -> TypeGuard[float]:
     """A finite number (bools excluded): a value that can rank a trial."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

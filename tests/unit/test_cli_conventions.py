@@ -34,21 +34,26 @@ def _bench():
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """A finished 8-trial sweep written through MlflowClient with ganops' tags (the bench's builder); (uri, sweep id)."""
+    """A finished 8-trial sweep written through MlflowClient with ganops' tags (the bench's builder);
+    (uri, sweep id)."""
     home = tmp_path_factory.mktemp("store") / "ganops_runs"
     sweep_id = _bench().build_sweep(home)
     return f"sqlite:///{home / 'mlflow.db'}", sweep_id
 
 
 def _python(code: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, **env}
+    )
 
 
 def test_cli_and_validate_import_no_ray_mlflow_torch_or_pandas():
     """`ganops --help` and `ganops validate` answer without importing ray (ray.tune), mlflow, torch or pandas."""
-    code = ("import sys; from typer.testing import CliRunner; from orchestrator.cli import app; "
-            "r = CliRunner().invoke(app, ['validate', 'search_spaces/dcgan.yaml']); assert r.exit_code == 0, r.output; "
-            "print(sorted(m for m in ('ray', 'ray.tune', 'mlflow', 'torch', 'pandas') if m in sys.modules))")
+    code = (
+        "import sys; from typer.testing import CliRunner; from orchestrator.cli import app; "
+        "r = CliRunner().invoke(app, ['validate', 'search_spaces/dcgan.yaml']); assert r.exit_code == 0, r.output; "
+        "print(sorted(m for m in ('ray', 'ray.tune', 'mlflow', 'torch', 'pandas') if m in sys.modules))"
+    )
     r = _python(code)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
@@ -79,16 +84,20 @@ def test_job_verbs_live_under_job_and_the_old_names_still_work_hidden():
 
 def test_status_of_a_job_where_no_cluster_listens_exits_2_fast():
     """An address nobody listens on is answered before Ray is imported, with what to do."""
-    code = ("import sys; from typer.testing import CliRunner; from orchestrator.cli import app; "
-            "r = CliRunner().invoke(app, ['job', 'status', 'nope', '--address', 'http://127.0.0.1:9']); "
-            "print(r.exit_code, 'ray' in sys.modules); print(r.output)")
+    code = (
+        "import sys; from typer.testing import CliRunner; from orchestrator.cli import app; "
+        "r = CliRunner().invoke(app, ['job', 'status', 'nope', '--address', 'http://127.0.0.1:9']); "
+        "print(r.exit_code, 'ray' in sys.modules); print(r.output)"
+    )
     r = _python(code)
     first, _, said = r.stdout.partition("\n")
     assert first == "2 False", r.stdout + r.stderr
     assert "cannot reach the Ray Jobs API" in said and "ray start --head" in " ".join(said.split())
 
 
-@pytest.mark.parametrize("argv", [["compare", "nope"], ["report", "nope"], ["sample", "nope_00000", "--out", "x.png"], ["sweeps"]])
+@pytest.mark.parametrize(
+    "argv", [["compare", "nope"], ["report", "nope"], ["sample", "nope_00000", "--out", "x.png"], ["sweeps"]]
+)
 def test_read_commands_where_nothing_ran_create_nothing(argv, ganops_home):
     """With no store, compare/report/sample exit 2 (sweeps: none yet, exit 0); no mlflow.db, no folder, no file."""
     r = runner.invoke(app, argv)
@@ -126,7 +135,11 @@ def test_local_store_reads_what_mlflow_reads(store):
     assert [r.info.run_id for r in local_children] == list(by_mlflow)  # same order: newest first
     for r in local_children:
         theirs = by_mlflow[r.info.run_id]
-        assert (r.info.status, r.data.tags, r.data.metrics) == (theirs.info.status, theirs.data.tags, theirs.data.metrics)
+        assert (r.info.status, r.data.tags, r.data.metrics) == (
+            theirs.info.status,
+            theirs.data.tags,
+            theirs.data.metrics,
+        )
     assert local_store.sweep_runs(uri, parent.info.run_id)[0].info.run_id == parent.info.run_id  # by run id too
     assert local_store.sweep_runs(uri, "nope") == (None, [])
     assert local_store.sweep_runs("http://127.0.0.1:5000", sweep_id) is None  # a server: MLflow answers
@@ -157,7 +170,13 @@ def test_sweeps_lists_status_trials_best_and_start(store):
     r = runner.invoke(app, ["sweeps", "--tracking-uri", uri, "--json"])
     assert r.exit_code == 0, r.output
     [s] = json.loads(r.stdout)
-    assert (s["sweep_id"], s["status"], s["trials"], s["metric"], s["best_trial"]) == (sweep_id, "FINISHED", 8, "fid", "bench_00000")
+    assert (s["sweep_id"], s["status"], s["trials"], s["metric"], s["best_trial"]) == (
+        sweep_id,
+        "FINISHED",
+        8,
+        "fid",
+        "bench_00000",
+    )
     assert s["best"] == pytest.approx(80.3) and s["start_time"]
     human = runner.invoke(app, ["sweeps", "--tracking-uri", uri])
     assert sweep_id in human.stdout and "FINISHED" in human.stdout
@@ -175,24 +194,43 @@ def test_schema_prints_the_specs_json_schema():
 
 def test_progress_lines_read_as_one_event_each():
     """The plain progress formatter: trial, event, step of steps, metric, reason."""
-    assert event_line(45.2, "a_00000", "eval", step=200, steps=1000, metric="fid", value=87.31) == "[   45s] trial a_00000 eval step 200/1000: fid 87.31"
+    assert (
+        event_line(45.2, "a_00000", "eval", step=200, steps=1000, metric="fid", value=87.31)
+        == "[   45s] trial a_00000 eval step 200/1000: fid 87.31"
+    )
     assert event_line(3, "a_00001", "started", detail="lr_g 0.0002") == "[    3s] trial a_00001 started: lr_g 0.0002"
-    assert (event_line(90, "a_00001", "stopped", step=400, steps=1000, metric="fid", value=210.0, detail="d_overpowers")
-            == "[   90s] trial a_00001 stopped at step 400/1000: fid 210; d_overpowers")
-    assert summary_line(30, {"running": 2, "done": 1}, "fid", ("a_00000", 45.2)) == "[   30s] sweep: 2 running, 1 done, 0 stopped, 0 failed, 0 pending; best fid 45.2 (a_00000)"
+    assert (
+        event_line(90, "a_00001", "stopped", step=400, steps=1000, metric="fid", value=210.0, detail="d_overpowers")
+        == "[   90s] trial a_00001 stopped at step 400/1000: fid 210; d_overpowers"
+    )
+    assert (
+        summary_line(30, {"running": 2, "done": 1}, "fid", ("a_00000", 45.2))
+        == "[   30s] sweep: 2 running, 1 done, 0 stopped, 0 failed, 0 pending; best fid 45.2 (a_00000)"
+    )
 
 
 def test_sweep_progress_without_a_terminal_writes_a_line_per_event(tmp_path, monkeypatch):
-    """SweepProgress driven with real Tune Trial objects: no Live table on a non-terminal, one flushed line per event, summaries."""
+    """SweepProgress driven with real Tune Trial objects: no Live table on a non-terminal, one flushed line per event,
+    summaries."""
     from ray.tune.experiment import Trial
 
     from orchestrator.progress import SweepProgress
 
     monkeypatch.setenv("GANOPS_PROGRESS_EVERY_S", "0.000001")
     sink = io.StringIO()
-    p = SweepProgress(metric="fid", mode="min", steps=100, searched=["lr_g"], tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                      console=Console(file=sink, width=200), experiment_ids=["0"])
-    a, b = (Trial("__fake", config={"lr_g": lr}, trial_id=tid, stub=True) for tid, lr in (("t_00000", 2e-4), ("t_00001", 1e-3)))
+    p = SweepProgress(
+        metric="fid",
+        mode="min",
+        steps=100,
+        searched=["lr_g"],
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        console=Console(file=sink, width=200),
+        experiment_ids=["0"],
+    )
+    a, b = (
+        Trial("__fake", config={"lr_g": lr}, trial_id=tid, stub=True)
+        for tid, lr in (("t_00000", 2e-4), ("t_00001", 1e-3))
+    )
     p.setup()
     assert p.live is None
     p.on_trial_start(0, [a, b], a)
@@ -227,8 +265,15 @@ def test_live_table_shows_the_best_trials_and_counts_the_rest(tmp_path):
     from orchestrator.progress import TABLE_ROWS, SweepProgress
 
     n = TABLE_ROWS + 15
-    p = SweepProgress(metric="fid", mode="min", steps=100, searched=["lr_g"], tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                      console=None, experiment_ids=["0"])
+    p = SweepProgress(
+        metric="fid",
+        mode="min",
+        steps=100,
+        searched=["lr_g"],
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        console=None,
+        experiment_ids=["0"],
+    )
     trials = [Trial("__fake", config={"lr_g": 1e-4}, trial_id=f"t_{i:05d}", stub=True) for i in range(n)]
     for i, t in enumerate(trials):
         p.on_trial_start(0, trials, t)
@@ -264,7 +309,11 @@ def test_standings_rank_as_best_first_does_while_values_change(mode):
         st.update(tid, value)
         order = best_first(list(latest), lambda t: latest[t], mode)
         assert st.top(len(latest)) == order
-        assert st.best() == ((order[0], latest[order[0]]) if isinstance(latest[order[0]], float) and math.isfinite(latest[order[0]]) else None)
+        assert st.best() == (
+            (order[0], latest[order[0]])
+            if isinstance(latest[order[0]], float) and math.isfinite(latest[order[0]])
+            else None
+        )
 
 
 # -- cluster preflight against moto ------------------------------------------------------------
@@ -304,7 +353,8 @@ def test_cluster_down_creates_no_security_group(aws_env, tmp_path, monkeypatch):
 
 
 def test_cluster_check_reports_what_is_missing_then_ready(aws_env, tmp_path, monkeypatch):
-    """`cluster check --json` (moto): the missing instance profile fails it (exit 1); once created, ready (exit 0). No credential printed."""
+    """`cluster check --json` (moto): the missing instance profile fails it (exit 1); once created, ready (exit 0). No
+    credential printed."""
     import boto3
     from moto import mock_aws
 
@@ -314,7 +364,11 @@ def test_cluster_check_reports_what_is_missing_then_ready(aws_env, tmp_path, mon
         assert r.exit_code == 1, r.output
         out = json.loads(r.stdout)
         checks = {c["name"]: c for c in out["checks"]}
-        assert not out["ready"] and checks["instance profile"]["ok"] is False and "create-instance-profile" in checks["instance profile"]["detail"]
+        assert (
+            not out["ready"]
+            and checks["instance profile"]["ok"] is False
+            and "create-instance-profile" in checks["instance profile"]["detail"]
+        )
         assert checks["credentials"]["ok"] and checks["credentials accepted"]["ok"] and checks["boto3"]["ok"]
         assert checks["security group"]["ok"] is None and checks["bucket"]["ok"] is None  # `up` makes them
         boto3.client("iam", region_name="us-east-1").create_instance_profile(InstanceProfileName="ganops-node")
@@ -326,7 +380,10 @@ def test_cluster_check_reports_what_is_missing_then_ready(aws_env, tmp_path, mon
 
 def test_install_hints_keep_their_extras():
     """An error quoting `pip install 'ganops[aws]'` prints the [aws] (rich would eat it as markup)."""
-    code = ("import sys; sys.modules['boto3'] = None; from typer.testing import CliRunner; from orchestrator.cli import app; "
-            f"r = CliRunner().invoke(app, ['cluster', 'prices', {str(PROFILE)!r}]); print(r.exit_code); print(r.output)")
+    code = (
+        "import sys; sys.modules['boto3'] = None; from typer.testing import CliRunner; from orchestrator.cli import "
+        "app; "
+        f"r = CliRunner().invoke(app, ['cluster', 'prices', {str(PROFILE)!r}]); print(r.exit_code); print(r.output)"
+    )
     r = _python(code)
     assert r.stdout.startswith("2\n") and "pip install 'ganops[aws]'" in r.stdout, r.stdout + r.stderr

@@ -10,7 +10,8 @@ def test_tracking_uri_on_the_page_has_no_credentials():
 
 
 def test_leaderboard_table_puts_the_metric_beside_the_sampled_values_and_escapes_cells():
-    """leaderboard.csv lists metrics A-Z; the table shows the sweep metric right after the params, cells HTML-escaped."""
+    """leaderboard.csv lists metrics A-Z; the table shows the sweep metric right after the params,
+    cells HTML-escaped."""
     page = _csv_table("rank,trial_id,step,param.lr_g,d_x,fid\n1,<b>t</b>,6,0.000325,0.62,2614.24\n", "fid")
     heads = [h.split("</th>")[0] for h in page.split("<th>")[1:]]
     assert heads == ["rank", "trial_id", "step", "param.lr_g", "fid", "d_x"]
@@ -19,7 +20,18 @@ def test_leaderboard_table_puts_the_metric_beside_the_sampled_values_and_escapes
 
 
 def _trials(n: int) -> list[dict]:
-    return [{"trial_id": f"t_{i:05d}", "run_id": f"r{i:031d}", "status": "done", "step": 1000, "fid": 10.0 + i, "stop_reason": None, "sampled": {}} for i in range(n)]
+    return [
+        {
+            "trial_id": f"t_{i:05d}",
+            "run_id": f"r{i:031d}",
+            "status": "done",
+            "step": 1000,
+            "fid": 10.0 + i,
+            "stop_reason": None,
+            "sampled": {},
+        }
+        for i in range(n)
+    ]
 
 
 def test_trials_past_the_detailed_best_are_one_table_row_each():
@@ -34,16 +46,26 @@ def test_trials_past_the_detailed_best_are_one_table_row_each():
 
 
 def test_curves_draw_each_series_skip_non_finite_points_and_say_when_empty():
-    """A trial's panels: one line and a marker per finite point, the equilibrium lines, 'no values yet' for an empty panel."""
+    """A trial's panels: one line and a marker per finite point, the equilibrium lines, 'no values yet' for an empty
+    panel."""
     import math
 
     from orchestrator.report import _curves_svg
 
-    svg = _curves_svg({"loss_d": [(100, 1.3), (200, math.nan), (300, 1.4)], "loss_g": [(100, 0.7), (300, 0.69)], "fid": [(100, 90.0)]}, "fid")
+    svg = _curves_svg(
+        {
+            "loss_d": [(100, 1.3), (200, math.nan), (300, 1.4)],
+            "loss_g": [(100, 0.7), (300, 0.69)],
+            "fid": [(100, 90.0)],
+        },
+        "fid",
+    )
     assert svg.startswith("<svg") and svg.endswith("</svg>")
     assert "nan" not in svg.lower()
     assert svg.count("no values yet") == 2  # D outputs, gradient norms
-    assert "D at equilibrium (2 ln 2)" in svg and svg.count('stroke-dasharray="2,3" fill="none"') == 2  # 2 ln 2 and ln 2 (the empty panel draws none)
+    assert (
+        "D at equilibrium (2 ln 2)" in svg and svg.count('stroke-dasharray="2,3" fill="none"') == 2
+    )  # 2 ln 2 and ln 2 (the empty panel draws none)
     assert svg.count("l2.5,-2.5") == 5  # markers: 2 + 2 + 1 finite points
 
 

@@ -7,7 +7,15 @@ import pytest
 from orchestrator.stopping import BalanceStopper, judge
 from search_spaces.spec import Stopping
 
-BALANCED = {"loss_d": 1.386, "loss_g": 0.693, "d_x": 0.5, "d_g_z": 0.5, "grad_norm_d": 5.0, "grad_norm_g": 3.0, "class_coverage": 10}
+BALANCED = {
+    "loss_d": 1.386,
+    "loss_g": 0.693,
+    "d_x": 0.5,
+    "d_g_z": 0.5,
+    "grad_norm_d": 5.0,
+    "grad_norm_g": 3.0,
+    "class_coverage": 10,
+}
 
 
 def history(*overrides, start=100, every=100):
@@ -74,17 +82,61 @@ def test_mode_collapse_by_class_coverage_and_warmup():
 
 # Measured histories (hq_pct per 500-iteration eval, from step 500), MLP on grid25:
 # bench/specs/grid25_bad_regions.yaml's control and the shipped grid25.yaml with rules off.
-NEVER_LEARNT = [1.72, 1.92, 2.24, 1.8, 2.6, 1.92, 1.92, 2.08, 0.32, 1.12, 0.8, 0.52]  # lr_g 2.7e-4: balanced losses, final mix_score 0.0015
-LATE_START = [1.6, 0.7, 0.5, 0.6, 0.4, 0.2, 0.1, 12.7, 14.3, 17.6, 23.7, 27.9]  # grid25.yaml lr_d 3e-4: 25 modes / 66% at 12,500
-SLOW = [1.2, 2.12, 1.88, 2.76, 4.64, 11.4, 20.04, 29.28, 34.68, 40.6, 43.92, 47.92]  # lr_g 8.4e-5, 5:1: final mix_score 0.31
+NEVER_LEARNT = [
+    1.72,
+    1.92,
+    2.24,
+    1.8,
+    2.6,
+    1.92,
+    1.92,
+    2.08,
+    0.32,
+    1.12,
+    0.8,
+    0.52,
+]  # lr_g 2.7e-4: balanced losses, final mix_score 0.0015
+LATE_START = [
+    1.6,
+    0.7,
+    0.5,
+    0.6,
+    0.4,
+    0.2,
+    0.1,
+    12.7,
+    14.3,
+    17.6,
+    23.7,
+    27.9,
+]  # grid25.yaml lr_d 3e-4: 25 modes / 66% at 12,500
+SLOW = [
+    1.2,
+    2.12,
+    1.88,
+    2.76,
+    4.64,
+    11.4,
+    20.04,
+    29.28,
+    34.68,
+    40.6,
+    43.92,
+    47.92,
+]  # lr_g 8.4e-5, 5:1: final mix_score 0.31
 
 
 def mixture(hq, modes=20, start=500, every=500, eff_modes=20.0):
-    return [{**BALANCED, "step": start + every * i, "hq_pct": h, "modes": modes, "eff_modes": eff_modes} for i, h in enumerate(hq)]
+    return [
+        {**BALANCED, "step": start + every * i, "hq_pct": h, "modes": modes, "eff_modes": eff_modes}
+        for i, h in enumerate(hq)
+    ]
 
 
 def first_stop(hist, stopping):
-    return next(((r["step"], v) for i, r in enumerate(hist) if (v := judge(hist[: i + 1], stopping, "mix_score", "max"))), None)
+    return next(
+        ((r["step"], v) for i, r in enumerate(hist) if (v := judge(hist[: i + 1], stopping, "mix_score", "max"))), None
+    )
 
 
 def test_mixture_samples_off_the_modes_are_stopped_after_the_warmup():
@@ -97,7 +149,9 @@ def test_mixture_samples_off_the_modes_are_stopped_after_the_warmup():
 
 def test_mixture_collapsed_onto_one_mode_is_stopped():
     """Sharp samples all on one mode (a G that never left its first blob, measured) is collapse."""
-    hist = mixture([22.04, 15.72, 10.52, 9.6, 19.24, 33.44, 62.04, 91.84, 98.68, 99.68], modes=1)  # measured: lr_g 1.9e-6
+    hist = mixture(
+        [22.04, 15.72, 10.52, 9.6, 19.24, 33.44, 62.04, 91.84, 98.68, 99.68], modes=1
+    )  # measured: lr_g 1.9e-6
     step, v = first_stop(hist, Stopping())
     assert (step, v.rule, v.evidence["modes"]) == (4500, "mixture_quality", 1.0)
 
@@ -160,7 +214,15 @@ def test_plateau_respects_mode():
     s = Stopping.model_validate({"plateau": {"patience": 2}})
     assert judge(history({"fid": 100}, {"fid": 90}, {"fid": 80}), s, "fid", "min") is None
     assert judge(history({"fid": 100}, {"fid": 90}, {"fid": 95}, {"fid": 91}), s, "fid", "min").rule == "plateau"
-    assert judge(history({"mix_score": 0.1}, {"mix_score": 0.3}, {"mix_score": 0.2}, {"mix_score": 0.25}), s, "mix_score", "max").rule == "plateau"
+    assert (
+        judge(
+            history({"mix_score": 0.1}, {"mix_score": 0.3}, {"mix_score": 0.2}, {"mix_score": 0.25}),
+            s,
+            "mix_score",
+            "max",
+        ).rule
+        == "plateau"
+    )
 
 
 def test_rules_can_be_switched_off():
@@ -183,7 +245,9 @@ def test_budget_sum_follows_each_trials_latest_cost_and_a_restored_stopper():
     last cost), and a stopper pickled before the sum was kept sums its costs once on resume."""
     import pickle
 
-    off = Stopping.model_validate({"d_overpowers": None, "d_fooled": None, "mixture_quality": None, "mode_collapse": None, "plateau": None})
+    off = Stopping.model_validate(
+        {"d_overpowers": None, "d_fooled": None, "mixture_quality": None, "mode_collapse": None, "plateau": None}
+    )
     st = BalanceStopper(off, "fid", "min", max_usd=10.0)
     for i in range(100):
         st(f"t{i}", {**BALANCED, "step": 100, "cost_usd": 0.05})
