@@ -32,9 +32,23 @@ if __name__ == "__main__":
     for seed in args.seeds:
         t0, c0 = time.perf_counter(), time.process_time()
         _, acc = train_mnist_classifier(seed=seed)
-        row = {"seed": seed, "heldout_acc": round(acc, 4), "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1)}
+        row = {
+            "seed": seed,
+            "heldout_acc": round(acc, 4),
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "cpu_s": round(time.process_time() - c0, 1),
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(json.dumps({"recipe": _RECIPE, "threads": args.threads, "load_avg_1m": round(os.getloadavg()[0], 1),
-                      "min_acc": min(r["heldout_acc"] for r in rows), "median_wall_s": statistics.median(r["wall_s"] for r in rows),
-                      "max_wall_s": max(r["wall_s"] for r in rows)}))
+    print(
+        json.dumps(
+            {
+                "recipe": _RECIPE,
+                "threads": args.threads,
+                "load_avg_1m": round(os.getloadavg()[0], 1),
+                "min_acc": min(r["heldout_acc"] for r in rows),
+                "median_wall_s": statistics.median(r["wall_s"] for r in rows),
+                "max_wall_s": max(r["wall_s"] for r in rows),
+            }
+        )
+    )

@@ -39,7 +39,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 FLOOR = [sys.executable, "-c", "import pydantic, yaml, typer, rich"]
-TARGETS_S = {"--help": 0.3, "validate": 0.8, "compare unknown": 1.5, "sample unknown": 1.5, "report unknown": 1.5, "status unknown": 1.5, "compare 8 trials": 2.0}
+TARGETS_S = {
+    "--help": 0.3,
+    "validate": 0.8,
+    "compare unknown": 1.5,
+    "sample unknown": 1.5,
+    "report unknown": 1.5,
+    "status unknown": 1.5,
+    "compare 8 trials": 2.0,
+}
 
 
 def build_sweep(home: Path, trials: int = 8) -> str:
@@ -56,15 +64,32 @@ def build_sweep(home: Path, trials: int = 8) -> str:
     client = MlflowClient(uri)
     exp = tracking.ensure_experiment(client, "ganops-bench", uri)
     sweep_id = "bench-20261201-120000"
-    spec_dump = {"trainer": {"model": "dcgan28", "data": "mnist"}, "search": {"lr_g": {"kind": "loguniform", "args": [1e-4, 1e-3]}},
-                 "sweep": {"num_samples": trials}, "resources": {"cpus_per_trial": 1}}
+    spec_dump = {
+        "trainer": {"model": "dcgan28", "data": "mnist"},
+        "search": {"lr_g": {"kind": "loguniform", "args": [1e-4, 1e-3]}},
+        "sweep": {"num_samples": trials},
+        "resources": {"cpus_per_trial": 1},
+    }
     parent = tracking.start_sweep_run(client, exp, sweep_id, spec_dump, "0" * 16, None, None, "fid", "min")
     now = int(time.time() * 1000)
     for i in range(trials):
         tid = f"bench_{i:05d}"
-        rid = tracking.trial_run(client, exp, parent, sweep_id, tid, f"trial_{i}", "0" * 16, {"model": "dcgan28", "lr_g": 1e-4 * (i + 1)}, {"lr_g": 1e-4 * (i + 1)})
-        metrics = [Metric(k, v * (1 + i / 10) + s / 1000, now + s, s) for s in (100, 200, 300)
-                   for k, v in {"fid": 80.0, "loss_d": 0.7, "loss_g": 1.2, "d_x": 0.6, "d_g_z": 0.4, "step": 1.0}.items()]
+        rid = tracking.trial_run(
+            client,
+            exp,
+            parent,
+            sweep_id,
+            tid,
+            f"trial_{i}",
+            "0" * 16,
+            {"model": "dcgan28", "lr_g": 1e-4 * (i + 1)},
+            {"lr_g": 1e-4 * (i + 1)},
+        )
+        metrics = [
+            Metric(k, v * (1 + i / 10) + s / 1000, now + s, s)
+            for s in (100, 200, 300)
+            for k, v in {"fid": 80.0, "loss_d": 0.7, "loss_g": 1.2, "d_x": 0.6, "d_g_z": 0.4, "step": 1.0}.items()
+        ]
         client.log_batch(rid, metrics=metrics)
         tracking.end_run(client, rid, "KILLED" if i % 3 == 2 else "FINISHED", "d_overpowers" if i % 3 == 2 else None)
     client.set_terminated(parent, "FINISHED")
@@ -86,12 +111,22 @@ def _time(cmd: list[str], cwd: Path, env: dict[str, str], cold: bool, expect: in
         p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
         dt = time.perf_counter() - t0
     if p.returncode != expect:
-        raise SystemExit(f"{' '.join(cmd)}: exit {p.returncode}, expected {expect}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
+        raise SystemExit(
+            f"{' '.join(cmd)}: exit {p.returncode}, expected {expect}\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}"
+        )
     return dt
 
 
-def measure(name: str, cmd: list[str], env: dict[str, str], runs: int, cold: bool, expect: int = 0, cwd: Path | None = None,
-            creates_nothing: bool = False) -> tuple[float, float, float]:
+def measure(
+    name: str,
+    cmd: list[str],
+    env: dict[str, str],
+    runs: int,
+    cold: bool,
+    expect: int = 0,
+    cwd: Path | None = None,
+    creates_nothing: bool = False,
+) -> tuple[float, float, float]:
     """(median seconds, median floor seconds, median ratio) of `runs` (floor, case) pairs; each
     case run in `cwd` or a fresh empty directory (checked to stay empty)."""
     times, floors = [], []
@@ -104,7 +139,10 @@ def measure(name: str, cmd: list[str], env: dict[str, str], runs: int, cold: boo
             floors.append(_time(FLOOR, Path(d), env, cold, 0))
             times.append(_time(cmd, cwd or Path(d), env, cold, expect))
             if creates_nothing and (left := sorted(p.name for p in Path(d).iterdir())):
-                raise SystemExit(f"{name}: `{' '.join(cmd)}` created {left} in its working directory; an unknown id must create nothing")
+                raise SystemExit(
+                    f"{name}: `{' '.join(cmd)}` created {left} in its "
+                    "working directory; an unknown id must create nothing"
+                )
     return statistics.median(times), statistics.median(floors), statistics.median(t / f for t, f in zip(times, floors))
 
 
@@ -117,7 +155,9 @@ def main() -> None:
     exe = shutil.which("ganops")
     if not exe:
         raise SystemExit("no `ganops` on PATH; install the project with `pip install -e .` first")
-    env = {k: v for k, v in os.environ.items() if k not in ("GANOPS_HOME", "MLFLOW_TRACKING_URI", "PYTHONPYCACHEPREFIX")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("GANOPS_HOME", "MLFLOW_TRACKING_URI", "PYTHONPYCACHEPREFIX")
+    }
     spec = str(REPO / "search_spaces" / "dcgan.yaml")
     dead = f"http://127.0.0.1:{_free_port()}"
     with tempfile.TemporaryDirectory() as store_dir:
@@ -132,12 +172,22 @@ def main() -> None:
             ("compare 8 trials", [exe, "compare", sweep_id], 0, Path(store_dir), False),
         ]
         rows = []
-        for cold in ([False] if args.skip_cold else [False, True]):
+        for cold in [False] if args.skip_cold else [False, True]:
             label = "cold" if cold else "warm"
             for name, cmd, expect, cwd, nothing in cases:
                 s, floor, ratio = measure(name, cmd, env, args.runs, cold, expect, cwd, nothing)
                 target = TARGETS_S[name]
-                rows.append({"case": name, "cache": label, "median_s": s, "floor_s": floor, "ratio": ratio, "target_s": target, "met": s <= target if not cold else None})
+                rows.append(
+                    {
+                        "case": name,
+                        "cache": label,
+                        "median_s": s,
+                        "floor_s": floor,
+                        "ratio": ratio,
+                        "target_s": target,
+                        "met": s <= target if not cold else None,
+                    }
+                )
                 print(f"{label:4} {name:18} {s:6.2f} s (floor {floor:.2f} s)", file=sys.stderr, flush=True)
     load = os.getloadavg()[0]
     if args.json:
@@ -148,7 +198,10 @@ def main() -> None:
     print(f"|{'-' * 20}|-------|----------|---------|---------|----------|-----|")
     for r in rows:
         met = "" if r["met"] is None else ("yes" if r["met"] else "NO")
-        print(f"| {r['case']:18} | {r['cache']:5} | {r['median_s']:8.2f} | {r['floor_s']:7.2f} | {r['ratio']:7.1f} | {r['target_s']:8} | {met:3} |")
+        print(
+            f"| {r['case']:18} | {r['cache']:5} | {r['median_s']:8.2f} | {r['floor_s']:7.2f} | {r['ratio']:7.1f} | "
+            f"{r['target_s']:8} | {met:3} |"
+        )
 
 
 if __name__ == "__main__":

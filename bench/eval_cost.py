@@ -40,7 +40,11 @@ if __name__ == "__main__":
     parts = {  # the pieces of FeatureScorer.score, timed alone
         "forward": lambda: fs.features_and_logits(fakes),
         "kid": lambda: fs.kid(feats),
-        "knn_scores_and_diversity": lambda: (precision_recall(real, feats), density_coverage(real, feats), mean_pairwise_distance(feats)),
+        "knn_scores_and_diversity": lambda: (
+            precision_recall(real, feats),
+            density_coverage(real, feats),
+            mean_pairwise_distance(feats),
+        ),
     }
     feats, _ = fs.features_and_logits(fakes)
     real = fs.real_shuffled[: feats.shape[0]]
@@ -57,7 +61,17 @@ if __name__ == "__main__":
             fn()
             part_s[k].append(time.perf_counter() - t)
     med_whole, med_extra = statistics.median(whole), statistics.median(extra)
-    print(json.dumps({"eval_samples": args.eval_samples, "threads": 1, "evaluator_setup_s": round(setup, 2),
-                      "eval_median_s": round(med_whole, 3), "feature_scores_median_s": round(med_extra, 3),
-                      "share_of_eval": round(med_extra / med_whole, 2),
-                      "parts_median_s": {k: round(statistics.median(v), 3) for k, v in part_s.items()}, "load_avg_1m": round(os.getloadavg()[0], 1)}))
+    print(
+        json.dumps(
+            {
+                "eval_samples": args.eval_samples,
+                "threads": 1,
+                "evaluator_setup_s": round(setup, 2),
+                "eval_median_s": round(med_whole, 3),
+                "feature_scores_median_s": round(med_extra, 3),
+                "share_of_eval": round(med_extra / med_whole, 2),
+                "parts_median_s": {k: round(statistics.median(v), 3) for k, v in part_s.items()},
+                "load_avg_1m": round(os.getloadavg()[0], 1),
+            }
+        )
+    )

@@ -45,10 +45,20 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def _machine(device: torch.device) -> dict:
-    info = {"torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(), "device": str(device)}
+    info = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "device": str(device),
+    }
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
-        info.update(gpu=p.name, capability=f"{p.major}.{p.minor}", gpu_memory_gib=round(p.total_memory / 2**30, 1), cuda=torch.version.cuda)
+        info.update(
+            gpu=p.name,
+            capability=f"{p.major}.{p.minor}",
+            gpu_memory_gib=round(p.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+        )
     return info
 
 
@@ -137,7 +147,9 @@ def ganops_step(cfg: TrainerConfig, device: torch.device, iters: int) -> tuple[f
     return cfg.batch_size * iters / (time.perf_counter() - t0), warm
 
 
-def step_figures(device: torch.device, folder: str, iters: int, repeats: int, batch: int, width: int, compile_modes) -> list[dict]:
+def step_figures(
+    device: torch.device, folder: str, iters: int, repeats: int, batch: int, width: int, compile_modes
+) -> list[dict]:
     rows = []
     for model in ("dcgan28", "dcgan64"):
         for precision in PRECISIONS:
@@ -145,15 +157,31 @@ def step_figures(device: torch.device, folder: str, iters: int, repeats: int, ba
                 rows.append({"model": model, "precision": precision, "skipped": "bf16 unsupported on this GPU"})
                 continue
             for compiled in compile_modes:
-                cfg = _cfg(model, folder, batch_size=batch, width=width, precision=precision, compile=compiled, channels_last=device.type == "cuda")
+                cfg = _cfg(
+                    model,
+                    folder,
+                    batch_size=batch,
+                    width=width,
+                    precision=precision,
+                    compile=compiled,
+                    channels_last=device.type == "cuda",
+                )
                 ref, ours, warm = [], [], []
                 for _ in range(repeats):  # alternate, so drift hits both alike
                     ref.append(plain_loop(cfg.model_copy(update={"compile": False}), device, iters))
                     rate, w = ganops_step(cfg, device, iters)
                     ours.append(rate), warm.append(w)
-                row = {"model": model, "precision": precision, "compile": compiled, "batch": batch, "width": width,
-                       "plain_img_s": round(statistics.median(ref), 1), "ganops_img_s": round(statistics.median(ours), 1),
-                       "ratio": round(statistics.median(ours) / statistics.median(ref), 3), "warmup_s": round(max(warm), 1)}
+                row = {
+                    "model": model,
+                    "precision": precision,
+                    "compile": compiled,
+                    "batch": batch,
+                    "width": width,
+                    "plain_img_s": round(statistics.median(ref), 1),
+                    "ganops_img_s": round(statistics.median(ours), 1),
+                    "ratio": round(statistics.median(ours) / statistics.median(ref), 3),
+                    "warmup_s": round(max(warm), 1),
+                }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     return rows
@@ -176,23 +204,46 @@ NO_BALANCE_STOPS = {"d_overpowers": None, "d_fooled": None, "mode_collapse": Non
 def _spec(name: str, trainer: dict, gpus: float, **sweep) -> str:
     import yaml
 
-    return yaml.safe_dump({"name": name, "trainer": trainer, "sweep": {"num_samples": 1, **sweep},
-                           "resources": {"gpus_per_worker": gpus}, "stopping": NO_BALANCE_STOPS}, sort_keys=False)
+    return yaml.safe_dump(
+        {
+            "name": name,
+            "trainer": trainer,
+            "sweep": {"num_samples": 1, **sweep},
+            "resources": {"gpus_per_worker": gpus},
+            "stopping": NO_BALANCE_STOPS,
+        },
+        sort_keys=False,
+    )
 
 
 def placement_figures(device: torch.device, folder: str, steps: int, home: Path) -> list[dict]:
     gpus = 1 if device.type == "cuda" else 0
     rows = []
     for model in ("dcgan28", "dcgan64"):
-        data = {"data": "image_folder", "data_dir": folder, "image_size": 64, "channels": 3} if model == "dcgan64" else {"data": "mnist"}
-        text = _spec(f"gpu-check-{model}", {"model": model, **data, "steps": steps, "eval_every": steps, "width": 16, "eval_samples": 256}, gpus)
+        data = (
+            {"data": "image_folder", "data_dir": folder, "image_size": 64, "channels": 3}
+            if model == "dcgan64"
+            else {"data": "mnist"}
+        )
+        text = _spec(
+            f"gpu-check-{model}",
+            {"model": model, **data, "steps": steps, "eval_every": steps, "width": 16, "eval_samples": 256},
+            gpus,
+        )
         result, client = _sweep(text, home / model)
         trial = result.trials[0]
         tags = client.get_run(trial.run_id).data.tags
         report = json.loads(tags.get("ganops.placement", "{}"))
-        row = {"model": model, "status": trial.status, "device_tag": tags.get("ganops.device"), "placement": report,
-               "gpu_mem_peak_mb": trial.metrics.get("gpu_mem_peak_mb"),
-               "on_device": bool(report) and not report.get("off_device") and report.get("device", "").startswith(device.type)}
+        row = {
+            "model": model,
+            "status": trial.status,
+            "device_tag": tags.get("ganops.device"),
+            "placement": report,
+            "gpu_mem_peak_mb": trial.metrics.get("gpu_mem_peak_mb"),
+            "on_device": bool(report)
+            and not report.get("off_device")
+            and report.get("device", "").startswith(device.type),
+        }
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "placement"}), flush=True)
     return rows
@@ -205,8 +256,22 @@ def sharing_figures(device: torch.device, steps: int, home: Path, trials: int = 
     out = {}
     for label, gpus, concurrent in (("alone", 1.0, 1), ("shared", 0.25, 4)):
         gpus = gpus if device.type == "cuda" else 0
-        spec = yaml.safe_load(_spec(f"gpu-share-{label}", {"model": "dcgan28", "data": "mnist", "steps": steps, "eval_every": steps, "width": 32,
-                                                            "batch_size": 64, "eval_samples": 256}, gpus, max_concurrent_trials=concurrent))
+        spec = yaml.safe_load(
+            _spec(
+                f"gpu-share-{label}",
+                {
+                    "model": "dcgan28",
+                    "data": "mnist",
+                    "steps": steps,
+                    "eval_every": steps,
+                    "width": 32,
+                    "batch_size": 64,
+                    "eval_samples": 256,
+                },
+                gpus,
+                max_concurrent_trials=concurrent,
+            )
+        )
         spec["sweep"]["num_samples"] = trials
         spec["search"] = {"lr_d": {"loguniform": [1e-4, 1e-3]}}
         t0 = time.perf_counter()
@@ -215,11 +280,18 @@ def sharing_figures(device: torch.device, steps: int, home: Path, trials: int = 
         done = [t for t in result.trials if t.metrics.get("train_seconds")]
         images = sum(t.metrics["step"] * 64 for t in done)
         per_trial = [t.metrics["step"] * 64 / t.metrics["train_seconds"] for t in done]
-        out[label] = {"trials": len(done), "gpus_per_worker": gpus, "concurrent": concurrent, "wall_s": round(wall, 1),
-                      "sweep_img_s": round(images / wall, 1),  # everything: Ray Train start-up, evals, checkpoints
-                      "training_img_s_per_trial": round(statistics.median(per_trial), 1) if per_trial else None,
-                      # while `concurrent` trials (at most the trials there are) train at once, each at its own rate
-                      "training_img_s_aggregate": round(statistics.median(per_trial) * min(concurrent, len(per_trial)), 1) if per_trial else None}
+        out[label] = {
+            "trials": len(done),
+            "gpus_per_worker": gpus,
+            "concurrent": concurrent,
+            "wall_s": round(wall, 1),
+            "sweep_img_s": round(images / wall, 1),  # everything: Ray Train start-up, evals, checkpoints
+            "training_img_s_per_trial": round(statistics.median(per_trial), 1) if per_trial else None,
+            # while `concurrent` trials (at most the trials there are) train at once, each at its own rate
+            "training_img_s_aggregate": round(statistics.median(per_trial) * min(concurrent, len(per_trial)), 1)
+            if per_trial
+            else None,
+        }
         print(json.dumps({label: out[label]}), flush=True)
     a, s = out["alone"], out["shared"]
     if a["training_img_s_aggregate"] and s["training_img_s_aggregate"]:
@@ -237,16 +309,25 @@ def main() -> int:
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--trial-steps", type=int, default=300, help="steps of each placement trial")
     ap.add_argument("--share-steps", type=int, default=1500, help="steps of each of the 8 sharing trials")
-    ap.add_argument("--skip-compile", action="store_true", help="compile off only (compiling takes tens of seconds per net)")
+    ap.add_argument(
+        "--skip-compile", action="store_true", help="compile off only (compiling takes tens of seconds per net)"
+    )
     ap.add_argument("--skip-sharing", action="store_true")
     ap.add_argument("--skip-trials", action="store_true")
     ap.add_argument("--skip-step", action="store_true")
-    ap.add_argument("--cpu-smoke", action="store_true", help="no CUDA: run every part on the CPU with tiny sizes (checks the script)")
+    ap.add_argument(
+        "--cpu-smoke",
+        action="store_true",
+        help="no CUDA: run every part on the CPU with tiny sizes (checks the script)",
+    )
     args = ap.parse_args()
 
     if not torch.cuda.is_available() and not args.cpu_smoke:
-        print(f"no CUDA GPU visible to torch {torch.__version__} (torch.cuda.is_available() is False): nothing to check here. "
-              "Run this on a machine with a CUDA GPU; `--cpu-smoke` exercises the script on the CPU.")
+        print(
+            f"no CUDA GPU visible to torch {torch.__version__} (torch.cuda.is_available() is False): nothing to "
+            "check here. "
+            "Run this on a machine with a CUDA GPU; `--cpu-smoke` exercises the script on the CPU."
+        )
         Path(args.out).write_text(json.dumps({"cuda": False, "machine": _machine(torch.device("cpu"))}, indent=2))
         return 0
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
@@ -260,10 +341,19 @@ def main() -> int:
         if not args.skip_trials:
             result["placement"] = placement_figures(device, str(folder), args.trial_steps, Path(tmp) / "runs")
         if not args.skip_step:
-            result["step"] = step_figures(device, str(folder), args.iters, args.repeats, args.batch, args.width,
-                                          (False,) if args.skip_compile else (False, True))
+            result["step"] = step_figures(
+                device,
+                str(folder),
+                args.iters,
+                args.repeats,
+                args.batch,
+                args.width,
+                (False,) if args.skip_compile else (False, True),
+            )
         if not args.skip_sharing:
-            result["sharing"] = sharing_figures(device, args.share_steps, Path(tmp) / "share", trials=2 if args.cpu_smoke else 8)
+            result["sharing"] = sharing_figures(
+                device, args.share_steps, Path(tmp) / "share", trials=2 if args.cpu_smoke else 8
+            )
     Path(args.out).write_text(json.dumps(result, indent=2))
     failed = [r["model"] for r in result.get("placement", []) if not r["on_device"]]
     print(f"wrote {args.out}" + (f"; NOT on {device}: {', '.join(failed)}" if failed else ""))

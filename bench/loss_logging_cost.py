@@ -52,7 +52,9 @@ def main() -> None:
     ap.add_argument("--log-every", type=int, action="append")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    cfg = TrainerConfig(model=args.model, data="mnist" if args.model != "mlp2d" else "grid25", batch_size=64, width=args.width)
+    cfg = TrainerConfig(
+        model=args.model, data="mnist" if args.model != "mlp2d" else "grid25", batch_size=64, width=args.width
+    )
     with tempfile.TemporaryDirectory() as tmp:
         from mlflow import MlflowClient
 
@@ -66,9 +68,15 @@ def main() -> None:
                 plain.append(steps_per_s(cfg, args.iters, None))
                 run_id = client.create_run(exp).info.run_id
                 logged.append(steps_per_s(cfg, args.iters, LossLog(MlflowSink(uri, run_id), every), blocked))
-            row = {"model": args.model, "width": args.width, "log_every": every, "plain_steps_s": round(statistics.median(plain), 2),
-                   "logged_steps_s": round(statistics.median(logged), 2), "ratio": round(statistics.median(logged) / statistics.median(plain), 3),
-                   "blocked_ms_per_step": round(1000 * sum(blocked) / (args.iters * args.repeats), 3)}
+            row = {
+                "model": args.model,
+                "width": args.width,
+                "log_every": every,
+                "plain_steps_s": round(statistics.median(plain), 2),
+                "logged_steps_s": round(statistics.median(logged), 2),
+                "ratio": round(statistics.median(logged) / statistics.median(plain), 3),
+                "blocked_ms_per_step": round(1000 * sum(blocked) / (args.iters * args.repeats), 3),
+            }
             print(json.dumps(row), flush=True)
 
 

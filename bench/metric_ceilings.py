@@ -34,9 +34,17 @@ from trainers.metrics import (
 
 # metric -> (what a perfect generator tends to, better is)
 IMAGE_METRICS = {
-    "fid": "0, lower", "kid": "0, lower", "inception_score": "10, higher", "precision": "1, higher",
-    "recall": "1, higher", "density": "~1, higher", "coverage": "1, higher", "diversity": "~1 (real spread)",
-    "class_coverage": "10, higher", "class_kl": "0, lower", "pixel_hist": "0, lower",
+    "fid": "0, lower",
+    "kid": "0, lower",
+    "inception_score": "10, higher",
+    "precision": "1, higher",
+    "recall": "1, higher",
+    "density": "~1, higher",
+    "coverage": "1, higher",
+    "diversity": "~1 (real spread)",
+    "class_coverage": "10, higher",
+    "class_kl": "0, lower",
+    "pixel_hist": "0, lower",
 }
 
 
@@ -48,9 +56,17 @@ def mnist_rows(extractor) -> list[tuple[str, str, str, str]]:
     for n in (1000, 2500):
         fakes = b[:n]
         covered, kl = fid.class_coverage(fakes)
-        out[n] = {"fid": fid.score(fakes), "class_coverage": covered, "class_kl": kl,
-                  "pixel_hist": pixel_histogram_distance(a[:n], fakes), **feats.score(fakes)}
-    return [("MNIST halves (A 2,500 vs B)", m, f"{out[1000][m]:.4g} / {out[2500][m]:.4g}", IMAGE_METRICS[m]) for m in IMAGE_METRICS]
+        out[n] = {
+            "fid": fid.score(fakes),
+            "class_coverage": covered,
+            "class_kl": kl,
+            "pixel_hist": pixel_histogram_distance(a[:n], fakes),
+            **feats.score(fakes),
+        }
+    return [
+        ("MNIST halves (A 2,500 vs B)", m, f"{out[1000][m]:.4g} / {out[2500][m]:.4g}", IMAGE_METRICS[m])
+        for m in IMAGE_METRICS
+    ]
 
 
 def stacked_rows(classifier) -> list[tuple[str, str, str, str]]:
@@ -65,7 +81,14 @@ def stacked_rows(classifier) -> list[tuple[str, str, str, str]]:
         nz = p > 0
         label_kl = float((p[nz] * torch.log(1000 * p[nz])).sum())
         rows.append((f"Stacked MNIST, N={n:,}", "modes", f"{s['modes']} (labels: {int(nz.sum())})", "1000, higher"))
-        rows.append((f"Stacked MNIST, N={n:,}", "kl", f"{s['kl']:.4f} (labels: {label_kl:.4f})", f"0, lower; floor ~(K-1)/2N = {999 / (2 * n):.4f}"))
+        rows.append(
+            (
+                f"Stacked MNIST, N={n:,}",
+                "kl",
+                f"{s['kl']:.4f} (labels: {label_kl:.4f})",
+                f"0, lower; floor ~(K-1)/2N = {999 / (2 * n):.4f}",
+            )
+        )
     return rows
 
 
@@ -74,13 +97,17 @@ def mixture_rows() -> list[tuple[str, str, str, str]]:
     for name in ("grid25", "ring8"):
         g = torch.Generator().manual_seed(0)
         means = mixture_means(name)
-        pts = means[torch.randint(0, len(means), (2500,), generator=g)] + mixture_sigma(name) * torch.randn(2500, 2, generator=g)
+        pts = means[torch.randint(0, len(means), (2500,), generator=g)] + mixture_sigma(name) * torch.randn(
+            2500, 2, generator=g
+        )
         s = mixture_scores(pts, name)
         k = len(means)
-        rows += [(f"{name}, N=2,500", "modes", str(s["modes"]), f"{k}, higher"),
-                 (f"{name}, N=2,500", "hq_pct", f"{s['hq_pct']:.1f}", f"{100 * (1 - math.exp(-4.5)):.1f} (3 sigma in 2-D)"),
-                 (f"{name}, N=2,500", "reverse_kl", f"{s['reverse_kl']:.4f}", f"0; floor ~(K-1)/2N = {(k - 1) / 5000:.4f}"),
-                 (f"{name}, N=2,500", "mix_score", f"{s['modes'] / k * s['hq_pct'] / 100:.3f}", "~0.989")]
+        rows += [
+            (f"{name}, N=2,500", "modes", str(s["modes"]), f"{k}, higher"),
+            (f"{name}, N=2,500", "hq_pct", f"{s['hq_pct']:.1f}", f"{100 * (1 - math.exp(-4.5)):.1f} (3 sigma in 2-D)"),
+            (f"{name}, N=2,500", "reverse_kl", f"{s['reverse_kl']:.4f}", f"0; floor ~(K-1)/2N = {(k - 1) / 5000:.4f}"),
+            (f"{name}, N=2,500", "mix_score", f"{s['modes'] / k * s['hq_pct'] / 100:.3f}", "~0.989"),
+        ]
     return rows
 
 

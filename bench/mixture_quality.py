@@ -32,22 +32,46 @@ def run(spec: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "GANOPS_HOME": str(Path(tmp) / "runs")}
         t0 = time.time()
-        out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "sweep", str(Path(spec).resolve()), "--json"], env=env, cwd=tmp, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", "sweep", str(Path(spec).resolve()), "--json"],
+            env=env,
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+        )
         wall = time.time() - t0
         if out.returncode != 0:
             sys.exit(f"sweep failed:\n{out.stderr[-3000:]}")
         result = json.loads(out.stdout)
         best = result["best"]
         pts = Path(tmp) / "points.npy"
-        s = subprocess.run([sys.executable, "-m", "orchestrator.cli", "sample", best["trial_id"], "--n", "2500", "--out", str(pts)], env=env, cwd=tmp, capture_output=True, text=True)
+        s = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", "sample", best["trial_id"], "--n", "2500", "--out", str(pts)],
+            env=env,
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+        )
         if s.returncode != 0:
             sys.exit(f"sample failed:\n{s.stderr[-3000:]}")
-        data = json.loads(subprocess.run([sys.executable, "-m", "orchestrator.cli", "validate", spec, "--json"], capture_output=True, text=True).stdout)["spec"]["trainer"]["data"]
+        data = json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "orchestrator.cli", "validate", spec, "--json"], capture_output=True, text=True
+            ).stdout
+        )["spec"]["trainer"]["data"]
         scores = mixture_scores(torch.from_numpy(np.load(pts)), data)
-        return {"spec": spec, "data": data, "trials": len(result["trials"]), "sweep_wall_s": round(wall, 1),
-                "best_trial": best["trial_id"], "best_config": best["config"],
-                "sampled_modes": scores["modes"], "sampled_hq_pct": round(scores["hq_pct"], 1), "sampled_reverse_kl": round(scores["reverse_kl"], 4),
-                "published": PUBLISHED.get(data)}
+        return {
+            "spec": spec,
+            "data": data,
+            "trials": len(result["trials"]),
+            "sweep_wall_s": round(wall, 1),
+            "best_trial": best["trial_id"],
+            "best_config": best["config"],
+            "sampled_modes": scores["modes"],
+            "sampled_hq_pct": round(scores["hq_pct"], 1),
+            "sampled_reverse_kl": round(scores["reverse_kl"], 4),
+            "published": PUBLISHED.get(data),
+        }
 
 
 if __name__ == "__main__":

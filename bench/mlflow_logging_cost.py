@@ -85,7 +85,18 @@ def real_eval_payload(spec, tmp: Path) -> tuple[dict[str, float], object, Path]:
     return metrics, image, gen_file
 
 
-def make_trial(spec, uri: str, experiment_id: str, parent: str, sweep_id: str, metrics, image, gen_file: Path, evals: int, busy: float):
+def make_trial(
+    spec,
+    uri: str,
+    experiment_id: str,
+    parent: str,
+    sweep_id: str,
+    metrics,
+    image,
+    gen_file: Path,
+    evals: int,
+    busy: float,
+):
     from ray import tune
 
     from search_spaces.tune_space import trial_trainer_config
@@ -110,8 +121,17 @@ def make_trial(spec, uri: str, experiment_id: str, parent: str, sweep_id: str, m
         # The trial driver: open the trial's run (orchestrator/trial.py).
         client = MlflowClient(uri)
         t0 = time.perf_counter()
-        run_id = tracking.trial_run(client, experiment_id, parent, sweep_id, trial_id, ctx.get_trial_name(), s.spec_hash,
-                                    trial_trainer_config(s, config), {k: config[k] for k in s.search})
+        run_id = tracking.trial_run(
+            client,
+            experiment_id,
+            parent,
+            sweep_id,
+            trial_id,
+            ctx.get_trial_name(),
+            s.spec_hash,
+            trial_trainer_config(s, config),
+            {k: config[k] for k in s.search},
+        )
         open_s = time.perf_counter() - t0
         # Rank 0 (trainers/loop.py): one sink.log per eval.
         sink = _MlflowSink(uri, run_id)
@@ -133,8 +153,22 @@ def make_trial(spec, uri: str, experiment_id: str, parent: str, sweep_id: str, m
         if client.get_run(run_id).info.status == "RUNNING":
             tracking.end_run(client, run_id, "FINISHED")
         close_s = time.perf_counter() - t0
-        tune.report({"step": steps, "fid": metrics["fid"], "run_id": run_id, "timings": json.dumps(
-            {"open": open_s, "evals": eval_s, "close": close_s, "calls": calls, "wall": time.perf_counter() - started})})
+        tune.report(
+            {
+                "step": steps,
+                "fid": metrics["fid"],
+                "run_id": run_id,
+                "timings": json.dumps(
+                    {
+                        "open": open_s,
+                        "evals": eval_s,
+                        "close": close_s,
+                        "calls": calls,
+                        "wall": time.perf_counter() - started,
+                    }
+                ),
+            }
+        )
 
     return tune.with_resources(trial, {"cpu": 1})
 
@@ -142,7 +176,9 @@ def make_trial(spec, uri: str, experiment_id: str, parent: str, sweep_id: str, m
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=200)
-    ap.add_argument("--evals", type=int, default=5, help="Evals per trial (dcgan.yaml: 1500 steps / eval_every 300 = 5).")
+    ap.add_argument(
+        "--evals", type=int, default=5, help="Evals per trial (dcgan.yaml: 1500 steps / eval_every 300 = 5)."
+    )
     ap.add_argument("--busy-seconds", type=float, default=1.0, help="CPU burned per eval in place of training.")
     ap.add_argument("--json", action="store_true", help="Print the figures as JSON on stdout.")
     args = ap.parse_args()
@@ -172,17 +208,32 @@ def main() -> None:
             t0 = time.perf_counter()
             exp = tracking.ensure_experiment(client, spec.name, uri)
             sweep_id = f"{spec.name}-bench"
-            parent = tracking.start_sweep_run(client, exp, sweep_id, spec.model_dump(mode="json"), spec.spec_hash, DEMO_SPEC.read_text(), spec.description, spec.metric, spec.mode)
+            parent = tracking.start_sweep_run(
+                client,
+                exp,
+                sweep_id,
+                spec.model_dump(mode="json"),
+                spec.spec_hash,
+                DEMO_SPEC.read_text(),
+                spec.description,
+                spec.metric,
+                spec.mode,
+            )
             once["parent run"] = time.perf_counter() - t0
 
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
             try:
                 t_sweep = time.perf_counter()
                 tuner = tune.Tuner(
-                    make_trial(spec, uri, exp, parent, sweep_id, metrics, image, gen_file, args.evals, args.busy_seconds),
+                    make_trial(
+                        spec, uri, exp, parent, sweep_id, metrics, image, gen_file, args.evals, args.busy_seconds
+                    ),
                     param_space=param_space(spec),
-                    tune_config=tune.TuneConfig(num_samples=args.trials, reuse_actors=True,
-                                                search_alg=BasicVariantGenerator(random_state=0, max_concurrent=2)),
+                    tune_config=tune.TuneConfig(
+                        num_samples=args.trials,
+                        reuse_actors=True,
+                        search_alg=BasicVariantGenerator(random_state=0, max_concurrent=2),
+                    ),
                     run_config=tune.RunConfig(name=sweep_id, storage_path=str(tmp / "ray"), verbose=0),
                 )
                 with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):  # Tune's banners
@@ -190,18 +241,43 @@ def main() -> None:
                 tune_wall = time.perf_counter() - t_sweep
             finally:
                 ray.shutdown()
-            rows = [(r.metrics["trial_id"], json.loads(r.metrics["timings"]), r.metrics) for r in grid if r.metrics and "timings" in r.metrics]
+            rows = [
+                (r.metrics["trial_id"], json.loads(r.metrics["timings"]), r.metrics)
+                for r in grid
+                if r.metrics and "timings" in r.metrics
+            ]
             if len(rows) != args.trials:
-                sys.exit(f"only {len(rows)} of {args.trials} trials finished; errors: {[str(r.error)[:300] for r in grid if r.error][:3]}")
+                errors = [str(r.error)[:300] for r in grid if r.error][:3]
+                sys.exit(f"only {len(rows)} of {args.trials} trials finished; errors: {errors}")
 
             # The driver's once-per-sweep MLflow work, as run_sweep does it (orchestrator/sweep.py).
             t0 = time.perf_counter()
             run_ids = tracking.trial_run_ids(client, exp, parent)
-            trials = [sweep.TrialSummary(trial_id=tid, run_id=run_ids.get(tid), status="done",
-                                         config={}, metrics={"fid": float(m["fid"])}, step=int(m["step"])) for tid, _, m in rows]
+            trials = [
+                sweep.TrialSummary(
+                    trial_id=tid,
+                    run_id=run_ids.get(tid),
+                    status="done",
+                    config={},
+                    metrics={"fid": float(m["fid"])},
+                    step=int(m["step"]),
+                )
+                for tid, _, m in rows
+            ]
             once["trials' run ids"] = time.perf_counter() - t0
-            result = sweep.SweepResult(sweep_id=sweep_id, experiment=spec.name, experiment_id=exp, parent_run_id=parent, tracking_uri=uri,
-                                       storage="", metric=spec.metric, mode=spec.mode, wall_seconds=tune_wall, first_result_seconds=None, trials=trials)
+            result = sweep.SweepResult(
+                sweep_id=sweep_id,
+                experiment=spec.name,
+                experiment_id=exp,
+                parent_run_id=parent,
+                tracking_uri=uri,
+                storage="",
+                metric=spec.metric,
+                mode=spec.mode,
+                wall_seconds=tune_wall,
+                first_result_seconds=None,
+                trials=trials,
+            )
             result.trials = result.leaderboard()
             t0 = time.perf_counter()
             registered = registry.register_best(client, result, spec.name)
@@ -212,17 +288,34 @@ def main() -> None:
 
     per_eval = [e for _, t, _ in rows for e in t["evals"]]
     per_trial = [t["open"] + sum(t["evals"]) + t["close"] for _, t, _ in rows]
-    calls = {k: sum(t["calls"].get(k, 0.0) for _, t, _ in rows) / len(per_eval) for k in ("log_batch", "log_image", "log_artifact")}
+    calls = {
+        k: sum(t["calls"].get(k, 0.0) for _, t, _ in rows) / len(per_eval)
+        for k in ("log_batch", "log_image", "log_artifact")
+    }
     trial_s = statistics.mean(per_trial)
     once_s = sum(once.values())
     demo_trial_wall = DEMO_TRIAL_S
     sweep_wall = DEMO_WALL_S / DEMO_TRIALS * args.trials  # the demo sweep, scaled to N trials
     added = args.trials * trial_s / DEMO_CONCURRENT + once_s
     out = {
-        "trials": args.trials, "evals_per_trial": args.evals, "busy_seconds_per_eval": args.busy_seconds,
-        "metrics_per_eval": len(metrics), "image_px": list(getattr(image, "shape", [])), "generator_bytes": gen_bytes,
-        "per_eval_s": {"mean": statistics.mean(per_eval), "median": statistics.median(per_eval), "p95": sorted(per_eval)[int(0.95 * len(per_eval))], **{f"{k}_mean": v for k, v in calls.items()}},
-        "per_trial_s": {"mean": trial_s, "open_mean": statistics.mean(t["open"] for _, t, _ in rows), "close_mean": statistics.mean(t["close"] for _, t, _ in rows), "max": max(per_trial)},
+        "trials": args.trials,
+        "evals_per_trial": args.evals,
+        "busy_seconds_per_eval": args.busy_seconds,
+        "metrics_per_eval": len(metrics),
+        "image_px": list(getattr(image, "shape", [])),
+        "generator_bytes": gen_bytes,
+        "per_eval_s": {
+            "mean": statistics.mean(per_eval),
+            "median": statistics.median(per_eval),
+            "p95": sorted(per_eval)[int(0.95 * len(per_eval))],
+            **{f"{k}_mean": v for k, v in calls.items()},
+        },
+        "per_trial_s": {
+            "mean": trial_s,
+            "open_mean": statistics.mean(t["open"] for _, t, _ in rows),
+            "close_mean": statistics.mean(t["close"] for _, t, _ in rows),
+            "max": max(per_trial),
+        },
         "per_sweep_once_s": once,
         "share_of_demo_trial": trial_s / demo_trial_wall,
         "demo_trial_wall_s": demo_trial_wall,
@@ -234,13 +327,28 @@ def main() -> None:
         print(json.dumps(out, indent=2))
         return
     pe, pt = out["per_eval_s"], out["per_trial_s"]
-    print(f"{args.trials} trials x {args.evals} evals through {uri} (mlflow server, SQLite, proxied artifacts); Tune wall {tune_wall:.0f} s")
-    print(f"per eval  : {pe['mean'] * 1000:.0f} ms mean, {pe['median'] * 1000:.0f} median, {pe['p95'] * 1000:.0f} p95 "
-          f"(log_batch of {len(metrics)} metrics {calls['log_batch'] * 1000:.0f}, log_image {calls['log_image'] * 1000:.0f}, generator.pt {calls['log_artifact'] * 1000:.0f})")
-    print(f"per trial : {trial_s:.2f} s (open run + params {pt['open_mean']:.2f}, {args.evals} evals, close {pt['close_mean']:.2f}); max {pt['max']:.2f} s")
+    print(
+        f"{args.trials} trials x {args.evals} evals through {uri} (mlflow "
+        f"server, SQLite, proxied artifacts); Tune wall {tune_wall:.0f} s"
+    )
+    print(
+        f"per eval  : {pe['mean'] * 1000:.0f} ms mean, {pe['median'] * 1000:.0f} median, "
+        f"{pe['p95'] * 1000:.0f} p95 "
+        f"(log_batch of {len(metrics)} metrics {calls['log_batch'] * 1000:.0f}, "
+        f"log_image {calls['log_image'] * 1000:.0f}, "
+        f"generator.pt {calls['log_artifact'] * 1000:.0f})"
+    )
+    print(
+        f"per trial : {trial_s:.2f} s (open run + params {pt['open_mean']:.2f}, {args.evals} evals, close "
+        f"{pt['close_mean']:.2f}); max {pt['max']:.2f} s"
+    )
     print(f"          = {100 * out['share_of_demo_trial']:.2f}% of a demo trial's {demo_trial_wall:.1f} s")
     print("per sweep : " + ", ".join(f"{k} {v:.1f} s" for k, v in once.items()))
-    print(f"sweep     : {added:.0f} s of MLflow in a {sweep_wall:.0f} s {args.trials}-trial demo sweep = {100 * out['sweep']['share']:.2f}% (target <= 5%)")
+    print(
+        f"sweep     : {added:.0f} s of MLflow in a {sweep_wall:.0f} s {args.trials}-trial demo sweep = "
+        f"{100 * out['sweep']['share']:.2f}% "
+        "(target <= 5%)"
+    )
 
 
 if __name__ == "__main__":

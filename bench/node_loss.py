@@ -38,13 +38,27 @@ def main() -> None:
             sys.exit(f"run {i}: the sweep failed:\n{r['stderr']}")
         resumed = int(r["run"].data.tags["ganops.resumed_from_step"])
         ok = r["steps"] == list(range(a.eval_every, a.steps + 1, a.eval_every))
-        rows.append({"killed_at": r["step_at_kill"], "resumed_from": resumed, "steps_redone": r["step_at_kill"] - resumed,
-                     "seconds_to_progress": r["seconds_to_progress"], "every_step_once": ok, "cost_usd": r["result"]["cost_usd"]})
+        rows.append(
+            {
+                "killed_at": r["step_at_kill"],
+                "resumed_from": resumed,
+                "steps_redone": r["step_at_kill"] - resumed,
+                "seconds_to_progress": r["seconds_to_progress"],
+                "every_step_once": ok,
+                "cost_usd": r["result"]["cost_usd"],
+            }
+        )
         print(f"run {i}: {rows[-1]}", flush=True)
     secs = [x["seconds_to_progress"] for x in rows]
-    print("\n| runs | steps redone (max) | eval interval | seconds from kill to new progress (median, max) | every eval step once |")
+    print(
+        "\n| runs | steps redone (max) | eval interval | seconds from "
+        "kill to new progress (median, max) | every eval step once |"
+    )
     print("|---|---|---|---|---|")
-    print(f"| {len(rows)} | {max(x['steps_redone'] for x in rows)} | {a.eval_every} | {statistics.median(secs):.1f}, {max(secs):.1f} | {all(x['every_step_once'] for x in rows)} |")
+    print(
+        f"| {len(rows)} | {max(x['steps_redone'] for x in rows)} | {a.eval_every} | {statistics.median(secs):.1f}, "
+        f"{max(secs):.1f} | {all(x['every_step_once'] for x in rows)} |"
+    )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from trainers.config import TrainerConfig
 from trainers.data import make_data
 from trainers.models import build_models, sample_latent
 from trainers.models.conditional import sample_labels
+from trainers.step import build_optimizers, train_step
 
 MODELS = ["dcgan28", "dcgan28_upsample", "dcgan32", "dcgan64", "fc", "cdcgan28"]
 
@@ -44,9 +45,16 @@ def digits_folder(root: Path, n: int = 512) -> str:
 def config(model: str, width: int, batch: int, folder: str) -> TrainerConfig:
     if model in ("dcgan32", "dcgan64"):
         size = int(model[-2:])
-        return TrainerConfig(model=model, data="image_folder", data_dir=folder, image_size=size, channels=3 if size == 64 else 1, batch_size=batch, width=width)
+        return TrainerConfig(
+            model=model,
+            data="image_folder",
+            data_dir=folder,
+            image_size=size,
+            channels=3 if size == 64 else 1,
+            batch_size=batch,
+            width=width,
+        )
     return TrainerConfig(model=model, data="mnist", batch_size=batch, width=width)
-from trainers.step import build_optimizers, train_step
 
 
 def setup(cfg: TrainerConfig):
@@ -84,7 +92,12 @@ def reference_loop(cfg: TrainerConfig, iters: int) -> float:
         err_g = F.binary_cross_entropy_with_logits(out, torch.ones_like(out))
         err_g.backward()
         opt_g.step()
-        _ = (err_real + err_fake).item(), err_g.item(), torch.sigmoid(out).mean().item()  # the same host syncs ganops makes
+        # the same host syncs ganops makes
+        _ = (
+            (err_real + err_fake).item(),
+            err_g.item(),
+            torch.sigmoid(out).mean().item(),
+        )
     return B * iters / (time.perf_counter() - t0)
 
 
@@ -117,9 +130,15 @@ def main() -> None:
         for _ in range(args.repeats):
             ref.append(reference_loop(cfg, args.iters))
             ours.append(ganops_loop(cfg, args.iters))
-        row = {"model": model, "width": width, "batch": args.batch, "threads": args.threads,
-               "reference_img_s": round(statistics.median(ref), 1), "ganops_img_s": round(statistics.median(ours), 1),
-               "ratio": round(statistics.median(ours) / statistics.median(ref), 3)}
+        row = {
+            "model": model,
+            "width": width,
+            "batch": args.batch,
+            "threads": args.threads,
+            "reference_img_s": round(statistics.median(ref), 1),
+            "ganops_img_s": round(statistics.median(ours), 1),
+            "ratio": round(statistics.median(ours) / statistics.median(ref), 3),
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
 

@@ -21,8 +21,8 @@ import math
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
-
 from stopping_savings import false_positives  # bench/ is on sys.path when run as a script
+
 from orchestrator.stopping import judge
 from search_spaces.loader import load_spec
 from trainers.data import mixture_means
@@ -65,18 +65,39 @@ def replay(spec, result: dict, evals: dict[str, list[dict]], trace: bool = False
         for r in evals[tid]:
             history.append(r)
             if trace:
-                print(tid, {k: round(r[k], 3) for k in ("step", metric, "hq_pct", "near_pct", "modes", "eff_modes", "loss_g", "d_x", "d_g_z") if k in r})
+                print(
+                    tid,
+                    {
+                        k: round(r[k], 3)
+                        for k in ("step", metric, "hq_pct", "near_pct", "modes", "eff_modes", "loss_g", "d_x", "d_g_z")
+                        if k in r
+                    },
+                )
             if (v := judge(history, spec.stopping, metric, mode)) is not None:
                 at = int(r["step"])
-                stopped.append({"trial": tid, "config": t["config"], "at_step": at, "rule": v.rule, "evidence": v.evidence,
-                                f"control_{metric}": final[tid]})
+                stopped.append(
+                    {
+                        "trial": tid,
+                        "config": t["config"],
+                        "at_step": at,
+                        "rule": v.rule,
+                        "evidence": v.evidence,
+                        f"control_{metric}": final[tid],
+                    }
+                )
                 break
         steps_with += at if at is not None else t["step"]
     return {
-        "trials": len(result["trials"]), "metric": metric,
-        "trial_steps": {"with_rules": steps_with, "without": steps_without, "saved_pct": round(100 * (1 - steps_with / steps_without), 1)},
+        "trials": len(result["trials"]),
+        "metric": metric,
+        "trial_steps": {
+            "with_rules": steps_with,
+            "without": steps_without,
+            "saved_pct": round(100 * (1 - steps_with / steps_without), 1),
+        },
         "best_trial_stopped": any(s["trial"] == best for s in stopped),
-        "stopped": stopped, **false_positives(final, {s["trial"] for s in stopped}, mode),
+        "stopped": stopped,
+        **false_positives(final, {s["trial"] for s in stopped}, mode),
     }
 
 
@@ -84,7 +105,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("spec")
     ap.add_argument("control", type=Path, help="a kept control sweep: its result.json and its GANOPS_HOME")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], help="spec override, e.g. stopping.mixture_quality.after_step=2000")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="spec override, e.g. stopping.mixture_quality.after_step=2000",
+    )
     ap.add_argument("--trace", action="store_true", help="print every eval as the rules see it")
     args = ap.parse_args()
     spec = load_spec(args.spec, args.overrides)

@@ -5,7 +5,8 @@ and with every rule off (the control). Reports trial-steps and wall time of each
 trial and its metric in each, and the false positives: healthy trials killed, i.e. trials the
 rules stopped whose control twin ended well (see `false_positives`).
 
-    python bench/stopping_savings.py bench/specs/grid25_bad_regions.yaml [--set trainer.steps=12500] [--keep DIR [--reuse]]
+    python bench/stopping_savings.py bench/specs/grid25_bad_regions.yaml \\
+        [--set trainer.steps=12500] [--keep DIR [--reuse]]
 
 --keep DIR keeps both sweeps (DIR/with_rules, DIR/control: each its GANOPS_HOME, result.json
 and wall time) for `bench/stopping_replay.py`; with --reuse, a sweep already kept there is read
@@ -34,14 +35,22 @@ def sweep(spec: str, overrides: list[str], keep: Path | None) -> tuple[dict, flo
         where = keep or Path(tmp)
         where.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "GANOPS_HOME": str(where / "runs")}
-        cmd = [sys.executable, "-m", "orchestrator.cli", "sweep", str(Path(spec).resolve()), "--json", *sum((["--set", o] for o in overrides), [])]
+        cmd = [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "sweep",
+            str(Path(spec).resolve()),
+            "--json",
+            *sum((["--set", o] for o in overrides), []),
+        ]
         t0 = time.time()
         out = subprocess.run(cmd, env=env, cwd=where, capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"sweep failed:\n{out.stderr[-3000:]}")
         result, end = json.JSONDecoder().raw_decode(out.stdout)
         if out.stdout[end:].strip():
-            print(f"note: stdout after the JSON: {out.stdout[end:end + 300]!r}", file=sys.stderr)
+            print(f"note: stdout after the JSON: {out.stdout[end : end + 300]!r}", file=sys.stderr)
         wall = time.time() - t0
         (where / "result.json").write_text(json.dumps(result))
         (where / "wall_s").write_text(f"{wall:.1f}\n")
@@ -70,17 +79,30 @@ def false_positives(final: dict[str, float], stopped: set[str], mode: str) -> di
     worst_kept = min(kept) if kept else float("inf")
     above_median = [k for k in stopped if k in final and sign * final[k] > sign * median]
     fps = [k for k in above_median if sign * final[k] > worst_kept]
-    return {"control_median": median, "worst_kept": sign * worst_kept if kept else None,
-            "above_median": len(above_median), "false_positives": len(fps),
-            "false_positive_rate": round(len(fps) / len(stopped), 3) if stopped else 0.0, "false_positive_trials": sorted(fps)}
+    return {
+        "control_median": median,
+        "worst_kept": sign * worst_kept if kept else None,
+        "above_median": len(above_median),
+        "false_positives": len(fps),
+        "false_positive_rate": round(len(fps) / len(stopped), 3) if stopped else 0.0,
+        "false_positive_trials": sorted(fps),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("spec")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], help="spec override for both sweeps, e.g. trainer.steps=12500")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="spec override for both sweeps, e.g. trainer.steps=12500",
+    )
     ap.add_argument("--keep", type=Path, help="keep both sweeps under this directory")
-    ap.add_argument("--reuse", action="store_true", help="with --keep: read a sweep already kept there instead of running it")
+    ap.add_argument(
+        "--reuse", action="store_true", help="with --keep: read a sweep already kept there instead of running it"
+    )
     args = ap.parse_args()
     keep = args.keep.resolve() if args.keep else None
 
@@ -99,14 +121,33 @@ def main() -> None:
     steps_with = sum(t["step"] for t in with_rules["trials"])
     steps_without = sum(t["step"] for t in control["trials"])
     report = {
-        "spec": args.spec, "overrides": args.overrides, "trials": len(control["trials"]), "metric": metric,
-        "trial_steps": {"with_rules": steps_with, "without": steps_without, "saved_pct": round(100 * (1 - steps_with / steps_without), 1)},
+        "spec": args.spec,
+        "overrides": args.overrides,
+        "trials": len(control["trials"]),
+        "metric": metric,
+        "trial_steps": {
+            "with_rules": steps_with,
+            "without": steps_without,
+            "saved_pct": round(100 * (1 - steps_with / steps_without), 1),
+        },
         "wall_s": {"with_rules": round(wall_with, 1), "without": round(wall_without, 1)},
         "best": {
-            "with_rules": {"trial": key(with_rules["best"]), metric: with_rules["best"]["metrics"][metric]} if with_rules["best"] else None,
-            "without": {"trial": key(control["best"]), metric: control["best"]["metrics"][metric]} if control["best"] else None,
+            "with_rules": {"trial": key(with_rules["best"]), metric: with_rules["best"]["metrics"][metric]}
+            if with_rules["best"]
+            else None,
+            "without": {"trial": key(control["best"]), metric: control["best"]["metrics"][metric]}
+            if control["best"]
+            else None,
         },
-        "stopped": [{"config": t["config"], "at_step": t["step"], "reason": t["stop_reason"], f"control_{metric}": ctrl.get(key(t), {}).get("metrics", {}).get(metric)} for t in stopped],
+        "stopped": [
+            {
+                "config": t["config"],
+                "at_step": t["step"],
+                "reason": t["stop_reason"],
+                f"control_{metric}": ctrl.get(key(t), {}).get("metrics", {}).get(metric),
+            }
+            for t in stopped
+        ],
         **false_positives(final, {key(t) for t in stopped}, mode),
     }
     print(json.dumps(report, indent=1))

@@ -34,7 +34,15 @@ def main() -> None:
         tmp = args.keep or scratch
         Path(tmp).mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "GANOPS_HOME": str(Path(tmp) / "runs")}
-        cmd = [sys.executable, "-m", "orchestrator.cli", "sweep", spec, "--json", *sum((["--set", o] for o in args.overrides), [])]
+        cmd = [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "sweep",
+            spec,
+            "--json",
+            *sum((["--set", o] for o in args.overrides), []),
+        ]
         launched = time.time()
         out = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True)
         ended = time.time()
@@ -45,7 +53,9 @@ def main() -> None:
         from mlflow import MlflowClient
 
         client = MlflowClient(result["tracking_uri"])
-        runs = client.search_runs([result["experiment_id"]], filter_string=f"tags.`mlflow.parentRunId` = '{result['parent_run_id']}'")
+        runs = client.search_runs(
+            [result["experiment_id"]], filter_string=f"tags.`mlflow.parentRunId` = '{result['parent_run_id']}'"
+        )
         train = evals = durations = 0.0
         first_metric_ms = None
         for r in runs:
@@ -58,19 +68,42 @@ def main() -> None:
                 first_metric_ms = first if first_metric_ms is None else min(first_metric_ms, first)
         # Trials that can TRAIN at once: the CPU slots (ganops starts one more trial ahead,
         # but it only waits for a CPU; counting it would flatter the ideal).
-        res = json.loads(subprocess.run([sys.executable, "-m", "orchestrator.cli", "validate", spec, "--json", *sum((["--set", o] for o in args.overrides), [])], capture_output=True, text=True).stdout)["spec"]["resources"]
+        res = json.loads(
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "orchestrator.cli",
+                    "validate",
+                    spec,
+                    "--json",
+                    *sum((["--set", o] for o in args.overrides), []),
+                ],
+                capture_output=True,
+                text=True,
+            ).stdout
+        )["spec"]["resources"]
         slots = max(1, int((os.cpu_count() or 1) // (res["workers_per_trial"] * res["cpus_per_worker"])))
         concurrent = min(len(runs), slots)
         ideal = train / concurrent
         wall = ended - launched
         report = {
-            "spec": args.spec, "overrides": args.overrides, "trials": len(runs), "concurrent": concurrent,
-            "wall_s": round(wall, 1), "ideal_s": round(ideal, 1), "wall_over_ideal": round(wall / ideal, 3),
-            "train_s_sum": round(train, 1), "eval_s_sum": round(evals, 1),
+            "spec": args.spec,
+            "overrides": args.overrides,
+            "trials": len(runs),
+            "concurrent": concurrent,
+            "wall_s": round(wall, 1),
+            "ideal_s": round(ideal, 1),
+            "wall_over_ideal": round(wall / ideal, 3),
+            "train_s_sum": round(train, 1),
+            "eval_s_sum": round(evals, 1),
             "trial_rest_s_mean": round((durations - train - evals) / max(1, len(runs)), 1),
             "outside_trials_s": round(wall - durations / concurrent, 1),
             "first_metric_s": round(first_metric_ms / 1000 - launched, 1) if first_metric_ms else None,
-            "best": {k: result["best"][k] for k in ("trial_id", "config")} | {result["metric"]: result["best"]["metrics"][result["metric"]]} if result.get("best") else None,
+            "best": {k: result["best"][k] for k in ("trial_id", "config")}
+            | {result["metric"]: result["best"]["metrics"][result["metric"]]}
+            if result.get("best")
+            else None,
         }
         print(json.dumps(report, indent=1))
 
