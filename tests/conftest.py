@@ -25,7 +25,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 # Credentials moto accepts; never real ones (tests check they reach no output or MLflow field).
-FAKE_CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+FAKE_CREDS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 @pytest.fixture
@@ -90,7 +95,6 @@ def watch_store(db: Path, proc, timeout: float = 240):
             return None
         time.sleep(0.25)
     return MlflowClient(f"sqlite:///{db}")
-
 
 
 @pytest.fixture(scope="session")

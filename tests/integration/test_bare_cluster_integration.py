@@ -46,8 +46,10 @@ stopping: {d_overpowers: null, d_fooled: null, mixture_quality: null}
 
 # What the bare Python must have (Ray's pip runtime env needs virtualenv: ray[default] brings it)
 # and must NOT have (what the job is to install).
-HEALTHY = (f"import ray, torch, virtualenv; assert ray.__version__ == {RAY!r}, ray.__version__; "
-           f"assert torch.__version__.split('+')[0] == {TORCH!r}, torch.__version__")
+HEALTHY = (
+    f"import ray, torch, virtualenv; assert ray.__version__ == {RAY!r}, ray.__version__; "
+    f"assert torch.__version__.split('+')[0] == {TORCH!r}, torch.__version__"
+)
 
 
 def _healthy(venv: Path) -> bool:
@@ -73,8 +75,21 @@ def bare_venv() -> Path:
     tmp = CACHE / f"{BARE.name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", "--prompt", BARE.name, str(tmp)], check=True, timeout=300)
-    r = subprocess.run([str(tmp / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                        f"torch=={TORCH}", f"ray[default]=={RAY}"], capture_output=True, text=True, timeout=1800)
+    r = subprocess.run(
+        [
+            str(tmp / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            f"torch=={TORCH}",
+            f"ray[default]=={RAY}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     if _healthy(BARE):  # another test run built it meanwhile: keep that one (a head may run from it)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -88,7 +103,9 @@ def bare_venv() -> Path:
 
 def _env(**extra: str) -> dict[str, str]:
     """This environment without any Ray token or auth setting, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k not in ("PYTHONPATH", "VIRTUAL_ENV")
+    }
     return {**env, "RAY_USAGE_STATS_ENABLED": "0", **extra}
 
 
@@ -111,7 +128,9 @@ def _api_ready(address: str, token: str, timeout: float = 120) -> None:
 def bare_head(tmp_path_factory):
     """A Ray head started from the bare env, token auth on; yields (address, token)."""
     venv = bare_venv()
-    r = subprocess.run([str(venv / "bin" / "python"), "-c", "import mlflow"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import mlflow"], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode != 0 and "No module named 'mlflow'" in r.stderr, "the bare env must not have mlflow"
     temp = tmp_path_factory.mktemp("barehead")
     token = secrets.token_hex(16)
@@ -119,10 +138,24 @@ def bare_head(tmp_path_factory):
     # `python` on the head's PATH is the bare env's, as on a cluster node: the probe and the job run it.
     env = _env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}")
     r = subprocess.run(
-        [str(venv / "bin" / "ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}", "--include-dashboard=true", "--num-cpus=2",
-         f"--temp-dir={temp}", "--disable-usage-stats"],
-        env=env, capture_output=True, text=True, timeout=180,
+        [
+            str(venv / "bin" / "ray"),
+            "start",
+            "--head",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--dashboard-agent-listen-port={agent}",
+            "--include-dashboard=true",
+            "--num-cpus=2",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert r.returncode == 0, r.stdout + r.stderr
     address = f"http://127.0.0.1:{dash}"
@@ -140,15 +173,25 @@ def bare_head(tmp_path_factory):
 
 
 def cli(*args, env: dict[str, str], timeout: float = 120):
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def _submit_timed(args: list[str], env: dict[str, str], timeout: float):
     """`ganops submit ...` with each stderr line's arrival time (seconds from the start)."""
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "submit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "submit", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     lines: list[tuple[float, str]] = []
-    reader = threading.Thread(target=lambda: lines.extend((time.monotonic() - start, ln) for ln in proc.stderr), daemon=True)
+    reader = threading.Thread(
+        target=lambda: lines.extend((time.monotonic() - start, ln) for ln in proc.stderr), daemon=True
+    )
     reader.start()
     try:
         stdout = proc.stdout.read()
@@ -179,11 +222,15 @@ def test_a_token_cluster_refuses_a_submit_without_the_token(bare_head, tmp_path)
     assert "set RAY_AUTH_TOKEN" in said and "RAY_AUTH_TOKEN_PATH" in said and "~/.ray/auth_token" in said
 
     r = cli(*args, env=_env(HOME=str(empty_home), RAY_AUTH_TOKEN="0" * 32))
-    assert r.returncode == 2 and "refused the token this client sent (from RAY_AUTH_TOKEN)" in " ".join(r.stderr.split()), r.stderr
+    assert r.returncode == 2 and "refused the token this client sent (from RAY_AUTH_TOKEN)" in " ".join(
+        r.stderr.split()
+    ), r.stderr
     assert "0" * 32 not in r.stderr
 
     r = cli(*args, env=_env(HOME=str(empty_home), RAY_AUTH_TOKEN_PATH=str(tmp_path / "nothing")))
-    assert r.returncode == 2 and "RAY_AUTH_TOKEN_PATH names a file that cannot be read" in " ".join(r.stderr.split()), r.stderr
+    assert r.returncode == 2 and "RAY_AUTH_TOKEN_PATH names a file that cannot be read" in " ".join(r.stderr.split()), (
+        r.stderr
+    )
     assert token not in r.stdout + r.stderr
     assert not (tmp_path / "cluster_home").exists()  # nothing ran
 
@@ -198,17 +245,28 @@ def test_submit_brings_ganops_requirements_to_a_bare_cluster(bare_head, tmp_path
     (tmp_path / "home" / ".ray" / "auth_token").write_text(token)
     env = _env(HOME=str(tmp_path / "home"))
 
-    rc, stdout, lines = _submit_timed([str(tmp_path / "spec.yaml"), "--address", address, "--home", str(home), "--wait", "--json"], env, timeout=1400)
+    rc, stdout, lines = _submit_timed(
+        [str(tmp_path / "spec.yaml"), "--address", address, "--home", str(home), "--wait", "--json"], env, timeout=1400
+    )
     text = " ".join("".join(ln for _, ln in lines).split())  # the console wraps long lines
     assert rc == 0, text[-4000:]
     out = json.loads(stdout)
     runtime = out["job"]["runtime"]
-    assert runtime["already_there"] is False and runtime["cluster_python"] == PY and runtime["probe_job"].startswith("ganops-probe-")
+    assert (
+        runtime["already_there"] is False
+        and runtime["cluster_python"] == PY
+        and runtime["probe_job"].startswith("ganops-probe-")
+    )
     for name in ("mlflow", "typer", "torchmetrics", "mlxtend"):
         assert f"{name}=={md.version(name)}" in runtime["installed"], runtime
-    assert f"ray[default,train,tune]=={RAY}" in runtime["installed"]  # Tune's and Train's packages: ray[default] lacks them
+    # Tune's and Train's packages: ray[default] lacks them
+    assert f"ray[default,train,tune]=={RAY}" in runtime["installed"]
     assert f"cluster lacks {len(runtime['installed'])} packages: job installs" in text
-    assert out["job"]["status"] == "SUCCEEDED" and len(out["trials"]) == 2 and {t["status"] for t in out["trials"]} == {"done"}
+    assert (
+        out["job"]["status"] == "SUCCEEDED"
+        and len(out["trials"]) == 2
+        and {t["status"] for t in out["trials"]} == {"done"}
+    )
     assert token not in stdout + text
 
     # The sweep's runs are in the cluster's MLflow store: one parent, two finished trials.
@@ -220,8 +278,12 @@ def test_submit_brings_ganops_requirements_to_a_bare_cluster(bare_head, tmp_path
     assert jobs.sweep_id_for(spec_from_text(BARE_SPEC)) == out["job"]["job_id"]
 
     probed, running, done = _at(lines, "cluster lacks"), _at(lines, ": RUNNING"), _at(lines, ": SUCCEEDED")
-    print(f"\nbare cluster, first submit: probe answered at {probed:.0f} s, job RUNNING (pip env built) at {running:.0f} s, SUCCEEDED at {done:.0f} s")
+    print(
+        f"\nbare cluster, first submit: probe answered at {probed:.0f} s, job RUNNING (pip env built) at "
+        f"{running:.0f} s, SUCCEEDED at {done:.0f} s"
+    )
 
 
-if __name__ == "__main__":  # build (or check) the cached env by hand: python -m tests.integration.test_bare_cluster_integration
+# build (or check) the cached env by hand: python -m tests.integration.test_bare_cluster_integration
+if __name__ == "__main__":
     print(bare_venv())

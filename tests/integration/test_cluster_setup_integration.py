@@ -37,7 +37,18 @@ PY = f"{sys.version_info[0]}.{sys.version_info[1]}"
 CACHE = Path(os.environ.get("GANOPS_TEST_CACHE", Path.home() / ".cache" / "ganops-tests"))
 BASE = CACHE / f"node-torch-{TORCH}-py{PY}"
 # What a node's shell must not inherit from the test's: another Python's paths, this checkout.
-SCRUB = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "VIRTUAL_ENV", "GANOPS_HOME", "PIP_REQUIRE_VIRTUALENV", "PIP_USER", "PIP_TARGET", "PIP_PREFIX")
+SCRUB = (
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PYTHONUSERBASE",
+    "VIRTUAL_ENV",
+    "GANOPS_HOME",
+    "PIP_REQUIRE_VIRTUALENV",
+    "PIP_USER",
+    "PIP_TARGET",
+    "PIP_PREFIX",
+)
 PROBE = """
 import importlib.metadata as md, json, sys
 import orchestrator.cli, trainers.loop
@@ -67,8 +78,13 @@ def _base_venv() -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True, timeout=300)
     # The real HOME: this machine's pip configuration finds the local torch wheel.
-    r = subprocess.run([str(tmp / "bin" / "python"), "-m", "pip", "install", "-q", f"torch=={TORCH}"],
-                       env=_env(Path.home()), capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [str(tmp / "bin" / "python"), "-m", "pip", "install", "-q", f"torch=={TORCH}"],
+        env=_env(Path.home()),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     (tmp / "ganops-base-ok").write_text(f"torch=={TORCH}\n")
     try:
@@ -131,7 +147,9 @@ def test_setup_commands_give_a_python_with_the_clients_ganops(tmp_path, monkeypa
         t = time.monotonic()
         r = subprocess.run(["bash", "-c", cmd], cwd=home, env=env, capture_output=True, text=True, timeout=780)
         timings.append((round(time.monotonic() - t, 1), cmd[:70]))
-        assert r.returncode == 0, f"setup command failed ({r.returncode}): {cmd}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+        assert r.returncode == 0, (
+            f"setup command failed ({r.returncode}): {cmd}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+        )
     print(f"\nbase venv ready in {t_base:.1f} s; setup commands: {timings}")
 
     py = str(venv / "bin" / "python")
@@ -140,10 +158,16 @@ def test_setup_commands_give_a_python_with_the_clients_ganops(tmp_path, monkeypa
     got = json.loads(r.stdout.strip().splitlines()[-1])
     site = venv / "lib" / f"python{PY}" / "site-packages"
     assert got["ganops"] == md.version("ganops")
-    assert Path(got["prefix"]) == venv and Path(got["orchestrator"]).is_relative_to(site) and Path(got["trainers"]).is_relative_to(site)
+    assert (
+        Path(got["prefix"]) == venv
+        and Path(got["orchestrator"]).is_relative_to(site)
+        and Path(got["trainers"]).is_relative_to(site)
+    )
     assert got["ray"] == RAY_VERSION
     assert got["torch"] == md.version("torch"), "the setup commands replaced the image's torch"
     r = subprocess.run([py, "-m", "pip", "check"], cwd=home, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    r = subprocess.run([str(venv / "bin" / "ganops"), "--help"], cwd=home, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [str(venv / "bin" / "ganops"), "--help"], cwd=home, env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0 and "sweep" in r.stdout, r.stderr[-3000:]

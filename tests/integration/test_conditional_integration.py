@@ -38,7 +38,11 @@ def test_sweep_trains_cdcgan28_and_sample_draws_a_class_and_an_interpolation(gan
     # The trial's run: class_match at each eval; each sample grid 8 rows (one z each) x 10 classes.
     client = MlflowClient(result["tracking_uri"])
     assert [m.step for m in client.get_metric_history(best["run_id"], "class_match")] == [3, 6]
-    grid = next(a.path for a in client.list_artifacts(best["run_id"], "images") if "step+6+" in a.path and a.path.endswith(".png"))
+    grid = next(
+        a.path
+        for a in client.list_artifacts(best["run_id"], "images")
+        if "step+6+" in a.path and a.path.endswith(".png")
+    )
     local = client.download_artifacts(best["run_id"], grid, str(ganops_home.parent))
     assert Image.open(local).size == (10 * 30 + 2, 8 * 30 + 2)
 
@@ -48,7 +52,22 @@ def test_sweep_trains_cdcgan28_and_sample_draws_a_class_and_an_interpolation(gan
     info = json.loads(r.stdout)
     assert info["classes"] == [3] and info["n"] == 64 and Image.open("x.png").size == (8 * 30 + 2, 8 * 30 + 2)
     # `--interpolate`: a strip of 8 steps as class 3; without --class one row per class.
-    r = runner.invoke(app, ["sample", best["run_id"], "--interpolate", "0,1", "--steps", "8", "--class", "3", "--out", "walk3.png", "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "sample",
+            best["run_id"],
+            "--interpolate",
+            "0,1",
+            "--steps",
+            "8",
+            "--class",
+            "3",
+            "--out",
+            "walk3.png",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["shape"] == [8, 1, 28, 28] and Image.open("walk3.png").size == (8 * 30 + 2, 32)
     r = runner.invoke(app, ["sample", best["run_id"], "--interpolate", "0,1", "--steps", "8", "--out", "walk.npy"])
@@ -61,5 +80,7 @@ def test_sweep_trains_cdcgan28_and_sample_draws_a_class_and_an_interpolation(gan
     monkeypatch.setenv("MLFLOW_TRACKING_URI", result["tracking_uri"])
     G = mlflow.pytorch.load_model("models:/ganops-tiny-cond/1")
     assert G(torch.randn(3, 100), torch.tensor([0, 5, 9])).shape == (3, 1, 28, 28)
-    r = runner.invoke(app, ["sample", "models:/ganops-tiny-cond@best", "--class", "9", "--n", "4", "--out", "nines.npy"])
+    r = runner.invoke(
+        app, ["sample", "models:/ganops-tiny-cond@best", "--class", "9", "--n", "4", "--out", "nines.npy"]
+    )
     assert r.exit_code == 0, r.output

@@ -41,9 +41,21 @@ def test_a_trial_keeps_models_optimizer_batches_noise_and_eval_net_on_its_device
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
-    run_id = client.create_run(client.create_experiment("placement", artifact_location=str(tmp_path / "artifacts"))).info.run_id
-    cfg = TrainerConfig(model="dcgan28", data="mnist", width=8, batch_size=16, steps=4, eval_every=2, eval_samples=64,
-                        ema=0.9, precision="bf16", channels_last=True)
+    run_id = client.create_run(
+        client.create_experiment("placement", artifact_location=str(tmp_path / "artifacts"))
+    ).info.run_id
+    cfg = TrainerConfig(
+        model="dcgan28",
+        data="mnist",
+        width=8,
+        batch_size=16,
+        steps=4,
+        eval_every=2,
+        eval_samples=64,
+        ema=0.9,
+        precision="bf16",
+        channels_last=True,
+    )
     TorchTrainer(
         train_per_worker,
         train_loop_config={"trainer": cfg.model_dump(), "run": {"tracking_uri": uri, "run_id": run_id}},
@@ -113,7 +125,8 @@ def test_four_quarter_gpu_trials_hold_one_gpu_at_once(ray_with_a_gpu):
 
     def trial(config):
         TorchTrainer(
-            worker, train_loop_config={"trial": tune.get_context().get_trial_id()},
+            worker,
+            train_loop_config={"trial": tune.get_context().get_trial_id()},
             scaling_config=scaling_config(spec),
             torch_config=TorchConfig(backend="gloo"),  # NCCL needs CUDA, which this machine lacks
             run_config=RunConfig(callbacks=[TuneReportCallback()]),

@@ -51,10 +51,25 @@ def ray_head(tmp_path_factory):
     port, dash, agent = _free_port(), _free_port(), _free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     r = subprocess.run(
-        ["ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         f"--dashboard-agent-listen-port={agent}",  # not the fixed default 52365: another Ray on the machine may hold it
-         "--include-dashboard=true", "--num-cpus=2", f"--temp-dir={temp}", "--disable-usage-stats"],
-        env=env, capture_output=True, text=True, timeout=180,
+        [
+            "ray",
+            "start",
+            "--head",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            # not the fixed default 52365: another Ray on the machine may hold it
+            f"--dashboard-agent-listen-port={agent}",
+            "--include-dashboard=true",
+            "--num-cpus=2",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert r.returncode == 0, r.stdout + r.stderr
     address = f"http://127.0.0.1:{dash}"
@@ -80,7 +95,9 @@ def ray_head(tmp_path_factory):
 
 
 def cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _trial_runs(home: Path, sweep_id: str):
@@ -100,10 +117,28 @@ def test_submit_waits_gates_and_is_idempotent(ray_head, tmp_path):
     first = json.loads(r.stdout)
     assert first["job_id"] == first["sweep_id"] == jobs.sweep_id_for(spec_from_text(QUICK)) and not first["existing"]
     # This head runs the project's own Python: it has every pin, so the job installs nothing.
-    assert first["runtime"]["installed"] == [] and first["runtime"]["already_there"] is True and "nothing installed" in r.stderr
+    assert (
+        first["runtime"]["installed"] == []
+        and first["runtime"]["already_there"] is True
+        and "nothing installed" in r.stderr
+    )
 
     # The same spec again: the same job, not a second sweep; this time wait for it and gate on it.
-    r = cli("submit", spec, "--address", ray_head, "--home", str(home), "--wait", "--json", "--require", "step>=400", "--require", "mix_score>=0", timeout=400)
+    r = cli(
+        "submit",
+        spec,
+        "--address",
+        ray_head,
+        "--home",
+        str(home),
+        "--wait",
+        "--json",
+        "--require",
+        "step>=400",
+        "--require",
+        "mix_score>=0",
+        timeout=400,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
     assert out["job"]["existing"] and out["job"]["job_id"] == first["job_id"] and out["job"]["status"] == "SUCCEEDED"
@@ -119,7 +154,9 @@ def test_submit_waits_gates_and_is_idempotent(ray_head, tmp_path):
     # Done is done: a third submission starts nothing.
     r = cli("submit", spec, "--address", ray_head, "--home", str(home), "--json")
     assert json.loads(r.stdout)["existing"]
-    assert [j.submission_id for j in jobs._client(ray_head).list_jobs() if j.submission_id.startswith(first["sweep_id"])] == [first["job_id"]]
+    assert [
+        j.submission_id for j in jobs._client(ray_head).list_jobs() if j.submission_id.startswith(first["sweep_id"])
+    ] == [first["job_id"]]
 
     r = cli("status", first["job_id"], "--address", ray_head, "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["status"] == "SUCCEEDED"
@@ -163,7 +200,19 @@ def test_cancel_then_resubmit_resumes_the_sweep(ray_head, tmp_path):
     assert r.returncode == 1 and "STOPPED" in r.stderr
 
     # Submitting the same spec continues the stopped sweep in a new job.
-    r = cli("submit", spec, "--address", ray_head, "--home", str(home), "--wait", "--json", "--require", "step>=4000", timeout=400)
+    r = cli(
+        "submit",
+        spec,
+        "--address",
+        ray_head,
+        "--home",
+        str(home),
+        "--wait",
+        "--json",
+        "--require",
+        "step>=4000",
+        timeout=400,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
     assert out["job"]["resumes"] == handle.job_id and out["job"]["job_id"] == f"{handle.sweep_id}-resume-1"

@@ -26,14 +26,34 @@ stopping: {d_overpowers: null, d_fooled: null, mixture_quality: null}
 
 
 def cli(*args, env):
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_contact_sheet_compare_and_report_while_the_sweep_runs(ganops_home, tmp_path):
     (tmp_path / "live.yaml").write_text(SPEC)
     env = {**os.environ, "GANOPS_HOME": str(ganops_home)}
     err = open(tmp_path / "sweep.err", "w")  # noqa: SIM115 - the sweep's stderr, shown if the test fails
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", "live.yaml", "--json", "--require", "mix_score>=0", "--require", "step>=4000"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "sweep",
+            "live.yaml",
+            "--json",
+            "--require",
+            "mix_score>=0",
+            "--require",
+            "step>=4000",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=err,
+        text=True,
+    )
     try:
         client = watch_store(ganops_home / "mlflow.db", proc)
         assert client is not None, (tmp_path / "sweep.err").read_text()[-3000:]
@@ -43,9 +63,16 @@ def test_contact_sheet_compare_and_report_while_the_sweep_runs(ganops_home, tmp_
             time.sleep(1)
             exp = client.get_experiment_by_name("live")
             parents = client.search_runs([exp.experiment_id], "tags.`ganops.kind` = 'sweep'") if exp else []
-            if parents and parents[0].info.status == "RUNNING" and any(a.path == "contact_sheet.png" for a in client.list_artifacts(parents[0].info.run_id)):
+            if (
+                parents
+                and parents[0].info.status == "RUNNING"
+                and any(a.path == "contact_sheet.png" for a in client.list_artifacts(parents[0].info.run_id))
+            ):
                 seen = parents[0]
-        assert seen is not None, f"no contact sheet on the parent run while the sweep was running (exit {proc.poll()}):\n{(tmp_path / 'sweep.err').read_text()[-3000:]}"
+        assert seen is not None, (
+            f"no contact sheet on the parent run while the sweep was running (exit {proc.poll()}):\n"
+            f"{(tmp_path / 'sweep.err').read_text()[-3000:]}"
+        )
         sweep_id = seen.data.tags["ganops.sweep_id"]
 
         r = cli("compare", sweep_id, "--json", env=env)
@@ -63,4 +90,7 @@ def test_contact_sheet_compare_and_report_while_the_sweep_runs(ganops_home, tmp_
     assert proc.returncode == 0, (tmp_path / "sweep.err").read_text()[-3000:]  # the sweep ran and its quality gate held
     final = json.loads(out)
     assert len(final["trials"]) == 2
-    assert final["gate"]["passed"] and [c["require"] for c in final["gate"]["conditions"]] == ["mix_score>=0", "step>=4000"]
+    assert final["gate"]["passed"] and [c["require"] for c in final["gate"]["conditions"]] == [
+        "mix_score>=0",
+        "step>=4000",
+    ]

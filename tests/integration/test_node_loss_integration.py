@@ -23,13 +23,18 @@ from tests.conftest import FAKE_CREDS, watch_store  # noqa: E402
 pytestmark = pytest.mark.integration
 
 BUCKET = "ganops-nodeloss"
-SPOT_LABELS = {"ganops.io/usd-per-hour": "0.9050", "ganops.io/on-demand-usd-per-hour": "7.2000", "ganops.io/market": "spot"}
+SPOT_LABELS = {
+    "ganops.io/usd-per-hour": "0.9050",
+    "ganops.io/on-demand-usd-per-hour": "7.2000",
+    "ganops.io/market": "spot",
+}
 
 
 def spec_text(steps: int, eval_every: int) -> str:
     return f"""
 name: nodeloss
-trainer: {{model: mlp2d, data: grid25, steps: {steps}, eval_every: {eval_every}, batch_size: 256, width: 64, eval_samples: 500}}
+trainer: {{model: mlp2d, data: grid25, steps: {steps}, eval_every: {eval_every}, batch_size: 256, width: 64, \
+eval_samples: 500}}
 sweep: {{num_samples: 1, max_failures: 3}}
 stopping: {{d_overpowers: null, d_fooled: null, mixture_quality: null, plateau: null, mode_collapse: null}}
 storage: s3://{BUCKET}/sweeps
@@ -52,12 +57,30 @@ def run_node_loss(tmp_path: Path, *, steps: int = 4000, eval_every: int = 500, k
     with moto_s3(tmp_path / "moto.log", FAKE_CREDS) as moto:
         os.environ.update({**FAKE_CREDS, "AWS_ENDPOINT_URL": moto.url, "GANOPS_HOME": str(home)})
         ensure_bucket(BUCKET, "us-east-1")
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "resources": {"ganops_driver": 100}, "include_dashboard": False})
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={"num_cpus": 0, "resources": {"ganops_driver": 100}, "include_dashboard": False},
+        )
         try:
             worker = cluster.add_node(num_cpus=2, labels=SPOT_LABELS)
             err = (tmp_path / "sweep.err").open("w")
-            proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", "nodeloss.yaml", "--address", cluster.address, "--json"],
-                                    cwd=tmp_path, env=dict(os.environ), stdout=subprocess.PIPE, stderr=err, text=True)
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "orchestrator.cli",
+                    "sweep",
+                    "nodeloss.yaml",
+                    "--address",
+                    cluster.address,
+                    "--json",
+                ],
+                cwd=tmp_path,
+                env=dict(os.environ),
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+            )
             client = watch_store(home / "mlflow.db", proc)
             run_id, step_at_kill, killed_at = None, None, None
             deadline = time.monotonic() + 300
@@ -75,7 +98,9 @@ def run_node_loss(tmp_path: Path, *, steps: int = 4000, eval_every: int = 500, k
                         cluster.remove_node(worker)  # the spot reclaim: every process of the node dies
             if step_at_kill is None:
                 proc.kill()
-                raise AssertionError(f"the trial never reached step {kill_after_step}:\n{(tmp_path / 'sweep.err').read_text()[-3000:]}")
+                raise AssertionError(
+                    f"the trial never reached step {kill_after_step}:\n{(tmp_path / 'sweep.err').read_text()[-3000:]}"
+                )
             time.sleep(1.0)
             cluster.add_node(num_cpus=2, labels=SPOT_LABELS)  # the autoscaler's replacement
             back_at = None
@@ -88,13 +113,21 @@ def run_node_loss(tmp_path: Path, *, steps: int = 4000, eval_every: int = 500, k
             err.close()
             run = client.get_run(run_id)
             s3 = boto3.client("s3")
-            keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET) for o in page.get("Contents", [])]
+            keys = [
+                o["Key"]
+                for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+                for o in page.get("Contents", [])
+            ]
             return {
-                "returncode": proc.returncode, "stderr": (tmp_path / "sweep.err").read_text()[-3000:], "result": json.loads(out) if out.strip() else None,
-                "run": run, "steps": [int(m.step) for m in client.get_metric_history(run_id, "step")],
+                "returncode": proc.returncode,
+                "stderr": (tmp_path / "sweep.err").read_text()[-3000:],
+                "result": json.loads(out) if out.strip() else None,
+                "run": run,
+                "steps": [int(m.step) for m in client.get_metric_history(run_id, "step")],
                 "cost": [m.value for m in client.get_metric_history(run_id, "cost_usd")],
                 "parent": client.get_run(run.data.tags["mlflow.parentRunId"]),
-                "step_at_kill": step_at_kill, "seconds_to_progress": (back_at - killed_at) if back_at else None,
+                "step_at_kill": step_at_kill,
+                "seconds_to_progress": (back_at - killed_at) if back_at else None,
                 "s3_keys": keys,
             }
         finally:
@@ -127,7 +160,9 @@ def test_trial_survives_losing_its_node_with_s3_checkpoints(tmp_path, monkeypatc
     # cost: the spot node's price for the CPU the worker held, growing with time
     assert r["cost"] == sorted(r["cost"]) and r["cost"][-1] > 0
     assert run.data.tags["ganops.cost"].endswith("USD/h")
-    assert r["parent"].data.metrics["cost_usd"] == pytest.approx(r["result"]["cost_usd"]) and r["result"]["cost_usd"] > 0
+    assert (
+        r["parent"].data.metrics["cost_usd"] == pytest.approx(r["result"]["cost_usd"]) and r["result"]["cost_usd"] > 0
+    )
     assert r["result"]["spot_saved_usd"] > r["result"]["cost_usd"]  # 7.20 vs 0.905 per hour
     # no credential anywhere in what MLflow holds
     for text in (json.dumps(run.data.params), json.dumps(run.data.tags), json.dumps(r["parent"].data.tags)):

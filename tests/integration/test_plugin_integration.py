@@ -15,17 +15,35 @@ from mlflow import MlflowClient
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-SHORT = ["--set", "trainer.steps=40", "--set", "trainer.eval_every=20", "--set", "trainer.eval_samples=200", "--set", "trainer.batch_size=16"]
+SHORT = [
+    "--set",
+    "trainer.steps=40",
+    "--set",
+    "trainer.eval_every=20",
+    "--set",
+    "trainer.eval_samples=200",
+    "--set",
+    "trainer.batch_size=16",
+]
 
 
 def _ganops(args, env, cwd, timeout=600):
-    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return r
 
 
 def _env(tmp_path, pythonpath=()):
     env = {**os.environ, "GANOPS_HOME": str(tmp_path / "home")}
-    env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), str(REPO), env.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep
+    )
     return env
 
 
@@ -35,8 +53,23 @@ def test_the_example_package_sweeps_samples_and_reports(tmp_path):
     entry point); a 2-trial sweep trains it with its Params searched and logged, then
     `ganops sample` and `ganops report` work on its best trial."""
     site = tmp_path / "site"
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site), str(REPO / "examples" / "sngan_hinge")],
-                         capture_output=True, text=True, timeout=300)
+    pip = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(REPO / "examples" / "sngan_hinge"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert pip.returncode == 0, pip.stderr
     env = _env(tmp_path, [site])
     r = _ganops(["sweep", str(REPO / "examples" / "sngan_hinge" / "sngan.yaml"), *SHORT, "--json"], env, tmp_path)
@@ -47,7 +80,10 @@ def test_the_example_package_sweeps_samples_and_reports(tmp_path):
     client = MlflowClient(result["tracking_uri"])
     run = client.get_run(trials[0]["run_id"])
     assert run.data.params["model"] == "sngan" and run.data.params["params.g_channels"] == "32"
-    assert {run.data.params["params.d_channels"] for run in (client.get_run(t["run_id"]) for t in trials)} <= {"16", "32"}
+    assert {run.data.params["params.d_channels"] for run in (client.get_run(t["run_id"]) for t in trials)} <= {
+        "16",
+        "32",
+    }
     assert "critic_real" in run.data.metrics and "d_x" not in run.data.metrics and "fid" in run.data.metrics
 
     best = min(trials, key=lambda t: t["metrics"]["fid"])
@@ -57,7 +93,7 @@ def test_the_example_package_sweeps_samples_and_reports(tmp_path):
     assert r.returncode == 0 and (tmp_path / "report.html").stat().st_size > 10_000, r.stderr[-2000:]
 
 
-FAILING = '''
+FAILING = """
 from pydantic import BaseModel
 from torch import nn
 from trainers.plugin import GanPlugin
@@ -83,7 +119,7 @@ class Flaky(GanPlugin):
         G = nn.Sequential(nn.Linear(self.cfg.latent_dim, 784), nn.Tanh(), nn.Unflatten(1, (1, 28, 28)))
         D = nn.Sequential(nn.Flatten(), nn.Linear(784, 1))
         return Boom(G, self.params.fail), D
-'''
+"""
 
 
 @pytest.mark.timeout(900)
@@ -101,14 +137,18 @@ def test_the_single_file_example_sweeps_and_a_raising_plugin_fails_only_its_tria
     (tmp_path / "plugin" / "flaky.py").write_text(FAILING)
     (tmp_path / "plugin" / "flaky.yaml").write_text(
         "name: flaky\ntrainer: {model: flaky.py:Flaky, data: mnist, latent_dim: 8}\n"
-        "search:\n  fail: {grid: [false, true]}\nsweep: {num_samples: 1, max_concurrent_trials: 1}\nstopping: {mode_collapse: null}\n")
+        "search:\n  fail: {grid: [false, true]}\nsweep: {num_samples: 1, max_concurrent_trials: 1}\nstopping: "
+        "{mode_collapse: null}\n"
+    )
     r = _ganops(["sweep", str(tmp_path / "plugin" / "flaky.yaml"), *SHORT, "--json"], env, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout)
     by_fail = {t["config"]["fail"]: t for t in result["trials"]}
     assert by_fail[False]["status"] == "done" and by_fail[True]["status"] == "failed", result["trials"]
     client = MlflowClient(result["tracking_uri"])
-    failed = client.search_runs([result["experiment_id"]], filter_string="tags.`ganops.error` LIKE '%blew up on purpose%'")
+    failed = client.search_runs(
+        [result["experiment_id"]], filter_string="tags.`ganops.error` LIKE '%blew up on purpose%'"
+    )
     assert len(failed) == 1 and failed[0].info.status == "FAILED"
     text = client.download_artifacts(failed[0].info.run_id, "error/traceback.txt", str(tmp_path))
     assert "plugin G blew up on purpose" in Path(text).read_text()

@@ -45,10 +45,16 @@ def test_sweep_registers_its_best_generator_and_sample_reads_it(local_ray, ganop
     client = MlflowClient(result.tracking_uri)
     version = client.get_model_version_by_alias("ganops-tiny-registry", "best")
     assert str(version.version) == "1" and version.run_id == best.run_id
-    assert (version.tags["ganops.sweep_id"], version.tags["ganops.trial_id"], version.tags["ganops.metric"]) == (result.sweep_id, best.trial_id, "fid")
+    assert (version.tags["ganops.sweep_id"], version.tags["ganops.trial_id"], version.tags["ganops.metric"]) == (
+        result.sweep_id,
+        best.trial_id,
+        "fid",
+    )
     assert float(version.tags["ganops.metric_value"]) == pytest.approx(best.metrics["fid"])
     # Its files sit beside the store's other artifacts, not in a ./mlruns of whatever directory.
-    assert client.get_model_version_download_uri("ganops-tiny-registry", "1").startswith((ganops_home / "mlartifacts").as_uri())
+    assert client.get_model_version_download_uri("ganops-tiny-registry", "1").startswith(
+        (ganops_home / "mlartifacts").as_uri()
+    )
 
     runner = CliRunner()
     r = runner.invoke(app, ["sample", "models:/ganops-tiny-registry@best", "--n", "16", "--out", "best.png"])
@@ -78,7 +84,19 @@ def test_a_registration_that_fails_warns_and_returns_none(ganops_home, caplog):
     client = MlflowClient(uri)
     exp = tracking.ensure_experiment(client, "no-generator", uri)
     parent, run = client.create_run(exp).info.run_id, client.create_run(exp).info.run_id  # no generator logged
-    result = SweepResult("s", "no-generator", exp, parent, uri, "", "fid", "min", 1.0, None, [TrialSummary("t_0", run, "done", {}, {"fid": 5.0}, 4)])
+    result = SweepResult(
+        "s",
+        "no-generator",
+        exp,
+        parent,
+        uri,
+        "",
+        "fid",
+        "min",
+        1.0,
+        None,
+        [TrialSummary("t_0", run, "done", {}, {"fid": 5.0}, 4)],
+    )
     with caplog.at_level(logging.WARNING, logger="orchestrator.registry"):
         assert registry.try_register_best(client, result, "no-generator") is None
     assert "could not register the best generator" in caplog.text

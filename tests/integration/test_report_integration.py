@@ -74,12 +74,25 @@ def browse(chromium: str, page: Path, tmp: Path) -> tuple[dict, Path]:
     """Open the page in headless Chromium: what its DOM shows once loaded, and a screenshot."""
     probed = tmp / f"probed-{page.name}"
     probed.write_text(page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"), encoding="utf-8")
-    base = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars", f"--user-data-dir={tmp / 'chromium-profile'}"]
+    base = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp / 'chromium-profile'}",
+    ]
     dom = subprocess.run([*base, "--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=120)
     m = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout, re.S)
     assert m, f"the probe did not run; chromium exit {dom.returncode}: {dom.stderr[-1000:]}"
     shot = tmp / f"{page.stem}.png"
-    r = subprocess.run([*base, f"--screenshot={shot}", "--window-size=1280,2400", page.as_uri()], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [*base, f"--screenshot={shot}", "--window-size=1280,2400", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shot.is_file(), f"no screenshot; chromium exit {r.returncode}: {r.stderr[-1000:]}"
     return json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&")), shot
 
@@ -88,7 +101,9 @@ def assert_self_contained(page: str) -> None:
     """Nothing fetched from anywhere: every src/href is a data: URI or an in-page #anchor."""
     assert "<script" not in page and "<link" not in page and "@import" not in page
     refs = re.findall(r'(?:src|href)="([^"]*)"', page)
-    assert refs and all(r.startswith(("data:", "#")) for r in refs), [r[:60] for r in refs if not r.startswith(("data:", "#"))]
+    assert refs and all(r.startswith(("data:", "#")) for r in refs), [
+        r[:60] for r in refs if not r.startswith(("data:", "#"))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +113,11 @@ def local_ray():
     ray.shutdown()
 
 
-def test_report_of_a_finished_sweep_shows_leaderboard_contact_sheet_curves_and_samples(local_ray, ganops_home, chromium, tmp_path):
-    """A finished sweep's page has its leaderboard, contact sheet, every trial's curves and newest samples, all of which a browser renders."""
+def test_report_of_a_finished_sweep_shows_leaderboard_contact_sheet_curves_and_samples(
+    local_ray, ganops_home, chromium, tmp_path
+):
+    """A finished sweep's page has its leaderboard, contact sheet, every trial's curves and newest samples,
+    all of which a browser renders."""
     result = run_sweep(spec_from_text(TINY_DCGAN), spec_text=TINY_DCGAN)
     assert len(result.trials) == 2 and all(t.status == "done" for t in result.trials)
 
@@ -119,7 +137,9 @@ def test_report_of_a_finished_sweep_shows_leaderboard_contact_sheet_curves_and_s
     assert seen["trials"] == 2 and seen["curves"] == 2 and seen["overview"] == 1
     assert all(n > 20 for n in seen["curve_lines"]), seen["curve_lines"]  # drawn lines, not empty axes
     assert seen["samples"] == 2 and seen["contact_sheet"] == 1 and seen["leaderboard_rows"] == 2
-    assert len(seen["images"]) == 3 and all(done and w > 0 and h > 0 for _, done, w, h in seen["images"]), seen["images"]
+    assert len(seen["images"]) == 3 and all(done and w > 0 and h > 0 for _, done, w, h in seen["images"]), seen[
+        "images"
+    ]
     assert seen["running"] == 0
     pic = np.asarray(Image.open(shot).convert("L"))
     assert pic.std() > 10, "the screenshot is blank"
@@ -137,20 +157,54 @@ def make_running_sweep() -> tuple[str, str]:
     client = MlflowClient(uri)
     exp = tracking.ensure_experiment(client, spec.name, uri)
     sweep_id = "tiny-dcgan-20260101-000000"
-    parent = tracking.start_sweep_run(client, exp, sweep_id, spec.model_dump(mode="json"), spec.spec_hash, TINY_DCGAN, None, spec.metric, spec.mode)
+    parent = tracking.start_sweep_run(
+        client, exp, sweep_id, spec.model_dump(mode="json"), spec.spec_hash, TINY_DCGAN, None, spec.metric, spec.mode
+    )
     cfg = spec.trainer.model_dump()
-    busy = tracking.trial_run(client, exp, parent, sweep_id, "aaaa1_00000", "trial_0", spec.spec_hash, {**cfg, "lr_g": 3e-4}, {"lr_g": 3e-4, "real_label": 0.9})
-    tracking.trial_run(client, exp, parent, sweep_id, "aaaa1_00001", "trial_1", spec.spec_hash, {**cfg, "lr_g": 5e-4}, {"lr_g": 5e-4, "real_label": 1.0})
+    busy = tracking.trial_run(
+        client,
+        exp,
+        parent,
+        sweep_id,
+        "aaaa1_00000",
+        "trial_0",
+        spec.spec_hash,
+        {**cfg, "lr_g": 3e-4},
+        {"lr_g": 3e-4, "real_label": 0.9},
+    )
+    tracking.trial_run(
+        client,
+        exp,
+        parent,
+        sweep_id,
+        "aaaa1_00001",
+        "trial_1",
+        spec.spec_hash,
+        {**cfg, "lr_g": 5e-4},
+        {"lr_g": 5e-4, "real_label": 1.0},
+    )
     gen = torch.Generator().manual_seed(0)
     for step, (ld, lg, fid) in {2: (1.2, 0.9, 300.0), 4: (1.35, 0.75, 240.0)}.items():
-        values = {"loss_d": ld, "loss_g": lg, "d_x": 0.6, "d_g_z": 0.45, "grad_norm_d": 3.0, "grad_norm_g": 2.0, "fid": fid, "step": step}
+        values = {
+            "loss_d": ld,
+            "loss_g": lg,
+            "d_x": 0.6,
+            "d_g_z": 0.45,
+            "grad_norm_d": 3.0,
+            "grad_norm_g": 2.0,
+            "fid": fid,
+            "step": step,
+        }
         client.log_batch(busy, metrics=[Metric(k, v, 0, step) for k, v in values.items()])
-        client.log_image(busy, image_grid(torch.rand(16, 1, 28, 28, generator=gen) * 2 - 1, nrow=4), key="samples", step=step)
+        client.log_image(
+            busy, image_grid(torch.rand(16, 1, 28, 28, generator=gen) * 2 - 1, nrow=4), key="samples", step=step
+        )
     return sweep_id, parent
 
 
 def test_report_of_a_running_sweep_says_what_is_missing_and_shows_what_is_there(ganops_home, chromium, tmp_path):
-    """While a sweep runs (no leaderboard or contact sheet yet) the page says so and shows the trials' curves and samples so far."""
+    """While a sweep runs (no leaderboard or contact sheet yet) the page says so and shows the trials'
+    curves and samples so far."""
     sweep_id, parent = make_running_sweep()
     r = CliRunner().invoke(app, ["report", sweep_id, "--out", "running.html", "--json"])
     assert r.exit_code == 0, r.output

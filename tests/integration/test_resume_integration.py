@@ -49,7 +49,13 @@ def test_sigkilled_sweep_resumes_without_losing_or_repeating_anything(ganops_hom
     (tmp_path / "spec.yaml").write_text(SPEC)
     env = {**os.environ, "GANOPS_HOME": str(ganops_home)}
     log = (tmp_path / "sweep.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", "spec.yaml", "--json"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=log)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "sweep", "spec.yaml", "--json"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
     try:
         client = watch_store(ganops_home / "mlflow.db", proc)
         assert client is not None, (tmp_path / "sweep.log").read_text()[-3000:]
@@ -59,7 +65,9 @@ def test_sigkilled_sweep_resumes_without_losing_or_repeating_anything(ganops_hom
             runs = _trial_runs(client)
             if len(runs) == 2 and len(_steps(client, runs[1].info.run_id)) >= 2:
                 break
-        assert proc.poll() is None, f"the sweep ended before it could be killed: {(tmp_path / 'sweep.log').read_text()[-3000:]}"
+        assert proc.poll() is None, (
+            f"the sweep ended before it could be killed: {(tmp_path / 'sweep.log').read_text()[-3000:]}"
+        )
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
@@ -79,8 +87,23 @@ def test_sigkilled_sweep_resumes_without_losing_or_repeating_anything(ganops_hom
     parent = tracking.find_sweep_run(client, first.data.tags["ganops.sweep_id"])
     assert parent.info.status == "RUNNING"  # nobody closed it: the process died
 
-    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "resume", parent.data.tags["ganops.sweep_id"], "--json", "--require", "step>=4000"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "resume",
+            parent.data.tags["ganops.sweep_id"],
+            "--json",
+            "--require",
+            "step>=4000",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout)
     assert [t["status"] for t in result["trials"]] == ["done", "done"] and result["gate"]["passed"]
@@ -97,10 +120,24 @@ def test_sigkilled_sweep_resumes_without_losing_or_repeating_anything(ganops_hom
     assert client.get_run(parent.info.run_id).data.tags["ganops.resumes"] == "1"
 
     # A finished sweep has nothing to resume: a clear message and exit 2.
-    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "resume", parent.data.tags["ganops.sweep_id"]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "resume", parent.data.tags["ganops.sweep_id"]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "already finished" in r.stderr
 
 
 def test_resume_of_an_unknown_sweep_is_a_usage_error(ganops_home, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "resume", "no-such-sweep"], cwd=tmp_path, env={**os.environ, "GANOPS_HOME": str(ganops_home)}, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "resume", "no-such-sweep"],
+        cwd=tmp_path,
+        env={**os.environ, "GANOPS_HOME": str(ganops_home)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "no sweep 'no-such-sweep'" in r.stderr

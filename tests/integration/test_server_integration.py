@@ -34,7 +34,11 @@ tracking: {uri: URI}
 
 # The server's S3 credentials (fake; moto accepts any). They live only in the server's
 # environment, and nothing the sweep writes may contain them.
-S3_CREDS = {"AWS_ACCESS_KEY_ID": "AKIAGANOPSSERVER0FAKE", "AWS_SECRET_ACCESS_KEY": "ganops-server-only-fake-secret-0123456789", "AWS_DEFAULT_REGION": "us-east-1"}
+S3_CREDS = {
+    "AWS_ACCESS_KEY_ID": "AKIAGANOPSSERVER0FAKE",
+    "AWS_SECRET_ACCESS_KEY": "ganops-server-only-fake-secret-0123456789",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 BUCKET, PREFIX = "ganops-test", "mlflow-artifacts"
 
 
@@ -48,13 +52,21 @@ def _group_gone(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
-    """moto's S3 server and `mlflow server --artifacts-destination s3://...`, ended (whole process groups) at teardown."""
+    """moto's S3 server and `mlflow server --artifacts-destination s3://...`, ended (whole process groups)
+    at teardown."""
     tmp = tmp_path_factory.mktemp("services")
     with moto_s3(tmp / "moto.log", S3_CREDS) as s3:
-        s3_client = boto3.client("s3", endpoint_url=s3.url, aws_access_key_id=S3_CREDS["AWS_ACCESS_KEY_ID"],
-                                 aws_secret_access_key=S3_CREDS["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
+        s3_client = boto3.client(
+            "s3",
+            endpoint_url=s3.url,
+            aws_access_key_id=S3_CREDS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=S3_CREDS["AWS_SECRET_ACCESS_KEY"],
+            region_name="us-east-1",
+        )
         s3_client.create_bucket(Bucket=BUCKET)
-        with mlflow_server(tmp / "mlflow", artifacts_destination=f"s3://{BUCKET}/{PREFIX}", s3_endpoint=s3.url, s3_creds=S3_CREDS) as srv:
+        with mlflow_server(
+            tmp / "mlflow", artifacts_destination=f"s3://{BUCKET}/{PREFIX}", s3_endpoint=s3.url, s3_creds=S3_CREDS
+        ) as srv:
             yield SimpleNamespace(s3=s3, s3_client=s3_client, mlflow=srv, dir=tmp)
     assert _group_gone(srv.proc.pid) and _group_gone(s3.proc.pid), "a server process outlived the test"
 
@@ -97,8 +109,18 @@ def test_sweep_logs_to_a_tracking_server_with_artifacts_in_s3(services, clean_ra
     assert client.get_experiment(result.experiment_id).artifact_location.startswith("mlflow-artifacts:")
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["ganops.kind"] == "sweep"
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"leaderboard.md", "leaderboard.csv", "spec", "contact_sheet.png"}
-    children = {r.data.tags["ganops.trial_id"]: r for r in client.search_runs([result.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+        "leaderboard.md",
+        "leaderboard.csv",
+        "spec",
+        "contact_sheet.png",
+    }
+    children = {
+        r.data.tags["ganops.trial_id"]: r
+        for r in client.search_runs(
+            [result.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+        )
+    }
     assert set(children) == {t.trial_id for t in result.trials}
     objects = _objects(services)
     for t in result.trials:
@@ -110,7 +132,11 @@ def test_sweep_logs_to_a_tracking_server_with_artifacts_in_s3(services, clean_ra
         assert sorted(int(re.search(r"step\+(\d+)\+", p)[1]) for p in grids) == [2, 4], grids
         assert [a.path for a in client.list_artifacts(run.info.run_id, "generator")] == ["generator/generator.pt"]
         # ...and they really are in the bucket, under the run's id, byte for byte.
-        in_s3 = {k.split(f"/{run.info.run_id}/artifacts/", 1)[1]: v for k, v in objects.items() if f"/{run.info.run_id}/artifacts/" in k}
+        in_s3 = {
+            k.split(f"/{run.info.run_id}/artifacts/", 1)[1]: v
+            for k, v in objects.items()
+            if f"/{run.info.run_id}/artifacts/" in k
+        }
         assert {p for p in in_s3 if p.startswith("images/") and p.endswith(".png")} == set(grids)
         with open(client.download_artifacts(run.info.run_id, "generator/generator.pt"), "rb") as f:
             assert in_s3["generator/generator.pt"] == f.read()
@@ -123,7 +149,9 @@ def test_sweep_logs_to_a_tracking_server_with_artifacts_in_s3(services, clean_ra
     version = client.get_model_version_by_alias(name, "best")
     assert str(version.version) == "1" and version.run_id == best.run_id
     assert version.tags["ganops.sweep_id"] == result.sweep_id and version.tags["ganops.trial_id"] == best.trial_id
-    assert version.tags["ganops.metric"] == "fid" and float(version.tags["ganops.metric_value"]) == pytest.approx(best.metrics["fid"])
+    assert version.tags["ganops.metric"] == "fid" and float(version.tags["ganops.metric_value"]) == pytest.approx(
+        best.metrics["fid"]
+    )
     assert client.get_run(result.parent_run_id).data.tags["ganops.registered_model"] == result.registered_model
     model_files = {k.rsplit("/artifacts/", 1)[1] for k in _objects(services) if "/models/m-" in k}
     assert {"MLmodel", "data/model.pt2", "extra_files/generator.pt"} <= model_files, model_files
@@ -161,7 +189,8 @@ def test_sweep_logs_to_a_tracking_server_with_artifacts_in_s3(services, clean_ra
         **{str(p): p.read_bytes() for p in ganops_home.rglob("*") if p.is_file()},
         **{str(p): p.read_bytes() for p in Path(clean_ray, "logs").rglob("*") if p.is_file()},
     }
-    assert sum(k.startswith("s3://") for k in written) > 10 and sum("/logs/" in k for k in written) > 10  # the scan saw them
+    # the scan saw them
+    assert sum(k.startswith("s3://") for k in written) > 10 and sum("/logs/" in k for k in written) > 10
     for where, data in written.items():
         for secret in (S3_CREDS["AWS_ACCESS_KEY_ID"], S3_CREDS["AWS_SECRET_ACCESS_KEY"]):
             assert secret.encode() not in data, f"{secret[:8]}... in {where}"
@@ -193,10 +222,13 @@ def test_non_proxied_server_lets_clients_write_s3_with_their_own_credentials(ser
         save_generator(tmp_path / "generator.pt", G, cfg.model_dump())
         with torch.no_grad():
             grid = image_grid(G(fixed_noise(cfg)))
-        _MlflowSink(srv.url, run_id).log(2, {"loss_d": 1.3}, grid, tmp_path / "generator.pt")  # what rank 0 does per eval
+        # what rank 0 does per eval
+        _MlflowSink(srv.url, run_id).log(2, {"loss_d": 1.3}, grid, tmp_path / "generator.pt")
         tracking.end_run(client, run_id, "FINISHED")
         r = CliRunner().invoke(app, ["sample", run_id, "--tracking-uri", srv.url, "--n", "4", "--out", "direct.png"])
         assert r.exit_code == 0, r.output
     keys = [o["Key"] for o in services.s3_client.list_objects_v2(Bucket=BUCKET, Prefix="direct/")["Contents"]]
     assert f"direct/{exp}/{run_id}/artifacts/generator/generator.pt" in keys
-    assert any(k.startswith(f"direct/{exp}/{run_id}/artifacts/images/samples+step+2+") and k.endswith(".png") for k in keys)
+    assert any(
+        k.startswith(f"direct/{exp}/{run_id}/artifacts/images/samples+step+2+") and k.endswith(".png") for k in keys
+    )

@@ -46,7 +46,14 @@ def test_sigterm_closes_every_run_prints_the_trials_so_far_and_resume_finishes_t
     env = {**os.environ, "GANOPS_HOME": str(ganops_home)}
     log = tmp_path / "sweep.log"
     with log.open("w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", "spec.yaml", "--json"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "sweep", "spec.yaml", "--json"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
         try:
             client = watch_store(ganops_home / "mlflow.db", proc)
             assert client is not None, log.read_text()[-3000:]
@@ -64,17 +71,33 @@ def test_sigterm_closes_every_run_prints_the_trials_so_far_and_resume_finishes_t
                 proc.kill()
     assert proc.returncode == 143, log.read_text()[-3000:]
     printed = json.loads(out)
-    assert printed["interrupted"] == {"reason": "terminated", "signal": "SIGTERM", "exit_code": 143, "resume": f"ganops resume {printed['sweep_id']}"}
+    assert printed["interrupted"] == {
+        "reason": "terminated",
+        "signal": "SIGTERM",
+        "exit_code": 143,
+        "resume": f"ganops resume {printed['sweep_id']}",
+    }
     (trial,) = [t for t in printed["trials"] if t["run_id"]]
-    assert trial["status"] == "unfinished" and trial["stop_reason"] == "terminated" and 500 <= trial["step"] < 2000, printed["trials"]
+    assert trial["status"] == "unfinished" and trial["stop_reason"] == "terminated" and 500 <= trial["step"] < 2000, (
+        printed["trials"]
+    )
 
     parent = tracking.find_sweep_run(client, printed["sweep_id"])
     assert parent.info.status == "KILLED" and parent.data.tags["stop_reason"] == "terminated"
     runs = _trial_runs(client)
-    assert runs and all(r.info.status == "KILLED" and r.data.tags["stop_reason"] == "terminated" for r in runs), [(r.info.status, r.data.tags.get("stop_reason")) for r in runs]
+    assert runs and all(r.info.status == "KILLED" and r.data.tags["stop_reason"] == "terminated" for r in runs), [
+        (r.info.status, r.data.tags.get("stop_reason")) for r in runs
+    ]
     stopped_at = _steps(client, runs[0].info.run_id)[-1]
 
-    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "resume", printed["sweep_id"], "--json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    r = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "resume", printed["sweep_id"], "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout)
     assert [t["status"] for t in result["trials"]] == ["done", "done"], result["trials"]

@@ -26,9 +26,21 @@ stopping: {d_overpowers: null, d_fooled: null, mixture_quality: null, plateau: n
 def test_notice_checkpoints_between_evals_and_the_trial_goes_on(ganops_home, tmp_path):
     (tmp_path / "spot.yaml").write_text(SPEC)
     with FakeImds() as imds:
-        env = {**os.environ, "GANOPS_HOME": str(ganops_home), "GANOPS_IMDS_ENDPOINT": imds.url, "GANOPS_IMDS_POLL_S": "0.2"}
+        env = {
+            **os.environ,
+            "GANOPS_HOME": str(ganops_home),
+            "GANOPS_IMDS_ENDPOINT": imds.url,
+            "GANOPS_IMDS_POLL_S": "0.2",
+        }
         err = (tmp_path / "sweep.err").open("w")
-        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", "spot.yaml", "--json"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "sweep", "spot.yaml", "--json"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
         client = watch_store(ganops_home / "mlflow.db", proc)
         assert client is not None, (tmp_path / "sweep.err").read_text()[-3000:]
         deadline = time.monotonic() + 240
@@ -49,7 +61,8 @@ def test_notice_checkpoints_between_evals_and_the_trial_goes_on(ganops_home, tmp
     assert result["trials"][0]["status"] == "done"
     steps = [int(m.step) for m in client.get_metric_history(run_id, "step")]
     off_cycle = [s for s in steps if s % 1000]
-    assert len(off_cycle) == 1 and 1000 < off_cycle[0] < 4000, steps  # one checkpoint, on notice, then back to the schedule
+    # one checkpoint, on notice, then back to the schedule
+    assert len(off_cycle) == 1 and 1000 < off_cycle[0] < 4000, steps
     assert [s for s in steps if s % 1000 == 0] == [1000, 2000, 3000, 4000]
     notice = json.loads(client.get_run(run_id).data.tags["ganops.spot_notice"])
     assert notice["step"] == off_cycle[0] and notice["action"] == "terminate"

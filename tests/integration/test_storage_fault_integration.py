@@ -40,7 +40,14 @@ def test_sweep_fails_cleanly_when_s3_goes_away_and_resumes_when_it_is_back(ganop
         proxy = FaultProxy(int(moto.url.rsplit(":", 1)[1])).up()
         env = {**os.environ, "AWS_ENDPOINT_URL": proxy.url, "GANOPS_HOME": str(ganops_home)}
         err = (tmp_path / "sweep.err").open("w")
-        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "sweep", "f.yaml", "--json"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "sweep", "f.yaml", "--json"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
         client = watch_store(ganops_home / "mlflow.db", proc)
         assert client is not None, (tmp_path / "sweep.err").read_text()[-3000:]
         exp = None
@@ -67,8 +74,25 @@ def test_sweep_fails_cleanly_when_s3_goes_away_and_resumes_when_it_is_back(ganop
 
         proxy.up()  # the endpoint is back
         assert f"ganops resume {sweep_id} --storage s3://ganops-fault/sweeps" in " ".join(stderr.split())
-        r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "resume", sweep_id, "--storage", "s3://ganops-fault/sweeps", "--json", "--require", "step>=4000"],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "orchestrator.cli",
+                "resume",
+                sweep_id,
+                "--storage",
+                "s3://ganops-fault/sweeps",
+                "--json",
+                "--require",
+                "step>=4000",
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         proxy.down()
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout)

@@ -49,24 +49,38 @@ def local_ray():
 
 
 def trial_runs(client, result):
-    runs = client.search_runs([result.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
+    runs = client.search_runs(
+        [result.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'"
+    )
     return {r.data.tags["ganops.trial_id"]: r for r in runs}
 
 
 @pytest.mark.core
 def test_sweep_records_parent_and_child_runs_with_metrics_images_and_generator(local_ray, ganops_home):
-    """Each trial is a child run of the sweep's run with its params, per-eval metrics, a sample grid per eval and a generator."""
+    """Each trial is a child run of the sweep's run with its params, per-eval metrics, a sample grid per
+    eval and a generator."""
     log = io.StringIO()  # not a terminal, as a CI log: plain progress lines, not a Live table
     result = run_sweep(spec_from_text(TINY_DCGAN), spec_text=TINY_DCGAN, console=Console(file=log, width=200))
     assert len(result.trials) == 2 and all(t.status == "done" for t in result.trials)
     for t in result.trials:  # one line per trial event, as it happens
-        for pattern in (rf"trial {t.trial_id} started: lr_g \S+, real_label \S+", rf"trial {t.trial_id} eval step 2/4: fid \S+", rf"trial {t.trial_id} done at step 4/4: fid \S+"):
+        for pattern in (
+            rf"trial {t.trial_id} started: lr_g \S+, real_label \S+",
+            rf"trial {t.trial_id} eval step 2/4: fid \S+",
+            rf"trial {t.trial_id} done at step 4/4: fid \S+",
+        ):
             assert re.search(pattern, log.getvalue()), (pattern, log.getvalue())
-    assert re.search(r"sweep: 0 running, 2 done, 0 stopped, 0 failed, 0 pending; best fid \S+", log.getvalue()), log.getvalue()
+    assert re.search(r"sweep: 0 running, 2 done, 0 stopped, 0 failed, 0 pending; best fid \S+", log.getvalue()), (
+        log.getvalue()
+    )
     client = MlflowClient(result.tracking_uri)
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["ganops.kind"] == "sweep"
-    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"leaderboard.md", "leaderboard.csv", "spec", "contact_sheet.png"}
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+        "leaderboard.md",
+        "leaderboard.csv",
+        "spec",
+        "contact_sheet.png",
+    }
     children = trial_runs(client, result)
     assert set(children) == {t.trial_id for t in result.trials}
     for t in result.trials:
@@ -99,7 +113,9 @@ def test_sweep_records_parent_and_child_runs_with_metrics_images_and_generator(l
     assert x.shape == (10, 1, 28, 28) and x.min() >= -1 and x.max() <= 1
     r = runner.invoke(app, ["sample", best.run_id, "--n", "16", "--out", "s.png"])
     assert r.exit_code == 0, r.output
-    assert json.loads(runner.invoke(app, ["sample", best.run_id, "--n", "3", "--out", "p.npy", "--json"]).stdout)["shape"] == [3, 1, 28, 28]
+    assert json.loads(runner.invoke(app, ["sample", best.run_id, "--n", "3", "--out", "p.npy", "--json"]).stdout)[
+        "shape"
+    ] == [3, 1, 28, 28]
 
 
 def test_two_worker_trial_trains_and_reports_mixture_scores(local_ray, ganops_home):
@@ -138,13 +154,16 @@ resources: {workers_per_trial: 2, cpus_per_worker: 1}
 
 
 @pytest.mark.core
-def test_balance_rules_stop_the_diverging_and_the_d_dominated_trial_and_let_the_healthy_one_finish(local_ray, ganops_home):
+def test_balance_rules_stop_the_diverging_and_the_d_dominated_trial_and_let_the_healthy_one_finish(
+    local_ray, ganops_home
+):
     """One real Tune run, three DCGAN trials that differ only in D's SGD learning rate:
     lr_d 1.0 blows up (non-finite loss: FAILED, divergence), 1e-2 lets D overpower G
     (KILLED, d_overpowers, with the evidence), 1e-4 trains to its end (FINISHED)."""
     text = """
 name: three-fates
-trainer: {model: dcgan28, data: mnist, steps: 400, eval_every: 40, batch_size: 64, width: 16, eval_samples: 200, optimizer_d: sgd, momentum: 0.9}
+trainer: {model: dcgan28, data: mnist, steps: 400, eval_every: 40, batch_size: 64, width: 16, eval_samples: 200, \
+optimizer_d: sgd, momentum: 0.9}
 search:
   lr_d: {grid: [1.0, 1.0e-2, 1.0e-4]}
 sweep: {num_samples: 1}
@@ -158,7 +177,11 @@ stopping: {mode_collapse: null}
     assert diverged.status == "stopped" and diverged.stop_reason.startswith("divergence"), diverged
     run = client.get_run(diverged.run_id)
     assert run.info.status == "FAILED" and run.data.tags["stop_reason"] == "divergence"
-    assert "non-finite" in run.data.tags["divergence"] or "inf" in run.data.tags["divergence"] or "nan" in run.data.tags["divergence"]
+    assert (
+        "non-finite" in run.data.tags["divergence"]
+        or "inf" in run.data.tags["divergence"]
+        or "nan" in run.data.tags["divergence"]
+    )
 
     dominated = by_lr[1.0e-2]
     assert dominated.status == "stopped" and dominated.stop_reason.startswith("d_overpowers"), dominated
@@ -186,7 +209,8 @@ def test_mixture_quality_stops_a_grid25_trial_whose_generator_never_leaves_its_f
     and the run ends KILLED with the rule and the sample evidence."""
     text = """
 name: frozen-g
-trainer: {model: mlp2d, data: grid25, steps: 400, eval_every: 50, batch_size: 256, width: 32, latent_dim: 16, lr_g: 1.0e-7}
+trainer: {model: mlp2d, data: grid25, steps: 400, eval_every: 50, batch_size: 256, width: 32, latent_dim: 16, \
+lr_g: 1.0e-7}
 sweep: {num_samples: 1}
 stopping: {d_overpowers: null, mixture_quality: {after_step: 100000, collapse_after_step: 100}}
 """

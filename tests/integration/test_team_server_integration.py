@@ -206,9 +206,8 @@ def test_sweep_logs_in_to_the_team_server_and_every_read_command_works(team, tmp
             **{str(f): f.read_bytes() for f in (tmp_path / "ganops_runs").rglob("*") if f.is_file()},
             **{str(f): f.read_bytes() for f in ray_tmp.rglob("*") if f.is_file() and "/logs/" in str(f)},
         }
-        assert (
-            sum(k.startswith("s3://") for k in written) > 10 and sum("/logs/" in k for k in written) > 10
-        )  # the scan saw them
+        # the scan saw them
+        assert sum(k.startswith("s3://") for k in written) > 10 and sum("/logs/" in k for k in written) > 10
         for where, data in written.items():
             assert password.encode() not in data, f"the MLflow password is in {where}"
     finally:

@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 from infra.aws.cluster import ClusterProfile
-from search_spaces.loader import load_profile
 from infra.aws.launcher import (
     DIST_REMOTE,
     DRIVER_RESOURCE,
@@ -24,14 +23,18 @@ from infra.aws.launcher import (
     unsafe_reasons,
     validate_with_ray,
 )
-from search_spaces.loader import SpecError
+from search_spaces.loader import SpecError, load_profile
 from tests.conftest import FAKE_CREDS
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "infra" / "clusters" / "aws-spot-gpu.yaml"
 SG = "sg-0123456789abcdef0"
 WHEEL = "ganops-0.1.0-py3-none-any.whl"
-SHIP = {"dist_dir": "/home/me/ganops_runs/clusters/c/dist", "wheel": WHEEL, "token_file": "/home/me/ganops_runs/clusters/c/auth_token"}
+SHIP = {
+    "dist_dir": "/home/me/ganops_runs/clusters/c/dist",
+    "wheel": WHEEL,
+    "token_file": "/home/me/ganops_runs/clusters/c/auth_token",
+}
 
 
 def _variant(**changes) -> ClusterProfile:
@@ -63,7 +66,9 @@ def test_fallback_and_max_price_variant_passes_rays_schema():
 
 def test_workers_are_spot_with_their_gpus_and_head_is_on_demand():
     """Every worker type is spot with its GPU count; the head has no market options and no CPUs to train on."""
-    profile = _variant(workers=[{"instance_type": "g4dn.xlarge", "gpus": 1}, {"instance_type": "p3.8xlarge", "gpus": 4}])
+    profile = _variant(
+        workers=[{"instance_type": "g4dn.xlarge", "gpus": 1}, {"instance_type": "p3.8xlarge", "gpus": 4}]
+    )
     config = launcher_config(profile, SG)
     types = config["available_node_types"]
     assert types["spot-p3-8xlarge"]["resources"] == {"GPU": 4}
@@ -108,7 +113,11 @@ def test_ssh_from_anywhere_is_refused_unless_explicitly_allowed(cidr):
 def test_bad_profile_names_file_line_and_field(tmp_path):
     """A typo and a bad CIDR: SpecError with file:line and field path."""
     p = tmp_path / "bad.yaml"
-    text = EXAMPLE.read_text().replace("ssh_cidr: 203.0.113.7/32", "ssh_cidr: my-laptop").replace("spot: true", "spott: true")
+    text = (
+        EXAMPLE.read_text()
+        .replace("ssh_cidr: 203.0.113.7/32", "ssh_cidr: my-laptop")
+        .replace("spot: true", "spott: true")
+    )
     p.write_text(text)
     with pytest.raises(SpecError) as e:
         load_profile(p)
@@ -121,10 +130,21 @@ def test_cli_config_on_bad_profile_exits_2(tmp_path):
     """`python -m orchestrator.cli cluster config bad.yaml`: exit 2, the place, no traceback."""
     p = tmp_path / "bad.yaml"
     p.write_text(EXAMPLE.read_text().replace("ssh_cidr: 203.0.113.7/32", "ssh_cidr: 0.0.0.0/0"))
-    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "cluster", "config", str(p)], cwd=ROOT, capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "cluster", "config", str(p)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
     assert r.returncode == 2, r.stderr
-    assert str(p) in r.stderr and "ssh_cidr" in r.stderr and "allow_ssh_from_anywhere" in r.stderr and "Traceback" not in r.stderr
+    assert (
+        str(p) in r.stderr
+        and "ssh_cidr" in r.stderr
+        and "allow_ssh_from_anywhere" in r.stderr
+        and "Traceback" not in r.stderr
+    )
     assert r.stdout == ""
 
 
@@ -141,12 +161,22 @@ def generated(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GANOPS_HOME", str(home))
         for _ in range(2):
-            r = CliRunner().invoke(app, ["cluster", "config", str(EXAMPLE), "--out", str(out), "--security-group-id", SG])
+            r = CliRunner().invoke(
+                app, ["cluster", "config", str(EXAMPLE), "--out", str(out), "--security-group-id", SG]
+            )
             assert r.exit_code == 0, r.output
             wheel = next((home / "clusters" / "ganops-spot-gpu" / "dist").glob("*.whl"))
-            runs.append((r.output, out.read_text(), (home / "clusters" / "ganops-spot-gpu" / "auth_token").read_text(), hashlib.sha256(wheel.read_bytes()).hexdigest()))
+            runs.append(
+                (
+                    r.output,
+                    out.read_text(),
+                    (home / "clusters" / "ganops-spot-gpu" / "auth_token").read_text(),
+                    hashlib.sha256(wheel.read_bytes()).hexdigest(),
+                )
+            )
             if not runs[1:]:
-                (home / "clusters" / "ganops-spot-gpu" / "auth_token").chmod(0o644)  # the second run puts it back to 0600
+                # the second run puts it back to 0600
+                (home / "clusters" / "ganops-spot-gpu" / "auth_token").chmod(0o644)
     return home / "clusters" / "ganops-spot-gpu", runs
 
 
@@ -158,7 +188,8 @@ def test_cli_config_writes_yaml_that_ray_accepts(generated):
 
 
 def test_cli_config_ships_wheel_and_pins_and_a_private_token(generated):
-    """The dist dir holds the client's wheel and its pins (no torch); the token is 0600, reused, and in no YAML or output."""
+    """The dist dir holds the client's wheel and its pins (no torch); the token is 0600, reused, and in no
+    YAML or output."""
     import importlib.metadata as md
 
     from packaging.requirements import Requirement
@@ -174,7 +205,9 @@ def test_cli_config_ships_wheel_and_pins_and_a_private_token(generated):
     assert config["setup_commands"][-1].endswith(f"--no-deps --force-reinstall {DIST_REMOTE}/{wheels[0]}")
     reqs = (dist / "requirements.txt").read_text().split()
     assert reqs == pins(extras=("aws", "s3")) and "torch" not in [Requirement(r).name for r in reqs]
-    assert any(r.startswith("ray[") and r.endswith("==2.60.0") for r in reqs) and any(r.startswith("boto3==") for r in reqs)
+    assert any(r.startswith("ray[") and r.endswith("==2.60.0") for r in reqs) and any(
+        r.startswith("boto3==") for r in reqs
+    )
     assert oct(token.stat().st_mode & 0o777) == "0o600" and oct(cdir.stat().st_mode & 0o777) == "0o700"
     value = runs[0][2]
     assert len(value) == 64 and int(value, 16) and runs[1][2] == value  # made once, reused
@@ -182,7 +215,9 @@ def test_cli_config_ships_wheel_and_pins_and_a_private_token(generated):
     for output, text, *_ in runs:
         assert value not in text and value not in output
         words = output.split()  # rich wraps lines between words
-        assert f"RAY_AUTH_TOKEN_PATH={token}" in words and words[words.index(f"RAY_AUTH_TOKEN_PATH={token}") + 1:][:3] == ["ganops", "job", "submit"]
+        assert f"RAY_AUTH_TOKEN_PATH={token}" in words and words[words.index(f"RAY_AUTH_TOKEN_PATH={token}") + 1 :][
+            :3
+        ] == ["ganops", "job", "submit"]
 
 
 def test_cli_status_runs_ray_status_with_token_auth(tmp_path, monkeypatch):
@@ -217,7 +252,12 @@ def test_security_group_opens_only_ssh_to_the_cidr(aws_env):
         cidrs = [(p["IpProtocol"], p.get("FromPort"), r["CidrIp"]) for p in perms for r in p.get("IpRanges", [])]
         assert cidrs == [("tcp", 22, "203.0.113.7/32")]
         assert [g["GroupId"] for p in perms for g in p.get("UserIdGroupPairs", [])] == [gid]
-        ec2.authorize_security_group_ingress(GroupId=gid, IpPermissions=[{"IpProtocol": "tcp", "FromPort": 8265, "ToPort": 8265, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}])
+        ec2.authorize_security_group_ingress(
+            GroupId=gid,
+            IpPermissions=[
+                {"IpProtocol": "tcp", "FromPort": 8265, "ToPort": 8265, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
+            ],
+        )
         with pytest.raises(SecurityGroupError, match="0.0.0.0/0"):
             ensure_security_group(ec2, "ganops-t", "203.0.113.7/32")
 
@@ -226,8 +266,10 @@ def test_cheapest_offer_per_type_and_zone_is_chosen():
     """Of several records for one type and zone, the lowest price wins."""
     from infra.aws.prices import cheapest_per_zone
 
-    recs = [{"InstanceType": "g4dn.xlarge", "AvailabilityZone": z, "SpotPrice": p} for z, p in
-            [("us-east-1a", "0.30"), ("us-east-1a", "0.21"), ("us-east-1b", "0.25"), ("us-east-1a", "0.40")]]
+    recs = [
+        {"InstanceType": "g4dn.xlarge", "AvailabilityZone": z, "SpotPrice": p}
+        for z, p in [("us-east-1a", "0.30"), ("us-east-1a", "0.21"), ("us-east-1b", "0.25"), ("us-east-1a", "0.40")]
+    ]
     assert cheapest_per_zone(recs) == {("g4dn.xlarge", "us-east-1a"): 0.21, ("g4dn.xlarge", "us-east-1b"): 0.25}
 
 
@@ -238,18 +280,26 @@ def test_spot_prices_against_moto(aws_env):
     from infra.aws.prices import spot_prices
 
     with mock_aws():
-        offers = spot_prices("us-east-1", ["g4dn.xlarge", "p3.2xlarge"], on_demand_overrides={"p3.2xlarge": 3.5}, now=dt.datetime.now(dt.UTC))
+        offers = spot_prices(
+            "us-east-1",
+            ["g4dn.xlarge", "p3.2xlarge"],
+            on_demand_overrides={"p3.2xlarge": 3.5},
+            now=dt.datetime.now(dt.UTC),
+        )
     assert offers and {o.instance_type for o in offers} <= {"g4dn.xlarge", "p3.2xlarge"}
     keys = [(o.instance_type, o.zone) for o in offers]
     assert len(keys) == len(set(keys))  # one per type and zone
     for o in offers:
         assert o.zone.startswith("us-east-1") and o.spot_usd_per_hour > 0
-        assert (o.on_demand_usd_per_hour, o.on_demand_source) == ((3.5, "profile") if o.instance_type == "p3.2xlarge" else (0.526, "table (us-east-1 list price)"))
+        assert (o.on_demand_usd_per_hour, o.on_demand_source) == (
+            (3.5, "profile") if o.instance_type == "p3.2xlarge" else (0.526, "table (us-east-1 list price)")
+        )
         assert o.saving_pct == pytest.approx(100 * (1 - o.spot_usd_per_hour / o.on_demand_usd_per_hour))
 
 
 def test_cli_prices_against_moto_server(tmp_path):
-    """`ganops cluster prices --json` against moto's server on 127.0.0.1 (AWS_ENDPOINT_URL): offers on stdout, a table (on stdout too) without --json."""
+    """`ganops cluster prices --json` against moto's server on 127.0.0.1 (AWS_ENDPOINT_URL): offers on
+    stdout, a table (on stdout too) without --json."""
     from infra.local_services import moto_s3
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
@@ -261,7 +311,10 @@ def test_cli_prices_against_moto_server(tmp_path):
         out = json.loads(r.stdout)
         types = {o["instance_type"] for o in out["offers"]}
         assert out["region"] == "us-east-1" and types and types <= {"g4dn.xlarge", "g5.xlarge", "p3.2xlarge"}
-        assert all({"zone", "spot_usd_per_hour", "on_demand_usd_per_hour", "saving_pct"} <= set(o) for o in out["offers"])
+        assert all(
+            {"zone", "spot_usd_per_hour", "on_demand_usd_per_hour", "saving_pct"} <= set(o) for o in out["offers"]
+        )
         human = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
-        assert human.returncode == 0 and "saving" in human.stdout and "on-demand prices:" in human.stderr  # the table pipes; notes on stderr
+        # the table pipes; notes on stderr
+        assert human.returncode == 0 and "saving" in human.stdout and "on-demand prices:" in human.stderr
         assert "testing" not in r.stderr + human.stderr  # no credential in the output

@@ -53,6 +53,10 @@ def test_a_bad_quality_gate_is_a_usage_error_and_launches_nothing(tmp_path):
     p = tmp_path / "s.yaml"
     p.write_text("name: t\ntrainer: {model: mlp2d, data: grid25}\n")
     r = runner.invoke(app, ["sweep", str(p), "--require", "fid<30"])
-    assert r.exit_code == 2 and "'fid' is not reported for data 'grid25'" in r.output and "Nothing was launched" in r.output
+    assert (
+        r.exit_code == 2
+        and "'fid' is not reported for data 'grid25'" in r.output
+        and "Nothing was launched" in r.output
+    )
     r = runner.invoke(app, ["sweep", str(p), "--require", "modes is 25"])
     assert r.exit_code == 2 and "write METRIC OP NUMBER" in r.output

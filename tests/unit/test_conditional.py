@@ -104,7 +104,10 @@ def test_a_train_step_runs_finite_and_updates_both_networks(loss):
     cfg = CDCGAN.model_copy(update={"loss": loss, "dg_ratio": "2:2"})
     G, D = build_models(cfg)
     og, od = build_optimizers(G, D, cfg)
-    params = lambda: {f"{n}.{k}": p.detach().clone() for n, net in (("G", G), ("D", D)) for k, p in net.named_parameters()}
+
+    def params():
+        return {f"{n}.{k}": p.detach().clone() for n, net in (("G", G), ("D", D)) for k, p in net.named_parameters()}
+
     before = params()
     m = train_step(G, D, og, od, make_data(cfg), cfg, torch.Generator().manual_seed(0))
     assert all(math.isfinite(v) for v in m.values())
@@ -149,7 +152,9 @@ def test_resumed_run_matches_uninterrupted_run_bit_for_bit(tmp_path):
     gen2 = torch.Generator().manual_seed(12345)
     assert restore(load_state(tmp_path / "state.pt"), G2, D2, og2, od2, gen2) == 3
     assert [train_step(G2, D2, og2, od2, data, cfg, gen2) for _ in range(2)] == uninterrupted
-    for a, b in zip([*G.state_dict().values(), *D.state_dict().values()], [*G2.state_dict().values(), *D2.state_dict().values()]):
+    for a, b in zip(
+        [*G.state_dict().values(), *D.state_dict().values()], [*G2.state_dict().values(), *D2.state_dict().values()]
+    ):
         assert torch.equal(a, b)
 
 
@@ -196,7 +201,6 @@ def test_class_match_measures_the_conditioning_and_the_grid_shows_the_classes(fe
     assert ev.evaluate(_Oracle(shift=1), fixed_noise(cfg))[0]["class_match"] < 0.1
 
 
-
 def test_class_match_is_a_sweep_metric_of_conditional_models_only():
     """cdcgan28 sweeps may rank by class_match (higher is better); dcgan28 does not report it."""
     from search_spaces.loader import SpecError, spec_from_text
@@ -224,9 +228,17 @@ def test_pbt_exploit_and_ema_work_on_the_conditional_networks(tmp_path):
     G, D = build_models(cfg.model_copy(update={"seed": 5}))
     opt_g, opt_d = build_optimizers(G, D, cfg)
     ema = build_ema(G, cfg)
-    new = _exploit({"donor": "d", "checkpoint": str(tmp_path), "config": {"lr_d": 1e-4}}, cfg, G, D, opt_g, opt_d, (), ema)
+    new = _exploit(
+        {"donor": "d", "checkpoint": str(tmp_path), "config": {"lr_d": 1e-4}}, cfg, G, D, opt_g, opt_d, (), ema
+    )
     assert new.lr_d == 1e-4
-    assert all(torch.equal(a, b) for a, b in zip([*G.state_dict().values(), *D.state_dict().values()], [*donor[0].state_dict().values(), *donor[1].state_dict().values()]))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            [*G.state_dict().values(), *D.state_dict().values()],
+            [*donor[0].state_dict().values(), *donor[1].state_dict().values()],
+        )
+    )
     assert all(math.isfinite(v) for v in train_step(G, D, opt_g, opt_d, make_data(new), new, gen, ema=ema).values())
 
     G_avg, _ = load_generator(tmp_path / CHECKPOINT_FILE)

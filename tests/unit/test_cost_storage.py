@@ -1,7 +1,6 @@
 """Cost accounting (node price labels -> a worker's share -> cost_usd; the budget), the trial
 drivers' pin to the head, the S3 bucket bootstrap (moto) and the storage check up front."""
 
-
 import pytest
 import yaml
 from ray._private.label_utils import validate_node_labels
@@ -31,7 +30,9 @@ SPOT = {LABEL_PRICE: "0.9050", LABEL_ON_DEMAND: "7.2000", LABEL_MARKET: "spot"}
 def test_a_worker_pays_its_share_of_the_node_by_gpus_or_else_cpus():
     """p2.8xlarge at $0.905/h spot (8 GPUs): a 2-GPU worker pays a quarter; on a CPU node the CPUs decide."""
     r = worker_rate(SPOT, {"CPU": 32, "GPU": 8}, {"CPU": 1, "GPU": 2})
-    assert r.priced and r.usd_per_hour == pytest.approx(0.905 / 4) and r.on_demand_usd_per_hour == pytest.approx(7.2 / 4)
+    assert (
+        r.priced and r.usd_per_hour == pytest.approx(0.905 / 4) and r.on_demand_usd_per_hour == pytest.approx(7.2 / 4)
+    )
     r = worker_rate(SPOT, {"CPU": 4}, {"CPU": 1})
     assert r.usd_per_hour == pytest.approx(0.905 / 4)
     total = r + r
@@ -59,7 +60,10 @@ def test_worker_nodes_carry_price_labels_ray_accepts():
     g5 = [lab for n, lab in spot.items() if "g5" in n]
     assert len(g5) == 1 and float(g5[0][LABEL_PRICE]) == pytest.approx(0.42)  # the current offer
     w = p.workers[0].instance_type
-    assert float(price_labels(p, w, True)[LABEL_PRICE]) == float(od_price := price_labels(p, w, False)[LABEL_PRICE]) and float(od_price) > 0
+    assert (
+        float(price_labels(p, w, True)[LABEL_PRICE]) == float(od_price := price_labels(p, w, False)[LABEL_PRICE])
+        and float(od_price) > 0
+    )
     assert price_labels(_profile(max_price=0.5), w, True)[LABEL_PRICE] == "0.5000"
     od = price_labels(p, w, False)
     assert od[LABEL_PRICE] == od[LABEL_ON_DEMAND]
@@ -77,7 +81,9 @@ def _report(step, cost):
 
 
 def test_budget_stops_every_trial_and_the_sweep_once_spent():
-    off = Stopping.model_validate({"d_overpowers": None, "d_fooled": None, "mixture_quality": None, "mode_collapse": None, "plateau": None})
+    off = Stopping.model_validate(
+        {"d_overpowers": None, "d_fooled": None, "mixture_quality": None, "mode_collapse": None, "plateau": None}
+    )
     s = BalanceStopper(off, "loss_g", "min", max_usd=1.0)
     assert not s("a", _report(100, 0.3)) and not s("b", _report(100, 0.4))
     assert not s.stop_all()
@@ -88,8 +94,6 @@ def test_budget_stops_every_trial_and_the_sweep_once_spent():
     # no budget: never
     s = BalanceStopper(off, "loss_g", "min")
     assert not s("a", _report(100, 1e6)) and not s.stop_all()
-
-
 
 
 @pytest.mark.parametrize("region", ["us-east-1", "eu-west-1"])
@@ -105,7 +109,10 @@ def test_bucket_bootstrap_is_private_and_encrypted_and_idempotent(aws_env, regio
         assert first.created and first.public_access_blocked and first.encrypted
         again = ensure_bucket("ganops-ckpt", region, s3=s3)
         assert not again.created and again.public_access_blocked and again.encrypted
-        assert s3.get_bucket_ownership_controls(Bucket="ganops-ckpt")["OwnershipControls"]["Rules"][0]["ObjectOwnership"] == "BucketOwnerEnforced"
+        assert (
+            s3.get_bucket_ownership_controls(Bucket="ganops-ckpt")["OwnershipControls"]["Rules"][0]["ObjectOwnership"]
+            == "BucketOwnerEnforced"
+        )
     assert split_s3_uri("s3://b/x/y/") == ("b", "x/y")
     with pytest.raises(ValueError):
         split_s3_uri("/tmp/x")

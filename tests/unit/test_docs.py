@@ -50,7 +50,10 @@ def _cli() -> dict[str, dict[str, set[str]]]:
     return out
 
 
-GANOPS = re.compile(r"(?:^|[\s(`;&|])ganops ((?:[a-z][\w-]*)(?:\|[a-z][\w-]*)*)(?: ((?:[a-z][\w-]*)(?:\|[a-z][\w-]*)*))?([^\n#`]*)", re.M)
+GANOPS = re.compile(
+    r"(?:^|[\s(`;&|])ganops ((?:[a-z][\w-]*)(?:\|[a-z][\w-]*)*)(?: ((?:[a-z][\w-]*)(?:\|[a-z][\w-]*)*))?([^\n#`]*)",
+    re.M,
+)
 
 
 def _command_problems(page: Path) -> list[str]:
@@ -69,7 +72,11 @@ def _command_problems(page: Path) -> list[str]:
                 targets = [""]
                 if subs and m.group(2):
                     targets = m.group(2).split("|")
-                    problems += [f"`ganops {name} {t}` (subcommands: {', '.join(sorted(subs))})" for t in targets if t not in cli[name]]
+                    problems += [
+                        f"`ganops {name} {t}` (subcommands: {', '.join(sorted(subs))})"
+                        for t in targets
+                        if t not in cli[name]
+                    ]
                 for target in (t for t in targets if t in cli[name]):
                     rest = (m.group(2) or "") + (m.group(3) or "") if not subs else m.group(3) or ""
                     for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", rest):
@@ -90,7 +97,8 @@ def test_readme_states_python_version():
 
 
 def test_readme_spec_is_the_shipped_dcgan_yaml():
-    """The README's spec block is search_spaces/dcgan.yaml (all of it, or its first lines) verbatim, its editor modeline optional."""
+    """The README's spec block is search_spaces/dcgan.yaml (all of it, or its first lines) verbatim, its
+    editor modeline optional."""
     text = README.read_text()
     blocks = re.findall(r"^```yaml\n(.*?)^```", text, re.S | re.M)
     assert blocks, "README.md has no ```yaml block; quote search_spaces/dcgan.yaml in it"
@@ -100,8 +108,8 @@ def test_readme_spec_is_the_shipped_dcgan_yaml():
         shipped = [line for line in shipped if not line.startswith("# yaml-language-server:")]
     assert len(block) >= 5, "README.md's spec block is too short to show a spec; quote search_spaces/dcgan.yaml"
     assert block == shipped[: len(block)], (
-        "README.md's first ```yaml block differs from search_spaces/dcgan.yaml; paste the file (or its first lines) verbatim:\n"
-        + "\n".join(f"  README: {a!r}\n  file:   {b!r}" for a, b in zip(block, shipped) if a != b)[:2000]
+        "README.md's first ```yaml block differs from search_spaces/dcgan.yaml; paste the file (or its first lines) "
+        "verbatim:\n" + "\n".join(f"  README: {a!r}\n  file:   {b!r}" for a, b in zip(block, shipped) if a != b)[:2000]
     )
 
 
@@ -112,13 +120,18 @@ def test_readme_test_command_is_what_ci_runs():
     assert test_cmds, "README.md has no command that sets up and runs the tests (pip install ... && python -m pytest)"
     ci = (ROOT / ".ci" / "run").read_text()
     for cmd in test_cmds:
-        assert cmd.strip() in ci, f"README.md's test command {cmd.strip()!r} is not what .ci/run runs; make them the same"
+        assert cmd.strip() in ci, (
+            f"README.md's test command {cmd.strip()!r} is not what .ci/run runs; make them the same"
+        )
 
 
 def test_documented_commands_exist_in_the_cli():
-    """Every `ganops <command>` (and `ganops cluster <sub>`) with its flags that README.md or a docs/ page names is real."""
+    """Every `ganops <command>` (and `ganops cluster <sub>`) with its flags that README.md or a docs/ page
+    names is real."""
     problems = [p for page in [README, *DOCS] for p in _command_problems(page)]
-    assert not problems, "the docs name commands or options the CLI does not have; fix or remove them:\n" + "\n".join(problems)
+    assert not problems, "the docs name commands or options the CLI does not have; fix or remove them:\n" + "\n".join(
+        problems
+    )
 
 
 def test_relative_links_land():
@@ -131,7 +144,8 @@ def test_relative_links_land():
             path_part, _, anchor = target.partition("#")
             dest = (page.parent / path_part).resolve() if path_part else page
             if not dest.exists():
-                broken.append(f"{page.relative_to(ROOT)}: {target} (no file {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest})")
+                shown = dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no file {shown})")
             elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
                 broken.append(f"{page.relative_to(ROOT)}: {target} (no heading #{anchor} in {dest.relative_to(ROOT)})")
     assert not broken, "broken links; fix the target or the heading:\n" + "\n".join(broken)

@@ -60,7 +60,8 @@ def world(tmp_path_factory):
     from PIL import Image
 
     root = tmp_path_factory.mktemp("features")
-    digits = load_mnist()[torch.randperm(5000, generator=torch.Generator().manual_seed(0))]  # the shipped digits come sorted by class
+    # the shipped digits come sorted by class
+    digits = load_mnist()[torch.randperm(5000, generator=torch.Generator().manual_seed(0))]
     (root / "digits").mkdir()
     pix = ((digits[:REAL, 0] + 1) * 127.5).round().byte().numpy()
     for i, img in enumerate(pix):
@@ -95,7 +96,9 @@ class Oracle(torch.nn.Module):
 
 
 def _folder_cfg(world, **kw):
-    return TrainerConfig(model="dcgan28", data="image_folder", data_dir=world["digits"], channels=1, eval_samples=FAKES, **kw)
+    return TrainerConfig(
+        model="dcgan28", data="image_folder", data_dir=world["digits"], channels=1, eval_samples=FAKES, **kw
+    )
 
 
 def _scores(world, features, cfg=None):
@@ -123,10 +126,14 @@ def torchscript_run(world):
 def test_torchscript_features_score_an_image_folder_and_separate_digits_from_noise(torchscript_run):
     """Held-out digits against the folder's digits read as real; uniform noise far from them."""
     ev, real, noise, picture = torchscript_run
-    assert set(real) == set(noise) == FEATURE_SCORES | {"pixel_hist"}  # no class logits: no inception_score, class_coverage
+    # no class logits: no inception_score, class_coverage
+    assert set(real) == set(noise) == FEATURE_SCORES | {"pixel_hist"}
     assert all(math.isfinite(v) for v in [*real.values(), *noise.values()])
-    print(f"\nfid real {real['fid']:.4g} noise {noise['fid']:.4g}; kid real {real['kid']:.3g} noise {noise['kid']:.3g}; "
-          f"precision {real['precision']:.2f}/{noise['precision']:.2f} coverage {real['coverage']:.2f}/{noise['coverage']:.2f}")
+    print(
+        f"\nfid real {real['fid']:.4g} noise {noise['fid']:.4g}; kid real {real['kid']:.3g} noise {noise['kid']:.3g}; "
+        f"precision {real['precision']:.2f}/{noise['precision']:.2f} coverage "
+        f"{real['coverage']:.2f}/{noise['coverage']:.2f}"
+    )
     assert noise["fid"] > 20 * real["fid"] and noise["fid"] - real["fid"] > 0.1
     assert abs(real["kid"]) < 0.02 and noise["kid"] > 0.3
     assert real["precision"] > 0.7 and real["coverage"] > 0.7 and noise["coverage"] < 0.1
@@ -159,7 +166,9 @@ def test_mnist_with_features_scores_in_that_space_and_keeps_the_classifier_score
         torch.manual_seed(0)
         clf = MnistFeatures(MnistClassifier()).eval()
     monkeypatch.setattr(evaluate, "load_feature_extractor", lambda cache_dir: clf)
-    ev, real, noise, _ = _scores(world, str(world["root"] / "features.pt"), TrainerConfig(model="dcgan28", data="mnist", eval_samples=FAKES))
+    ev, real, noise, _ = _scores(
+        world, str(world["root"] / "features.pt"), TrainerConfig(model="dcgan28", data="mnist", eval_samples=FAKES)
+    )
     assert set(real) == FEATURE_SCORES | {"pixel_hist", "class_coverage", "class_kl", "inception_score"}
     assert isinstance(ev.fid.extractor, FeatureNetwork) and ev.features is clf
     assert noise["fid"] > 20 * real["fid"]
@@ -168,12 +177,15 @@ def test_mnist_with_features_scores_in_that_space_and_keeps_the_classifier_score
 
 def _spec(tmp_path, features, trainer=None, extra=""):
     trainer = trainer or "{model: dcgan28, data: image_folder, data_dir: DIGITS, channels: 1}"
-    return textwrap.dedent(f"""\
+    return (
+        textwrap.dedent(f"""\
         name: feats
         trainer: {trainer}
         metrics:
           features: {features}
-        """) + extra
+        """)
+        + extra
+    )
 
 
 def test_spec_resolves_a_relative_file_against_its_folder_and_makes_fid_a_metric(world, tmp_path, monkeypatch):
@@ -182,7 +194,9 @@ def test_spec_resolves_a_relative_file_against_its_folder_and_makes_fid_a_metric
     spec_dir = tmp_path / "specs"
     spec_dir.mkdir()
     (spec_dir / "net.pt").write_bytes((world["root"] / "features.pt").read_bytes())
-    (spec_dir / "s.yaml").write_text(_spec(tmp_path, "net.pt", extra="sweep: {metric: kid}\n").replace("DIGITS", world["digits"]))
+    (spec_dir / "s.yaml").write_text(
+        _spec(tmp_path, "net.pt", extra="sweep: {metric: kid}\n").replace("DIGITS", world["digits"])
+    )
     monkeypatch.chdir(tmp_path)  # not the spec's folder
     spec = load_spec(spec_dir / "s.yaml")
     assert spec.metrics.features == str(spec_dir / "net.pt")
@@ -191,26 +205,38 @@ def test_spec_resolves_a_relative_file_against_its_folder_and_makes_fid_a_metric
     assert load_spec(spec_dir / "s.yaml", ["sweep.metric=null"]).metric == "fid"  # the default with features
     again = type(spec).model_validate(spec.model_dump())  # a worker's re-validation: the absolute path stands
     assert again.metrics.features == spec.metrics.features
-    without = f"name: plain\ntrainer: {{model: dcgan28, data: image_folder, data_dir: {world['digits']}, channels: 1}}\n"
+    without = (
+        f"name: plain\ntrainer: {{model: dcgan28, data: image_folder, data_dir: {world['digits']}, channels: 1}}\n"
+    )
     assert spec_from_text(without).metric == "pixel_hist"
 
 
-@pytest.mark.parametrize("features,trainer,extra,says", [
-    ("nope.pt", None, "", "no file"),
-    ("state_dict.pt", None, "", "is not a TorchScript file"),
-    ("ganops_no_such_module_xyz:build", None, "", "'ganops_no_such_module_xyz' cannot be imported"),
-    (f"{MODULE}:nope", None, "", "has no attribute 'nope'"),
-    ("unpooled.pt", None, "", "it must return (N, D) features"),
-    ("features.pt", None, "search:\n  channels: {choice: [1, 3]}\n", "fails on a (2, 3, 28, 28) batch"),  # a searched shape
-    ("resnet", None, "", "neither a TorchScript file"),
-    ("features.pt", "{model: mlp2d, data: grid25}", "", "2-D points"),
-])
+@pytest.mark.parametrize(
+    "features,trainer,extra,says",
+    [
+        ("nope.pt", None, "", "no file"),
+        ("state_dict.pt", None, "", "is not a TorchScript file"),
+        ("ganops_no_such_module_xyz:build", None, "", "'ganops_no_such_module_xyz' cannot be imported"),
+        (f"{MODULE}:nope", None, "", "has no attribute 'nope'"),
+        ("unpooled.pt", None, "", "it must return (N, D) features"),
+        # a searched shape
+        (
+            "features.pt",
+            None,
+            "search:\n  channels: {choice: [1, 3]}\n",
+            "fails on a (2, 3, 28, 28) batch",
+        ),
+        ("resnet", None, "", "neither a TorchScript file"),
+        ("features.pt", "{model: mlp2d, data: grid25}", "", "2-D points"),
+    ],
+)
 def test_a_broken_feature_network_is_a_spec_error(world, tmp_path, monkeypatch, features, trainer, extra, says):
     """`ganops validate`: exit 2, the field and what is wrong, no traceback."""
     from orchestrator.cli import app
 
     monkeypatch.syspath_prepend(str(world["root"] / "mods"))
-    p = world["root"] / f"spec_{abs(hash((features, trainer, extra)))}.yaml"  # beside the nets: relative names resolve there
+    # beside the nets: relative names resolve there
+    p = world["root"] / f"spec_{abs(hash((features, trainer, extra)))}.yaml"
     p.write_text(_spec(tmp_path, features, trainer, extra).replace("DIGITS", world["digits"]))
     r = CliRunner().invoke(app, ["validate", str(p)])
     out = " ".join(r.output.split())  # rich wraps long lines

@@ -15,7 +15,13 @@ REPO = Path(__file__).resolve().parents[2]
 def test_gpu_check_without_cuda_says_so_and_exits_0(tmp_path):
     """No CUDA: one line saying there is nothing to check and how to run it, `cuda: false` in the JSON, exit 0."""
     out = tmp_path / "gpu.json"
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--out", str(out)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "no CUDA GPU visible" in r.stdout and "--cpu-smoke" in r.stdout
     assert json.loads(out.read_text())["cuda"] is False

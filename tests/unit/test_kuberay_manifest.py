@@ -33,7 +33,8 @@ def _containers(group: dict) -> list[dict]:
 
 
 def test_is_a_raycluster_on_the_clients_ray_version(cluster):
-    """apiVersion ray.io/v1, kind RayCluster; rayVersion and every image name the installed Ray, which is the launcher's."""
+    """apiVersion ray.io/v1, kind RayCluster; rayVersion and every image name the installed Ray, which is
+    the launcher's."""
     assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
     assert ray.__version__ == RAY_VERSION
     assert cluster["spec"]["rayVersion"] == RAY_VERSION
@@ -78,4 +79,8 @@ def test_trial_drivers_stay_on_the_head(cluster):
     head = cluster["spec"]["headGroupSpec"]["rayStartParams"]
     assert head["num-cpus"] == "0"
     assert DRIVER_RESOURCE in json.loads(json.loads(head["resources"]))  # KubeRay's '"{...}"' quoting
-    assert not [g for g in cluster["spec"]["workerGroupSpecs"] if DRIVER_RESOURCE in g.get("rayStartParams", {}).get("resources", "")]
+    assert not [
+        g
+        for g in cluster["spec"]["workerGroupSpecs"]
+        if DRIVER_RESOURCE in g.get("rayStartParams", {}).get("resources", "")
+    ]

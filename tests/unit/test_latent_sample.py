@@ -26,7 +26,10 @@ T = torch.linspace(0, 1, 9)
 
 
 def test_slerp_starts_and_ends_at_its_inputs():
-    a, b = torch.randn(100, generator=torch.Generator().manual_seed(0)), torch.randn(100, generator=torch.Generator().manual_seed(1))
+    a, b = (
+        torch.randn(100, generator=torch.Generator().manual_seed(0)),
+        torch.randn(100, generator=torch.Generator().manual_seed(1)),
+    )
     path = slerp(a, b, T)
     assert path.shape == (9, 100)
     assert torch.allclose(path[0], a, atol=1e-6) and torch.allclose(path[-1], b, atol=1e-6)
@@ -53,7 +56,9 @@ def test_slerp_keeps_normal_latents_on_their_shell_where_a_straight_line_sinks()
     assert ((a + b) / 2).norm() < 0.85 * norms[4]  # the straight line's midpoint sinks inside the shell
 
 
-@pytest.mark.parametrize("b_of_a", [lambda a: 2 * a, lambda a: -a, lambda a: torch.zeros_like(a)], ids=["parallel", "opposite", "zero"])
+@pytest.mark.parametrize(
+    "b_of_a", [lambda a: 2 * a, lambda a: -a, lambda a: torch.zeros_like(a)], ids=["parallel", "opposite", "zero"]
+)
 def test_slerp_without_a_great_circle_is_a_finite_straight_line(b_of_a):
     a = torch.tensor([1.0, 2.0, -1.0])
     b = b_of_a(a)
@@ -102,7 +107,11 @@ def test_class_draws_the_requested_class(ganops_home, tmp_path):
     assert r.exit_code == 0 and Image.open("threes.png").size == (8 * 30 + 2, 8 * 30 + 2)  # an 8x8 grid
     # Without --class the classes run 0-9 along each row: 20 samples = 2 rows of 10.
     r, info = _run(run, "--n", "20", "--out", "all.png", "--json")
-    assert r.exit_code == 0 and info["classes"] == list(range(10)) and Image.open("all.png").size == (10 * 30 + 2, 2 * 30 + 2)
+    assert (
+        r.exit_code == 0
+        and info["classes"] == list(range(10))
+        and Image.open("all.png").size == (10 * 30 + 2, 2 * 30 + 2)
+    )
 
 
 def test_interpolate_writes_a_strip_whose_ends_are_the_two_seeds_samples(ganops_home, tmp_path):
@@ -128,7 +137,9 @@ def test_interpolate_unconditional_and_uniform_latents_stay_in_range(ganops_home
     from orchestrator.sample import interpolation_latents
 
     z = interpolation_latents(cfg, (0, 1), 10)
-    assert z.abs().max() <= 1 and torch.allclose(z[0], sample_latent(1, cfg, torch.Generator().manual_seed(0))[0], atol=1e-6)
+    assert z.abs().max() <= 1 and torch.allclose(
+        z[0], sample_latent(1, cfg, torch.Generator().manual_seed(0))[0], atol=1e-6
+    )
 
 
 @pytest.mark.parametrize(
@@ -141,7 +152,8 @@ def test_interpolate_unconditional_and_uniform_latents_stay_in_range(ganops_home
         ("cdcgan28", ["--interpolate", "a,b"], "give two latent seeds as A,B"),
         ("dcgan28", ["--device", "meta"], "ganops samples on cpu or cuda"),
         ("dcgan28", ["--device", "nonsense"], "not a torch device"),
-    ] + ([] if torch.cuda.is_available() else [("dcgan28", ["--device", "cuda"], "sees no CUDA GPU")]),
+    ]
+    + ([] if torch.cuda.is_available() else [("dcgan28", ["--device", "cuda"], "sees no CUDA GPU")]),
 )
 def test_bad_class_or_interpolation_exits_2_saying_what_to_do(ganops_home, tmp_path, model, args, message):
     run = _logged_generator(TrainerConfig(model=model, data="mnist", width=4, latent_dim=8), tmp_path)

@@ -44,7 +44,9 @@ def test_pins_leave_torch_to_the_node_and_pin_ray_with_its_extras():
 
 def test_unsatisfied_finds_a_missing_package_a_wrong_version_and_a_missing_extras_package(fake_dist):
     yaml_pin = f"pyyaml=={md.version('pyyaml')}"
-    assert unsatisfied([yaml_pin, f"ray[default,train,tune]=={RAY}", f"{fake_dist}==1.0", f"{fake_dist}[here]==1.0"]) == []
+    assert (
+        unsatisfied([yaml_pin, f"ray[default,train,tune]=={RAY}", f"{fake_dist}==1.0", f"{fake_dist}[here]==1.0"]) == []
+    )
     assert unsatisfied(["surely-not-installed-ganops-xyz==1.0", yaml_pin]) == ["surely-not-installed-ganops-xyz==1.0"]
     assert unsatisfied(["pyyaml==0.0.1"]) == ["pyyaml==0.0.1"]
     assert unsatisfied([f"{fake_dist}[gone]==1.0", f"{fake_dist}[here]==1.0"]) == [f"{fake_dist}[gone]==1.0"]
@@ -53,17 +55,35 @@ def test_unsatisfied_finds_a_missing_package_a_wrong_version_and_a_missing_extra
 
 def test_the_probe_command_answers_in_its_log():
     reqs = [f"ray[default,train,tune]=={RAY}", "surely-not-installed-ganops-xyz==1.0"]
-    out = subprocess.run(packaging.probe_command(reqs), shell=True, capture_output=True, text=True, timeout=120,
-                         cwd=packaging.Path(packaging.__file__).parents[1], executable="/bin/bash")
+    out = subprocess.run(
+        packaging.probe_command(reqs),
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=packaging.Path(packaging.__file__).parents[1],
+        executable="/bin/bash",
+    )
     assert out.returncode == 0, out.stderr
     info = parse_probe("(job supervisor) starting\n" + out.stdout + "bye\n")
-    assert info == {"unsatisfied": ["surely-not-installed-ganops-xyz==1.0"], "ray": RAY, "python": f"{sys.version_info[0]}.{sys.version_info[1]}"}
+    assert info == {
+        "unsatisfied": ["surely-not-installed-ganops-xyz==1.0"],
+        "ray": RAY,
+        "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
+    }
 
 
 def test_parse_probe_takes_the_last_answer_and_none_without_one():
-    log = 'noise\nGANOPS_PROBE {"unsatisfied": ["a==1"], "ray": "1", "python": "3.10"}\nGANOPS_PROBE {"unsatisfied": [], "ray": "2", "python": "3.11"}\ntail'
+    log = (
+        "noise\n"
+        'GANOPS_PROBE {"unsatisfied": ["a==1"], "ray": "1", "python": "3.10"}\n'
+        'GANOPS_PROBE {"unsatisfied": [], "ray": "2", "python": "3.11"}\n'
+        "tail"
+    )
     assert parse_probe(log) == {"unsatisfied": [], "ray": "2", "python": "3.11"}
-    assert parse_probe("Traceback (most recent call last):\n  ModuleNotFoundError: No module named 'packaging'\n") is None
+    assert (
+        parse_probe("Traceback (most recent call last):\n  ModuleNotFoundError: No module named 'packaging'\n") is None
+    )
 
 
 def test_wrong_ray_names_both_versions_and_is_none_when_they_match():
@@ -76,6 +96,14 @@ def test_wrong_ray_names_both_versions_and_is_none_when_they_match():
 
 
 def test_the_extras_a_spec_needs_on_the_cluster():
-    base = "name: x\ntrainer: {model: mlp2d, data: grid25, steps: 100, eval_every: 50}\nsearch:\n  lr_d: {choice: [1.0e-3, 2.0e-4]}\n"
+    base = (
+        "name: x\n"
+        "trainer: {model: mlp2d, data: grid25, steps: 100, eval_every: 50}\n"
+        "search:\n"
+        "  lr_d: {choice: [1.0e-3, 2.0e-4]}\n"
+    )
     assert extras_for(spec_from_text(base)) == []
-    assert extras_for(spec_from_text(base + "sweep: {search_alg: optuna}\nstorage: s3://bucket/ray\n")) == ["optuna", "s3"]
+    assert extras_for(spec_from_text(base + "sweep: {search_alg: optuna}\nstorage: s3://bucket/ray\n")) == [
+        "optuna",
+        "s3",
+    ]

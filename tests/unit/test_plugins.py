@@ -12,13 +12,13 @@ from orchestrator.tracking import _params
 from search_spaces.loader import load_spec
 from search_spaces.tune_space import trial_trainer_config
 from trainers.config import TrainerConfig
+from trainers.data import make_data
 from trainers.models import BuiltinGan, build_models, gan_for, sample_latent
 from trainers.step import build_optimizers, train_step
-from trainers.data import make_data
 
 runner = CliRunner()
 
-PLUGIN = '''
+PLUGIN = """
 import torch
 from pydantic import BaseModel, Field
 from torch import nn
@@ -31,8 +31,16 @@ class Tiny(GanPlugin):
 
     def build(self):
         c, h, w = self.cfg.image_shape
-        G = nn.Sequential(nn.Linear(self.cfg.latent_dim, self.params.hidden), nn.ReLU(), nn.Linear(self.params.hidden, c * h * w), nn.Tanh(), nn.Unflatten(1, (c, h, w)))
-        D = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, self.params.hidden), nn.LeakyReLU(0.2), nn.Linear(self.params.hidden, 1))
+        G = nn.Sequential(
+            nn.Linear(self.cfg.latent_dim, self.params.hidden),
+            nn.ReLU(),
+            nn.Linear(self.params.hidden, c * h * w),
+            nn.Tanh(),
+            nn.Unflatten(1, (c, h, w)),
+        )
+        D = nn.Sequential(
+            nn.Flatten(), nn.Linear(c * h * w, self.params.hidden), nn.LeakyReLU(0.2), nn.Linear(self.params.hidden, 1)
+        )
         return G, D
 
     def sample_latent(self, n, generator):
@@ -49,7 +57,7 @@ class NoBuild(GanPlugin):
 
 class NotAPlugin:
     pass
-'''
+"""
 
 
 def _write(folder, spec: str, plugin: str = PLUGIN):
@@ -103,14 +111,17 @@ def test_builtin_models_go_through_the_same_interface():
     assert isinstance(gan_for(cfg), BuiltinGan) and gan_for(cfg).d_loss(None, None, None, None, None, None) is None
 
 
-@pytest.mark.parametrize("model, words", [
-    ("no_such_module_xyz:Gan", "module 'no_such_module_xyz' not found"),
-    ("missing.py:Gan", "no file"),
-    ("tiny.py:Gann", "has no 'Gann'; its classes: NoBuild, NotAPlugin, Tiny"),
-    ("tiny.py:NotAPlugin", "the class NotAPlugin, not a GanPlugin"),
-    ("tiny.py:NoBuild", "does not define build()"),
-    ("unknown_name", "neither a built-in nor an installed plugin"),
-])
+@pytest.mark.parametrize(
+    "model, words",
+    [
+        ("no_such_module_xyz:Gan", "module 'no_such_module_xyz' not found"),
+        ("missing.py:Gan", "no file"),
+        ("tiny.py:Gann", "has no 'Gann'; its classes: NoBuild, NotAPlugin, Tiny"),
+        ("tiny.py:NotAPlugin", "the class NotAPlugin, not a GanPlugin"),
+        ("tiny.py:NoBuild", "does not define build()"),
+        ("unknown_name", "neither a built-in nor an installed plugin"),
+    ],
+)
 def test_a_broken_plugin_reference_exits_2_naming_the_line(tmp_path, model, words):
     """Module missing, file missing, class missing, not a GanPlugin, no build(), unknown entry
     point: `ganops validate` exits 2 with the spec's line and what to do, no traceback."""
@@ -126,12 +137,20 @@ def test_a_plugins_params_rejecting_a_value_exits_2(tmp_path):
     path = _write(tmp_path, "name: plug\ntrainer: {model: tiny.py:Tiny, data: mnist, hidden: 2}\n")
     r = runner.invoke(app, ["validate", str(path)])
     assert r.exit_code == 2 and "rejects its params (hidden:" in " ".join(r.output.split()), r.output
-    path = _write(tmp_path, "name: plug\ntrainer: {model: tiny.py:Tiny, data: mnist}\nsearch:\n  hidden: {choice: [8, 1000]}\n")
+    path = _write(
+        tmp_path, "name: plug\ntrainer: {model: tiny.py:Tiny, data: mnist}\nsearch:\n  hidden: {choice: [8, 1000]}\n"
+    )
     r = runner.invoke(app, ["validate", str(path)])
     assert r.exit_code == 2 and "search.hidden.choice: value 1000" in " ".join(r.output.split()), r.output
-    path = _write(tmp_path, "name: plug\ntrainer: {model: tiny.py:Tiny, data: mnist}\nsearch:\n  hiden: {choice: [8]}\n")
+    path = _write(
+        tmp_path, "name: plug\ntrainer: {model: tiny.py:Tiny, data: mnist}\nsearch:\n  hiden: {choice: [8]}\n"
+    )
     r = runner.invoke(app, ["validate", str(path)])
-    assert r.exit_code == 2 and "search.hiden: not a trainer setting" in " ".join(r.output.split()) and "hidden" in r.output
+    assert (
+        r.exit_code == 2
+        and "search.hiden: not a trainer setting" in " ".join(r.output.split())
+        and "hidden" in r.output
+    )
 
 
 def test_a_builtin_model_refuses_plugin_keys(tmp_path):

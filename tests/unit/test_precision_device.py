@@ -87,7 +87,9 @@ def test_fp16_scalers_travel_in_the_checkpoint(tmp_path):
 
 def test_placement_report_names_what_is_off_the_device():
     """The placement report lists every group not on the expected device (here: a meta tensor)."""
-    report = placement.placement(torch.device("cpu"), parameters=[torch.zeros(2)], batches=[torch.empty(1, device="meta")], eval_features=["cpu"])
+    report = placement.placement(
+        torch.device("cpu"), parameters=[torch.zeros(2)], batches=[torch.empty(1, device="meta")], eval_features=["cpu"]
+    )
     assert report["off_device"] == ["batches"] and report["groups"]["parameters"] == ["cpu"]
     assert placement.telemetry(torch.device("cpu")) == {}
 
@@ -108,21 +110,31 @@ def test_schedulable_gpu_amounts_validate(gpus):
     assert Resources(gpus_per_worker=gpus).gpus_per_worker == gpus
 
 
-@pytest.mark.parametrize("kw, words", [
-    (dict(gpus_per_worker=1.5), "must be whole"),
-    (dict(gpus_per_worker=0.00001), "steps of 0.0001"),
-    (dict(gpus_per_worker=0.5, workers_per_trial=2), "NCCL"),
-])
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        (dict(gpus_per_worker=1.5), "must be whole"),
+        (dict(gpus_per_worker=0.00001), "steps of 0.0001"),
+        (dict(gpus_per_worker=0.5, workers_per_trial=2), "NCCL"),
+    ],
+)
 def test_unschedulable_gpu_amounts_are_refused_with_the_reason(kw, words):
-    """What Ray cannot schedule (1.5 GPUs, 1e-5 GPU) or NCCL cannot run (two ranks sharing a GPU) is refused, saying why."""
+    """What Ray cannot schedule (1.5 GPUs, 1e-5 GPU) or NCCL cannot run (two ranks sharing a GPU) is
+    refused, saying why."""
     with pytest.raises(ValueError, match=words):
         Resources(**kw)
 
 
 # ---- a sweep whose workers run on other machines needs stores every node reaches -------------
 
+
 def _node(nid, ip, cpu=2.0, gpu=0.0):
-    return {"NodeID": nid, "NodeManagerAddress": ip, "Alive": True, "Resources": {"CPU": cpu, **({"GPU": gpu} if gpu else {})}}
+    return {
+        "NodeID": nid,
+        "NodeManagerAddress": ip,
+        "Alive": True,
+        "Resources": {"CPU": cpu, **({"GPU": gpu} if gpu else {})},
+    }
 
 
 def test_workers_elsewhere_sees_other_machines_and_a_head_without_cpus():
@@ -134,7 +146,9 @@ def test_workers_elsewhere_sees_other_machines_and_a_head_without_cpus():
 
     spec = spec_from_text("name: x\ntrainer: {model: mlp2d, data: grid25}\n")
     assert workers_elsewhere(spec, [_node("a", "127.0.0.1"), _node("b", "127.0.0.1")], "a") is None
-    assert "1 other machine (10.0.0.7)" in workers_elsewhere(spec, [_node("a", "10.0.0.5"), _node("b", "10.0.0.7")], "a")
+    assert "1 other machine (10.0.0.7)" in workers_elsewhere(
+        spec, [_node("a", "10.0.0.5"), _node("b", "10.0.0.7")], "a"
+    )
     assert "autoscaler" in workers_elsewhere(spec, [_node("a", "10.0.0.5", cpu=0)], "a")
     # a CPU-less head with worker nodes on the same machine (tests' multi-node Ray): all here
     assert workers_elsewhere(spec, [_node("a", "127.0.0.1", cpu=0), _node("b", "127.0.0.1")], "a") is None
@@ -147,7 +161,10 @@ def test_local_stores_are_refused_when_workers_run_elsewhere(monkeypatch):
     both and what to set; a server plus s3:// passes, and GANOPS_SHARED_FS=1 vouches for a shared mount."""
     from orchestrator.sweep import SweepError, check_shared
 
-    with pytest.raises(SweepError, match=r"tracking store sqlite:///h/mlflow.db and the storage /h/ray are on this machine's disk.*s3://"):
+    with pytest.raises(
+        SweepError,
+        match=r"tracking store sqlite:///h/mlflow.db and the storage /h/ray are on this machine's disk.*s3://",
+    ):
         check_shared("2 other machines", "sqlite:///h/mlflow.db", "/h/ray")
     check_shared("2 other machines", "http://mlflow:5000", "s3://bucket/runs")
     check_shared(None, "sqlite:///h/mlflow.db", "/h/ray")

@@ -43,7 +43,11 @@ def test_a_planted_link_or_a_path_too_long_for_rays_sockets_gets_a_fresh_private
     monkeypatch.setenv("RAY_TMPDIR", str(short_tmp))
     for _ in range(2):
         ray_dir = Path(private_temp_dir())
-        assert elsewhere not in ray_dir.parents and ray_dir.parent.name.startswith("ganops-ray-") and _mode(ray_dir.parent) == 0o700
+        assert (
+            elsewhere not in ray_dir.parents
+            and ray_dir.parent.name.startswith("ganops-ray-")
+            and _mode(ray_dir.parent) == 0o700
+        )
         assert len(str(ray_dir / "session_2026-12-01_18-35-29_123456_12345/sockets/plasma_store")) <= 107
         os.rmdir(ray_dir.parent)
         monkeypatch.setenv("RAY_TMPDIR", str(short_tmp / ("x" * 60)))

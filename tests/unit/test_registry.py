@@ -29,7 +29,9 @@ def test_registered_model_is_named_after_the_spec():
     assert registered_name("dcgan-mnist") == "ganops-dcgan-mnist"
 
 
-@pytest.mark.parametrize("uri, says", [("models:/ganops-x", "not a model URI"), ("models:/ganops-nothing/1", "no registered model version")])
+@pytest.mark.parametrize(
+    "uri, says", [("models:/ganops-x", "not a model URI"), ("models:/ganops-nothing/1", "no registered model version")]
+)
 def test_sample_of_a_bad_or_unknown_model_uri_exits_2(ganops_home, uri, says):
     """`ganops sample models:/...` that names nothing: exit 2 and what to pass instead."""
     r = CliRunner().invoke(app, ["sample", uri, "--out", "x.png"])

@@ -39,7 +39,9 @@ def _parent(sweep_id: str, storage: str, spec=SPEC) -> str:
     uri = tracking.resolve_tracking_uri(None)
     client = MlflowClient(uri)
     exp = tracking.ensure_experiment(client, "trust", uri)
-    return tracking.start_sweep_run(client, exp, sweep_id, spec.model_dump(mode="json"), spec.spec_hash, None, None, "mix_score", "max", storage)
+    return tracking.start_sweep_run(
+        client, exp, sweep_id, spec.model_dump(mode="json"), spec.spec_hash, None, None, "mix_score", "max", storage
+    )
 
 
 def _resume(*args):
@@ -48,7 +50,8 @@ def _resume(*args):
 
 
 def test_a_storage_tag_pointing_elsewhere_is_refused_before_anything_is_read(ganops_home, tmp_path):
-    """The tag says storage /evil: resume reads only GANOPS_HOME/ray, says so, exits 2; the planted pickle never runs."""
+    """The tag says storage /evil: resume reads only GANOPS_HOME/ray, says so, exits 2; the planted pickle
+    never runs."""
     marker = tmp_path / "pwned"
     _plant(tmp_path / "evil" / "s1", marker)
     _parent("s1", str(tmp_path / "evil"))

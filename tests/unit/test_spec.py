@@ -96,7 +96,11 @@ def test_python_tags_are_refused():
 
 def test_aliases_are_refused():
     """No anchors/aliases, so no billion-laughs expansion."""
-    text = "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n"
+    text = (
+        "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+        "b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+        "c: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n"
+    )
     assert "aliases" in issues(text)[0].message
 
 
@@ -115,7 +119,9 @@ def test_missing_name_is_required():
 
 def test_overrides_apply_and_are_validated():
     """--set values are parsed as YAML and validated like the file."""
-    spec = spec_from_text(GOOD, overrides=["trainer.steps=7", "sweep.num_samples=3", "search.lr_g.loguniform=[1e-4, 2e-4]"])
+    spec = spec_from_text(
+        GOOD, overrides=["trainer.steps=7", "sweep.num_samples=3", "search.lr_g.loguniform=[1e-4, 2e-4]"]
+    )
     assert spec.trainer.steps == 7 and spec.sweep.num_samples == 3 and spec.search["lr_g"].loguniform == (1e-4, 2e-4)
     assert "must look like" in issues(GOOD, ["trainer.steps"])[0].message
     assert "not a section" in issues(GOOD, ["name.x=1"])[0].message
@@ -133,7 +139,12 @@ def test_trial_config_merges_sampled_values_and_casts_q_ints():
     """A trial's config is the fixed settings plus the sampled ones, validated."""
     spec = spec_from_text("name: t\nsearch:\n  width: {quniform: [8, 32, 8]}\n  lr_g: {uniform: [0.001, 0.002]}\n")
     cfg = trial_trainer_config(spec, {"width": 16.0, "lr_g": 0.0015})
-    assert cfg["width"] == 16 and isinstance(cfg["width"], int) and cfg["lr_g"] == 0.0015 and cfg["steps"] == spec.trainer.steps
+    assert (
+        cfg["width"] == 16
+        and isinstance(cfg["width"], int)
+        and cfg["lr_g"] == 0.0015
+        and cfg["steps"] == spec.trainer.steps
+    )
 
 
 def test_missing_file_and_non_utf8(tmp_path):
@@ -165,18 +176,24 @@ def test_pbt_mutates_the_searched_settings_a_running_trial_can_change():
     assert spec.pbt_mutations == ["lr_g", "dg_ratio"]  # width would need new networks
 
 
-@pytest.mark.parametrize("extra,message", [
-    ("sweep: {scheduler: pbt, search_alg: optuna}", "PBT samples its initial population itself"),
-    ("sweep: {scheduler: pbt, pbt: {mutate: [width]}}", "'width' cannot change inside a running trial"),
-    ("sweep: {scheduler: pbt, pbt: {mutate: [lr_d]}}", "'lr_d' is not searched"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        ("sweep: {scheduler: pbt, search_alg: optuna}", "PBT samples its initial population itself"),
+        ("sweep: {scheduler: pbt, pbt: {mutate: [width]}}", "'width' cannot change inside a running trial"),
+        ("sweep: {scheduler: pbt, pbt: {mutate: [lr_d]}}", "'lr_d' is not searched"),
+    ],
+)
 def test_pbt_settings_that_cannot_work_are_refused(extra, message):
     (i,) = issues(GOOD + extra + "\n")
     assert message in i.message
 
 
 def test_pbt_needs_a_mutable_searched_setting():
-    (i,) = issues("name: t\ntrainer: {model: mlp2d, data: grid25}\nsearch:\n  width: {choice: [64, 128]}\nsweep: {scheduler: pbt}\n")
+    (i,) = issues(
+        "name: t\ntrainer: {model: mlp2d, data: grid25}\nsearch:\n  width: {choice: [64, 128]}\nsweep: {scheduler: "
+        "pbt}\n"
+    )
     assert "at least one searched setting it can mutate" in i.message
 
 
@@ -234,7 +251,9 @@ def test_spec_with_the_training_knobs_validates_and_searches_the_loss():
     assert set(space) == {"loss", "clip_grad_norm", "ema", "lr_decay", "label_flip"}
     assert sorted(space["loss"].categories) == ["hinge", "minimax", "nonsaturating", "wgan-gp"]
     for loss in ("hinge", "minimax"):
-        cfg = trial_trainer_config(spec, {"loss": loss, "clip_grad_norm": None, "ema": None, "lr_decay": "exponential", "label_flip": 0.1})
+        cfg = trial_trainer_config(
+            spec, {"loss": loss, "clip_grad_norm": None, "ema": None, "lr_decay": "exponential", "label_flip": 0.1}
+        )
         assert (cfg["loss"], cfg["clip_grad_norm"], cfg["ema"]) == (loss, None, None)
 
 
@@ -271,7 +290,14 @@ sweep:
 def test_every_problem_is_reported_in_one_run():
     """Field errors, misspellings and the cross-field checks they would have hidden all come at once, by line."""
     got = [(i.path, i.line) for i in issues(MANY)]
-    assert got == [("trainer.lr_g", 3), ("trainer.stpes", 4), ("search.lr_x", 6), ("search.lr_d", 7), ("sweep.metric", 9), ("sweep.num_sampels", 10)]
+    assert got == [
+        ("trainer.lr_g", 3),
+        ("trainer.stpes", 4),
+        ("search.lr_x", 6),
+        ("search.lr_d", 7),
+        ("sweep.metric", 9),
+        ("sweep.num_sampels", 10),
+    ]
 
 
 def test_gathering_invents_no_problem_from_a_dropped_value():
@@ -280,13 +306,16 @@ def test_gathering_invents_no_problem_from_a_dropped_value():
     assert i.path == "trainer.modle" and "did you mean 'model'?" in i.message
 
 
-@pytest.mark.parametrize("text, where, near", [
-    ("name: t\ntrainer:\n  lr_gg: 0.1\n", "trainer.lr_gg", "lr_g"),
-    ("name: t\nstopping:\n  d_overpowers: {patiense: 2}\n", "stopping.d_overpowers.patiense", "patience"),
-    ("name: t\nsearch:\n  lr_d: {loguniformm: [1.0e-4, 1.0e-3]}\n", "search.lr_d.loguniformm", "loguniform"),
-    ("name: t\nsweeps: {num_samples: 2}\n", "sweeps", "sweep"),
-    ("name: t\nsearch:\n  lr_gg: {choice: [0.001]}\n", "search.lr_gg", "lr_g"),
-])
+@pytest.mark.parametrize(
+    "text, where, near",
+    [
+        ("name: t\ntrainer:\n  lr_gg: 0.1\n", "trainer.lr_gg", "lr_g"),
+        ("name: t\nstopping:\n  d_overpowers: {patiense: 2}\n", "stopping.d_overpowers.patiense", "patience"),
+        ("name: t\nsearch:\n  lr_d: {loguniformm: [1.0e-4, 1.0e-3]}\n", "search.lr_d.loguniformm", "loguniform"),
+        ("name: t\nsweeps: {num_samples: 2}\n", "sweeps", "sweep"),
+        ("name: t\nsearch:\n  lr_gg: {choice: [0.001]}\n", "search.lr_gg", "lr_g"),
+    ],
+)
 def test_a_misspelt_key_gets_the_nearest_valid_key(text, where, near):
     """difflib's nearest field name at that path, in any section (search keys: the trainer's settings)."""
     (i,) = issues(text)
@@ -299,12 +328,16 @@ def test_an_unknown_key_with_no_near_name_lists_the_keys_there():
 
 
 def test_a_bad_set_value_is_blamed_on_the_flag_not_a_line():
-    """`--set trainer.lr_g=abc` names the flag; a bad value in the file still names its line; bad flags all come at once."""
+    """`--set trainer.lr_g=abc` names the flag; a bad value in the file still names its line; bad flags
+    all come at once."""
     with pytest.raises(SpecError) as e:
         spec_from_text(GOOD, "s.yaml", ["trainer.lr_g=abc", "trainer.steps", "trainer.steps.x=1"])
     text = e.value.render()
     assert "--set trainer.lr_g=abc: Input should be a valid number" in text and "s.yaml:" not in text
-    assert "--set trainer.steps: must look like key.path=value" in text and "--set trainer.steps.x=1: trainer.steps: is a value, not a section" in text
+    assert (
+        "--set trainer.steps: must look like key.path=value" in text
+        and "--set trainer.steps.x=1: trainer.steps: is a value, not a section" in text
+    )
     (i,) = issues("name: t\ntrainer:\n  lr_g: abc\n", ["trainer.steps=20"])
     assert (i.line, i.flag) == (3, None)
 
@@ -359,5 +392,13 @@ def test_validate_cli_reports_warnings_and_every_error(tmp_path):
     r = runner.invoke(app, ["validate", str(p), "--json", "--set", "trainer.beta1=abc"])
     out = json.loads(r.stdout)
     assert r.exit_code == 2 and not out["valid"] and len(out["errors"]) == 7
-    assert {"path": "trainer.beta1", "line": None, "flag": "trainer.beta1=abc", "message": out["errors"][0]["message"]} == out["errors"][0]
-    assert "--set trainer.beta1=abc:" in r.stderr and f"{p}:10 sweep.num_sampels: unknown key; did you mean 'num_samples'?" in r.stderr
+    assert {
+        "path": "trainer.beta1",
+        "line": None,
+        "flag": "trainer.beta1=abc",
+        "message": out["errors"][0]["message"],
+    } == out["errors"][0]
+    assert (
+        "--set trainer.beta1=abc:" in r.stderr
+        and f"{p}:10 sweep.num_sampels: unknown key; did you mean 'num_samples'?" in r.stderr
+    )

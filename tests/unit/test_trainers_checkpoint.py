@@ -20,7 +20,16 @@ from trainers.step import build_optimizers, train_step
         TrainerConfig(model="dcgan28", data="mnist", width=4, latent_dim=8, batch_size=8),
         TrainerConfig(model="mlp2d", data="ring8", width=16, latent_dim=4, batch_size=32, dg_ratio="2:1"),
         # D's dropout draws from torch's global RNG; stacked MNIST from the step's generator
-        TrainerConfig(model="dcgan28_upsample", data="stacked_mnist", width=4, latent_dim=8, batch_size=8, dropout=0.3, norm="instance", output="sigmoid"),
+        TrainerConfig(
+            model="dcgan28_upsample",
+            data="stacked_mnist",
+            width=4,
+            latent_dim=8,
+            batch_size=8,
+            dropout=0.3,
+            norm="instance",
+            output="sigmoid",
+        ),
     ],
     ids=["dcgan28", "mlp2d", "upsample-stacked-dropout"],
 )
@@ -79,7 +88,6 @@ def test_pbt_exploit_adopts_the_donors_networks_and_optimizers_with_the_explored
     loaded, the explored settings go into the optimizers, the trial's own RNG is untouched;
     a donor checkpoint that is gone leaves the trial as it was."""
     from trainers.loop import CHECKPOINT_FILE, _exploit
-
 
     cfg = TrainerConfig(model="mlp2d", data="grid25", width=16, latent_dim=4, batch_size=32, lr_d=1e-3)
     torch.manual_seed(1)

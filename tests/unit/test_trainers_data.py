@@ -102,7 +102,14 @@ def test_missing_or_empty_image_folder_fails_ganops_validate_with_exit_2(tmp_pat
     """`ganops validate` (a real subprocess) exits 2 naming trainer.data_dir and the folder, before anything runs."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     missing = _spec(tmp_path, f"  data: image_folder\n  data_dir: {tmp_path / 'nope'}")
-    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "validate", str(missing)], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "validate", str(missing)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 2, r.stderr
     assert "trainer.data_dir" in r.stderr and "does not exist" in r.stderr and "Traceback" not in r.stderr
     (tmp_path / "empty").mkdir()
@@ -113,7 +120,9 @@ def test_missing_or_empty_image_folder_fails_ganops_validate_with_exit_2(tmp_pat
     assert spec.metric == "pixel_hist" and "fid" not in spec.metric_table
 
 
-@pytest.mark.skipif(__import__("importlib").util.find_spec("torchvision") is not None, reason="torchvision is installed here")
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("torchvision") is not None, reason="torchvision is installed here"
+)
 def test_torchvision_data_without_torchvision_says_how_to_install_and_place_the_files(tmp_path):
     """No torchvision: the spec is refused, saying to install the extra and copy the files (no download here)."""
     problem = torchvision_problem("CIFAR10", str(tmp_path))
@@ -125,10 +134,13 @@ def test_torchvision_data_without_torchvision_says_how_to_install_and_place_the_
 
 
 @pytest.mark.parametrize("data,output", [("stacked_mnist", "tanh"), ("image_folder", "sigmoid")])
-def test_evaluation_without_a_classifier_reports_pixel_hist_and_an_rgb_grid(data, output, tmp_path, monkeypatch, feature_cache):
+def test_evaluation_without_a_classifier_reports_pixel_hist_and_an_rgb_grid(
+    data, output, tmp_path, monkeypatch, feature_cache
+):
     """Images the MNIST classifier cannot score as a whole: pixel_hist and a (H, W, 3) grid, no FID; sigmoid G's
     outputs are mapped to [-1, 1] first (a perfect 'G' that returns real data scores ~0)."""
-    monkeypatch.setenv("GANOPS_CACHE", str(feature_cache))  # stacked_mnist scores each channel with the cached classifier
+    # stacked_mnist scores each channel with the cached classifier
+    monkeypatch.setenv("GANOPS_CACHE", str(feature_cache))
     kw = {}
     if data == "image_folder":
         _write_pngs(tmp_path / "imgs", [(28, 28)] * 4)
@@ -137,7 +149,10 @@ def test_evaluation_without_a_classifier_reports_pixel_hist_and_an_rgb_grid(data
     G, _ = build_models(cfg)
     scores, grid = Evaluator(cfg).evaluate(G, fixed_noise(cfg))
     # stacked_mnist also has its own scores (the classifier per channel): modes of 1,000 and KL
-    assert set(scores) == ({"pixel_hist", "modes", "kl"} if data == "stacked_mnist" else {"pixel_hist"}) and 0 <= scores["pixel_hist"] <= 2
+    assert (
+        set(scores) == ({"pixel_hist", "modes", "kl"} if data == "stacked_mnist" else {"pixel_hist"})
+        and 0 <= scores["pixel_hist"] <= 2
+    )
     assert grid.shape == (8 * 30 + 2, 8 * 30 + 2, 3) and grid.dtype == np.uint8
     if data == "image_folder":
         real = make_data(cfg).sample(64, torch.Generator())  # in [0, 1]: G's range

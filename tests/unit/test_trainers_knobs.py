@@ -329,9 +329,37 @@ def test_no_ema_by_default():
 # ---- checkpoints ----------------------------------------------------------------------------
 
 ALL_KNOBS = [
-    _knobs(loss="nonsaturating", soft_labels=True, label_flip=0.1, clip_grad_norm=0.5, lr_decay="linear", lr_decay_final=0.2, ema=0.99, steps=8, dg_ratio="2:1"),
-    TINY_DCGAN.model_copy(update={"loss": "wgan-gp", "gp_lambda": 5.0, "clip_grad_norm": 5.0, "lr_decay": "exponential", "ema": 0.9, "steps": 8, "dg_ratio": "3:1"}),
-    _knobs(loss="hinge", clip_grad_norm=1.0, lr_decay="exponential", lr_decay_final=0.5, ema=0.999, steps=8, latent_dist="uniform"),
+    _knobs(
+        loss="nonsaturating",
+        soft_labels=True,
+        label_flip=0.1,
+        clip_grad_norm=0.5,
+        lr_decay="linear",
+        lr_decay_final=0.2,
+        ema=0.99,
+        steps=8,
+        dg_ratio="2:1",
+    ),
+    TINY_DCGAN.model_copy(
+        update={
+            "loss": "wgan-gp",
+            "gp_lambda": 5.0,
+            "clip_grad_norm": 5.0,
+            "lr_decay": "exponential",
+            "ema": 0.9,
+            "steps": 8,
+            "dg_ratio": "3:1",
+        }
+    ),
+    _knobs(
+        loss="hinge",
+        clip_grad_norm=1.0,
+        lr_decay="exponential",
+        lr_decay_final=0.5,
+        ema=0.999,
+        steps=8,
+        latent_dist="uniform",
+    ),
 ]
 
 

@@ -57,7 +57,13 @@ def test_near_pct_counts_samples_within_a_quarter_spacing_and_is_near_chance_for
 def test_samples_all_at_one_mean_score_one_mode_and_reverse_kl_log_k():
     """Total collapse onto one mean: 1 mode, 100% HQ, reverse KL = log K."""
     s = mixture_scores(mixture_means("grid25")[7].repeat(2500, 1), "grid25")
-    assert s == {"modes": 1, "hq_pct": 100.0, "reverse_kl": pytest.approx(math.log(25)), "eff_modes": pytest.approx(1.0), "near_pct": 100.0}
+    assert s == {
+        "modes": 1,
+        "hq_pct": 100.0,
+        "reverse_kl": pytest.approx(math.log(25)),
+        "eff_modes": pytest.approx(1.0),
+        "near_pct": 100.0,
+    }
 
 
 def test_low_quality_samples_count_for_kl_but_not_for_modes():
@@ -299,14 +305,28 @@ def test_evaluator_reports_the_new_image_scores_beside_the_old(feature_cache):
     G, _ = build_models(cfg)
     ev = Evaluator(cfg, cache_dir=feature_cache)
     scores, picture = ev.evaluate(G, sample_latent(16, cfg, torch.Generator().manual_seed(0)))
-    assert set(scores) == {"fid", "class_coverage", "class_kl", "pixel_hist", "kid", "inception_score",
-                           "precision", "recall", "density", "coverage", "diversity"}
+    assert set(scores) == {
+        "fid",
+        "class_coverage",
+        "class_kl",
+        "pixel_hist",
+        "kid",
+        "inception_score",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+        "diversity",
+    }
     assert all(math.isfinite(v) for v in scores.values())
     assert 1.0 <= scores["inception_score"] <= 10.0 and scores["kid"] > 0
     assert picture.dtype == np.uint8
 
 
-@pytest.mark.parametrize("metric,mode", [("kid", "min"), ("inception_score", "max"), ("precision", "max"), ("recall", "max"), ("coverage", "max")])
+@pytest.mark.parametrize(
+    "metric,mode",
+    [("kid", "min"), ("inception_score", "max"), ("precision", "max"), ("recall", "max"), ("coverage", "max")],
+)
 def test_new_image_scores_can_be_a_sweep_metric(metric, mode):
     from orchestrator.api import load_spec
 

@@ -171,8 +171,11 @@ def test_image_folder_sized_architectures_build_and_train(model, size, tmp_path,
 
 
 def test_dcgan64_is_radfords_layout():
-    """pytorch/examples dcgan: G from a 1x1 map through 5 k4 transposed convs; D 4 k4 s2 convs, BN on all but the first."""
-    G, D = build_models(TrainerConfig(model="dcgan64", data="image_folder", data_dir="/nowhere", image_size=64, width=8))
+    """pytorch/examples dcgan: G from a 1x1 map through 5 k4 transposed convs; D 4 k4 s2 convs, BN on all
+    but the first."""
+    G, D = build_models(
+        TrainerConfig(model="dcgan64", data="image_folder", data_dir="/nowhere", image_size=64, width=8)
+    )
     convs = [m for m in G.modules() if isinstance(m, nn.ConvTranspose2d)]
     assert [m.out_channels for m in convs] == [64, 32, 16, 8, 3] and all(m.kernel_size == (4, 4) for m in convs)
     d_convs = [m for m in D.net if isinstance(m, nn.Conv2d)]
@@ -183,8 +186,16 @@ def test_dcgan64_is_radfords_layout():
 def test_fc_has_the_published_layer_sizes():
     """D 784-500-200-1, G 100-200-500-784 on 28x28x1."""
     G, D = build_models(TrainerConfig(model="fc", data="mnist", latent_dim=100))
-    assert [(m.in_features, m.out_features) for m in G.modules() if isinstance(m, nn.Linear)] == [(100, 200), (200, 500), (500, 784)]
-    assert [(m.in_features, m.out_features) for m in D.modules() if isinstance(m, nn.Linear)] == [(784, 500), (500, 200), (200, 1)]
+    assert [(m.in_features, m.out_features) for m in G.modules() if isinstance(m, nn.Linear)] == [
+        (100, 200),
+        (200, 500),
+        (500, 784),
+    ]
+    assert [(m.in_features, m.out_features) for m in D.modules() if isinstance(m, nn.Linear)] == [
+        (784, 500),
+        (500, 200),
+        (200, 1),
+    ]
 
 
 def test_dcgan28_default_weights_outputs_and_first_step_are_unchanged_by_the_package_split():
@@ -218,11 +229,16 @@ def test_dcgan28_default_weights_outputs_and_first_step_are_unchanged_by_the_pac
 
 @pytest.mark.parametrize("model", ["dcgan28", "dcgan28_upsample", "fc"])
 def test_norm_instance_and_none_replace_batchnorm_and_d_first_layer_stays_unnormalised(model):
-    """norm: instance -> InstanceNorm2d (fc: LayerNorm), none -> no norm layer at all; D's first layer is never normalised."""
+    """norm: instance -> InstanceNorm2d (fc: LayerNorm), none -> no norm layer at all; D's first layer is
+    never normalised."""
     kinds = {}
     for norm in ("batch", "instance", "none"):
         G, D = build_models(_small(model, "mnist", norm=norm))
-        kinds[norm] = {type(m) for m in [*G.modules(), *D.modules()] if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.LayerNorm))}
+        kinds[norm] = {
+            type(m)
+            for m in [*G.modules(), *D.modules()]
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.LayerNorm))
+        }
         layers = list(D.net)
         first = next(i for i, m in enumerate(layers) if isinstance(m, (nn.Conv2d, nn.Linear)))
         assert isinstance(layers[first + 1], nn.LeakyReLU)
@@ -262,7 +278,9 @@ def test_sigmoid_output_lies_in_0_1_with_real_data_in_0_1_and_metrics_see_minus1
     real = make_data(cfg).sample(256, torch.Generator().manual_seed(0))
     assert real.min() == 0 and real.max() == 1
     assert to_tanh_range(real, cfg).min() == -1 and to_tanh_range(real, cfg).max() == 1
-    assert torch.equal(make_data(_small("dcgan28", "mnist")).sample(256, torch.Generator().manual_seed(0)), to_tanh_range(real, cfg))
+    assert torch.equal(
+        make_data(_small("dcgan28", "mnist")).sample(256, torch.Generator().manual_seed(0)), to_tanh_range(real, cfg)
+    )
 
 
 def test_ngf_and_ndf_override_width_per_network():
@@ -272,15 +290,18 @@ def test_ngf_and_ndf_override_width_per_network():
     assert list(D.net)[0].out_channels == 6
 
 
-@pytest.mark.parametrize("kw,needle", [
-    ({"model": "dcgan32", "data": "mnist"}, "use model: dcgan28, dcgan28_upsample, fc"),
-    ({"model": "dcgan64", "data": "image_folder", "data_dir": "x", "image_size": 32}, "or image_size: 64"),
-    ({"model": "dcgan28", "data": "grid25"}, "use data: mnist"),
-    ({"model": "mlp2d", "data": "grid25", "norm": "none"}, "has no norm"),
-    ({"model": "dcgan28", "data": "mnist", "image_size": 32}, "is 1x28x28"),
-    ({"model": "dcgan28", "data": "image_folder"}, "needs trainer.data_dir"),
-    ({"model": "dcgan28", "data": "torchvision:Nope", "data_dir": "x"}, "torchvision:CIFAR10"),
-])
+@pytest.mark.parametrize(
+    "kw,needle",
+    [
+        ({"model": "dcgan32", "data": "mnist"}, "use model: dcgan28, dcgan28_upsample, fc"),
+        ({"model": "dcgan64", "data": "image_folder", "data_dir": "x", "image_size": 32}, "or image_size: 64"),
+        ({"model": "dcgan28", "data": "grid25"}, "use data: mnist"),
+        ({"model": "mlp2d", "data": "grid25", "norm": "none"}, "has no norm"),
+        ({"model": "dcgan28", "data": "mnist", "image_size": 32}, "is 1x28x28"),
+        ({"model": "dcgan28", "data": "image_folder"}, "needs trainer.data_dir"),
+        ({"model": "dcgan28", "data": "torchvision:Nope", "data_dir": "x"}, "torchvision:CIFAR10"),
+    ],
+)
 def test_a_model_that_cannot_make_the_datas_size_is_refused_saying_what_fits(kw, needle):
     """The config names which model / data / size would fit."""
     with pytest.raises(ValidationError) as e:

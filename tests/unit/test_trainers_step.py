@@ -147,7 +147,9 @@ def test_step_and_models_import_with_ray_mlflow_and_boto3_blocked():
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize("name,cls", [("adam", torch.optim.Adam), ("rmsprop", torch.optim.RMSprop), ("sgd", torch.optim.SGD)])
+@pytest.mark.parametrize(
+    "name,cls", [("adam", torch.optim.Adam), ("rmsprop", torch.optim.RMSprop), ("sgd", torch.optim.SGD)]
+)
 def test_each_network_gets_the_optimizer_and_learning_rate_the_config_names(name, cls):
     """optimizer_g / optimizer_d pick the optimizer per network; lr_g / lr_d and momentum reach it."""
     cfg = TINY_MLP.model_copy(update={"optimizer_d": name, "lr_d": 3e-3, "lr_g": 7e-4, "momentum": 0.5})
@@ -165,7 +167,17 @@ def test_a_non_finite_loss_raises_a_typed_error_before_any_step():
     iteration, and neither network is stepped on it. (SGD at lr 1.0 used to get there within
     200 iterations on one machine; on another its D saturates at a finite loss: numerics differ
     by CPU, so the blow-up is set directly.)"""
-    cfg = TrainerConfig(model="dcgan28", data="mnist", width=16, batch_size=64, optimizer_d="sgd", optimizer_g="sgd", lr_d=1.0, lr_g=1.0, momentum=0.9)
+    cfg = TrainerConfig(
+        model="dcgan28",
+        data="mnist",
+        width=16,
+        batch_size=64,
+        optimizer_d="sgd",
+        optimizer_g="sgd",
+        lr_d=1.0,
+        lr_g=1.0,
+        momentum=0.9,
+    )
     torch.manual_seed(0)
     G, D, og, od, data, g = _setup(cfg)
     with torch.no_grad():
