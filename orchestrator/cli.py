@@ -19,7 +19,12 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-for _k, _v in {"MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
+for _k, _v in {
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}.items():
     os.environ.setdefault(_k, _v)  # before mlflow / ray are imported: no chatter, no phoning home
 
 import typer  # noqa: E402
@@ -31,7 +36,12 @@ from orchestrator.cluster_cli import cluster_app  # noqa: E402
 
 # Nothing heavy at module level: `ganops --help` must answer in 0.3 s, so ray, mlflow, torch and
 # pandas (each 0.5-3 s to import) are imported inside the commands that use them.
-app = typer.Typer(help="Find a GAN that trains well: Ray Tune sweeps of PyTorch GANs, tracked in MLflow.", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True)
+app = typer.Typer(
+    help="Find a GAN that trains well: Ray Tune sweeps of PyTorch GANs, tracked in MLflow.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=True,
+)
 app.add_typer(cluster_app, name="cluster")
 job_app = typer.Typer(help="Sweeps on a Ray cluster as Ray jobs: submit, status, logs, cancel.", no_args_is_help=True)
 app.add_typer(job_app, name="job")
@@ -52,17 +62,37 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print ganops' version and exit.")] = False) -> None:
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print ganops' version and exit.")
+    ] = False,
+) -> None:
     """Find a GAN that trains well: Ray Tune sweeps of PyTorch GANs, tracked in MLflow.
 
     Start: ganops validate search_spaces/dcgan.yaml; ganops sweep search_spaces/dcgan.yaml; ganops sweeps.
     """
 
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a spec value, e.g. --set trainer.steps=200 (repeatable).")]
+
+SetOpt = Annotated[
+    Optional[list[str]], typer.Option("--set", help="Override a spec value, e.g. --set trainer.steps=200 (repeatable).")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable result on stdout.")]
-AddressOpt = Annotated[Optional[str], typer.Option(help="Existing Ray cluster address (e.g. ray://head:10001 or auto); default: local Ray.")]
-TrackingOpt = Annotated[Optional[str], typer.Option("--tracking-uri", help="MLflow tracking URI; default: the local store under ./ganops_runs (or $GANOPS_HOME).")]
-RequireOpt = Annotated[Optional[list[str]], typer.Option("--require", help="Quality gate on the best trial, e.g. 'fid<30' (repeatable): exit 0 only if all hold.")]
+AddressOpt = Annotated[
+    Optional[str],
+    typer.Option(help="Existing Ray cluster address (e.g. ray://head:10001 or auto); default: local Ray."),
+]
+TrackingOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--tracking-uri", help="MLflow tracking URI; default: the local store under ./ganops_runs (or $GANOPS_HOME)."
+    ),
+]
+RequireOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--require", help="Quality gate on the best trial, e.g. 'fid<30' (repeatable): exit 0 only if all hold."
+    ),
+]
 
 
 def _debug() -> bool:
@@ -72,7 +102,9 @@ def _debug() -> bool:
 def _setup_logging() -> None:
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=logging.WARNING, handlers=[RichHandler(console=err, show_path=False)], format="%(message)s", force=True)
+    logging.basicConfig(
+        level=logging.WARNING, handlers=[RichHandler(console=err, show_path=False)], format="%(message)s", force=True
+    )
     for name in ("orchestrator", "trainers", "search_spaces", "infra"):
         logging.getLogger(name).setLevel(logging.DEBUG if _debug() else logging.INFO)
 
@@ -107,7 +139,9 @@ def _fail(msg: str, code: int = 1) -> None:
 
 
 @app.command()
-def validate(file: Annotated[Path, typer.Argument(help="Spec YAML file.")], set_: SetOpt = None, json_: JsonOpt = False) -> None:
+def validate(
+    file: Annotated[Path, typer.Argument(help="Spec YAML file.")], set_: SetOpt = None, json_: JsonOpt = False
+) -> None:
     """Check a spec without running it: every problem in one run (each with file:line, field
     path and what to do), warnings, and the optional packages it needs. Exit 2 on any error.
 
@@ -120,19 +154,28 @@ def validate(file: Annotated[Path, typer.Argument(help="Spec YAML file.")], set_
     check = check_spec(file, set_ or [])
     spec = check.spec
     if json_:
-        as_json = lambda issues: [{"path": i.path, "line": i.line, "flag": i.flag, "message": i.message} for i in issues]  # noqa: E731
+
+        def as_json(issues):
+            return [{"path": i.path, "line": i.line, "flag": i.flag, "message": i.message} for i in issues]
+
         out = {"valid": spec is not None, "errors": as_json(check.errors), "warnings": as_json(check.warnings)}
         if spec is not None:
-            out.update(name=spec.name, spec_hash=spec.spec_hash, trials=spec.trial_count, spec=spec.model_dump(mode="json"))
+            out.update(
+                name=spec.name, spec_hash=spec.spec_hash, trials=spec.trial_count, spec=spec.model_dump(mode="json")
+            )
         typer.echo(json.dumps(out))
     _print_issues(check)
     if spec is None:
         raise typer.Exit(2)
     if json_:
         return
-    err.print(f"[green]valid[/] {file}: sweep [bold]{escape(spec.name)}[/] ({escape(spec.trainer.model)} on {escape(spec.trainer.data)}), "
-              f"{spec.trial_count} trials over {', '.join(spec.search) or 'no searched settings'}, "
-              f"ranked by {spec.metric} ({spec.mode}); spec hash {spec.spec_hash}", highlight=False)
+    err.print(
+        f"[green]valid[/] {file}: sweep [bold]{escape(spec.name)}[/] ({escape(spec.trainer.model)} on "
+        f"{escape(spec.trainer.data)}), "
+        f"{spec.trial_count} trials over {', '.join(spec.search) or 'no searched settings'}, "
+        f"ranked by {spec.metric} ({spec.mode}); spec hash {spec.spec_hash}",
+        highlight=False,
+    )
     err.print(f"Run it: ganops sweep {file}", style="dim")
 
 
@@ -143,8 +186,19 @@ def sweep(
     address: AddressOpt = None,
     json_: JsonOpt = False,
     require: RequireOpt = None,
-    sweep_id: Annotated[Optional[str], typer.Option("--sweep-id", help="Name the sweep (default: spec name + time); `ganops submit` derives it from the spec.")] = None,
-    resume_: Annotated[bool, typer.Option("--resume", help="With --sweep-id: continue that sweep if it exists (as `ganops resume` does), else start it.")] = False,
+    sweep_id: Annotated[
+        Optional[str],
+        typer.Option(
+            "--sweep-id", help="Name the sweep (default: spec name + time); `ganops submit` derives it from the spec."
+        ),
+    ] = None,
+    resume_: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="With --sweep-id: continue that sweep if it exists (as `ganops resume` does), else start it.",
+        ),
+    ] = False,
 ) -> None:
     """Run a sweep: every trial a GAN trained by Ray Train workers, tracked in MLflow.
 
@@ -161,20 +215,34 @@ def sweep(
         _fail(f"{e}. Nothing was launched.", 2)
     if resume_ and not sweep_id:
         _fail("--resume needs --sweep-id: the sweep to continue", 2)
-    result = _running(lambda: run_sweep(spec, spec_text=text, address=address, console=err, sweep_id=sweep_id, resume=resume_), launched=resume_)
+    result = _running(
+        lambda: run_sweep(spec, spec_text=text, address=address, console=err, sweep_id=sweep_id, resume=resume_),
+        launched=resume_,
+    )
     _finish(result, conditions, json_)
 
 
 @app.command()
 def resume(
-    sweep_id: Annotated[str, typer.Argument(metavar="SWEEP", help="Sweep id (as the leaderboard prints it) or the sweep's MLflow run id.")],
+    sweep_id: Annotated[
+        str,
+        typer.Argument(metavar="SWEEP", help="Sweep id (as the leaderboard prints it) or the sweep's MLflow run id."),
+    ],
     tracking_uri: TrackingOpt = None,
     address: AddressOpt = None,
     json_: JsonOpt = False,
     require: RequireOpt = None,
-    storage: Annotated[Optional[str], typer.Option("--storage", help="The sweep's Ray storage, when the spec named one (a directory or s3://bucket/prefix); default GANOPS_HOME/ray. Never taken from MLflow.")] = None,
+    storage: Annotated[
+        Optional[str],
+        typer.Option(
+            "--storage",
+            help="The sweep's Ray storage, when the spec named one (a directory or s3://bucket/prefix); default "
+            "GANOPS_HOME/ray. Never taken from MLflow.",
+        ),
+    ] = None,
 ) -> None:
-    """Continue a sweep whose `ganops sweep` process died: finished trials stay, unfinished ones go on from their checkpoints.
+    """Continue a sweep whose `ganops sweep` process died: finished trials stay, unfinished ones go on
+    from their checkpoints.
 
     Example: ganops resume dcgan-mnist-20261123-120402
     """
@@ -187,11 +255,23 @@ def resume(
         conditions = gate.parse(require or [], None)
     except gate.GateError as e:
         _fail(f"{e}. Nothing was resumed.", 2)
-    result = _running(lambda: resume_sweep(sweep_id, tracking_uri=resolve_tracking_uri(tracking_uri), address=address, console=err, storage=storage), launched=True)
+    result = _running(
+        lambda: resume_sweep(
+            sweep_id, tracking_uri=resolve_tracking_uri(tracking_uri), address=address, console=err, storage=storage
+        ),
+        launched=True,
+    )
     _finish(result, conditions, json_)
 
 
-JobAddressOpt = Annotated[str, typer.Option("--address", envvar="RAY_API_SERVER_ADDRESS", help="The Ray cluster's Jobs API (its dashboard), e.g. http://127.0.0.1:8265; or set RAY_API_SERVER_ADDRESS.")]
+JobAddressOpt = Annotated[
+    str,
+    typer.Option(
+        "--address",
+        envvar="RAY_API_SERVER_ADDRESS",
+        help="The Ray cluster's Jobs API (its dashboard), e.g. http://127.0.0.1:8265; or set RAY_API_SERVER_ADDRESS.",
+    ),
+]
 JobArg = Annotated[str, typer.Argument(metavar="JOB", help="The job id `ganops job submit` printed.")]
 
 
@@ -200,13 +280,31 @@ def submit(
     file: Annotated[Path, typer.Argument(help="Spec YAML file.")],
     address: JobAddressOpt,
     set_: SetOpt = None,
-    wait_: Annotated[bool, typer.Option("--wait", help="Wait for the sweep to end; then print its leaderboard (or --json) and apply --require.")] = False,
+    wait_: Annotated[
+        bool,
+        typer.Option(
+            "--wait", help="Wait for the sweep to end; then print its leaderboard (or --json) and apply --require."
+        ),
+    ] = False,
     json_: JsonOpt = False,
     require: RequireOpt = None,
-    home: Annotated[str, typer.Option(help="GANOPS_HOME on the cluster: its MLflow store and Ray storage (unless the spec names others); must outlive one job.")] = "~/ganops_runs",
-    install: Annotated[str, typer.Option(help="auto: a probe job finds which of ganops' requirements (pinned to this client's versions) the cluster lacks, and the job pip-installs those; never: ship the code only.")] = "auto",
+    home: Annotated[
+        str,
+        typer.Option(
+            help="GANOPS_HOME on the cluster: its MLflow store and Ray storage (unless the spec names others); must "
+            "outlive one job."
+        ),
+    ] = "~/ganops_runs",
+    install: Annotated[
+        str,
+        typer.Option(
+            help="auto: a probe job finds which of ganops' requirements (pinned to this client's versions) the "
+            "cluster lacks, and the job pip-installs those; never: ship the code only."
+        ),
+    ] = "auto",
 ) -> None:
-    """Run a sweep on a Ray cluster as a Ray job. Submitting the same spec again finds the same job (or resumes it if it died).
+    """Run a sweep on a Ray cluster as a Ray job. Submitting the same spec again finds the same job
+    (or resumes it if it died).
 
     The job brings ganops' requirements the cluster lacks (the cluster keeps its own torch); a
     cluster that has them all installs nothing. A cluster with token auth takes the token from
@@ -227,18 +325,29 @@ def submit(
     except jobs.JobError as e:
         _fail(str(e), 2)
     _say_runtime(handle.runtime)
-    what = "found running job" if handle.existing else (f"resumed {handle.resumes} as" if handle.resumes else "submitted")
+    what = (
+        "found running job" if handle.existing else (f"resumed {handle.resumes} as" if handle.resumes else "submitted")
+    )
     err.print(f"{what} [bold]{handle.job_id}[/] on {address} (sweep {handle.sweep_id})", highlight=False)
     if not wait_:
         if json_:
             typer.echo(json.dumps(handle.to_dict()))
-        err.print(f"Next: ganops job status {handle.job_id} --address {address}   |   ganops job logs {handle.job_id} --address {address} --follow", style="dim", highlight=False)
+        err.print(
+            f"Next: ganops job status {handle.job_id} --address {address}   |   ganops job logs {handle.job_id} "
+            f"--address {address} --follow",
+            style="dim",
+            highlight=False,
+        )
         return
     outcome = _wait_job(handle.job_id, address)
     if outcome.result is None:
         if json_:
             typer.echo(json.dumps({"job": handle.to_dict(), **outcome.to_dict()}))
-        _fail(f"job {handle.job_id} ended {outcome.status} without a sweep result ({outcome.message}); see `ganops job logs {handle.job_id} --address {address}`", 1)
+        _fail(
+            f"job {handle.job_id} ended {outcome.status} without a sweep result ({outcome.message}); see `ganops job "
+            f"logs {handle.job_id} --address {address}`",
+            1,
+        )
     _finish(outcome.result, conditions, json_, extra={"job": {**handle.to_dict(), "status": outcome.status}})
 
 
@@ -247,12 +356,20 @@ def _say_runtime(runtime: dict | None) -> None:
     if not runtime or runtime.get("install") != "auto":
         return
     if runtime["installed"]:
-        err.print(f"cluster lacks {len(runtime['installed'])} packages: job installs {', '.join(runtime['installed'])}", highlight=False, markup=False)
+        err.print(
+            f"cluster lacks {len(runtime['installed'])} packages: job installs {', '.join(runtime['installed'])}",
+            highlight=False,
+            markup=False,
+        )
     else:
         err.print("cluster already has ganops' requirements: nothing installed", highlight=False)
     if runtime.get("cluster_python") != runtime.get("client_python"):
-        err.print(f"[yellow]warning:[/] the cluster runs Python {runtime.get('cluster_python')}, this client {runtime.get('client_python')}: "
-                  "the pins are this client's versions; one without a build for the cluster's Python fails the job's install", highlight=False)
+        err.print(
+            f"[yellow]warning:[/] the cluster runs Python {runtime.get('cluster_python')}, this client "
+            f"{runtime.get('client_python')}: "
+            "the pins are this client's versions; one without a build for the cluster's Python fails the job's install",
+            highlight=False,
+        )
 
 
 def _wait_job(job_id: str, address: str):
@@ -263,11 +380,20 @@ def _wait_job(job_id: str, address: str):
     except jobs.JobError as e:
         _fail(str(e), 2)
     except KeyboardInterrupt:
-        _fail(f"stopped waiting; the job goes on (`ganops job status {job_id} --address {address}`, `ganops job cancel {job_id} --address {address}`)", 1)
+        _fail(
+            f"stopped waiting; the job goes on (`ganops job status {job_id} --address {address}`, `ganops job cancel "
+            f"{job_id} --address {address}`)",
+            1,
+        )
 
 
 @job_app.command()
-def status(job: JobArg, address: JobAddressOpt, json_: JsonOpt = False, wait_: Annotated[bool, typer.Option("--wait", help="Wait for the job to end.")] = False) -> None:
+def status(
+    job: JobArg,
+    address: JobAddressOpt,
+    json_: JsonOpt = False,
+    wait_: Annotated[bool, typer.Option("--wait", help="Wait for the job to end.")] = False,
+) -> None:
     """State of a submitted sweep (and its best trial once it has ended). Exit 1 if the job failed.
 
     Example: ganops job status ganops-dcgan-mnist-3f2a1b4c5d6e --address http://127.0.0.1:8265
@@ -281,7 +407,9 @@ def status(job: JobArg, address: JobAddressOpt, json_: JsonOpt = False, wait_: A
     if json_:
         typer.echo(json.dumps(out.to_dict(), default=str))
     else:
-        err.print(f"job {out.job_id}: [bold]{out.status}[/]" + (f" ({out.message})" if out.message else ""), highlight=False)
+        err.print(
+            f"job {out.job_id}: [bold]{out.status}[/]" + (f" ({out.message})" if out.message else ""), highlight=False
+        )
         if out.result is not None:
             _print_leaderboard(out.result)
     if out.status in ("FAILED", "STOPPED"):
@@ -289,7 +417,13 @@ def status(job: JobArg, address: JobAddressOpt, json_: JsonOpt = False, wait_: A
 
 
 @job_app.command()
-def logs(job: JobArg, address: JobAddressOpt, follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing what the job prints until it ends.")] = False) -> None:
+def logs(
+    job: JobArg,
+    address: JobAddressOpt,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing what the job prints until it ends.")
+    ] = False,
+) -> None:
     """Everything a submitted sweep has printed so far (with --follow: and what it prints next, until it ends).
 
     Example: ganops job logs ganops-dcgan-mnist-3f2a1b4c5d6e --address http://127.0.0.1:8265 --follow
@@ -367,12 +501,26 @@ def _finish(result, conditions, json_: bool, extra: dict | None = None) -> None:
         _finish_interrupted(result, json_)
     verdict = gate.evaluate(conditions, result) if conditions else None
     if json_:
-        typer.echo(json.dumps({**result.to_dict(), "mlflow_urls": result.mlflow_urls(), **({"gate": verdict} if verdict else {}), **(extra or {})}, default=str))
+        typer.echo(
+            json.dumps(
+                {
+                    **result.to_dict(),
+                    "mlflow_urls": result.mlflow_urls(),
+                    **({"gate": verdict} if verdict else {}),
+                    **(extra or {}),
+                },
+                default=str,
+            )
+        )
     else:
         _print_leaderboard(result)
         if verdict:
             for c in verdict["conditions"]:
-                err.print(f"  {'[green]met[/]' if c['met'] else '[red]not met[/]'}  {c['require']}  (best trial: {c['value']})", highlight=False)
+                err.print(
+                    f"  {'[green]met[/]' if c['met'] else '[red]not met[/]'}  {c['require']}  (best trial: "
+                    f"{c['value']})",
+                    highlight=False,
+                )
             err.print("[bold green]quality gate passed[/]" if verdict["passed"] else "[bold red]quality gate failed[/]")
     if not any(t.status in ("done", "stopped") for t in result.trials) or (verdict and not verdict["passed"]):
         raise typer.Exit(1)
@@ -383,11 +531,19 @@ def _finish_interrupted(stopped, json_: bool) -> None:
     to continue; exit 128 + the signal's number."""
     import signal
 
-    info = {"reason": stopped.reason, "signal": signal.Signals(stopped.signum).name, "exit_code": stopped.exit_code,
-            "resume": f"ganops resume {stopped.sweep_id}"}
+    info = {
+        "reason": stopped.reason,
+        "signal": signal.Signals(stopped.signum).name,
+        "exit_code": stopped.exit_code,
+        "resume": f"ganops resume {stopped.sweep_id}",
+    }
     result = stopped.result
     if json_:
-        out = {**result.to_dict(), "mlflow_urls": result.mlflow_urls()} if result else {"sweep_id": stopped.sweep_id, "parent_run_id": stopped.parent_run_id, "trials": [], "best": None}
+        out = (
+            {**result.to_dict(), "mlflow_urls": result.mlflow_urls()}
+            if result
+            else {"sweep_id": stopped.sweep_id, "parent_run_id": stopped.parent_run_id, "trials": [], "best": None}
+        )
         typer.echo(json.dumps({**out, "interrupted": info}, default=str))
     elif result is not None:
         _print_leaderboard(result)
@@ -413,21 +569,43 @@ def _print_leaderboard(result) -> None:
         table.add_column(col, justify="right" if col not in ("trial", "status") else "left")
     for i, t in enumerate(result.trials, 1):
         style = "bold green" if i == 1 and t.status != "failed" else None
-        table.add_row(str(i), t.trial_id, *[fmt(t.config.get(k)) for k in searched], fmt(t.metrics.get(result.metric, "-")),
-                      *[fmt(t.metrics.get(k, "-")) for k in extra], str(t.step), t.status + (f": {t.stop_reason or t.error}" if (t.stop_reason or t.error) else ""), style=style)
+        table.add_row(
+            str(i),
+            t.trial_id,
+            *[fmt(t.config.get(k)) for k in searched],
+            fmt(t.metrics.get(result.metric, "-")),
+            *[fmt(t.metrics.get(k, "-")) for k in extra],
+            str(t.step),
+            t.status + (f": {t.stop_reason or t.error}" if (t.stop_reason or t.error) else ""),
+            style=style,
+        )
     table_out.print(table)
-    err.print(f"{len(result.trials)} trials in {result.wall_seconds:.0f}s. MLflow: {result.tracking_uri}, experiment {result.experiment!r}, sweep run {result.parent_run_id}")
+    err.print(
+        f"{len(result.trials)} trials in {result.wall_seconds:.0f}s. MLflow: {result.tracking_uri}, experiment "
+        f"{result.experiment!r}, sweep run {result.parent_run_id}"
+    )
     if result.cost_usd > 0:
         err.print(f"Cost: ${result.cost_usd:.2f} (spot saved ${result.spot_saved_usd:.2f} against on demand)")
     else:
         err.print("Cost: $0 (no node advertised a price: this machine, or a cluster not set up by `ganops cluster`)")
     best = result.best
     err.print("Next:", style="bold")
-    err.print(f"  ganops ui{_uri_flag(result.tracking_uri)}                      # compare trials side by side", highlight=False)
+    err.print(
+        f"  ganops ui{_uri_flag(result.tracking_uri)}                      # compare trials side by side",
+        highlight=False,
+    )
     if best:
-        err.print(f"  ganops sample {best.trial_id} --n 64 --out best.png{_uri_flag(result.tracking_uri)}   # look at the best generator", highlight=False)
+        err.print(
+            f"  ganops sample {best.trial_id} --n 64 --out best.png{_uri_flag(result.tracking_uri)}   # look at the "
+            "best generator",
+            highlight=False,
+        )
     if result.registered_model:
-        err.print(f"  ganops sample {result.registered_model} --out best.png{_uri_flag(result.tracking_uri)}   # the same, from the model registry", highlight=False)
+        err.print(
+            f"  ganops sample {result.registered_model} --out best.png{_uri_flag(result.tracking_uri)}   # the same, "
+            "from the model registry",
+            highlight=False,
+        )
 
 
 def _uri_flag(uri: str) -> str:
@@ -440,7 +618,9 @@ def _uri_flag(uri: str) -> str:
 def ui(
     tracking_uri: TrackingOpt = None,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
-    host: Annotated[str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless you mean to share it.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; keep 127.0.0.1 unless you mean to share it.")
+    ] = "127.0.0.1",
 ) -> None:
     """Open the MLflow UI on the sweep's store: one parent run per sweep, one child run per trial.
 
@@ -450,7 +630,9 @@ def ui(
 
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
-        err.print(f"{uri} is an MLflow tracking server: open it in a browser (it serves the UI itself)", highlight=False)
+        err.print(
+            f"{uri} is an MLflow tracking server: open it in a browser (it serves the UI itself)", highlight=False
+        )
         raise typer.Exit(0)
     exe = shutil.which("mlflow") or f"{sys.executable} -m mlflow"
     cmd = [*exe.split(), "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
@@ -471,27 +653,61 @@ def _seed_pair(value: str | None) -> tuple[int, int] | None:
         return None
     parts = value.split(",")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        _fail(f"--interpolate {value!r}: give two latent seeds as A,B (non-negative integers), e.g. --interpolate 0,1", 2)
+        _fail(
+            f"--interpolate {value!r}: give two latent seeds as A,B (non-negative integers), e.g. --interpolate 0,1", 2
+        )
     return int(parts[0]), int(parts[1])
 
 
 @app.command()
 def sample(
-    run: Annotated[str, typer.Argument(help="The trial's MLflow run id, its Ray trial id (from the leaderboard), or a registered model: models:/NAME/VERSION or models:/NAME@best.")],
+    run: Annotated[
+        str,
+        typer.Argument(
+            help="The trial's MLflow run id, its Ray trial id (from the leaderboard), or a registered model: "
+            "models:/NAME/VERSION or models:/NAME@best."
+        ),
+    ],
     n: Annotated[int, typer.Option("--n", min=1, max=100_000, help="Number of samples.")] = 64,
-    out: Annotated[Path, typer.Option("--out", help="Output file: .npy ((N,2) points or (N,C,H,W) images in [-1,1]) or .png.")] = Path("samples.png"),
+    out: Annotated[
+        Path, typer.Option("--out", help="Output file: .npy ((N,2) points or (N,C,H,W) images in [-1,1]) or .png.")
+    ] = Path("samples.png"),
     seed: Annotated[int, typer.Option(help="Seed of the latent draws.")] = 0,
-    class_: Annotated[int | None, typer.Option("--class", help="Conditional generators (cdcgan28) only: draw this class (0-9). Without it they draw the classes 0-9 in turn, one per column.")] = None,
-    interpolate: Annotated[str | None, typer.Option("--interpolate", metavar="A,B", help="Instead of N samples: a strip of --steps samples along the spherical interpolation (slerp) from seed A's latent to seed B's.")] = None,
-    steps: Annotated[int, typer.Option("--steps", min=2, max=1000, help="Samples along an --interpolate walk, both ends included.")] = 10,
-    device: Annotated[str, typer.Option("--device", help="Where the generator runs: cpu, cuda or cuda:N (a generator trained on a GPU samples on a CPU too).")] = "cpu",
+    class_: Annotated[
+        int | None,
+        typer.Option(
+            "--class",
+            help="Conditional generators (cdcgan28) only: draw this class (0-9). Without it they draw the classes "
+            "0-9 in turn, one per column.",
+        ),
+    ] = None,
+    interpolate: Annotated[
+        str | None,
+        typer.Option(
+            "--interpolate",
+            metavar="A,B",
+            help="Instead of N samples: a strip of --steps samples along the spherical interpolation (slerp) from "
+            "seed A's latent to seed B's.",
+        ),
+    ] = None,
+    steps: Annotated[
+        int, typer.Option("--steps", min=2, max=1000, help="Samples along an --interpolate walk, both ends included.")
+    ] = 10,
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device",
+            help="Where the generator runs: cpu, cuda or cuda:N (a generator trained on a GPU samples on a CPU too).",
+        ),
+    ] = "cpu",
     tracking_uri: TrackingOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Write N samples from a trial's generator, or a latent interpolation strip.
 
     Example: ganops sample 3f2a1_00004 --n 2500 --out points.npy   (or: ganops sample models:/ganops-dcgan-mnist@best)
-             ganops sample RUN --class 3 --out threes.png;  ganops sample RUN --interpolate 0,1 --steps 10 --out walk.png
+             ganops sample RUN --class 3 --out threes.png
+             ganops sample RUN --interpolate 0,1 --steps 10 --out walk.png
     """
     pair = _seed_pair(interpolate)
     uri = _read_store(tracking_uri, "run", run)
@@ -505,14 +721,24 @@ def sample(
     if json_:
         typer.echo(json.dumps(info))
     elif pair is not None:
-        err.print(f"wrote the slerp from seed {pair[0]} to seed {pair[1]} in {steps} steps ({info['n']} samples {tuple(info['shape'])}) of run {info['run_id']} to {info['out']}", highlight=False)
+        err.print(
+            f"wrote the slerp from seed {pair[0]} to seed {pair[1]} in {steps} steps ({info['n']} samples "
+            f"{tuple(info['shape'])}) of run {info['run_id']} to {info['out']}",
+            highlight=False,
+        )
     else:
-        err.print(f"wrote {info['n']} samples {tuple(info['shape'])} of run {info['run_id']} to {info['out']}", highlight=False)
+        err.print(
+            f"wrote {info['n']} samples {tuple(info['shape'])} of run {info['run_id']} to {info['out']}",
+            highlight=False,
+        )
 
 
 @app.command()
 def compare(
-    sweep_id: Annotated[str, typer.Argument(metavar="SWEEP", help="Sweep id (as the leaderboard prints it) or the sweep's MLflow run id.")],
+    sweep_id: Annotated[
+        str,
+        typer.Argument(metavar="SWEEP", help="Sweep id (as the leaderboard prints it) or the sweep's MLflow run id."),
+    ],
     tracking_uri: TrackingOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -538,15 +764,29 @@ def compare(
     from trainers.metric_names import BALANCE_COLUMNS, MIXTURE_COLUMNS
 
     extra = [k for k in (*MIXTURE_COLUMNS, *BALANCE_COLUMNS) if k != metric and any(k in t for t in trials)]
-    table = Table(title=f"{found['sweep_id']} ({found['status']}): best {metric} ({found['mode']}) first", title_justify="left")
+    table = Table(
+        title=f"{found['sweep_id']} ({found['status']}): best {metric} ({found['mode']}) first", title_justify="left"
+    )
     for col in ["#", "trial", *sampled, metric, *extra, "step", "status", "stop reason"]:
         table.add_column(col)
     for i, t in enumerate(trials, 1):
-        table.add_row(str(i), t["trial_id"] or "-", *[fmt(t["sampled"].get(k, "-")) for k in sampled], fmt(t.get(metric) if t.get(metric) is not None else "-"),
-                      *[fmt(t.get(k, "-")) for k in extra], str(t["step"]), t["status"], t["stop_reason"] or "")
+        table.add_row(
+            str(i),
+            t["trial_id"] or "-",
+            *[fmt(t["sampled"].get(k, "-")) for k in sampled],
+            fmt(t.get(metric) if t.get(metric) is not None else "-"),
+            *[fmt(t.get(k, "-")) for k in extra],
+            str(t["step"]),
+            t["status"],
+            t["stop_reason"] or "",
+        )
     table_out.print(table)
     if trials:
-        err.print(f"Next: ganops sample {trials[0]['trial_id']} --n 64 --out best.png{_uri_flag(uri)}", style="dim", highlight=False)
+        err.print(
+            f"Next: ganops sample {trials[0]['trial_id']} --n 64 --out best.png{_uri_flag(uri)}",
+            style="dim",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -566,16 +806,31 @@ def sweeps(tracking_uri: TrackingOpt = None, json_: JsonOpt = False) -> None:
         typer.echo(json.dumps(found))
         return
     if not found:
-        err.print(f"no sweeps in {uri} yet. Start one: ganops sweep search_spaces/dcgan.yaml (or point at another store with --tracking-uri or GANOPS_HOME)", highlight=False)
+        err.print(
+            f"no sweeps in {uri} yet. Start one: ganops sweep search_spaces/dcgan.yaml (or point at another store "
+            "with --tracking-uri or GANOPS_HOME)",
+            highlight=False,
+        )
         return
     table = Table(title=f"sweeps in {uri}, newest first", title_justify="left")
     for col in ("sweep", "status", "trials", "metric", "best", "best trial", "started"):
         table.add_column(col, justify="right" if col in ("trials", "best") else "left")
     for s in found:
-        table.add_row(s["sweep_id"] or s["parent_run_id"], s["status"], str(s["trials"]), f"{s['metric']} ({s['mode']})", fmt(s["best"]) if s["best"] is not None else "-",
-                      s["best_trial"] or "-", (s["start_time"] or "-").replace("T", " "))
+        table.add_row(
+            s["sweep_id"] or s["parent_run_id"],
+            s["status"],
+            str(s["trials"]),
+            f"{s['metric']} ({s['mode']})",
+            fmt(s["best"]) if s["best"] is not None else "-",
+            s["best_trial"] or "-",
+            (s["start_time"] or "-").replace("T", " "),
+        )
     table_out.print(table)
-    err.print(f"Next: ganops compare {found[0]['sweep_id'] or found[0]['parent_run_id']}{_uri_flag(uri)}", style="dim", highlight=False)
+    err.print(
+        f"Next: ganops compare {found[0]['sweep_id'] or found[0]['parent_run_id']}{_uri_flag(uri)}",
+        style="dim",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -586,7 +841,9 @@ def schema() -> None:
     """
     from search_spaces import spec
 
-    typer.echo(json.dumps(spec.json_schema() if hasattr(spec, "json_schema") else spec.SweepSpec.model_json_schema(), indent=2))
+    typer.echo(
+        json.dumps(spec.json_schema() if hasattr(spec, "json_schema") else spec.SweepSpec.model_json_schema(), indent=2)
+    )
 
 
 def _default_uri() -> str:
@@ -622,24 +879,40 @@ def _read_store(tracking_uri: str | None, kind: str, ident: str) -> str:
         what = "registered model version"
     _check_login(uri)
     if (path := local_store.missing(uri)) is not None:
-        _fail(f"no {what} {ident!r}: there is no MLflow store at {path} yet, so nothing has run with this GANOPS_HOME. "
-              "Run a sweep first (`ganops sweep SPEC`), or point at the sweep's store with --tracking-uri or GANOPS_HOME", 2)
+        _fail(
+            f"no {what} {ident!r}: there is no MLflow store at {path} yet, so nothing has run with this GANOPS_HOME. "
+            "Run a sweep first (`ganops sweep SPEC`), or point at the sweep's store with --tracking-uri or GANOPS_HOME"
+            + ("; then pass a sweep id as its leaderboard or `ganops sweeps` prints it" if kind == "sweep" else ""),
+            2,
+        )
     model = ident.removeprefix("models:/").split("/")[0].split("@")[0] if ident.startswith("models:/") else None
-    known = local_store.has_model(uri, model) if model else (local_store.has_sweep if kind == "sweep" else local_store.has_run)(uri, ident)
+    known = (
+        local_store.has_model(uri, model)
+        if model
+        else (local_store.has_sweep if kind == "sweep" else local_store.has_run)(uri, ident)
+    )
     if known is False:
-        hint = "`ganops sweeps` lists the sweeps" if kind == "sweep" else "take the id from the sweep's leaderboard or `ganops compare SWEEP`"
+        hint = (
+            "`ganops sweeps` lists the sweeps"
+            if kind == "sweep"
+            else "take the id from the sweep's leaderboard or `ganops compare SWEEP`"
+        )
         _fail(f"no {'registered model ' + repr(model) if model else what + ' ' + repr(ident)} in {uri}; {hint}", 2)
     return uri
 
 
 @app.command()
 def report(
-    sweep_id: Annotated[str, typer.Argument(metavar="SWEEP", help="Sweep id (as the leaderboard prints it) or the sweep's MLflow run id.")],
+    sweep_id: Annotated[
+        str,
+        typer.Argument(metavar="SWEEP", help="Sweep id (as the leaderboard prints it) or the sweep's MLflow run id."),
+    ],
     out: Annotated[Path, typer.Option("--out", help="The HTML file to write.")] = Path("report.html"),
     tracking_uri: TrackingOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Write one self-contained HTML page of a sweep: leaderboard, contact sheet, each trial's curves and newest samples. Works while it runs.
+    """Write one self-contained HTML page of a sweep: leaderboard, contact sheet, each trial's curves and
+    newest samples. Works while it runs.
 
     Example: ganops report dcgan-mnist-20261123-120402 --out report.html
     """
@@ -654,7 +927,11 @@ def report(
     if json_:
         typer.echo(json.dumps(info))
     else:
-        err.print(f"wrote {info['path']}: {info['trials']} trials of sweep {info['sweep_id']} ({info['status']}); open it in a browser", highlight=False)
+        err.print(
+            f"wrote {info['path']}: {info['trials']} trials of sweep "
+            f"{info['sweep_id']} ({info['status']}); open it in a browser",
+            highlight=False,
+        )
 
 
 def main() -> None:  # pragma: no cover - console script entry

@@ -16,23 +16,28 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-cluster_app = typer.Typer(help="AWS Ray clusters of spot GPU workers (profile: infra/clusters/*.yaml).", no_args_is_help=True)
+cluster_app = typer.Typer(
+    help="AWS Ray clusters of spot GPU workers (profile: infra/clusters/*.yaml).", no_args_is_help=True
+)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 table_out = Console(width=None if sys.stdout.isatty() else 160)  # tables on stdout, so they pipe
 
-ProfileArg = Annotated[Path, typer.Argument(metavar="PROFILE", help="Cluster profile YAML, e.g. infra/clusters/aws-spot-gpu.yaml.")]
+ProfileArg = Annotated[
+    Path, typer.Argument(metavar="PROFILE", help="Cluster profile YAML, e.g. infra/clusters/aws-spot-gpu.yaml.")
+]
 YesOpt = Annotated[bool, typer.Option("-y", "--yes", help="Do not ask for confirmation.")]
 
 
-def _fail(msg: str, code: int = 1) -> None:
-    err.print(f"[bold red]error[/] {escape(msg)}", highlight=False)  # keeps `pip install 'ganops[aws]'` whole: rich reads [aws] as markup
+def _fail(msg: str, code: int = 1) -> NoReturn:
+    # keeps `pip install 'ganops[aws]'` whole: rich reads [aws] as markup
+    err.print(f"[bold red]error[/] {escape(msg)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -42,21 +47,34 @@ def _profile(path: Path):
     try:
         return load_profile(path)
     except SpecError as e:
-        err.print(f"[bold red]profile error[/] ({len(e.issues)} issue{'s' if len(e.issues) != 1 else ''}):", highlight=False)
+        err.print(
+            f"[bold red]profile error[/] ({len(e.issues)} issue{'s' if len(e.issues) != 1 else ''}):", highlight=False
+        )
         err.print(e.render(), highlight=False, markup=False)
-        err.print("Nothing was created. Fix the profile (fields: infra/aws/cluster.py) and run `ganops cluster config PROFILE` to check it.", style="dim")
+        err.print(
+            "Nothing was created. Fix the profile (fields: infra/aws/cluster.py) "
+            "and run `ganops cluster config PROFILE` to check it.",
+            style="dim",
+        )
         raise typer.Exit(2) from None
 
 
-def _checked_config(profile, security_group_id: str | None, spot_usd: dict[str, float] | None = None, build: bool = True) -> dict:
+def _checked_config(
+    profile, security_group_id: str | None, spot_usd: dict[str, float] | None = None, build: bool = True
+) -> dict:
     from infra.aws.launcher import launcher_config, validate_with_ray
 
     dist_dir, wheel = _dist(profile, build)
-    config = launcher_config(profile, security_group_id, spot_usd, dist_dir=dist_dir, wheel=wheel, token_file=_token_file(profile))
+    config = launcher_config(
+        profile, security_group_id, spot_usd, dist_dir=dist_dir, wheel=wheel, token_file=_token_file(profile)
+    )
     try:
         validate_with_ray(config)
     except Exception as e:  # a generator bug, not user input: say so plainly
-        _fail(f"the generated cluster config fails Ray's own validation ({type(e).__name__}: {str(e).splitlines()[0]}); please report it")
+        _fail(
+            f"the generated cluster config fails Ray's own validation ({type(e).__name__}: "
+            f"{str(e).splitlines()[0]}); please report it"
+        )
     return config
 
 
@@ -85,7 +103,11 @@ def _token_file(profile) -> Path:
     except FileExistsError:
         path.chmod(0o600)
         if not path.read_text().strip():
-            _fail(f"the cluster's token file {path} is empty; delete it to have a new token made (then `ganops cluster up` again)", 1)
+            _fail(
+                f"the cluster's token file {path} is empty; delete it to "
+                "have a new token made (then `ganops cluster up` again)",
+                1,
+            )
         return path
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32))
@@ -113,8 +135,12 @@ def _dist(profile, build: bool = True) -> tuple[Path | None, str | None]:
         (d / "requirements.txt").write_text("\n".join(pins(extras=("aws", "s3"))) + "\n")
     except Exception as e:  # noqa: BLE001 - no checkout, ganops not installed, pip failed
         detail = getattr(e, "stderr", None) or str(e)
-        _fail(f"could not build ganops for the nodes ({type(e).__name__}: {detail.strip().splitlines()[-1] if detail.strip() else ''}); "
-              "run ganops from its checkout, installed with `pip install -e .`", 2)
+        last = detail.strip().splitlines()[-1] if detail.strip() else ""
+        _fail(
+            f"could not build ganops for the nodes ({type(e).__name__}: {last}); "
+            "run ganops from its checkout, installed with `pip install -e .`",
+            2,
+        )
     finally:
         if epoch is None:
             os.environ.pop("SOURCE_DATE_EPOCH", None)
@@ -122,9 +148,11 @@ def _dist(profile, build: bool = True) -> tuple[Path | None, str | None]:
 
 
 def _next_steps(cluster_file: Path | str, token: Path) -> str:
-    return (f"Ray on the cluster requires its token ({token}, on every node as ~/.ray/auth_token; keep it private). "
-            f"Next: ray dashboard {cluster_file} (keep it running: http://127.0.0.1:8265 through SSH), then "
-            f"RAY_AUTH_TOKEN_PATH={token} ganops job submit SPEC --address http://127.0.0.1:8265")
+    return (
+        f"Ray on the cluster requires its token ({token}, on every node as ~/.ray/auth_token; keep it private). "
+        f"Next: ray dashboard {cluster_file} (keep it running: http://127.0.0.1:8265 through SSH), then "
+        f"RAY_AUTH_TOKEN_PATH={token} ganops job submit SPEC --address http://127.0.0.1:8265"
+    )
 
 
 def _aws_ready(profile) -> str:
@@ -136,7 +164,12 @@ def _aws_ready(profile) -> str:
     if profile.security_group_id:
         return profile.security_group_id
     try:
-        return ensure_security_group(client("ec2", profile.region), security_group_name(profile), profile.ssh_cidr, profile.allow_ssh_from_anywhere)
+        return ensure_security_group(
+            client("ec2", profile.region),
+            security_group_name(profile),
+            profile.ssh_cidr,
+            profile.allow_ssh_from_anywhere,
+        )
     except (AwsUnavailable, SecurityGroupError) as e:
         _fail(str(e), 2 if isinstance(e, AwsUnavailable) else 1)
     except Exception as e:  # botocore: no credentials, access denied, endpoint down
@@ -160,9 +193,17 @@ def _current_spot_usd(profile) -> dict[str, float]:
     if not profile.spot:
         return {}
     try:
-        offers = spot_prices(profile.region, [w.instance_type for w in profile.workers], on_demand_overrides=profile.on_demand_usd_per_hour)
+        offers = spot_prices(
+            profile.region,
+            [w.instance_type for w in profile.workers],
+            on_demand_overrides=profile.on_demand_usd_per_hour,
+        )
     except Exception as e:  # noqa: BLE001 - a price label is not worth failing `up` over
-        err.print(f"[yellow]warning[/] no current spot prices ({type(e).__name__}); trial costs will use max_price or the on-demand price", highlight=False)
+        err.print(
+            f"[yellow]warning[/] no current spot prices ({type(e).__name__}); "
+            "trial costs will use max_price or the on-demand price",
+            highlight=False,
+        )
         return {}
     best: dict[str, float] = {}
     for o in offers:
@@ -181,8 +222,12 @@ def _bucket(profile) -> None:
     except Exception as e:  # botocore: no credentials, name taken by another account, endpoint down
         _fail(f"could not prepare bucket {profile.s3_bucket} in {profile.region}: {type(e).__name__}: {e}")
     verb = "created" if state.created else "found"
-    err.print(f"bucket {state.name} {verb}: public access blocked {state.public_access_blocked}, default encryption {state.encrypted}. "
-              f"Sweeps store checkpoints there with `storage: s3://{state.name}/ganops` in the spec.", highlight=False)
+    err.print(
+        f"bucket {state.name} {verb}: public access blocked {state.public_access_blocked}, default encryption "
+        f"{state.encrypted}. "
+        f"Sweeps store checkpoints there with `storage: s3://{state.name}/ganops` in the spec.",
+        highlight=False,
+    )
 
 
 def _ray(*args: str) -> int:
@@ -197,7 +242,10 @@ def _ray(*args: str) -> int:
 def config(
     profile_path: ProfileArg,
     out: Annotated[Path | None, typer.Option("--out", help="Write the YAML here (default: stdout).")] = None,
-    security_group_id: Annotated[str | None, typer.Option("--security-group-id", help="The security group every node joins (default: the profile's).")] = None,
+    security_group_id: Annotated[
+        str | None,
+        typer.Option("--security-group-id", help="The security group every node joins (default: the profile's)."),
+    ] = None,
 ) -> None:
     """Generate Ray's cluster-launcher YAML from a profile, checked against Ray's schema.
 
@@ -214,19 +262,30 @@ def config(
     text = dump(cfg, str(profile_path))
     if out:
         out.write_text(text)
-        err.print(f"wrote {out}: {len(cfg['available_node_types']) - 1} worker types, head {profile.head_instance_type} (on demand)", highlight=False)
+        err.print(
+            f"wrote {out}: {len(cfg['available_node_types']) - 1} worker "
+            f"types, head {profile.head_instance_type} (on demand)",
+            highlight=False,
+        )
     else:
         typer.echo(text, nl=False)
     reasons = unsafe_reasons(cfg)
     for reason in reasons:
-        err.print(f"[yellow]warning[/] {reason}. Do not `ray up` this file: `ganops cluster up` creates the group (SSH from {profile.ssh_cidr} only) first, "
-                  "or pass --security-group-id.", highlight=False)
+        err.print(
+            f"[yellow]warning[/] {reason}. Do not `ray up` this file: `ganops cluster up` creates the group (SSH "
+            f"from {profile.ssh_cidr} only) first, "
+            "or pass --security-group-id.",
+            highlight=False,
+        )
     if not reasons:
         err.print(_next_steps(out or "CLUSTER_FILE", _token_file(profile)), style="dim", highlight=False)
 
 
 @cluster_app.command()
-def prices(profile_path: ProfileArg, json_: Annotated[bool, typer.Option("--json", help="Machine-readable result on stdout.")] = False) -> None:
+def prices(
+    profile_path: ProfileArg,
+    json_: Annotated[bool, typer.Option("--json", help="Machine-readable result on stdout.")] = False,
+) -> None:
     """The cheapest spot offer per worker instance type and zone, beside the on-demand price.
 
     Example: ganops cluster prices infra/clusters/aws-spot-gpu.yaml
@@ -250,18 +309,29 @@ def prices(profile_path: ProfileArg, json_: Annotated[bool, typer.Option("--json
         table.add_column(col, justify="right" if "$" in col or col == "saving" else "left")
     for o in offers:
         od = "-" if o.on_demand_usd_per_hour is None else f"{o.on_demand_usd_per_hour:.4f}"
-        table.add_row(o.instance_type, o.zone, f"{o.spot_usd_per_hour:.4f}", od, "-" if o.saving_pct is None else f"{o.saving_pct:.0f}%")
+        table.add_row(
+            o.instance_type,
+            o.zone,
+            f"{o.spot_usd_per_hour:.4f}",
+            od,
+            "-" if o.saving_pct is None else f"{o.saving_pct:.0f}%",
+        )
     table_out.print(table)
     missing = sorted(set(types) - {o.instance_type for o in offers})
     if missing:
         err.print(f"[yellow]no spot offer[/] for {', '.join(missing)} in {profile.region}", highlight=False)
     sources = sorted({o.on_demand_source for o in offers})
-    err.print(f"on-demand prices: {'; '.join(sources)} (override with on_demand_usd_per_hour in the profile)", style="dim", highlight=False)
+    err.print(
+        f"on-demand prices: {'; '.join(sources)} (override with on_demand_usd_per_hour in the profile)",
+        style="dim",
+        highlight=False,
+    )
 
 
 @cluster_app.command()
 def bucket(profile_path: ProfileArg) -> None:
-    """Create the profile's S3 bucket for checkpoints (private, public access blocked, encrypted), or re-apply those settings.
+    """Create the profile's S3 bucket for checkpoints (private, public access blocked, encrypted), or
+    re-apply those settings.
 
     Example: ganops cluster bucket infra/clusters/aws-spot-gpu.yaml
     """
@@ -277,20 +347,33 @@ def up(profile_path: ProfileArg, yes: YesOpt = False) -> None:
     profile = _profile(profile_path)
     _preflight_or_exit(profile, profile_path)
     kind = "spot" if profile.spot else "on-demand"
-    if not yes and not typer.confirm(f"Start cluster {profile.name} in {profile.region}: head {profile.head_instance_type} (on demand), up to {profile.max_workers} "
-                                     f"{kind} GPU workers ({', '.join(w.instance_type for w in profile.workers)}). This costs money. Continue?", err=True):
+    if not yes and not typer.confirm(
+        f"Start cluster {profile.name} in {profile.region}: head {profile.head_instance_type} (on demand), up to "
+        f"{profile.max_workers} "
+        f"{kind} GPU workers ({', '.join(w.instance_type for w in profile.workers)}). This costs money. Continue?",
+        err=True,
+    ):
         _fail("cancelled; nothing was created", 1)
     _bucket(profile)
     path = _write(profile, str(profile_path), _aws_ready(profile), _current_spot_usd(profile))
     code = _ray("up", "-y", str(path))
     if code:
-        _fail(f"`ray up` failed (exit {code}); see its output above. Tear down what it started: ganops cluster down {profile_path}", 1)
-    err.print(f"Check it: ganops cluster status {profile_path}. " + _next_steps(path, _token_file(profile)), style="dim", highlight=False)
+        _fail(
+            f"`ray up` failed (exit {code}); see its output above. Tear "
+            f"down what it started: ganops cluster down {profile_path}",
+            1,
+        )
+    err.print(
+        f"Check it: ganops cluster status {profile_path}. " + _next_steps(path, _token_file(profile)),
+        style="dim",
+        highlight=False,
+    )
 
 
 @cluster_app.command()
 def down(profile_path: ProfileArg, yes: YesOpt = False) -> None:
-    """Terminate every node of the cluster with `ray down` (the security group stays, for the next `up`). Creates nothing.
+    """Terminate every node of the cluster with `ray down` (the security group stays, for the next `up`).
+    Creates nothing.
 
     Example: ganops cluster down infra/clusters/aws-spot-gpu.yaml -y
     """
@@ -299,15 +382,25 @@ def down(profile_path: ProfileArg, yes: YesOpt = False) -> None:
     group = _existing_security_group(profile)  # never created here: `down` creates nothing
     path = _cluster_file(profile)
     if group is None and not path.is_file():
-        _fail(f"nothing to tear down: no security group {_group_name(profile)} in {profile.region} and no cluster file {path}, so `ganops cluster up` has not "
-              f"run for this profile here; look in the EC2 console for instances tagged ray-cluster-name={profile.name}", 1)
-    if not yes and not typer.confirm(f"Terminate every node of cluster {profile.name} in {profile.region}? Running sweeps stop.", err=True):
+        _fail(
+            f"nothing to tear down: no security group {_group_name(profile)} in {profile.region} and no cluster file "
+            f"{path}, so `ganops cluster up` has not "
+            f"run for this profile here; look in the EC2 console for instances tagged ray-cluster-name={profile.name}",
+            1,
+        )
+    if not yes and not typer.confirm(
+        f"Terminate every node of cluster {profile.name} in {profile.region}? Running sweeps stop.", err=True
+    ):
         _fail("cancelled; nothing was terminated", 1)
     if group is not None:  # `ray down` installs nothing; with the group named, Ray's bootstrap creates none either
         path = _write(profile, str(profile_path), group, build=False)
     code = _ray("down", "-y", str(path))
     if code:
-        _fail(f"`ray down` failed (exit {code}); check the EC2 console for instances tagged ray-cluster-name={profile.name}", 1)
+        _fail(
+            f"`ray down` failed (exit {code}); check the EC2 console for instances tagged "
+            f"ray-cluster-name={profile.name}",
+            1,
+        )
 
 
 @cluster_app.command()
@@ -348,7 +441,8 @@ def _group_name(profile) -> str:
 
 
 def _local_checks(profile) -> list[Check]:
-    """What this machine needs: boto3, credentials boto3 finds (their source only, never a key), the ray command, Python."""
+    """What this machine needs: boto3, credentials boto3 finds (their source only, never a key), the ray
+    command, Python."""
     import importlib.util
     from importlib.metadata import PackageNotFoundError, version
 
@@ -359,8 +453,16 @@ def _local_checks(profile) -> list[Check]:
         import boto3
 
         creds = boto3.Session(region_name=profile.region).get_credentials()
-        checks.append(Check("credentials", creds is not None, f"found ({creds.method})" if creds is not None else
-                            "none found: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run `aws configure` (or `aws sso login`)"))
+        checks.append(
+            Check(
+                "credentials",
+                creds is not None,
+                f"found ({creds.method})"
+                if creds is not None
+                else "none found: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or run `aws configure` "
+                "(or `aws sso login`)",
+            )
+        )
     else:
         checks.append(Check("credentials", None, "not checked: needs boto3"))
     try:
@@ -370,16 +472,31 @@ def _local_checks(profile) -> list[Check]:
     want = _ray_version()
     exe = shutil.which("ray")
     ray_ok = exe is not None and have == want
-    checks.append(Check("ray command", ray_ok, f"{exe} (ray {have})" if ray_ok else
-                        f"{'not on PATH' if exe is None else f'ray {have}, the nodes run {want}'}: pip install 'ray[default]=={want}'"))
+    checks.append(
+        Check(
+            "ray command",
+            ray_ok,
+            f"{exe} (ray {have})"
+            if ray_ok
+            else f"{'not on PATH' if exe is None else f'ray {have}, the nodes run {want}'}: pip install "
+            f"'ray[default]=={want}'",
+        )
+    )
     py = f"{sys.version_info.major}.{sys.version_info.minor}"
     image = profile.image_id or "Ray's deep-learning AMI for the region"
-    checks.append(Check("python", True, f"this client {py}; the nodes' image ({image}) must have Python {py}: the wheel's pins are this client's"))
+    checks.append(
+        Check(
+            "python",
+            True,
+            f"this client {py}; the nodes' image ({image}) must have Python {py}: the wheel's pins are this client's",
+        )
+    )
     return checks
 
 
 def _aws_checks(profile) -> list[Check]:
-    """What AWS must have or accept: the credentials, the region, the image, the security group, the bucket, the instance profile, spot offers."""
+    """What AWS must have or accept: the credentials, the region, the image, the security group, the
+    bucket, the instance profile, spot offers."""
     from infra.aws.session import client
 
     def ask(name: str, call, found, missing: tuple[bool | None, str] | None = None) -> Check:
@@ -387,7 +504,9 @@ def _aws_checks(profile) -> list[Check]:
             return Check(name, True, found(call()))
         except Exception as e:  # noqa: BLE001 - botocore's errors: shown, never raised
             code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
-            if missing is not None and any(k in code for k in ("NotFound", "NoSuchEntity", "404", "NoSuchBucket", "InvalidGroup")):
+            if missing is not None and any(
+                k in code for k in ("NotFound", "NoSuchEntity", "404", "NoSuchBucket", "InvalidGroup")
+            ):
                 return Check(name, *missing)
             return Check(name, False, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
 
@@ -395,35 +514,88 @@ def _aws_checks(profile) -> list[Check]:
     who = ask("credentials accepted", sts.get_caller_identity, lambda r: "AWS accepts them (sts get-caller-identity)")
     if not who.ok:
         return [who]
-    checks = [who, ask("region", lambda: ec2.describe_availability_zones(Filters=[{"Name": "state", "Values": ["available"]}])["AvailabilityZones"],
-                       lambda zones: f"{profile.region}: {len(zones)} zones available")]
+    checks = [
+        who,
+        ask(
+            "region",
+            lambda: ec2.describe_availability_zones(Filters=[{"Name": "state", "Values": ["available"]}])[
+                "AvailabilityZones"
+            ],
+            lambda zones: f"{profile.region}: {len(zones)} zones available",
+        ),
+    ]
     if profile.image_id:
-        checks.append(ask("image", lambda: ec2.describe_images(ImageIds=[profile.image_id])["Images"][0], lambda im: f"{profile.image_id} ({im.get('Name', '?')})",
-                          (False, f"{profile.image_id} not found in {profile.region}")))
+        checks.append(
+            ask(
+                "image",
+                lambda: ec2.describe_images(ImageIds=[profile.image_id])["Images"][0],
+                lambda im: f"{profile.image_id} ({im.get('Name', '?')})",
+                (False, f"{profile.image_id} not found in {profile.region}"),
+            )
+        )
     else:
         checks.append(Check("image", True, f"Ray's default deep-learning AMI for {profile.region}"))
     if profile.security_group_id:
-        checks.append(ask("security group", lambda: ec2.describe_security_groups(GroupIds=[profile.security_group_id]),
-                          lambda _: f"{profile.security_group_id} (from the profile)", (False, f"{profile.security_group_id} not found in {profile.region}")))
+        checks.append(
+            ask(
+                "security group",
+                lambda: ec2.describe_security_groups(GroupIds=[profile.security_group_id]),
+                lambda _: f"{profile.security_group_id} (from the profile)",
+                (False, f"{profile.security_group_id} not found in {profile.region}"),
+            )
+        )
     else:
         group = _find_group(ec2, _group_name(profile))
-        checks.append(Check("security group", True if group else None, f"{group} ({_group_name(profile)})" if group else
-                            f"none yet: `ganops cluster up` creates {_group_name(profile)} (SSH from {profile.ssh_cidr} only)"))
+        checks.append(
+            Check(
+                "security group",
+                True if group else None,
+                f"{group} ({_group_name(profile)})"
+                if group
+                else f"none yet: `ganops cluster up` creates {_group_name(profile)} (SSH from {profile.ssh_cidr} only)",
+            )
+        )
     s3 = client("s3", profile.region)
-    checks.append(ask("bucket", lambda: s3.head_bucket(Bucket=profile.s3_bucket), lambda _: f"s3://{profile.s3_bucket}",
-                      (None, f"none yet: `ganops cluster up` creates s3://{profile.s3_bucket} (private, encrypted)")))
+    checks.append(
+        ask(
+            "bucket",
+            lambda: s3.head_bucket(Bucket=profile.s3_bucket),
+            lambda _: f"s3://{profile.s3_bucket}",
+            (None, f"none yet: `ganops cluster up` creates s3://{profile.s3_bucket} (private, encrypted)"),
+        )
+    )
     iam = client("iam", profile.region)
     ref = profile.iam_instance_profile_ref
     name = ref.get("Name") or ref["Arn"].rsplit("/", 1)[-1]
-    checks.append(ask("instance profile", lambda: iam.get_instance_profile(InstanceProfileName=name), lambda _: f"{name} (how the nodes reach the bucket)",
-                      (False, f"{name} not found: create an IAM instance profile with read/write on s3://{profile.s3_bucket} (aws iam create-instance-profile; docs/aws.md), or name another in iam_instance_profile")))
+    checks.append(
+        ask(
+            "instance profile",
+            lambda: iam.get_instance_profile(InstanceProfileName=name),
+            lambda _: f"{name} (how the nodes reach the bucket)",
+            (
+                False,
+                f"{name} not found: create an IAM instance profile with read/write on s3://{profile.s3_bucket} (aws "
+                "iam create-instance-profile; docs/aws.md), or name another in iam_instance_profile",
+            ),
+        )
+    )
     if profile.spot:
         from infra.aws.prices import spot_prices
 
         types = [w.instance_type for w in profile.workers]
-        offers = ask("spot offers", lambda: {o.instance_type for o in spot_prices(profile.region, types, on_demand_overrides=profile.on_demand_usd_per_hour)},
-                     lambda have: ", ".join(sorted(have)) + "".join(f"; none for {t}" for t in types if t not in have))
-        checks.append(offers if not offers.detail.startswith(";") else Check("spot offers", False, f"no spot offer for {', '.join(types)} in {profile.region}"))
+        offers = ask(
+            "spot offers",
+            lambda: {
+                o.instance_type
+                for o in spot_prices(profile.region, types, on_demand_overrides=profile.on_demand_usd_per_hour)
+            },
+            lambda have: ", ".join(sorted(have)) + "".join(f"; none for {t}" for t in types if t not in have),
+        )
+        checks.append(
+            offers
+            if not offers.detail.startswith(";")
+            else Check("spot offers", False, f"no spot offer for {', '.join(types)} in {profile.region}")
+        )
     return checks
 
 
@@ -441,22 +613,35 @@ def _existing_security_group(profile) -> str | None:
     try:
         return _find_group(client("ec2", profile.region), _group_name(profile))
     except Exception as e:  # noqa: BLE001 - botocore: access denied, endpoint down
-        _fail(f"AWS refused or could not be reached while looking for security group {_group_name(profile)}: {type(e).__name__}: {e}")
+        _fail(
+            f"AWS refused or could not be reached while looking for security group {_group_name(profile)}: "
+            f"{type(e).__name__}: {e}"
+        )
 
 
 def _preflight_or_exit(profile, profile_path: Path) -> None:
-    """Before `up` / `down` ask anything: boto3, credentials AWS accepts and the ray command, or exit 2 saying what is missing."""
+    """Before `up` / `down` ask anything: boto3, credentials AWS accepts and the ray command, or exit 2
+    saying what is missing."""
     checks = _local_checks(profile)
     if all(c.ok is not False for c in checks):
         checks += _aws_checks(profile)[:1]  # do the credentials work? (one STS call)
     missing = [c for c in checks if c.ok is False]
     if missing:
-        _fail("; ".join(f"{c.name}: {c.detail}" for c in missing) + f". Nothing was asked or created; `ganops cluster check {profile_path}` shows every check", 2)
+        _fail(
+            "; ".join(f"{c.name}: {c.detail}" for c in missing)
+            + f". Nothing was asked or created; `ganops cluster check {profile_path}` shows every check",
+            2,
+        )
 
 
 @cluster_app.command()
-def check(profile_path: ProfileArg, json_: Annotated[bool, typer.Option("--json", help="Machine-readable result on stdout.")] = False) -> None:
-    """What a launch of this profile needs, and what is missing: boto3, credentials, the ray command, Python, region, image, security group, bucket, instance profile, spot offers. Exit 1 if something is missing.
+def check(
+    profile_path: ProfileArg,
+    json_: Annotated[bool, typer.Option("--json", help="Machine-readable result on stdout.")] = False,
+) -> None:
+    """What a launch of this profile needs, and what is missing: boto3, credentials, the ray command,
+    Python, region, image, security group, bucket, instance profile, spot offers. Exit 1 if something
+    is missing.
 
     Example: ganops cluster check infra/clusters/aws-spot-gpu.yaml
     """
@@ -466,14 +651,35 @@ def check(profile_path: ProfileArg, json_: Annotated[bool, typer.Option("--json"
         checks += _aws_checks(profile)
     ready = all(c.ok is not False for c in checks)
     if json_:
-        typer.echo(json.dumps({"profile": str(profile_path), "cluster": profile.name, "region": profile.region, "ready": ready, "checks": [asdict(c) for c in checks]}))
+        typer.echo(
+            json.dumps(
+                {
+                    "profile": str(profile_path),
+                    "cluster": profile.name,
+                    "region": profile.region,
+                    "ready": ready,
+                    "checks": [asdict(c) for c in checks],
+                }
+            )
+        )
     else:
-        table = Table(title=f"cluster {profile.name} in {profile.region}: {'ready to launch' if ready else 'not ready'}", title_justify="left")
+        table = Table(
+            title=f"cluster {profile.name} in {profile.region}: {'ready to launch' if ready else 'not ready'}",
+            title_justify="left",
+        )
         for col in ("", "check", "detail"):
             table.add_column(col)
         for c in checks:
-            table.add_row({True: "[green]ok[/]", False: "[red]missing[/]", None: "[yellow]to do[/]"}[c.ok], c.name, escape(c.detail))
+            table.add_row(
+                {True: "[green]ok[/]", False: "[red]missing[/]", None: "[yellow]to do[/]"}[c.ok],
+                c.name,
+                escape(c.detail),
+            )
         table_out.print(table)
-        err.print(f"Next: ganops cluster up {profile_path}" if ready else "Fix what is missing, then run this check again.", style="dim", highlight=False)
+        err.print(
+            f"Next: ganops cluster up {profile_path}" if ready else "Fix what is missing, then run this check again.",
+            style="dim",
+            highlight=False,
+        )
     if not ready:
         raise typer.Exit(1)

@@ -17,8 +17,17 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
-def event_line(elapsed_s: float, trial_id: str, event: str, *, step: int | None = None, steps: int | None = None,
-               metric: str | None = None, value: Any = None, detail: str | None = None) -> str:
+def event_line(
+    elapsed_s: float,
+    trial_id: str,
+    event: str,
+    *,
+    step: int | None = None,
+    steps: int | None = None,
+    metric: str | None = None,
+    value: Any = None,
+    detail: str | None = None,
+) -> str:
     """One trial event as one line, e.g. `[  45s] trial 3f2a1_00000 eval step 200/1000: fid 87.3`.
 
     `event`: started, eval, done, stopped or failed; `detail`: the sampled values (started), the
@@ -26,7 +35,9 @@ def event_line(elapsed_s: float, trial_id: str, event: str, *, step: int | None 
     where = "" if step is None else f" step {step}" + (f"/{steps}" if steps else "")
     if event in ("done", "stopped", "failed") and where:
         where = " at" + where
-    parts = [p for p in (f"{metric} {fmt(value)}" if metric is not None and value is not None else "", detail or "") if p]
+    parts = [
+        p for p in (f"{metric} {fmt(value)}" if metric is not None and value is not None else "", detail or "") if p
+    ]
     return f"[{elapsed_s:5.0f}s] trial {trial_id} {event}{where}" + (": " + "; ".join(parts) if parts else "")
 
 

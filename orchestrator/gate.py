@@ -14,7 +14,9 @@ from typing import Any
 from trainers.metric_names import CONDITIONAL_METRICS, MIXTURE_METRICS, STEP_SCALARS
 
 _OPS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq, "!=": operator.ne, "<": operator.lt, ">": operator.gt}
-_COND = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|==|!=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+_COND = re.compile(
+    r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|==|!=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$"
+)
 BALANCE = (*STEP_SCALARS, "step")
 
 
@@ -47,10 +49,14 @@ def parse(texts: list[str], spec) -> list[Condition]:
     for text in texts:
         m = _COND.match(text)
         if not m:
-            raise GateError(f"--require {text!r}: write METRIC OP NUMBER, e.g. 'fid<30' or 'modes>=24' (OP: <, <=, >, >=, ==, !=)")
+            raise GateError(
+                f"--require {text!r}: write METRIC OP NUMBER, e.g. 'fid<30' or 'modes>=24' (OP: <, <=, >, >=, ==, !=)"
+            )
         if m.group(1) not in known:
             where = f"for data {spec.trainer.data!r}" if spec is not None else "by ganops"
-            raise GateError(f"--require {text!r}: {m.group(1)!r} is not reported {where}; choose one of: {', '.join(known)}")
+            raise GateError(
+                f"--require {text!r}: {m.group(1)!r} is not reported {where}; choose one of: {', '.join(known)}"
+            )
         out.append(Condition(m.group(1), m.group(2), float(m.group(3))))
     return out
 
@@ -59,5 +65,8 @@ def evaluate(conditions: list[Condition], result) -> dict[str, Any]:
     """{"passed", "best_trial", "conditions": [{"require", "value", "met"}]}; no best trial fails every condition."""
     best = result.best
     metrics = best.metrics if best is not None else {}
-    rows = [{"require": str(c), "value": metrics.get(c.metric), "met": best is not None and c.holds(metrics)} for c in conditions]
+    rows = [
+        {"require": str(c), "value": metrics.get(c.metric), "met": best is not None and c.holds(metrics)}
+        for c in conditions
+    ]
     return {"passed": all(r["met"] for r in rows), "best_trial": best.trial_id if best else None, "conditions": rows}

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-REASONS = {signal.SIGTERM: "terminated", signal.SIGINT: "interrupted"}
+REASONS: dict[int, str] = {signal.SIGTERM: "terminated", signal.SIGINT: "interrupted"}
 
 
 @dataclass
@@ -69,7 +69,10 @@ def graceful_stop(stop: StopRequest | None = None) -> Iterator[StopRequest]:
         tune_handler = signal.getsignal(signal.SIGUSR1)
         if not callable(tune_handler) or tune_handler is previous[signal.SIGUSR1]:
             raise KeyboardInterrupt  # Tune is not listening yet: no trial to stop gracefully
-        log.warning("%s: stopping the sweep (trials keep their last checkpoint; send it again to stop at once)", signal.Signals(signum).name)
+        log.warning(
+            "%s: stopping the sweep (trials keep their last checkpoint; send it again to stop at once)",
+            signal.Signals(signum).name,
+        )
         tune_handler(signal.SIGUSR1, frame)
 
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"

@@ -31,7 +31,12 @@ from typing import TYPE_CHECKING, Any, Iterator
 import yaml
 
 from infra import packaging
-from orchestrator.results import SweepResult, TrialSummary  # not orchestrator.sweep: that imports ray (1-2 s) for `ganops job status`
+
+# not orchestrator.sweep: that imports ray (1-2 s) for `ganops job status`
+from orchestrator.results import (
+    SweepResult,
+    TrialSummary,
+)
 
 if TYPE_CHECKING:  # annotations only: `ganops job status` need not build the spec's models
     from search_spaces.spec import SweepSpec
@@ -44,8 +49,10 @@ PROBE_WAIT_S = 300  # the probe job: seconds on a warm cluster, a worker start o
 PROBE_PREFIX = "ganops-probe-"  # probe job ids: never a sweep's id nor `<sweep id>-resume-N`
 # Ray's default adds --no-cache-dir; without it pip's cache on the node serves later installs.
 PIP_OPTIONS = ["--disable-pip-version-check"]
-TOKEN_HELP = ("set RAY_AUTH_TOKEN to the cluster's token, or RAY_AUTH_TOKEN_PATH to a file holding it, or put it in "
-              "~/.ray/auth_token (looked up in that order, as `ray job submit` does); `ray get-auth-token` on the head prints it")
+TOKEN_HELP = (
+    "set RAY_AUTH_TOKEN to the cluster's token, or RAY_AUTH_TOKEN_PATH to a file holding it, or put it in "
+    "~/.ray/auth_token (looked up in that order, as `ray job submit` does); `ray get-auth-token` on the head prints it"
+)
 
 
 class JobError(Exception):
@@ -76,7 +83,12 @@ class JobOutcome:
     result: SweepResult | None  # the sweep's result, once the job has printed it
 
     def to_dict(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "status": self.status, "message": self.message, "result": self.result.to_dict() if self.result else None}
+        return {
+            "job_id": self.job_id,
+            "status": self.status,
+            "message": self.message,
+            "result": self.result.to_dict() if self.result else None,
+        }
 
 
 def sweep_id_for(spec: SweepSpec) -> str:
@@ -104,7 +116,10 @@ def _reachable(address: str) -> None:
     try:
         socket.create_connection((parts.hostname, port), timeout=5).close()
     except OSError as e:
-        raise JobError(f"cannot reach the Ray Jobs API at {address}: {e.strerror or e}; start a cluster (`ray start --head`) and pass its dashboard address, e.g. http://127.0.0.1:8265") from None
+        raise JobError(
+            f"cannot reach the Ray Jobs API at {address}: {e.strerror or e}; start a cluster (`ray start --head`) "
+            "and pass its dashboard address, e.g. http://127.0.0.1:8265"
+        ) from None
 
 
 def _client(address: str):
@@ -123,14 +138,20 @@ def _client(address: str):
     except AuthenticationError as e:
         raise JobError(_token_message(address, e)) from None
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise JobError(f"cannot reach the Ray Jobs API at {address}: {e}; start a cluster (`ray start --head`) and pass its dashboard address, e.g. http://127.0.0.1:8265") from None
+        raise JobError(
+            f"cannot reach the Ray Jobs API at {address}: {e}; start a cluster (`ray start --head`) and pass its "
+            "dashboard address, e.g. http://127.0.0.1:8265"
+        ) from None
 
 
 def _token_message(address: str, e: Exception) -> str:
     """What went wrong with the token (never the token itself), where it was looked for, what to do."""
     text = str(getattr(e, "message", e))
     if "RAY_AUTH_TOKEN_PATH" in text and "cannot be opened" in text:
-        what = f"RAY_AUTH_TOKEN_PATH names a file that cannot be read or is empty ({os.environ.get('RAY_AUTH_TOKEN_PATH')})"
+        what = (
+            "RAY_AUTH_TOKEN_PATH names a file that cannot be read or is empty "
+            f"({os.environ.get('RAY_AUTH_TOKEN_PATH')})"
+        )
     elif "Forbidden" in text or "invalid or incorrect" in text:
         what = f"the cluster at {address} refused the token this client sent (from {_token_source()})"
     else:
@@ -148,7 +169,11 @@ def _token_source() -> str:
 
 def _jobs_of(client, sweep_id: str) -> list:
     """The jobs of one sweep (the first submission and its resumptions), oldest first."""
-    jobs = [j for j in client.list_jobs() if j.submission_id == sweep_id or (j.submission_id or "").startswith(f"{sweep_id}-resume-")]
+    jobs = [
+        j
+        for j in client.list_jobs()
+        if j.submission_id == sweep_id or (j.submission_id or "").startswith(f"{sweep_id}-resume-")
+    ]
     return sorted(jobs, key=lambda j: j.start_time or 0)
 
 
@@ -162,8 +187,14 @@ def _stage(spec: SweepSpec, into: Path) -> Path:
     return into
 
 
-def submit(spec: SweepSpec, address: str, *, home: str = DEFAULT_CLUSTER_HOME, env: dict[str, str] | None = None,
-           install: str = "auto") -> SweepHandle:
+def submit(
+    spec: SweepSpec,
+    address: str,
+    *,
+    home: str = DEFAULT_CLUSTER_HOME,
+    env: dict[str, str] | None = None,
+    install: str = "auto",
+) -> SweepHandle:
     """Start the sweep of `spec` as a Ray job, or find the one already started.
 
     `home` is GANOPS_HOME on the cluster (MLflow store and Ray storage, unless the spec names
@@ -180,21 +211,31 @@ def submit(spec: SweepSpec, address: str, *, home: str = DEFAULT_CLUSTER_HOME, e
     if earlier and earlier[-1].status.value in ("PENDING", "RUNNING", "SUCCEEDED"):
         return SweepHandle(earlier[-1].submission_id, address, sweep_id, existing=True)
     job_id = f"{sweep_id}-resume-{len(earlier)}" if earlier else sweep_id
-    pip, runtime = _requirements(client, address, extras_for(spec)) if install == "auto" else (None, {"install": "never", "installed": []})
+    pip, runtime = (
+        _requirements(client, address, extras_for(spec))
+        if install == "auto"
+        else (None, {"install": "never", "installed": []})
+    )
     with tempfile.TemporaryDirectory(prefix="ganops-job-") as tmp:
         runtime_env = {
             "working_dir": str(_stage(spec, Path(tmp))),
             "env_vars": {**_sweep_env(), "GANOPS_HOME": home, **(env or {})},
             **({"pip": pip} if pip else {}),
         }
-        _submit_job(client, address, dict(
-            # --resume: a resubmission continues the dead job's sweep (same --sweep-id).
-            entrypoint=f"python -m orchestrator.cli sweep spec.yaml --sweep-id {sweep_id} --resume --json",
-            submission_id=job_id,
-            runtime_env=runtime_env,
-            metadata={"ganops.sweep_id": sweep_id, "ganops.spec": spec.name},
-        ))
-    return SweepHandle(job_id, address, sweep_id, resumes=earlier[-1].submission_id if earlier else None, runtime=runtime)
+        _submit_job(
+            client,
+            address,
+            dict(
+                # --resume: a resubmission continues the dead job's sweep (same --sweep-id).
+                entrypoint=f"python -m orchestrator.cli sweep spec.yaml --sweep-id {sweep_id} --resume --json",
+                submission_id=job_id,
+                runtime_env=runtime_env,
+                metadata={"ganops.sweep_id": sweep_id, "ganops.spec": spec.name},
+            ),
+        )
+    return SweepHandle(
+        job_id, address, sweep_id, resumes=earlier[-1].submission_id if earlier else None, runtime=runtime
+    )
 
 
 def extras_for(spec: SweepSpec) -> list[str]:
@@ -215,8 +256,14 @@ def _requirements(client, address: str, extras: list[str]) -> tuple[dict | None,
     if (msg := packaging.wrong_ray(pins, info.get("ray"))) is not None:
         raise JobError(f"{address}: {msg}")
     missing = list(info.get("unsatisfied") or [])
-    runtime = {"install": "auto", "installed": missing, "already_there": not missing, "cluster_python": info.get("python"),
-               "client_python": f"{sys.version_info[0]}.{sys.version_info[1]}", "probe_job": probe_job}
+    runtime = {
+        "install": "auto",
+        "installed": missing,
+        "already_there": not missing,
+        "cluster_python": info.get("python"),
+        "client_python": f"{sys.version_info[0]}.{sys.version_info[1]}",
+        "probe_job": probe_job,
+    }
     # All the pins, not only the missing ones: pip then keeps what is there at the client's
     # versions too while it resolves the rest (those already satisfied cost nothing).
     return ({"packages": pins, "pip_install_options": PIP_OPTIONS} if missing else None), runtime
@@ -230,8 +277,16 @@ def _start_probe(client, address: str, pins: list[str]) -> str:
         (Path(tmp) / "infra").mkdir()
         (Path(tmp) / "infra" / "__init__.py").write_text("")
         shutil.copy(Path(packaging.__file__), Path(tmp) / "infra" / "packaging.py")
-        _submit_job(client, address, dict(entrypoint=packaging.probe_command(pins), submission_id=job_id,
-                                          runtime_env={"working_dir": tmp}, metadata={"ganops.probe": "1"}))
+        _submit_job(
+            client,
+            address,
+            dict(
+                entrypoint=packaging.probe_command(pins),
+                submission_id=job_id,
+                runtime_env={"working_dir": tmp},
+                metadata={"ganops.probe": "1"},
+            ),
+        )
     return job_id
 
 
@@ -241,15 +296,19 @@ def _probe_answer(client, address: str, job_id: str) -> dict:
     while (state := client.get_job_status(job_id).value) not in TERMINAL:
         if time.monotonic() > deadline:
             client.stop_job(job_id)
-            raise JobError(f"the probe job {job_id} on {address} did not end within {PROBE_WAIT_S} s ({state}); "
-                           f"`ray job logs {job_id} --address {address}` may say why; `--install never` skips the probe")
+            raise JobError(
+                f"the probe job {job_id} on {address} did not end within {PROBE_WAIT_S} s ({state}); "
+                f"`ray job logs {job_id} --address {address}` may say why; `--install never` skips the probe"
+            )
         time.sleep(0.5)
     text = client.get_job_logs(job_id)
     info = packaging.parse_probe(text) if state == "SUCCEEDED" else None
     if info is None:
         tail = "\n".join(text.strip().splitlines()[-15:])
-        raise JobError(f"the probe job {job_id} on {address} (which of ganops' requirements the cluster lacks) ended {state} "
-                       f"without an answer; its log ends:\n{tail}\n(`--install never` skips the probe)")
+        raise JobError(
+            f"the probe job {job_id} on {address} (which of ganops' requirements the cluster lacks) ended {state} "
+            f"without an answer; its log ends:\n{tail}\n(`--install never` skips the probe)"
+        )
     try:
         client.delete_job(job_id)  # its answer is in hand; keep the cluster's job list to sweeps
     except Exception:  # noqa: BLE001 - a probe left behind is harmless
@@ -283,7 +342,9 @@ def status(job_id: str, address: str) -> JobOutcome:
     return JobOutcome(job_id, state, info.message, result)
 
 
-def wait(job_id: str, address: str, *, timeout_s: float | None = None, poll_s: float = 2.0, on_status=None) -> JobOutcome:
+def wait(
+    job_id: str, address: str, *, timeout_s: float | None = None, poll_s: float = 2.0, on_status=None
+) -> JobOutcome:
     """Block until the job ends (or `timeout_s` passes: then the outcome is still RUNNING)."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     last = None
@@ -306,7 +367,9 @@ def follow_logs(job_id: str, address: str, *, poll_s: float = 1.0, sleep=time.sl
             state = client.get_job_info(job_id).status.value
             text = client.get_job_logs(job_id)
         except RuntimeError as e:
-            raise JobError(f"no job {job_id!r} on {address} ({e}); `ray job list --address {address}` lists them") from None
+            raise JobError(
+                f"no job {job_id!r} on {address} ({e}); `ray job list --address {address}` lists them"
+            ) from None
         if len(text) > seen:
             yield text[seen:]
             seen = len(text)
@@ -324,7 +387,8 @@ def logs(job_id: str, address: str) -> str:
 
 
 def cancel(job_id: str, address: str) -> bool:
-    """Stop the job (its trials end with it; a later `submit` of the same spec resumes it). False if it had already ended."""
+    """Stop the job (its trials end with it; a later `submit` of the same spec resumes it). False if it
+    had already ended."""
     try:
         return _client(address).stop_job(job_id)
     except RuntimeError as e:
@@ -346,5 +410,8 @@ def parse_result(log_text: str) -> SweepResult | None:
 
 def result_from_dict(d: dict[str, Any]) -> SweepResult:
     fields = SweepResult.__dataclass_fields__
-    trials = [TrialSummary(**{k: v for k, v in t.items() if k in TrialSummary.__dataclass_fields__}) for t in d.get("trials", [])]
+    trials = [
+        TrialSummary(**{k: v for k, v in t.items() if k in TrialSummary.__dataclass_fields__})
+        for t in d.get("trials", [])
+    ]
     return SweepResult(**{k: v for k, v in d.items() if k in fields and k != "trials"}, trials=trials)

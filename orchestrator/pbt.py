@@ -54,7 +54,11 @@ class InTrialPBT(HoldsBoard, PopulationBasedTraining):
     def _checkpoint_or_exploit(self, trial, tune_controller, upper_quantile, lower_quantile):
         state = self._trial_state[trial]
         # A top trial's checkpoint is the one its workers wrote with this very result.
-        state.last_checkpoint = checkpoint_uri(state.last_result.get(CHECKPOINT_PATH_KEY), self.storage) if trial in upper_quantile else None
+        state.last_checkpoint = (
+            checkpoint_uri(state.last_result.get(CHECKPOINT_PATH_KEY), self.storage)
+            if trial in upper_quantile
+            else None
+        )
         if trial not in lower_quantile or not upper_quantile:
             return
         if state.last_result.get("step", 0) >= trial.config.get("steps", self.steps):
@@ -72,10 +76,14 @@ class InTrialPBT(HoldsBoard, PopulationBasedTraining):
         new_config, _ = self._get_new_config(trial, donor)
         settings = {k: new_config[k] for k in self._hyperparam_mutations}
         order = {
-            "donor": donor.trial_id, "checkpoint": donor_state.last_checkpoint,
-            "donor_step": donor_state.last_result.get("step"), "config": settings,
+            "donor": donor.trial_id,
+            "checkpoint": donor_state.last_checkpoint,
+            "donor_step": donor_state.last_result.get("step"),
+            "config": settings,
         }
-        log.info("pbt: %s exploits %s (step %s), explores %s", trial.trial_id, donor.trial_id, order["donor_step"], settings)
+        log.info(
+            "pbt: %s exploits %s (step %s), explores %s", trial.trial_id, donor.trial_id, order["donor_step"], settings
+        )
         self.board.exploit.remote(trial.trial_id, order)
         trial.set_experiment_tag(_make_experiment_tag(state.orig_tag, new_config, self._hyperparam_mutations))
         trial.set_config(new_config)  # what Tune (and the leaderboard) report as the trial's config
@@ -87,7 +95,9 @@ class InTrialPBT(HoldsBoard, PopulationBasedTraining):
 def build_pbt(spec, board, storage: str, param_space: dict) -> InTrialPBT:
     p = spec.sweep.pbt
     return InTrialPBT(
-        board=board, storage=storage, steps=spec.trainer.steps,
+        board=board,
+        storage=storage,
+        steps=spec.trainer.steps,
         time_attr="training_iteration",  # evals
         require_attrs=False,  # a diverged trial's last report has no metric
         perturbation_interval=p.perturbation_interval,
@@ -95,7 +105,13 @@ def build_pbt(spec, board, storage: str, param_space: dict) -> InTrialPBT:
         quantile_fraction=p.quantile_fraction,
         resample_probability=p.resample_probability,
         hyperparam_mutations={k: _mutation_space(param_space[k]) for k in spec.pbt_mutations},
-        custom_explore_fn=Clamp({k: spec.search[k].candidates() for k in spec.pbt_mutations if spec.search[k].kind not in ("choice", "grid")}),
+        custom_explore_fn=Clamp(
+            {
+                k: spec.search[k].candidates()
+                for k in spec.pbt_mutations
+                if spec.search[k].kind not in ("choice", "grid")
+            }
+        ),
     )
 
 

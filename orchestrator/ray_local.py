@@ -84,12 +84,15 @@ def aws_keys_to_trials(needed: bool) -> Iterator[bool]:
 
     forward = needed and not started_here() and any(k in os.environ for k in AWS_KEYS)
     propagated = getattr(class_cache, "ENV_VARS_TO_PROPAGATE", None)
-    if forward or not isinstance(propagated, (set, frozenset)):
+    if forward or not isinstance(propagated, set):  # Ray 2.60: a set of names
         if forward:
-            log.info("the trials get this environment's AWS keys (the sweep uses S3 on a Ray cluster this process did not start)")
+            log.info(
+                "the trials get this environment's AWS keys (the sweep "
+                "uses S3 on a Ray cluster this process did not start)"
+            )
         yield forward
         return
-    class_cache.ENV_VARS_TO_PROPAGATE = type(propagated)(propagated - set(AWS_KEYS))
+    class_cache.ENV_VARS_TO_PROPAGATE = propagated - set(AWS_KEYS)
     try:
         yield False
     finally:

@@ -57,7 +57,9 @@ def _conditional_example(G, z):
     labels = torch.arange(z.shape[0])
     with torch.no_grad():
         out = G(z, labels).numpy()
-    inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, z.shape[1]), "z"), TensorSpec(np.dtype(np.int64), (-1,), "labels")])
+    inputs = Schema(
+        [TensorSpec(np.dtype(np.float32), (-1, z.shape[1]), "z"), TensorSpec(np.dtype(np.int64), (-1,), "labels")]
+    )
     return [z.numpy(), labels.numpy()], ModelSignature(inputs=inputs, outputs=infer_signature(z.numpy(), out).outputs)
 
 
@@ -86,12 +88,23 @@ def _log_generator_model(client: MlflowClient, experiment_id: str, best):
             example = z.numpy()
             with torch.no_grad():
                 signature = infer_signature(z.numpy(), G(z).numpy())  # latent in, samples out
-        model = client.create_logged_model(experiment_id, name=MODEL_NAME, source_run_id=best.run_id, tags={tracking.TAG_TRIAL: best.trial_id})
+        model = client.create_logged_model(
+            experiment_id, name=MODEL_NAME, source_run_id=best.run_id, tags={tracking.TAG_TRIAL: best.trial_id}
+        )
         try:
             local = Path(tmp) / "model"
             mlflow.pytorch.save_model(
-                G, str(local), signature=signature, input_example=example, extra_files=[weights],
-                mlflow_model=Model(artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=best.run_id, model_id=model.model_id),
+                G,
+                str(local),
+                signature=signature,
+                input_example=example,
+                extra_files=[weights],
+                mlflow_model=Model(
+                    artifact_path=model.artifact_location,
+                    model_uuid=model.model_id,
+                    run_id=best.run_id,
+                    model_id=model.model_id,
+                ),
                 # pt2 (torch.export) rather than a pickle: MLflow's users load it without running code.
                 serialization_format="pt2",
                 # Explicit requirements: inferring them loads the model in a subprocess (slow).
@@ -119,9 +132,13 @@ def register_best(client: MlflowClient, result: "SweepResult", spec_name: str) -
     model = _log_generator_model(client, result.experiment_id, best)
     try:
         client.create_registered_model(
-            name, tags={"ganops.spec": spec_name},
-            description=(f"Best generator of each `ganops sweep` of spec {spec_name!r}; alias `{ALIAS}` = the newest sweep's. "
-                         f"Sample it safely with `ganops sample models:/{name}@{ALIAS}` (loads {WEIGHTS} with torch weights_only)."),
+            name,
+            tags={"ganops.spec": spec_name},
+            description=(
+                f"Best generator of each `ganops sweep` of spec {spec_name!r}; alias `{ALIAS}` = the newest sweep's. "
+                f"Sample it safely with `ganops sample models:/{name}@{ALIAS}` "
+                f"(loads {WEIGHTS} with torch weights_only)."
+            ),
         )
     except MlflowException as e:
         if e.error_code != "RESOURCE_ALREADY_EXISTS":  # an earlier sweep of this spec made it
@@ -129,10 +146,16 @@ def register_best(client: MlflowClient, result: "SweepResult", spec_name: str) -
     version = client.create_model_version(
         # The storage location, not models:/m-...: a SQL registry store would resolve that through
         # the process-wide tracking URI (a TODO in MLflow 3.17), not this client's.
-        name, model.artifact_location, run_id=best.run_id, model_id=model.model_id,
+        name,
+        model.artifact_location,
+        run_id=best.run_id,
+        model_id=model.model_id,
         tags={
-            tracking.TAG_SWEEP: result.sweep_id, tracking.TAG_TRIAL: best.trial_id,
-            "ganops.metric": result.metric, "ganops.mode": result.mode, "ganops.metric_value": repr(value),
+            tracking.TAG_SWEEP: result.sweep_id,
+            tracking.TAG_TRIAL: best.trial_id,
+            "ganops.metric": result.metric,
+            "ganops.mode": result.mode,
+            "ganops.metric_value": repr(value),
             "ganops.parent_run_id": result.parent_run_id,
         },
         description=f"sweep {result.sweep_id}, trial {best.trial_id}: {result.metric} {value:.4g} ({result.mode})",
@@ -148,7 +171,11 @@ def try_register_best(client: MlflowClient, result: "SweepResult", spec_name: st
     try:
         return register_best(client, result, spec_name)
     except Exception as e:  # noqa: BLE001 - the trials and the leaderboard are already recorded
-        log.warning("could not register the best generator in the model registry: %s", e, exc_info=log.isEnabledFor(logging.DEBUG))
+        log.warning(
+            "could not register the best generator in the model registry: %s",
+            e,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+        )
         return None
 
 
@@ -163,14 +190,24 @@ def download_weights(client: MlflowClient, uri: str, dst: Path) -> tuple[str, st
         raise LookupError(f"{uri!r} is not a model URI; {MODEL_URI_HELP}")
     name, number, alias = parsed
     try:
-        mv = client.get_model_version(name, number) if number else client.get_model_version_by_alias(name, alias)
+        if number:
+            mv = client.get_model_version(name, number)
+        else:
+            assert alias is not None  # MODEL_URI matches either /VERSION or @ALIAS
+            mv = client.get_model_version_by_alias(name, alias)
         source = client.get_model_version_download_uri(name, mv.version)
     except MlflowException as e:
-        raise LookupError(f"no registered model version {uri} in {client.tracking_uri}: {e.message}. "
-                          f"A sweep registers its best generator as models:/ganops-<spec name>@{ALIAS}") from None
+        raise LookupError(
+            f"no registered model version {uri} in {client.tracking_uri}: {e.message}. "
+            f"A sweep registers its best generator as models:/ganops-<spec name>@{ALIAS}"
+        ) from None
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=f"{source.rstrip('/')}/{WEIGHTS}", dst_path=str(dst), tracking_uri=client.tracking_uri)
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{source.rstrip('/')}/{WEIGHTS}", dst_path=str(dst), tracking_uri=client.tracking_uri
+        )
     except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing artifact
-        raise LookupError(f"{uri} (version {mv.version}) has no {WEIGHTS}; it was not registered by ganops, and ganops "
-                          f"will not unpickle a full model: {e}") from None
+        raise LookupError(
+            f"{uri} (version {mv.version}) has no {WEIGHTS}; it was not registered by ganops, and ganops "
+            f"will not unpickle a full model: {e}"
+        ) from None
     return local, mv.run_id

@@ -1,4 +1,5 @@
-"""Draw samples from a trial's generator (by run or trial id) or a registered one (models:/...): load it, write a file."""
+"""Draw samples from a trial's generator (by run or trial id) or a registered one (models:/...): load it,
+write a file."""
 
 from __future__ import annotations
 
@@ -26,7 +27,10 @@ def resolve_run(client: MlflowClient, run: str) -> str:
         pass
     rid = tracking.find_trial_run(client, run)
     if rid is None:
-        raise SampleError(f"no MLflow run or Ray trial {run!r} in {client.tracking_uri}; take the id from the sweep's leaderboard or `ganops ui`")
+        raise SampleError(
+            f"no MLflow run or Ray trial {run!r} in {client.tracking_uri}; "
+            "take the id from the sweep's leaderboard or `ganops ui`"
+        )
     return rid
 
 
@@ -47,11 +51,15 @@ def load_generator(client: MlflowClient, run: str):
             try:
                 local = client.download_artifacts(run_id, "generator/generator.pt", tmp)
             except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing artifact
-                raise SampleError(f"run {run_id} has no generator checkpoint yet (it is logged at the trial's first eval): {e}") from None
+                raise SampleError(
+                    f"run {run_id} has no generator checkpoint yet (it is logged at the trial's first eval): {e}"
+                ) from None
         try:
             G, cfg = _load(Path(local))
         except Exception as e:  # noqa: BLE001 - weights_only refusals, missing keys, a config that no longer validates
-            raise SampleError(f"{run}: its generator.pt is not a ganops generator file that loads safely (weights only): {e}") from None
+            raise SampleError(
+                f"{run}: its generator.pt is not a ganops generator file that loads safely (weights only): {e}"
+            ) from None
     return G, cfg, run_id
 
 
@@ -61,9 +69,14 @@ def _check_class(cls: int | None, cfg, source: str) -> None:
     if cls is None:
         return
     if not cfg.is_conditional:
-        raise SampleError(f"--class {cls}: {source} is an unconditional generator (model {cfg.model}); --class needs a conditional one (model: cdcgan28)")
+        raise SampleError(
+            f"--class {cls}: {source} is an unconditional generator (model "
+            f"{cfg.model}); --class needs a conditional one (model: cdcgan28)"
+        )
     if not 0 <= cls < NUM_CLASSES:
-        raise SampleError(f"--class {cls}: the classes of a {cfg.model} generator are 0-{NUM_CLASSES - 1} (the MNIST digits)")
+        raise SampleError(
+            f"--class {cls}: the classes of a {cfg.model} generator are 0-{NUM_CLASSES - 1} (the MNIST digits)"
+        )
 
 
 def _draw(G, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
@@ -83,7 +96,9 @@ def _write(out: Path, x: torch.Tensor, cfg, nrow: int) -> None:
         from trainers.data import to_tanh_range
 
         # image_grid reads [-1, 1]; a sigmoid G (output: sigmoid) makes [0, 1]
-        Image.fromarray(image_grid(to_tanh_range(x, cfg), nrow=nrow) if cfg.is_image else scatter_png(x, cfg.data)).save(out)
+        Image.fromarray(
+            image_grid(to_tanh_range(x, cfg), nrow=nrow) if cfg.is_image else scatter_png(x, cfg.data)
+        ).save(out)
 
 
 def interpolation_latents(cfg, seeds: tuple[int, int], steps: int) -> torch.Tensor:
@@ -105,16 +120,31 @@ def _device(name: str) -> torch.device:
         raise SampleError(f"--device {name}: not a torch device; use cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise SampleError(f"--device {name}: this Python sees no CUDA GPU (torch {torch.__version__}, torch.cuda.is_available() is False); use --device cpu")
+            raise SampleError(
+                f"--device {name}: this Python sees no CUDA GPU (torch {torch.__version__}, "
+                "torch.cuda.is_available() is False); use --device cpu"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise SampleError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+            raise SampleError(
+                f"--device {name}: there are {torch.cuda.device_count()} CUDA devices "
+                f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
+            )
     elif device.type != "cpu":
         raise SampleError(f"--device {name}: ganops samples on cpu or cuda")
     return device
 
 
-def sample(tracking_uri: str, run: str, n: int, out: Path, seed: int = 0, cls: int | None = None,
-           interpolate: tuple[int, int] | None = None, steps: int = 10, device: str = "cpu") -> dict:
+def sample(
+    tracking_uri: str,
+    run: str,
+    n: int,
+    out: Path,
+    seed: int = 0,
+    cls: int | None = None,
+    interpolate: tuple[int, int] | None = None,
+    steps: int = 10,
+    device: str = "cpu",
+) -> dict:
     """Write samples of the run's generator to `out` (.npy or .png); return what was written.
 
     - default: `n` samples from latents drawn with `seed`; a conditional generator draws class
@@ -155,8 +185,18 @@ def sample(tracking_uri: str, run: str, n: int, out: Path, seed: int = 0, cls: i
     G.to(dev)
     x = _draw(G, z.to(dev), None if labels is None else labels.to(dev)).cpu()
     _write(out, x, cfg, nrow)
-    info = {"run_id": run_id, "source": run, "out": str(out), "n": int(x.shape[0]), "shape": list(x.shape), "data": cfg.data,
-            "model": cfg.model, "seed": seed, "conditional": cfg.is_conditional, "device": str(dev)}
+    info = {
+        "run_id": run_id,
+        "source": run,
+        "out": str(out),
+        "n": int(x.shape[0]),
+        "shape": list(x.shape),
+        "data": cfg.data,
+        "model": cfg.model,
+        "seed": seed,
+        "conditional": cfg.is_conditional,
+        "device": str(dev),
+    }
     if labels is not None:
         info["classes"] = sorted(set(labels.tolist()))
     if interpolate is not None:

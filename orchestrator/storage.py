@@ -21,13 +21,16 @@ def check(storage: str) -> None:
         try:
             os.makedirs(storage, exist_ok=True)
         except OSError as e:
-            raise StorageError(f"storage {storage}: cannot create it ({e.strerror}); set `storage:` in the spec to a writable directory") from None
+            raise StorageError(
+                f"storage {storage}: cannot create it ({e.strerror}); "
+                "set `storage:` in the spec to a writable directory"
+            ) from None
         return
     if not storage.startswith("s3://"):
         raise StorageError(f"storage {storage}: only local directories and s3://bucket/prefix are supported")
     import pyarrow.fs
 
-    bucket = storage[len("s3://"):].split("/", 1)[0]
+    bucket = storage[len("s3://") :].split("/", 1)[0]
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
     where = f" at {endpoint} (AWS_ENDPOINT_URL)" if endpoint else ""
     try:
@@ -35,6 +38,12 @@ def check(storage: str) -> None:
         info = fs.get_file_info(bucket)
     except OSError as e:
         first = str(e).splitlines()[0][:300]
-        raise StorageError(f"storage {storage}: S3{where} cannot be reached ({first}); check the endpoint and the AWS credentials in your environment") from None
+        raise StorageError(
+            f"storage {storage}: S3{where} cannot be reached ({first}); "
+            "check the endpoint and the AWS credentials in your environment"
+        ) from None
     if info.type == pyarrow.fs.FileType.NotFound:
-        raise StorageError(f"storage {storage}: bucket {bucket!r} does not exist{where}; create it with `ganops cluster bucket PROFILE` (private, encrypted) or pick another bucket")
+        raise StorageError(
+            f"storage {storage}: bucket {bucket!r} does not exist{where}; create it with `ganops cluster bucket "
+            "PROFILE` (private, encrypted) or pick another bucket"
+        )

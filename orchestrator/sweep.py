@@ -61,8 +61,10 @@ class SweepInterrupted(Exception):
     def __init__(self, sweep_id: str, parent_run_id: str, signum: int, result: SweepResult | None = None):
         self.sweep_id, self.parent_run_id, self.signum, self.result = sweep_id, parent_run_id, signum, result
         self.reason = REASONS.get(signum, "interrupted")
-        super().__init__(f"sweep {sweep_id} {self.reason} ({signal.Signals(signum).name}): finished trials are in MLflow; "
-                         f"the unfinished ones go on from their checkpoints with `ganops resume {sweep_id}`")
+        super().__init__(
+            f"sweep {sweep_id} {self.reason} ({signal.Signals(signum).name}): finished trials are in MLflow; "
+            f"the unfinished ones go on from their checkpoints with `ganops resume {sweep_id}`"
+        )
 
     @property
     def exit_code(self) -> int:
@@ -100,11 +102,18 @@ def workers_elsewhere(spec: SweepSpec, nodes: list[dict], here_node_id: str) -> 
     alive = [n for n in nodes if n.get("Alive")]
     here = next((n for n in alive if n.get("NodeID") == here_node_id), None)
     here_ip = here.get("NodeManagerAddress") if here else None
-    others = sorted({n.get("NodeManagerAddress") for n in alive} - {here_ip})
+    addresses: set[str] = {n["NodeManagerAddress"] for n in alive}  # every node of ray.nodes() has one
+    others = sorted(addresses - {here_ip})
     if others:
-        return f"{len(others)} other machine{'s' if len(others) > 1 else ''} ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''})"
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        return f"{len(others)} other machine{'s' if len(others) > 1 else ''} ({shown})"
     r = spec.resources
-    holds = [n for n in alive if n.get("Resources", {}).get("CPU", 0) >= r.cpus_per_worker and n.get("Resources", {}).get("GPU", 0) >= r.gpus_per_worker]
+    holds = [
+        n
+        for n in alive
+        if n.get("Resources", {}).get("CPU", 0) >= r.cpus_per_worker
+        and n.get("Resources", {}).get("GPU", 0) >= r.gpus_per_worker
+    ]
     if not holds:
         return "the worker nodes the autoscaler adds (no node here can hold a trial's worker)"
     return None
@@ -123,10 +132,14 @@ def check_shared(where: str | None, uri: str, storage: str) -> None:
         local.append(f"storage {storage}")
     if local:
         raise SweepError(
-            f"trial workers run on {where}, but the {' and the '.join(local)} {'is' if len(local) == 1 else 'are'} on this machine's disk: "
-            "each worker would write to its own disk and the sweep would never see it. Set tracking.uri to an MLflow server every node "
-            "reaches (README: 'A team tracking server') and storage: s3://bucket/prefix; if the path is a filesystem every node mounts "
-            "(NFS), set GANOPS_SHARED_FS=1")
+            f"trial workers run on {where}, but the {' and the '.join(local)} {'is' if len(local) == 1 else 'are'} "
+            "on this machine's disk: "
+            "each worker would write to its own disk and the sweep would never see it. Set tracking.uri to an MLflow "
+            "server every node "
+            "reaches (README: 'A team tracking server') and storage: s3://bucket/prefix; if the path is a filesystem "
+            "every node mounts "
+            "(NFS), set GANOPS_SHARED_FS=1"
+        )
 
 
 def default_concurrency(spec: SweepSpec, resources: dict[str, float]) -> int:
@@ -148,7 +161,7 @@ def _init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     # Worker chatter stays in Ray's log files; the sweep shows its own progress and errors.
-    kwargs = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
+    kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
     if address:
         ray.init(address=address, **kwargs)
         return
@@ -171,7 +184,7 @@ def _init_ray(address: str | None) -> None:
 def build_search(spec: SweepSpec, concurrent: int, board=None, storage: str = ""):
     """The spec's search algorithm and scheduler, as Ray Tune objects."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search import ConcurrencyLimiter, SearchAlgorithm, Searcher
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from orchestrator.stopping import cooperative
@@ -182,7 +195,9 @@ def build_search(spec: SweepSpec, concurrent: int, board=None, storage: str = ""
             from ray.tune.search.optuna import OptunaSearch
         except ImportError:
             raise SweepError("search_alg: optuna needs Optuna: pip install optuna") from None
-        searcher = ConcurrencyLimiter(OptunaSearch(seed=spec.sweep.seed), max_concurrent=concurrent)
+        searcher: Searcher | SearchAlgorithm = ConcurrencyLimiter(
+            OptunaSearch(seed=spec.sweep.seed), max_concurrent=concurrent
+        )
     else:
         # Random/grid search; the seed makes the sampled configs repeatable.
         searcher = BasicVariantGenerator(random_state=spec.sweep.seed, max_concurrent=concurrent)
@@ -190,7 +205,12 @@ def build_search(spec: SweepSpec, concurrent: int, board=None, storage: str = ""
         evals = max(1, spec.trainer.steps // spec.trainer.eval_every)
         a = spec.sweep.asha
         # Time is counted in evals (Tune's training_iteration): one rung = one or more evals.
-        scheduler = cooperative(ASHAScheduler)(time_attr="training_iteration", max_t=evals, grace_period=min(a.grace_period, evals), reduction_factor=a.reduction_factor)
+        scheduler = cooperative(ASHAScheduler)(
+            time_attr="training_iteration",
+            max_t=evals,
+            grace_period=min(a.grace_period, evals),
+            reduction_factor=a.reduction_factor,
+        )
         scheduler.board = board
     elif spec.sweep.scheduler == "pbt":
         from orchestrator.pbt import build_pbt
@@ -199,7 +219,10 @@ def build_search(spec: SweepSpec, concurrent: int, board=None, storage: str = ""
         if spec.sweep.num_samples > concurrent:
             log.warning(
                 "pbt: %d trials but %d run at once; the others join the population as running ones finish "
-                "(set sweep.num_samples to at most %d for a population that trains together)", spec.sweep.num_samples, concurrent, concurrent,
+                "(set sweep.num_samples to at most %d for a population that trains together)",
+                spec.sweep.num_samples,
+                concurrent,
+                concurrent,
             )
         scheduler = build_pbt(spec, board, storage, param_space(spec))
     else:
@@ -207,7 +230,15 @@ def build_search(spec: SweepSpec, concurrent: int, board=None, storage: str = ""
     return searcher, scheduler
 
 
-def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | None = None, console: Console | None = None, sweep_id: str | None = None, resume: bool = False) -> SweepResult:
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    spec_text: str | None = None,
+    address: str | None = None,
+    console: Console | None = None,
+    sweep_id: str | None = None,
+    resume: bool = False,
+) -> SweepResult:
     """Run the sweep described by `spec` to the end and return its trials, best first.
 
     `sweep_id` names the sweep (default: spec name + time); `ganops submit` passes one derived
@@ -237,14 +268,38 @@ def run_sweep(spec: SweepSpec, *, spec_text: str | None = None, address: str | N
 
     check_fits(spec, ray.cluster_resources())
     check_shared(workers_elsewhere(spec, ray.nodes(), ray.get_runtime_context().get_node_id()), uri, storage)
-    parent = tracking.start_sweep_run(client, experiment_id, sweep_id, spec.model_dump(mode="json"), spec.spec_hash, spec_text, spec.description, spec.metric, spec.mode, storage)
+    parent = tracking.start_sweep_run(
+        client,
+        experiment_id,
+        sweep_id,
+        spec.model_dump(mode="json"),
+        spec.spec_hash,
+        spec_text,
+        spec.description,
+        spec.metric,
+        spec.mode,
+        storage,
+    )
 
     def new_tuner(trainable, param_space, tune_config, run_config):
         from ray import tune
 
         return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
-    return _execute(spec, client, uri, experiment, experiment_id, parent, sweep_id, storage, feature_cache, console, started, new_tuner)
+    return _execute(
+        spec,
+        client,
+        uri,
+        experiment,
+        experiment_id,
+        parent,
+        sweep_id,
+        storage,
+        feature_cache,
+        console,
+        started,
+        new_tuner,
+    )
 
 
 SWEEP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
@@ -253,7 +308,9 @@ STORED_SPEC = "ganops_spec.json"  # the resolved spec, beside Tune's state in th
 
 def _check_sweep_id(sweep_id: str) -> None:
     if not SWEEP_ID.match(sweep_id) or ".." in sweep_id:
-        raise SweepError(f"sweep id {sweep_id!r}: use letters, digits and _.- only (at most 200), starting with a letter or digit")
+        raise SweepError(
+            f"sweep id {sweep_id!r}: use letters, digits and _.- only (at most 200), starting with a letter or digit"
+        )
 
 
 def trusted_storage(storage: str | None) -> str:
@@ -300,7 +357,14 @@ def read_stored_spec(storage: str, sweep_id: str) -> SweepSpec | None:
     return SweepSpec.model_validate(json.loads(data))
 
 
-def resume_sweep(sweep: str, *, tracking_uri: str | None = None, address: str | None = None, console: Console | None = None, storage: str | None = None) -> SweepResult:
+def resume_sweep(
+    sweep: str,
+    *,
+    tracking_uri: str | None = None,
+    address: str | None = None,
+    console: Console | None = None,
+    storage: str | None = None,
+) -> SweepResult:
     """Continue a sweep whose driver died (killed, crashed, machine lost) from its storage.
 
     Tune restores the experiment (`Tuner.restore`): finished trials are not re-run, unfinished
@@ -322,26 +386,40 @@ def resume_sweep(sweep: str, *, tracking_uri: str | None = None, address: str | 
     _check_access(client, uri)
     parent_run = tracking.find_sweep_run(client, sweep)
     if parent_run is None:
-        raise SweepError(f"no sweep {sweep!r} in {uri}; `ganops compare` lists a sweep's trials, the MLflow UI (`ganops ui`) lists sweeps")
+        raise SweepError(
+            f"no sweep {sweep!r} in {uri}; `ganops compare` lists a "
+            "sweep's trials, the MLflow UI (`ganops ui`) lists sweeps"
+        )
     tags = parent_run.data.tags
     sweep_id, parent = tags.get(tracking.TAG_SWEEP, ""), parent_run.info.run_id
     _check_sweep_id(sweep_id)
     if parent_run.info.status == "FINISHED":
-        raise SweepError(f"sweep {sweep_id} already finished; nothing to resume (`ganops compare {sweep_id}` shows its trials)")
+        raise SweepError(
+            f"sweep {sweep_id} already finished; nothing to resume (`ganops compare {sweep_id}` shows its trials)"
+        )
     storage = trusted_storage(storage)
     said = tags.get(tracking.TAG_STORAGE)
     if said is not None and said.rstrip("/") != storage:
-        raise SweepError(f"sweep {sweep_id}'s MLflow run says its storage is {said}, but this resume only reads {storage} (the spec's storage, "
-                         "--storage, or GANOPS_HOME/ray); if that store is yours, resume with --storage pointing at it")
+        raise SweepError(
+            f"sweep {sweep_id}'s MLflow run says its storage is {said}, but this resume only reads {storage} (the "
+            "spec's storage, "
+            "--storage, or GANOPS_HOME/ray); if that store is yours, resume with --storage pointing at it"
+        )
     path = f"{storage}/{sweep_id}"
     _check_storage(storage)
     spec = read_stored_spec(storage, sweep_id)
     if spec is None:
-        raise SweepError(f"no {STORED_SPEC} under {path}: not a sweep this storage holds (or started by an older ganops, whose sweeps "
-                         "cannot be resumed safely); check --storage / GANOPS_HOME")
+        raise SweepError(
+            f"no {STORED_SPEC} under {path}: not a sweep this storage holds (or started by an older ganops, whose "
+            "sweeps "
+            "cannot be resumed safely); check --storage / GANOPS_HOME"
+        )
     if spec.spec_hash != tags.get(tracking.TAG_SPEC_HASH):
-        raise SweepError(f"sweep {sweep_id}: the spec stored with its state (hash {spec.spec_hash}) is not the one its MLflow run names "
-                         f"({tags.get(tracking.TAG_SPEC_HASH)}); refusing to resume a sweep whose records disagree")
+        raise SweepError(
+            f"sweep {sweep_id}: the spec stored with its state (hash {spec.spec_hash}) is not the one its MLflow run "
+            "names "
+            f"({tags.get(tracking.TAG_SPEC_HASH)}); refusing to resume a sweep whose records disagree"
+        )
     if not tune.Tuner.can_restore(path):
         raise SweepError(f"no Ray Tune experiment state under {path}; the sweep's storage is gone or unreachable")
     experiment_id = parent_run.info.experiment_id
@@ -360,7 +438,9 @@ def resume_sweep(sweep: str, *, tracking_uri: str | None = None, address: str | 
     def restored_tuner(trainable, param_space, tune_config, run_config):
         # resume_errored: a trial that failed because the driver or the storage went away goes on
         # from its checkpoint; one that diverged ends again at once (orchestrator/trial.py).
-        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True, param_space=param_space)
+        tuner = tune.Tuner.restore(
+            path, trainable, resume_unfinished=True, resume_errored=True, param_space=param_space
+        )
         # Tune pickled the dead driver's scheduler, stopper and callbacks (with handles to
         # that driver's trial board); this process brings its own. Same name and storage
         # path as the restored run (Ray 2.60: the restored Tuner keeps them in these fields).
@@ -368,7 +448,20 @@ def resume_sweep(sweep: str, *, tracking_uri: str | None = None, address: str | 
         tuner._local_tuner._run_config = run_config
         return tuner
 
-    return _execute(spec, client, uri, experiment, experiment_id, parent, sweep_id, storage, feature_cache, console, started, restored_tuner)
+    return _execute(
+        spec,
+        client,
+        uri,
+        experiment,
+        experiment_id,
+        parent,
+        sweep_id,
+        storage,
+        feature_cache,
+        console,
+        started,
+        restored_tuner,
+    )
 
 
 def _check_access(client, uri: str) -> None:
@@ -400,7 +493,9 @@ def _feature_cache(spec: SweepSpec) -> str | None:
     return feature_cache
 
 
-def _execute(spec, client, uri, experiment, experiment_id, parent, sweep_id, storage, feature_cache, console, started, make_tuner) -> SweepResult:
+def _execute(
+    spec, client, uri, experiment, experiment_id, parent, sweep_id, storage, feature_cache, console, started, make_tuner
+) -> SweepResult:
     import ray
     from ray import tune
 
@@ -413,20 +508,48 @@ def _execute(spec, client, uri, experiment, experiment_id, parent, sweep_id, sto
     concurrent = spec.sweep.max_concurrent_trials or default_concurrency(spec, ray.cluster_resources())
 
     board_name, board = start_board(sweep_id)
-    stopper = BalanceStopper(spec.stopping, spec.metric, spec.mode, board=board, max_usd=spec.budget.max_usd if spec.budget else None)
-    progress = SweepProgress(
-        metric=spec.metric, mode=spec.mode, steps=spec.trainer.steps, searched=list(spec.search),
-        tracking_uri=uri, console=console, experiment_ids=[experiment_id], stopper=stopper, parent_run_id=parent,
+    stopper = BalanceStopper(
+        spec.stopping, spec.metric, spec.mode, board=board, max_usd=spec.budget.max_usd if spec.budget else None
     )
-    context = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent, "sweep_id": sweep_id, "storage": storage, "feature_cache": feature_cache, "board": board_name}
+    progress = SweepProgress(
+        metric=spec.metric,
+        mode=spec.mode,
+        steps=spec.trainer.steps,
+        searched=list(spec.search),
+        tracking_uri=uri,
+        console=console,
+        experiment_ids=[experiment_id],
+        stopper=stopper,
+        parent_run_id=parent,
+    )
+    context = {
+        "tracking_uri": uri,
+        "experiment_id": experiment_id,
+        "parent_run_id": parent,
+        "sweep_id": sweep_id,
+        "storage": storage,
+        "feature_cache": feature_cache,
+        "board": board_name,
+    }
     search_alg, scheduler = build_search(spec, concurrent, board, storage)
     tuner = make_tuner(
         make_trainable(spec, context),
         param_space(spec),
-        tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=spec.sweep.num_samples, search_alg=search_alg, scheduler=scheduler),
+        tune.TuneConfig(
+            metric=spec.metric,
+            mode=spec.mode,
+            num_samples=spec.sweep.num_samples,
+            search_alg=search_alg,
+            scheduler=scheduler,
+        ),
         tune.RunConfig(
-            name=sweep_id, storage_path=storage, callbacks=[progress], verbose=0, stop=stopper,
-            failure_config=tune.FailureConfig(max_failures=0),  # Train restarts workers; a failed driver is a failed trial
+            name=sweep_id,
+            storage_path=storage,
+            callbacks=[progress],
+            verbose=0,
+            stop=stopper,
+            # Train restarts workers; a failed driver is a failed trial
+            failure_config=tune.FailureConfig(max_failures=0),
         ),
     )
     status = "FAILED"
@@ -434,8 +557,11 @@ def _execute(spec, client, uri, experiment, experiment_id, parent, sweep_id, sto
     try:
         # SIGTERM (CI, Kubernetes, `ganops job cancel`) and Ctrl-C stop the sweep gracefully:
         # Tune saves its state and `ganops resume` continues it (orchestrator/interrupt.py).
-        with graceful_stop(stop), aws_keys_to_trials(_uses_s3(client, experiment_id, storage)), \
-                tracking_login_to_trials(uri, started_here()):
+        with (
+            graceful_stop(stop),
+            aws_keys_to_trials(_uses_s3(client, experiment_id, storage)),
+            tracking_login_to_trials(uri, started_here()),
+        ):
             # Tune prints banners on stdout; stdout is reserved for --json.
             with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
                 grid = tuner.fit()
@@ -446,8 +572,11 @@ def _execute(spec, client, uri, experiment, experiment_id, parent, sweep_id, sto
         # Ray retried its uploads (pyarrow's S3 retries) and gave up: Tune cannot save the
         # experiment state. What reached the store and MLflow stays; resume picks it up.
         first = str(e).splitlines()[0][:300]
-        raise StorageLost(f"storage {storage} became unreachable mid-sweep ({first}). Finished trials and every logged step are kept in MLflow; "
-                          f"once the store answers again, continue with `ganops resume {sweep_id} --storage {storage}`") from None
+        raise StorageLost(
+            f"storage {storage} became unreachable mid-sweep ({first}). Finished trials and every logged step are "
+            "kept in MLflow; "
+            f"once the store answers again, continue with `ganops resume {sweep_id} --storage {storage}`"
+        ) from None
     except KeyboardInterrupt:
         # A second signal, or one before Tune listened: stop now, but leave no run RUNNING.
         status = "KILLED"
@@ -461,19 +590,31 @@ def _execute(spec, client, uri, experiment, experiment_id, parent, sweep_id, sto
         if status == "FAILED":
             client.set_terminated(parent, status=status)
 
-    trials = _summaries(spec, grid, progress, tracking.trial_runs_by_id(client, experiment_id, parent), interrupted=stop.reason)
+    trials = _summaries(
+        spec, grid, progress, tracking.trial_runs_by_id(client, experiment_id, parent), interrupted=stop.reason
+    )
     result = SweepResult(
-        sweep_id=sweep_id, experiment=experiment, experiment_id=experiment_id, parent_run_id=parent,
-        tracking_uri=uri, storage=storage, metric=spec.metric, mode=spec.mode,
-        wall_seconds=time.monotonic() - started, first_result_seconds=progress.first_result_s, trials=trials,
+        sweep_id=sweep_id,
+        experiment=experiment,
+        experiment_id=experiment_id,
+        parent_run_id=parent,
+        tracking_uri=uri,
+        storage=storage,
+        metric=spec.metric,
+        mode=spec.mode,
+        wall_seconds=time.monotonic() - started,
+        first_result_seconds=progress.first_result_s,
+        trials=trials,
     )
     if stop.signum is not None:
         # Tune saved the experiment with the unfinished trials in it; their drivers were
         # stopped before they could close their runs. Close them, and the sweep's, with the
         # reason; `ganops resume` reopens them and goes on from their checkpoints.
+        signal_reason = stop.reason
+        assert signal_reason is not None  # graceful_stop records only SIGTERM and SIGINT, both in REASONS
         result.trials = result.leaderboard()
-        tracking.close_open_trials(client, experiment_id, parent, "KILLED", stop.reason)
-        _finish_parent(client, result, status="KILLED", stop_reason=stop.reason)
+        tracking.close_open_trials(client, experiment_id, parent, "KILLED", signal_reason)
+        _finish_parent(client, result, status="KILLED", stop_reason=signal_reason)
         raise SweepInterrupted(sweep_id, parent, stop.signum, result)
     result.trials = result.leaderboard()
     result.registered_model = registry.try_register_best(client, result, spec.name)
@@ -485,7 +626,8 @@ def _summaries(spec: SweepSpec, grid, progress, runs: dict, interrupted: str | N
     """One TrialSummary per trial Tune knows. `interrupted`: the stop reason of a sweep stopped
     by a signal; its trials still running (or not yet started) are `unfinished`."""
     trials = []
-    analysis = getattr(grid, "_experiment_analysis", None)  # Ray 2.60: the Trial objects, for the ids of trials that never reported
+    # Ray 2.60: the Trial objects, for the ids of trials that never reported
+    analysis = getattr(grid, "_experiment_analysis", None)
     ids_by_path = {t.path: t.trial_id for t in getattr(analysis, "trials", None) or []}
     for r in grid:
         m = dict(r.metrics or {})
@@ -508,17 +650,23 @@ def _summaries(spec: SweepSpec, grid, progress, runs: dict, interrupted: str | N
             # Stopped between its rank-0 worker logging an eval and Tune receiving the report:
             # MLflow has the newer story.
             m = dict(run.data.metrics)
-        numeric = {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("trial_id",)}
-        trials.append(TrialSummary(
-            trial_id=trial_id,
-            run_id=run_id,
-            status=state,
-            config=config,
-            metrics=numeric,
-            step=int(m.get("step", 0) or 0),
-            error=_error_line(r.error) if r.error else None,
-            stop_reason=stop_reason,
-        ))
+        numeric = {
+            k: float(v)
+            for k, v in m.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("trial_id",)
+        }
+        trials.append(
+            TrialSummary(
+                trial_id=trial_id,
+                run_id=run_id,
+                status=state,
+                config=config,
+                metrics=numeric,
+                step=int(m.get("step", 0) or 0),
+                error=_error_line(r.error) if r.error else None,
+                stop_reason=stop_reason,
+            )
+        )
     return trials
 
 
@@ -534,7 +682,9 @@ def _row_from_run(run) -> dict[str, Any]:
     ended, from its MLflow run."""
     if run is None:
         return {}
-    state = {"FINISHED": "done", "KILLED": "stopped", "FAILED": "failed", "RUNNING": "running"}.get(run.info.status, "done")
+    state = {"FINISHED": "done", "KILLED": "stopped", "FAILED": "failed", "RUNNING": "running"}.get(
+        run.info.status, "done"
+    )
     reason = run.data.tags.get(tracking.TAG_STOP)
     evidence = run.data.tags.get("stop_evidence")
     return {"state": state, "stop_reason": f"{reason} {evidence}" if reason and evidence else reason}
@@ -555,23 +705,71 @@ def _finish_parent(client, result: SweepResult, status: str = "FINISHED", stop_r
     leaderboard so far, rewritten when `ganops resume` finishes it)."""
     from mlflow.entities import Metric, RunTag
 
-    lines = [f"| rank | trial | status | {result.metric} | step | sampled | stop reason |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| rank | trial | status | {result.metric} | step | sampled | stop reason |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for i, t in enumerate(result.trials, 1):
-        lines.append(f"| {i} | {t.trial_id} | {t.status} | {t.metrics.get(result.metric, float('nan')):.4g} | {t.step} | {t.config} | {t.stop_reason or t.error or ''} |")
+        lines.append(
+            f"| {i} | {t.trial_id} | {t.status} | {t.metrics.get(result.metric, float('nan')):.4g} | {t.step} | "
+            f"{t.config} | {t.stop_reason or t.error or ''} |"
+        )
     client.log_text(result.parent_run_id, "\n".join(lines) + "\n", "leaderboard.md")
     buf = io.StringIO()
-    keys = sorted({k for t in result.trials for k in t.metrics if not k.startswith(("time_", "timestamp", "pid", "iterations", "training_iteration", "done"))})
+    keys = sorted(
+        {
+            k
+            for t in result.trials
+            for k in t.metrics
+            if not k.startswith(("time_", "timestamp", "pid", "iterations", "training_iteration", "done"))
+        }
+    )
     w = csv.writer(buf)
-    w.writerow(["rank", "trial_id", "run_id", "status", "step", *(f"param.{k}" for k in result.trials[0].config if result.trials), *keys, "stop_reason", "error"])
+    w.writerow(
+        [
+            "rank",
+            "trial_id",
+            "run_id",
+            "status",
+            "step",
+            *(f"param.{k}" for k in result.trials[0].config if result.trials),
+            *keys,
+            "stop_reason",
+            "error",
+        ]
+    )
     for i, t in enumerate(result.trials, 1):
-        w.writerow([i, t.trial_id, t.run_id, t.status, t.step, *t.config.values(), *(t.metrics.get(k, "") for k in keys), t.stop_reason or "", t.error or ""])
+        w.writerow(
+            [
+                i,
+                t.trial_id,
+                t.run_id,
+                t.status,
+                t.step,
+                *t.config.values(),
+                *(t.metrics.get(k, "") for k in keys),
+                t.stop_reason or "",
+                t.error or "",
+            ]
+        )
     client.log_text(result.parent_run_id, buf.getvalue(), "leaderboard.csv")
     best = result.best
     now = int(time.time() * 1000)
     priced = any(t.metrics.get("cost_usd", 0.0) > 0 for t in result.trials)
-    tags = [RunTag("ganops.trials", str(len(result.trials))),
-            RunTag("ganops.cost", f"{result.cost_usd:.4f} USD, spot saved {result.spot_saved_usd:.4f} USD" if priced else "$0: no node advertised a price (local machine)")]
-    metrics = [Metric("sweep_wall_seconds", result.wall_seconds, now, 0), Metric("cost_usd", result.cost_usd, now, 0), Metric("spot_saved_usd", result.spot_saved_usd, now, 0)]
+    tags = [
+        RunTag("ganops.trials", str(len(result.trials))),
+        RunTag(
+            "ganops.cost",
+            f"{result.cost_usd:.4f} USD, spot saved {result.spot_saved_usd:.4f} USD"
+            if priced
+            else "$0: no node advertised a price (local machine)",
+        ),
+    ]
+    metrics = [
+        Metric("sweep_wall_seconds", result.wall_seconds, now, 0),
+        Metric("cost_usd", result.cost_usd, now, 0),
+        Metric("spot_saved_usd", result.spot_saved_usd, now, 0),
+    ]
     if best is not None:
         tags += [RunTag("ganops.best_trial", best.trial_id), RunTag("ganops.best_run_id", best.run_id or "")]
         metrics.append(Metric(f"best_{result.metric}", best.metrics[result.metric], int(time.time() * 1000), 0))

@@ -72,8 +72,10 @@ def check_access(client: MlflowClient, uri: str) -> None:
         "mlflow_tracking_password under [mlflow] in ~/.mlflow/credentials"
     )
     if status == 403:
-        msg = (f"tracking server {uri} does not let user {user!r} read experiments (HTTP 403); "
-               "ask its admin for READ (or EDIT) permission")
+        msg = (
+            f"tracking server {uri} does not let user {user!r} read experiments (HTTP 403); "
+            "ask its admin for READ (or EDIT) permission"
+        )
     elif user is None and not token:
         msg = f"tracking server {uri} asks for a login (HTTP 401) and none is set: {how}"
     else:
@@ -85,7 +87,9 @@ def check_access(client: MlflowClient, uri: str) -> None:
 def git_commit() -> str | None:
     """The project's git commit, when it runs from a checkout."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -113,8 +117,26 @@ def _params(d: dict[str, Any]) -> list[Param]:
     return [Param(k, str(v)) for k, v in sorted(flat.items())]
 
 
-def start_sweep_run(client: MlflowClient, experiment_id: str, sweep_id: str, spec_dump: dict, spec_hash: str, spec_text: str | None, description: str | None, metric: str, mode: str, storage: str | None = None) -> str:
-    tags = {TAG_KIND: "sweep", TAG_SWEEP: sweep_id, TAG_SPEC_HASH: spec_hash, "mlflow.runName": sweep_id, "ganops.metric": metric, "ganops.mode": mode}
+def start_sweep_run(
+    client: MlflowClient,
+    experiment_id: str,
+    sweep_id: str,
+    spec_dump: dict,
+    spec_hash: str,
+    spec_text: str | None,
+    description: str | None,
+    metric: str,
+    mode: str,
+    storage: str | None = None,
+) -> str:
+    tags = {
+        TAG_KIND: "sweep",
+        TAG_SWEEP: sweep_id,
+        TAG_SPEC_HASH: spec_hash,
+        "mlflow.runName": sweep_id,
+        "ganops.metric": metric,
+        "ganops.mode": mode,
+    }
     if storage:
         tags[TAG_STORAGE] = storage
     if description:
@@ -124,7 +146,12 @@ def start_sweep_run(client: MlflowClient, experiment_id: str, sweep_id: str, spe
     run = client.create_run(experiment_id, tags=tags, run_name=sweep_id)
     rid = run.info.run_id
     flat = {f"trainer.{k}": v for k, v in spec_dump["trainer"].items()}
-    flat.update({f"search.{k}": json.dumps({dk: dv for dk, dv in v.items() if dv is not None}) for k, v in spec_dump["search"].items()})
+    flat.update(
+        {
+            f"search.{k}": json.dumps({dk: dv for dk, dv in v.items() if dv is not None})
+            for k, v in spec_dump["search"].items()
+        }
+    )
     flat.update({f"sweep.{k}": v for k, v in spec_dump["sweep"].items()})
     flat.update({f"resources.{k}": v for k, v in spec_dump["resources"].items()})
     client.log_batch(rid, params=_params(flat))
@@ -134,7 +161,17 @@ def start_sweep_run(client: MlflowClient, experiment_id: str, sweep_id: str, spe
     return rid
 
 
-def trial_run(client: MlflowClient, experiment_id: str, parent_run_id: str, sweep_id: str, trial_id: str, trial_name: str, spec_hash: str, trainer_cfg: dict, sampled: dict) -> str:
+def trial_run(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_run_id: str,
+    sweep_id: str,
+    trial_id: str,
+    trial_name: str,
+    spec_hash: str,
+    trainer_cfg: dict,
+    sampled: dict,
+) -> str:
     """The trial's child run: found again by its trial id when Ray restarts the trial, else created."""
     found = client.search_runs(
         [experiment_id],
@@ -185,11 +222,17 @@ def end_run(client: MlflowClient, run_id: str, status: str, stop_reason: str | N
     client.set_terminated(run_id, status=status)
 
 
-def close_open_trials(client: MlflowClient, experiment_id: str, parent_run_id: str, status: str, stop_reason: str) -> list[str]:
+def close_open_trials(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, status: str, stop_reason: str
+) -> list[str]:
     """Close every trial run of the sweep still RUNNING (their drivers were stopped before they
     could close them: SIGTERM, Ctrl-C) with `status` and `stop_reason`; their run ids.
     `ganops resume` reopens them (`trial_run`)."""
-    open_runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' and attributes.status = 'RUNNING'", max_results=10_000)
+    open_runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+        max_results=10_000,
+    )
     for run in open_runs:
         end_run(client, run.info.run_id, status, stop_reason)
     return [r.info.run_id for r in open_runs]
@@ -200,7 +243,13 @@ def find_sweep_run(client: MlflowClient, sweep: str):
     from mlflow.exceptions import MlflowException
 
     ids = [e.experiment_id for e in client.search_experiments()]
-    found = client.search_runs(ids, filter_string=f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_KIND}` = 'sweep'", max_results=1) if ids else []
+    found = (
+        client.search_runs(
+            ids, filter_string=f"tags.`{TAG_SWEEP}` = '{sweep}' and tags.`{TAG_KIND}` = 'sweep'", max_results=1
+        )
+        if ids
+        else []
+    )
     if found:
         return found[0]
     try:
@@ -211,7 +260,9 @@ def find_sweep_run(client: MlflowClient, sweep: str):
 
 
 def _children(client: MlflowClient, experiment_id: str, parent_run_id: str) -> list:
-    return client.search_runs([experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'", max_results=10_000)
+    return client.search_runs(
+        [experiment_id], filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}'", max_results=10_000
+    )
 
 
 def trial_runs(client: MlflowClient, parent) -> list:
@@ -221,7 +272,9 @@ def trial_runs(client: MlflowClient, parent) -> list:
 def trial_runs_by_id(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict:
     """Trial id -> MLflow run for a whole sweep in one search (one search per trial took 12 s
     for 200 trials against a tracking server)."""
-    return {r.data.tags[TAG_TRIAL]: r for r in _children(client, experiment_id, parent_run_id) if TAG_TRIAL in r.data.tags}
+    return {
+        r.data.tags[TAG_TRIAL]: r for r in _children(client, experiment_id, parent_run_id) if TAG_TRIAL in r.data.tags
+    }
 
 
 def trial_run_ids(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[str, str]:

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 # The driver only waits on its workers: a token of memory instead of a CPU, or a 2-worker
 # trial could never be scheduled on a 2-CPU machine.
-DRIVER_RESOURCES = {"cpu": 0, "memory": 64 * 1024**2}
+DRIVER_RESOURCES: dict[str, float] = {"cpu": 0, "memory": 64 * 1024**2}
 
 
 def driver_resources(cluster_resources: dict[str, float]) -> dict[str, float]:
@@ -110,16 +110,27 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
             # would only diverge again (same seed, same state).
             raise RuntimeError(f"trial {trial_id} diverged before the sweep was resumed; not retried")
         run_id = tracking.trial_run(
-            client, context["experiment_id"], context["parent_run_id"], context["sweep_id"],
-            trial_id, trial_name, s.spec_hash, trainer_cfg, {k: config[k] for k in s.search},
+            client,
+            context["experiment_id"],
+            context["parent_run_id"],
+            context["sweep_id"],
+            trial_id,
+            trial_name,
+            s.spec_hash,
+            trainer_cfg,
+            {k: config[k] for k in s.search},
         )
         trainer = TorchTrainer(
             train_per_worker,
             train_loop_config={
                 "trainer": trainer_cfg,
                 "run": {
-                    "tracking_uri": context["tracking_uri"], "run_id": run_id, "feature_cache": context.get("feature_cache"), "features": s.metrics.features,
-                    "trial_id": trial_id, "board": context.get("board"),
+                    "tracking_uri": context["tracking_uri"],
+                    "run_id": run_id,
+                    "feature_cache": context.get("feature_cache"),
+                    "features": s.metrics.features,
+                    "trial_id": trial_id,
+                    "board": context.get("board"),
                     "pbt": s.pbt_mutations if s.sweep.scheduler == "pbt" else None,
                 },
             },
@@ -127,14 +138,19 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
             run_config=RunConfig(
                 name=trial_id,
                 storage_path=f"{context['storage']}/{context['sweep_id']}/train",
-                callbacks=[TuneReportCallback()],
+                # mypy reads ray.train's V1 RunConfig and FailureConfig (the first of its two
+                # imports); Train V2, which runs here, takes a UserCallback and controller_failure_limit.
+                callbacks=[TuneReportCallback()],  # type: ignore[list-item]  # V2 RunConfig, see above
                 # Worker or node lost -> restart from the last checkpoint; a controller that
                 # cannot start fails at once instead of retrying forever.
-                failure_config=FailureConfig(max_failures=s.sweep.max_failures, controller_failure_limit=0),
+                failure_config=FailureConfig(  # type: ignore[call-arg]  # V2's, see above
+                    max_failures=s.sweep.max_failures, controller_failure_limit=0
+                ),
                 # PBT donors' checkpoints must outlive the exploit orders that name them.
                 checkpoint_config=CheckpointConfig(num_to_keep=4 if s.sweep.scheduler == "pbt" else 2),
             ),
         )
+
         def close(status: str, reason: str | None = None) -> None:
             # A trial the sweep stopped was already closed (KILLED, with its reason) by the
             # sweep's callback; its driver's own ending must not overwrite that.
@@ -151,10 +167,11 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
             finally:
                 close("FAILED", "error")
             raise
-        if (result.metrics or {}).get("diverged"):
+        metrics = result.metrics or {}
+        if metrics.get("diverged"):
             close("FAILED", "divergence")
-            raise RuntimeError(f"trial diverged at step {result.metrics.get('step')} (non-finite loss or gradient)")
-        if (result.metrics or {}).get("step", 0) < trainer_cfg["steps"]:
+            raise RuntimeError(f"trial diverged at step {metrics.get('step')} (non-finite loss or gradient)")
+        if metrics.get("step", 0) < trainer_cfg["steps"]:
             return  # the sweep stopped it; its callback closes the run with the reason
         close("FINISHED")
 
