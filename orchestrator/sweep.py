@@ -162,7 +162,10 @@ def _init_ray(address: str | None) -> None:
         return
     # Worker chatter stays in Ray's log files; the sweep shows its own progress and errors.
     kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.WARNING, configure_logging=True)
-    if address:
+    if address or os.environ.get("RAY_ADDRESS"):
+        # An existing cluster: --address, or RAY_ADDRESS (what a Ray job's driver is given). It
+        # keeps its own temp dir; a `_temp_dir` of ours would make ray.init look for the cluster
+        # in the wrong place ("Failed to connect to Ray cluster").
         ray.init(address=address, **kwargs)
         return
     # Ray's session logs (runtime environments among them) in a directory only this user can
