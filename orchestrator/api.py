@@ -8,6 +8,13 @@ On a Ray cluster, through the Ray Jobs API:
 
     handle = submit(load_spec("search_spaces/dcgan.yaml"), "http://127.0.0.1:8265")
     outcome = wait(handle.job_id, handle.address)        # JobOutcome: status, result
+
+From an image back to z (docs/latent.md), for a finished trial's run:
+
+    train_encoder(uri, run, steps=500)                              # E from D, logged on the run
+    style_transfer(uri, run, Path("digit.png"), Path("styles.png"), all_classes=True)
+    attribute_vector(uri, run, Path("ones"), Path("sevens"), Path("v.npy"))
+    attribute_walk(uri, run, Path("v.npy"), Path("walk.png"), scale=(-2, 2), steps=9, n=4)
 """
 
 from orchestrator.gate import GateError
@@ -23,6 +30,8 @@ from orchestrator.jobs import (
     submit,
     wait,
 )
+from orchestrator.latent import LatentError, attribute_vector, attribute_walk, style_transfer
+from orchestrator.latent import encode as train_encoder
 from orchestrator.report import ReportError, report
 from orchestrator.sample import sample
 from orchestrator.sweep import (
@@ -39,6 +48,7 @@ __all__ = [
     "GateError",
     "JobError",
     "JobOutcome",
+    "LatentError",
     "ReportError",
     "SpecError",
     "SweepError",
@@ -46,6 +56,8 @@ __all__ = [
     "SweepResult",
     "SweepSpec",
     "TrialSummary",
+    "attribute_vector",
+    "attribute_walk",
     "cancel",
     "check_gate",
     "load_spec",
@@ -57,6 +69,8 @@ __all__ = [
     "sample",
     "spec_from_text",
     "status",
+    "style_transfer",
     "submit",
+    "train_encoder",
     "wait",
 ]

@@ -700,6 +700,33 @@ def sample(
             help="Where the generator runs: cpu, cuda or cuda:N (a generator trained on a GPU samples on a CPU too).",
         ),
     ] = "cpu",
+    like: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--like",
+            metavar="IMAGE",
+            help="Style transfer: IMAGE's z (by the run's encoder, `ganops encode`) drawn as --class K or "
+            "--all-classes.",
+        ),
+    ] = None,
+    all_classes: Annotated[
+        bool,
+        typer.Option(
+            "--all-classes", help="With --like: a strip of IMAGE's style as each class 0-9 (conditional generators)."
+        ),
+    ] = False,
+    add: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--add",
+            metavar="V.npy",
+            help="Walk an attribute vector (`ganops latent vector`): z + s*V for --steps values of s over --scale, "
+            "one row per latent (--n of them, or --like IMAGE's).",
+        ),
+    ] = None,
+    scale: Annotated[
+        str, typer.Option("--scale", metavar="LO,HI", help="With --add: the range of s, e.g. -2,2.")
+    ] = "-2,2",
     tracking_uri: TrackingOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -708,8 +735,13 @@ def sample(
     Example: ganops sample 3f2a1_00004 --n 2500 --out points.npy   (or: ganops sample models:/ganops-dcgan-mnist@best)
              ganops sample RUN --class 3 --out threes.png
              ganops sample RUN --interpolate 0,1 --steps 10 --out walk.png
+             ganops sample RUN --like digit.png --all-classes --out styles.png
+             ganops sample RUN --add v.npy --scale -2,2 --steps 9 --n 4 --out walk.png
     """
     pair = _seed_pair(interpolate)
+    if like is not None or add is not None or all_classes:
+        _latent_sample(run, like, all_classes, add, scale, n, out, seed, class_, steps, pair, tracking_uri, json_)
+        return
     uri = _read_store(tracking_uri, "run", run)
     from orchestrator.sample import SampleError
     from orchestrator.sample import sample as _sample
@@ -729,6 +761,153 @@ def sample(
     else:
         err.print(
             f"wrote {info['n']} samples {tuple(info['shape'])} of run {info['run_id']} to {info['out']}",
+            highlight=False,
+        )
+
+
+def _scale_pair(value: str) -> tuple[float, float]:
+    """--scale LO,HI -> (LO, HI); exit 2 on anything else."""
+    try:
+        lo, hi = (float(p) for p in value.split(","))
+    except ValueError:
+        _fail(f"--scale {value!r}: give the walk's range as LO,HI (two numbers), e.g. --scale -2,2", 2)
+    return lo, hi
+
+
+def _latent_sample(run, like, all_classes, add, scale, n, out, seed, class_, steps, pair, tracking_uri, json_) -> None:
+    """`ganops sample --like / --add`: style transfer or an attribute walk (orchestrator/latent.py)."""
+    if pair is not None:
+        _fail("--interpolate walks between two seeds; it does not combine with --like, --all-classes or --add", 2)
+    if all_classes and (like is None or class_ is not None):
+        _fail(
+            "--all-classes goes with --like IMAGE and without --class: ganops sample RUN --like IMAGE.png "
+            "--all-classes",
+            2,
+        )
+    lo_hi = _scale_pair(scale)
+    uri = _read_store(tracking_uri, "run", run)
+    from orchestrator import latent
+    from orchestrator.sample import SampleError
+
+    try:
+        if add is not None:
+            info = latent.attribute_walk(
+                uri, run, add, out, lo_hi, steps, n=n if like is None else 1, seed=seed, like=like, cls=class_
+            )
+            msg = (
+                f"wrote the walk along {add} over s in [{lo_hi[0]:g}, {lo_hi[1]:g}] "
+                f"({info['rows']} rows of {steps}) of run {info['run_id']} to {info['out']}"
+            )
+        else:
+            info = latent.style_transfer(uri, run, like, out, cls=class_, all_classes=all_classes)
+            classes = info["classes"] or "itself"
+            msg = f"wrote {like}'s style as class(es) {classes} of run {info['run_id']} to {info['out']}"
+    except SampleError as e:  # LatentError is one; unknown runs and classes are others
+        _fail(str(e), 2)
+    if json_:
+        typer.echo(json.dumps(info))
+    else:
+        err.print(msg, highlight=False)
+
+
+@app.command()
+def encode(
+    run: Annotated[str, typer.Argument(help="The trial's MLflow run id or its Ray trial id (from the leaderboard).")],
+    steps: Annotated[int, typer.Option("--steps", min=1, max=1_000_000, help="Encoder training steps.")] = 500,
+    checkpoint: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--checkpoint",
+            metavar="STATE.pt",
+            help="The trial's Ray checkpoint (state.pt) holding D; default: the newest in the sweep's local storage.",
+        ),
+    ] = None,
+    lr: Annotated[float, typer.Option("--lr", min=1e-7, max=1.0, help="Adam learning rate of the encoder.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2, max=65_536, help="Images per step.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed of the data draws.")] = 0,
+    tracking_uri: TrackingOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Train an encoder E (z from an image) for a finished trial: a copy of its D with the last layer widened to
+    the latent size, trained so G(E(x)) reconstructs x (L2) with G frozen. Logs E, its error curve and
+    (input, reconstruction) pairs to the trial's MLflow run; `ganops sample --like` and `ganops latent vector` use it.
+
+    Example: ganops encode 3f2a1_00004 --steps 1000 --json
+    """
+    uri = _read_store(tracking_uri, "run", run)
+    from rich.progress import Progress
+
+    from orchestrator import latent
+    from orchestrator.sample import SampleError
+
+    # The bar on stderr (gone when done): --json's stdout stays one JSON object.
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task("encoder", total=steps)
+
+        def on_point(step: int, error: float) -> None:
+            bar.update(task, completed=step, description=f"encoder L2 {error:.4f}")
+
+        try:
+            info = latent.encode(
+                uri, run, steps, checkpoint=checkpoint, lr=lr, batch_size=batch_size, seed=seed, on_point=on_point
+            )
+        except SampleError as e:  # LatentError is one; unknown runs and classes are others
+            _fail(str(e), 2)
+    if json_:
+        typer.echo(json.dumps(info))
+    else:
+        err.print(
+            f"encoder of run {info['run_id']}: reconstruction error {info['recon_error']:.4f} (a random z: "
+            f"{info['random_z_error']:.4f}) "
+            f"after {steps} steps; logged {info['encoder']} and {info['pairs']}",
+            highlight=False,
+        )
+        err.print(f"Next: ganops sample {run} --like IMAGE.png --out like.png", style="dim", highlight=False)
+
+
+latent_app = typer.Typer(
+    help="Latent-space tools built on a trial's encoder (`ganops encode`): attribute vectors.", no_args_is_help=True
+)
+app.add_typer(latent_app, name="latent")
+
+
+@latent_app.command("vector")
+def latent_vector(
+    run: Annotated[
+        str,
+        typer.Argument(help="The trial's MLflow run id or Ray trial id; it needs an encoder (`ganops encode RUN`)."),
+    ],
+    with_: Annotated[Path, typer.Option("--with", metavar="DIR_A", help="Folder of images that have the attribute.")],
+    without: Annotated[Path, typer.Option("--without", metavar="DIR_B", help="Folder of images that lack it.")],
+    out: Annotated[Path, typer.Option("--out", help="The vector, as a .npy of shape (latent_dim,).")] = Path(
+        "vector.npy"
+    ),
+    tracking_uri: TrackingOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """An attribute vector: the mean z of DIR_A's images minus the mean z of DIR_B's (by the run's encoder).
+
+    Example: ganops latent vector RUN --with ones/ --without sevens/ --out v.npy
+             then: ganops sample RUN --add v.npy --scale -2,2 --steps 9
+    """
+    uri = _read_store(tracking_uri, "run", run)
+    from orchestrator import latent
+    from orchestrator.sample import SampleError
+
+    try:
+        info = latent.attribute_vector(uri, run, with_, without, out)
+    except SampleError as e:  # LatentError is one; unknown runs and classes are others
+        _fail(str(e), 2)
+    if json_:
+        typer.echo(json.dumps(info))
+    else:
+        err.print(
+            f"wrote {info['out']}: mean z of {info['with']} images minus {info['without']} (norm {info['norm']:.3f})",
+            highlight=False,
+        )
+        err.print(
+            f"Next: ganops sample {run} --add {info['out']} --scale -2,2 --steps 9 --n 4 --out walk.png",
+            style="dim",
             highlight=False,
         )
 
