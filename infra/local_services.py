@@ -25,7 +25,7 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 HOST = "127.0.0.1"
 
@@ -131,8 +131,10 @@ def mlflow_server(
     s3_creds: dict[str, str] | None = None,
     workers: int = 2,
     timeout: float = 90.0,
+    port: int | None = None,
 ) -> Iterator[LocalService]:
-    """`mlflow server` with a SQLite backend in `workdir`.
+    """`mlflow server` with a SQLite backend in `workdir` (on `port`, or a free one: a server
+    restarted on its old port and workdir is the same server to its clients).
 
     Proxied artifacts (the default): clients send artifacts to the server, which writes them
     to `artifacts_destination` (a local ./mlartifacts or s3://...) with ITS credentials, so
@@ -140,7 +142,7 @@ def mlflow_server(
     themselves (they need the endpoint and credentials in their own environment).
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     cmd = [
         sys.executable,
         "-m",
@@ -168,3 +170,38 @@ def mlflow_server(
         yield svc
     finally:
         svc.stop()
+
+
+class RestartableMlflowServer:
+    """An `mlflow server` (SQLite in `workdir`) that goes away and comes back on the same port
+    and database, the same server to its clients: the tests of a tracking server lost mid-sweep.
+
+        srv = RestartableMlflowServer(tmp); srv.up(); ...; srv.down(); ...; srv.up(); ...; srv.down()
+    """
+
+    def __init__(self, workdir: Path, **kwargs):
+        self.workdir, self.kwargs = workdir, kwargs
+        self.port: int | None = None
+        self._cm: Any = None  # mlflow_server's context manager while up
+        self.svc: LocalService | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def up(self) -> None:
+        self._cm = mlflow_server(self.workdir, port=self.port, **self.kwargs)
+        self.svc = self._cm.__enter__()
+        self.port = int(self.svc.url.rsplit(":", 1)[1])
+
+    def down(self, kill: bool = False) -> None:
+        """Stop it (SIGTERM to its process group; `kill`: SIGKILL first, as a crash would)."""
+        if self._cm is None or self.svc is None:
+            return
+        if kill:
+            try:
+                os.killpg(self.svc.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._cm.__exit__(None, None, None)
+        self._cm = self.svc = None

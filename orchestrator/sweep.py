@@ -22,6 +22,8 @@ from orchestrator.interrupt import REASONS, StopRequest, graceful_stop
 from orchestrator.ray_local import aws_keys_to_trials, private_temp_dir, started_here
 from orchestrator.results import SweepResult, TrialSummary  # re-exported: their home before results.py
 from search_spaces.spec import SweepSpec
+from trainers.spool import is_outage, replay_all, spool_root
+from trainers.spool import pending as spool_pending
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,11 @@ class SweepInterrupted(Exception):
 
 class StorageLost(Exception):
     """The sweep's remote storage went away mid-sweep; finished trials are safe, resume later."""
+
+
+class TrackingLost(StorageLost):
+    """The tracking server stopped answering by the sweep's end: training finished, and what
+    could not be logged waits in the sweep's spool for `ganops resume` (trainers/spool.py)."""
 
 
 def quiet_environment() -> None:
@@ -427,6 +434,14 @@ def resume_sweep(
         raise SweepError(f"no Ray Tune experiment state under {path}; the sweep's storage is gone or unreachable")
     experiment_id = parent_run.info.experiment_id
     experiment = client.get_experiment(experiment_id).name
+    # What the trials kept while the tracking server was away goes up first: a resumed trial
+    # asks MLflow which steps it has logged, and must see those.
+    uploaded, left = replay_all(client, spool_root(storage, sweep_id))
+    if left:
+        raise SweepError(
+            f"MLflow at {tracking.redact_uri(uri)} took {uploaded} kept writes, then stopped answering; "
+            f"{left} are still kept. Run `ganops resume {sweep_id}` again when it answers"
+        )
     feature_cache = _feature_cache(spec)
     _init_ray(address)
     import ray
@@ -593,6 +608,39 @@ def _execute(
         if status == "FAILED":
             client.set_terminated(parent, status=status)
 
+    # A tracking server that went away mid-sweep gets GANOPS_TRACKING_WAIT_S (300 s) to come
+    # back before the sweep gives up on it; what the trials kept is uploaded then.
+    deadline = time.monotonic() + float(os.environ.get("GANOPS_TRACKING_WAIT_S", "300"))
+    while True:
+        try:
+            return _conclude(
+                spec, client, uri, grid, progress, stop, experiment, experiment_id, parent, sweep_id, storage, started
+            )
+        except Exception as e:
+            if not is_outage(e):
+                raise
+            if time.monotonic() < deadline:
+                log.warning(
+                    "MLflow at %s does not answer; waiting for it (GANOPS_TRACKING_WAIT_S)", tracking.redact_uri(uri)
+                )
+                time.sleep(5)
+                continue
+            root = spool_root(storage, sweep_id)
+            raise TrackingLost(
+                f"the tracking server {tracking.redact_uri(uri)} stopped answering ({str(e).splitlines()[0][:200]}). "
+                f"Training finished; the {spool_pending(root)} writes MLflow could not take are kept in {root}. "
+                f"When the server answers again, `ganops resume {sweep_id}` uploads them and closes the sweep's run"
+            ) from None
+
+
+def _conclude(spec, client, uri, grid, progress, stop, experiment, experiment_id, parent, sweep_id, storage, started):
+    """After fit: the trials' kept writes uploaded (a tracking server that went away and came
+    back), then the summaries, the registry and the sweep's run closed."""
+    uploaded, left = replay_all(client, spool_root(storage, sweep_id))
+    if left:
+        raise OSError(f"{left} kept writes could not be uploaded")
+    if uploaded:
+        log.warning("uploaded %d writes the trials kept while MLflow was away", uploaded)
     trials = _summaries(
         spec, grid, progress, tracking.trial_runs_by_id(client, experiment_id, parent), interrupted=stop.reason
     )

@@ -43,6 +43,17 @@ class TrackingAccessError(Exception):
     """The tracking server refused this process's login (HTTP 401) or its user (HTTP 403)."""
 
 
+def redact_uri(uri: str) -> str:
+    """`uri` as it may be printed: no user:password@ and no ?query (a token may be either)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if not parts.netloc:
+        return uri.split("?", 1)[0]
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
 def is_server(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 

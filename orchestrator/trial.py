@@ -98,6 +98,7 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
         from ray.tune.integration.ray_train import TuneReportCallback
 
         from trainers.loop import train_per_worker
+        from trainers.spool import Spool, is_outage, spool_root
 
         s = SweepSpec.model_validate(spec_dump)  # re-validate at the process boundary
         trainer_cfg = trial_trainer_config(s, config)
@@ -120,6 +121,7 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
             trainer_cfg,
             {k: config[k] for k in s.search},
         )
+        spool = spool_root(context["storage"], context["sweep_id"])
         trainer = TorchTrainer(
             train_per_worker,
             train_loop_config={
@@ -132,6 +134,7 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
                     "trial_id": trial_id,
                     "board": context.get("board"),
                     "pbt": s.pbt_mutations if s.sweep.scheduler == "pbt" else None,
+                    "spool": spool,
                 },
             },
             scaling_config=scaling_config(s),
@@ -153,9 +156,20 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
 
         def close(status: str, reason: str | None = None) -> None:
             # A trial the sweep stopped was already closed (KILLED, with its reason) by the
-            # sweep's callback; its driver's own ending must not overwrite that.
-            if client.get_run(run_id).info.status == "RUNNING":
-                tracking.end_run(client, run_id, status, reason)
+            # sweep's callback; its driver's own ending must not overwrite that. With the
+            # tracking server away, the closing waits in the spool behind the worker's writes
+            # (trainers/spool.py), for the sweep's end or `ganops resume` to upload.
+            kept = Spool(client, context["tracking_uri"], run_id, spool)
+            if kept.try_drain(force=True):
+                try:
+                    if client.get_run(run_id).info.status == "RUNNING":
+                        tracking.end_run(client, run_id, status, reason)
+                    return
+                except Exception as e:
+                    if not is_outage(e):
+                        raise
+            kept.keep({"op": "close", "status": status, "reason": reason})
+            log.warning("MLflow is away: trial %s's run closes (%s) when its spool is uploaded", trial_id, status)
 
         try:
             result = trainer.fit()
@@ -164,6 +178,12 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
             # on its run as a tag, and the whole traceback as an artifact.
             try:
                 tracking.record_error(client, run_id, e)
+            except Exception as lost:
+                if not is_outage(lost):
+                    raise
+                Spool(client, context["tracking_uri"], run_id, spool).keep(
+                    {"op": "batch", "tags": {"ganops.error": str(e).strip()[-5000:]}}
+                )
             finally:
                 close("FAILED", "error")
             raise

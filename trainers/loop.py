@@ -276,7 +276,7 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
                 window.clear()
     finally:
         if w.sink is not None:
-            w.sink.flush()
+            w.sink.close()
 
 
 def _setup(loop_config: dict[str, Any]) -> _Worker:
@@ -322,7 +322,7 @@ def _setup(loop_config: dict[str, Any]) -> _Worker:
 
     # The Evaluator comes at the first eval: its feature networks and real features cost seconds before step 1.
     if rank == 0:
-        w.sink = MlflowSink(run.get("tracking_uri"), run.get("run_id"))
+        w.sink = MlflowSink(run.get("tracking_uri"), run.get("run_id"), run.get("spool"))
     w.noise = fixed_noise(w.cfg).to(device)
     if w.sink is not None:
         _open_sink(w, w.sink, device_info)

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.utils.async_logging.run_operations import RunOperations
 
+    from trainers.spool import Spool
+
 log = logging.getLogger(__name__)
 
 LOSS_MARKER = "loss_d"  # every step reports it: its history says which loss points a run has
@@ -26,16 +28,22 @@ LOSS_MARKER = "loss_d"  # every step reports it: its history says which loss poi
 class MlflowSink:
     """Rank 0's writes to the trial's MLflow run, batched: one call per eval for all metrics."""
 
-    def __init__(self, tracking_uri: str | None, run_id: str | None):
+    def __init__(self, tracking_uri: str | None, run_id: str | None, spool: str | None = None):
+        """`spool`: where writes wait while the store is away (trainers/spool.py; None: they raise)."""
         self.run_id = run_id or ""  # read only where there is a client, and there is one only with a run
         self.client: MlflowClient | None = None
+        self.spool: Spool | None = None
         self.logged_through = -1  # steps up to here are in the run already (a resumed trial)
         self.losses_through = -1  # ... and the losses logged between evals (log_losses)
         self._in_flight: RunOperations | None = None  # the last asynchronous loss batch
+        self._in_flight_op: dict | None = None  # ... and what it carries, kept if it fails
         if tracking_uri and run_id:
             from mlflow import MlflowClient
 
+            from trainers.spool import Spool
+
             self.client = MlflowClient(tracking_uri)
+            self.spool = Spool(self.client, tracking_uri, run_id, spool)
 
     def resume_after(self, step: int) -> None:
         """A trial resumed from its checkpoint at `step` replays the steps after it; those it had
@@ -57,27 +65,36 @@ class MlflowSink:
         return sum(k.startswith(prefix) for k in self.client.get_run(self.run_id).data.tags)
 
     def tag(self, key: str, value: str) -> None:
-        if self.client is not None:
-            self.client.set_tag(self.run_id, key, value[:5000])
+        if self.spool is not None:
+            self.spool.do({"op": "batch", "tags": {key: value[:5000]}})
 
     def log(self, step: int, metrics: dict[str, float], image: np.ndarray | None, generator_file: Path | None) -> None:
-        if self.client is None or step <= self.logged_through:
+        if self.spool is None or step <= self.logged_through:
             return
-        self.client.log_batch(self.run_id, metrics=_batch(step, metrics))
+        self.spool.do(_batch(step, metrics))
         if image is not None:
-            self.client.log_image(self.run_id, image, key="samples", step=step)
+            self.spool.do({"op": "image", "key": "samples", "step": step}, _png(image))
         if generator_file is not None:
-            self.client.log_artifact(self.run_id, str(generator_file), artifact_path="generator")
+            op = {"op": "artifact", "name": generator_file.name, "path": "generator"}
+            self.spool.do(op, generator_file.read_bytes())
 
     def log_losses(self, step: int, scalars: dict[str, float]) -> None:
         """The step's scalars between evals: asynchronous (MLflow's async logging), so training
         never waits on the store; at most one batch in flight (the previous one, long done at
         log_every's pace, is waited for first), so a slow store slows the trial rather than
         piling up batches in memory."""
-        if self.client is None or step <= self.losses_through:
+        if self.client is None or self.spool is None or step <= self.losses_through:
             return
         self.flush()
-        self._in_flight = self.client.log_batch(self.run_id, metrics=_batch(step, scalars), synchronous=False)
+        op = _batch(step, scalars)
+        if self.spool.offline:  # the store is away: kept in order with the evals' writes
+            self.spool.do(op)
+            return
+        from mlflow.entities import Metric
+
+        metrics = [Metric(k, v, ts, s) for k, v, ts, s in op["metrics"]]
+        self._in_flight_op = op
+        self._in_flight = self.client.log_batch(self.run_id, metrics=metrics, synchronous=False)
 
     def flush(self) -> None:
         """Wait for the loss batch in flight (before the worker ends: the driver closes the run)."""
@@ -86,17 +103,45 @@ class MlflowSink:
             try:
                 ops.wait()
             except Exception as e:  # noqa: BLE001 - the evals' metrics stand; say what is missing
-                log.warning("losses between evals up to step %s were not logged to MLflow: %s", self.losses_through, e)
+                from trainers.spool import is_outage
+
+                if self.spool is not None and self.spool.dir is not None and is_outage(e) and self._in_flight_op:
+                    self.spool.keep(self._in_flight_op)
+                else:
+                    log.warning(
+                        "losses between evals up to step %s were not logged to MLflow: %s", self.losses_through, e
+                    )
+
+    def close(self) -> None:
+        """The worker's end: the last loss batch, then one more try at what the spool keeps
+        (whatever is still kept waits for the sweep's end or `ganops resume`)."""
+        self.flush()
+        if self.spool is not None and self.spool.offline and not self.spool.try_drain(force=True):
+            log.warning(
+                "MLflow is still away: %d writes of run %s are kept in %s", self.spool.kept, self.run_id, self.spool.dir
+            )
 
 
-def _batch(step: int, metrics: dict[str, float]) -> list:
-    """The finite numbers of `metrics` as MLflow metrics at `step` (MLflow stores no NaN / inf we want)."""
-    from mlflow.entities import Metric
-
+def _batch(step: int, metrics: dict[str, float]) -> dict:
+    """The finite numbers of `metrics` at `step` as a spool operation (MLflow stores no NaN / inf
+    we want); the timestamp is the time of logging, whenever the store takes it."""
     now = int(time.time() * 1000)
-    return [
-        Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)
-    ]
+    return {
+        "op": "batch",
+        "metrics": [
+            [k, float(v), now, step] for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)
+        ],
+    }
+
+
+def _png(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 class LossLog:

@@ -1,0 +1,113 @@
+"""A trial's MLflow writes while the tracking server is away (trainers/spool.py), against a real
+`mlflow server` stopped and started again on its port and database: nothing is lost, the order
+holds, the closing status comes last, a refused write still raises, and the spool is bounded."""
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from infra.local_services import RestartableMlflowServer
+from trainers.spool import Spool, pending, replay_all
+from trainers.trial_log import MlflowSink
+
+pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]  # a real mlflow server started 2x per test
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """A real server; `server.down()` stops it, `server.up()` starts it again on its port."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail at once, not after MLflow's ~4 min
+    monkeypatch.setenv("GANOPS_SPOOL_RETRY_S", "0")
+    s = RestartableMlflowServer(tmp_path / "mlflow", workers=1)
+    s.up()
+    yield s
+    s.down()
+
+
+def _run(url: str) -> str:
+    c = MlflowClient(url)
+    return c.create_run(c.create_experiment("spool")).info.run_id
+
+
+def _grid() -> np.ndarray:
+    return (np.arange(16 * 16, dtype=np.uint8).reshape(16, 16) * 7) % 255
+
+
+def _check_everything_there(url: str, run_id: str, steps: list[int]) -> None:
+    c = MlflowClient(url)
+    assert [m.step for m in c.get_metric_history(run_id, "fid")] == steps
+    assert [m.value for m in c.get_metric_history(run_id, "fid")] == [float(s) for s in steps]
+    images = [a.path for a in c.list_artifacts(run_id, "images")]
+    assert len([p for p in images if p.endswith(".png")]) == len(steps), images
+    assert [a.path for a in c.list_artifacts(run_id, "generator")] == ["generator/generator.pt"]
+    assert c.get_run(run_id).data.tags["ganops.device"] == "cpu"
+
+
+def test_writes_while_the_server_is_away_are_kept_and_uploaded_in_order_when_it_is_back(server, tmp_path):
+    run_id = _run(server.url)
+    gen = tmp_path / "generator.pt"
+    gen.write_bytes(b"weights" * 100)
+    sink = MlflowSink(server.url, run_id, str(tmp_path / "spool"))
+    sink.log(2, {"fid": 2.0}, _grid(), None)
+    server.down()
+    sink.tag("ganops.device", "cpu")  # none of these raise: they are kept
+    sink.log_losses(3, {"loss_d": 0.5})
+    sink.log(4, {"fid": 4.0}, _grid(), gen)
+    sink.flush()
+    assert sink.spool is not None and sink.spool.offline
+    assert pending(str(tmp_path / "spool")) >= 4
+    server.up()
+    sink.log(6, {"fid": 6.0}, _grid(), None)  # uploads what was kept first, then this
+    sink.close()
+    assert not sink.spool.offline and pending(str(tmp_path / "spool")) == 0
+    _check_everything_there(server.url, run_id, [2, 4, 6])
+    assert [m.step for m in MlflowClient(server.url).get_metric_history(run_id, "loss_d")] == [3]
+
+
+def test_a_server_that_stays_away_gets_everything_with_the_closing_last_from_replay(server, tmp_path):
+    run_id = _run(server.url)
+    root = str(tmp_path / "spool")
+    gen = tmp_path / "generator.pt"
+    gen.write_bytes(b"weights" * 100)
+    server.down()
+    sink = MlflowSink(server.url, run_id, root)
+    sink.tag("ganops.device", "cpu")
+    for step in (2, 4):
+        sink.log(step, {"fid": float(step)}, _grid(), gen if step == 4 else None)
+    sink.close()  # the worker's end: the server is still away, so everything stays kept
+    driver = Spool(MlflowClient(server.url), server.url, run_id, root)
+    assert driver.offline  # the trial driver sees the worker's kept writes ...
+    driver.keep({"op": "close", "status": "FINISHED", "reason": None})  # ... and closes behind them
+    assert replay_all(MlflowClient(server.url), root) == (0, pending(root))  # still away: nothing taken
+    kept = pending(root)
+    assert kept == 7  # the tag, 2 batches, 2 images, the generator and the closing
+    server.up()
+    assert replay_all(MlflowClient(server.url), root) == (kept, 0)
+    _check_everything_there(server.url, run_id, [2, 4])
+    assert MlflowClient(server.url).get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_write_mlflow_refuses_still_raises_and_keeps_nothing(server, tmp_path):
+    sink = MlflowSink(server.url, "0" * 32, str(tmp_path / "spool"))  # no such run
+    with pytest.raises(MlflowException):
+        sink.log(2, {"fid": 2.0}, None, None)
+    assert pending(str(tmp_path / "spool")) == 0
+
+
+def test_the_spool_is_bounded_and_says_how_much_it_dropped(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("GANOPS_SPOOL_MAX_MB", "0.01")  # ~10 kB
+    run_id = _run(server.url)
+    root = str(tmp_path / "spool")
+    server.down()
+    sink = MlflowSink(server.url, run_id, root)
+    for step in range(1, 101):
+        sink.log_losses(step, {"loss_d": float(step)})
+    assert sink.spool is not None
+    kept = sink.spool.kept
+    assert 0 < kept < 100 and sink.spool.dropped == 100 - kept
+    server.up()
+    sink.close()
+    c = MlflowClient(server.url)
+    assert len(c.get_metric_history(run_id, "loss_d")) == kept
+    assert c.get_run(run_id).data.tags["ganops.spool_dropped"] == str(100 - kept)
