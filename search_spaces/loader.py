@@ -20,9 +20,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from search_spaces.spec import SpecProblems, SweepSpec, optional_needs
+from search_spaces.spec import SpecProblems, SweepSpec, clip, optional_needs
 
 MAX_SPEC_BYTES = 1_000_000
+# A spec nests 5 levels (search.lr_g.choice.[...]); PyYAML's composer recurses once a level, and
+# 2,000 `[` ran Python out of stack (RecursionError) before any check could speak.
+MAX_DEPTH = 32
+MESSAGE_CHARS = 2_000  # a message longer than this repeats something the person wrote: cut it
 _PATH_IN_MSG = re.compile(r"^([A-Za-z_][\w.]*): (.*)$", re.S)
 
 
@@ -32,6 +36,13 @@ class SpecIssue:
     line: int | None
     message: str
     flag: str | None = None  # the `--set key=value` it came from, blamed instead of a line of the file
+
+    def __post_init__(self) -> None:
+        # What a person wrote comes back in every message and `--json`: never more than a glance of it.
+        object.__setattr__(self, "path", clip(self.path))
+        object.__setattr__(self, "message", clip(self.message, MESSAGE_CHARS))
+        if self.flag is not None:
+            object.__setattr__(self, "flag", clip(self.flag))
 
 
 class SpecError(Exception):
@@ -71,32 +82,38 @@ class SpecCheck:
     warnings: list[SpecIssue] = field(default_factory=list)
 
 
-def _line_map(node: yaml.Node, path: tuple = (), out: dict | None = None, seen: set | None = None) -> dict[tuple, int]:
-    """Map each field path to its 1-based line; refuse anchors/aliases (no billion-laughs)."""
+def _shape_problem(text: str) -> tuple[int, str] | None:
+    """(line, what to do) for YAML that would blow up as it is built, or None: nesting deeper
+    than MAX_DEPTH, and aliases (a billion-laughs document is a few hundred bytes). Read from
+    PyYAML's event stream, which builds nothing and does not recurse."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            return (
+                event.start_mark.line + 1,
+                "YAML anchors and aliases (&name, *name) are not supported; write the value out",
+            )
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return event.start_mark.line + 1, f"nests deeper than {MAX_DEPTH} levels; a spec needs 5 at most"
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return None
+
+
+def _line_map(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, int]:
+    """Map each field path to its 1-based line (of a document `_shape_problem` passed)."""
     out = {} if out is None else out
-    seen = set() if seen is None else seen
-    if id(node) in seen:
-        line = out.get(path, node.start_mark.line + 1)
-        raise SpecError(
-            "",
-            [
-                SpecIssue(
-                    ".".join(map(str, path)),
-                    line,
-                    "YAML anchors and aliases (&name, *name) are not supported; write the value out",
-                )
-            ],
-        )
-    seen.add(id(node))
     out.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         for k, v in node.value:
             key = k.value if isinstance(k, yaml.ScalarNode) else str(k.value)
             out[path + (key,)] = k.start_mark.line + 1
-            _line_map(v, path + (key,), out, seen)
+            _line_map(v, path + (key,), out)
     elif isinstance(node, yaml.SequenceNode):
         for i, v in enumerate(node.value):
-            _line_map(v, path + (i,), out, seen)
+            _line_map(v, path + (i,), out)
     return out
 
 
@@ -120,10 +137,14 @@ def parse_override(item: str) -> tuple[list[str], Any]:
             "--set", [SpecIssue("", None, "has an empty key; write key.path=value, e.g. trainer.steps=200", flag=item)]
         )
     try:
+        shape = _shape_problem(raw)  # what a file may not do, a flag may not either
+        if shape is not None:
+            raise SpecError("--set", [SpecIssue(".".join(parts), None, shape[1], flag=item)])
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
         raise SpecError(
-            "--set", [SpecIssue(".".join(parts), None, f"value {raw!r} is not valid YAML: {e}", flag=item)]
+            "--set",
+            [SpecIssue(".".join(parts), None, f"value {clip(repr(raw))} is not valid YAML: {clip(str(e))}", flag=item)],
         ) from None
     return parts, value
 
@@ -302,12 +323,13 @@ def _check_text(
     """Every problem of spec text: YAML, then `--set`, then the model's fields and cross-field checks."""
     check = SpecCheck(source, None)
     try:
+        shape = _shape_problem(text)
+        if shape is not None:
+            check.errors.append(SpecIssue("", *shape))
+            return check
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         lines = _line_map(node) if node is not None else {}
         data = yaml.safe_load(text)
-    except SpecError as e:
-        check.errors += e.issues
-        return check
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
@@ -416,13 +438,21 @@ def read_yaml_text(path: str | Path, what: str = "spec", example: str = "search_
         raise SpecError(
             str(path), [SpecIssue("", None, f"no such file; pass the path of a {what} YAML, e.g. {example}")]
         )
-    if p.stat().st_size > MAX_SPEC_BYTES:
+    # At most one byte past the limit is read, whatever the file's size says (/proc files say 0).
+    try:
+        with p.open("rb") as f:
+            data = f.read(MAX_SPEC_BYTES + 1)
+    except OSError as e:
+        raise SpecError(
+            str(path), [SpecIssue("", None, f"cannot be read ({e.strerror}); check its permissions")]
+        ) from None
+    if len(data) > MAX_SPEC_BYTES:
         raise SpecError(
             str(path),
             [SpecIssue("", None, f"file is larger than {MAX_SPEC_BYTES:,} bytes; a {what} is a short YAML file")],
         )
     try:
-        return p.read_text(encoding="utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise SpecError(str(path), [SpecIssue("", None, f"not UTF-8 text; a {what} is a YAML file")]) from None
 

@@ -41,6 +41,21 @@ BCE_LOSSES = ("nonsaturating", "minimax")
 
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint", "quniform", "qloguniform")
 
+ECHO_CHARS = 200  # the most of a person's value a message repeats: a 294-byte `--set` once made a 33 MB message
+SEED_MAX = 2**32 - 1  # numpy's and Optuna's seeds are 32-bit; torch's are 64-bit, and the trainer adds to its seed
+# MLflow's API takes 500 characters, but its database column is VARCHAR(256) (MySQL, PostgreSQL refuse more).
+EXPERIMENT_NAME_MAX = 256
+
+
+def clip(text: str, limit: int = ECHO_CHARS) -> str:
+    """`text`, or its first `limit` characters and an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def shown(value: Any) -> str:
+    """`value` as a message quotes it (its repr), clipped."""
+    return clip(repr(value))
+
 
 class SpecProblems(ValueError):
     """Several problems found by one cross-field check, each (YAML path, what to do); the loader
@@ -78,13 +93,24 @@ class Distribution(_Model):
         kind = given[0]
         if kind in ("choice", "grid"):
             return self
-        low, high = getattr(self, kind)[:2]
+        bounds = getattr(self, kind)
+        if not all(math.isfinite(b) for b in bounds):
+            raise ValueError(f"{kind}: every number must be finite (got {list(bounds)})")
+        low, high = bounds[:2]
         if not low < high:
             raise ValueError(f"{kind}: low must be below high (got [{low}, {high}])")
         if kind in ("loguniform", "qloguniform") and low <= 0:
             raise ValueError(f"{kind}: low must be > 0 (got {low}); use uniform for ranges that include 0")
-        if kind.startswith("q") and getattr(self, kind)[2] <= 0:
-            raise ValueError(f"{kind}: q must be > 0")
+        if kind.startswith("q"):
+            q = bounds[2]
+            if q <= 0:
+                raise ValueError(f"{kind}: q must be > 0")
+            # Tune rounds each draw to round(x / q) * q: a q this small makes x / q overflow.
+            if not (math.isfinite(low / q) and math.isfinite(high / q)):
+                raise ValueError(
+                    f"{kind}: q {q:g} is too small for [{low:g}, {high:g}] (x / q overflows); use a q near "
+                    f"the step you mean, or {kind.removeprefix('q')} for no rounding"
+                )
         return self
 
     @property
@@ -164,7 +190,12 @@ class Sweep(_Model):
     mode: Literal["min", "max"] | None = Field(
         None, description="Whether lower or higher `metric` is better; default: the metric's natural direction."
     )
-    seed: int | None = Field(0, description="Seed of the search algorithm (same seed, same sampled configs).")
+    seed: int | None = Field(
+        0,
+        ge=0,
+        le=SEED_MAX,
+        description="Seed of the search algorithm (same seed, same sampled configs); 0 to 2**32 - 1.",
+    )
     max_failures: int = Field(
         1, ge=0, le=100, description="Restarts of a trial from its last checkpoint after a worker or node is lost."
     )
@@ -414,7 +445,12 @@ class Tracking(_Model):
         description="MLflow tracking URI (e.g. http://mlflow.internal:5000); default: a SQLite store under "
         "./ganops_runs (or $GANOPS_HOME).",
     )
-    experiment: str | None = Field(None, description="MLflow experiment; default: the spec's name.")
+    experiment: str | None = Field(
+        None,
+        min_length=1,
+        max_length=EXPERIMENT_NAME_MAX,
+        description=f"MLflow experiment (at most {EXPERIMENT_NAME_MAX} characters); default: the spec's name.",
+    )
 
     @field_validator("uri")
     @classmethod
@@ -495,7 +531,7 @@ class SweepSpec(_Model):
                     TrainerConfig.model_validate({**base, key: value})
                 except ValidationError as e:
                     msg = "; ".join(err["msg"] for err in e.errors())
-                    yield f"search.{key}.{dist.kind}", f"value {value!r} is not a valid trainer.{key}: {msg}"
+                    yield f"search.{key}.{dist.kind}", f"value {shown(value)} is not a valid trainer.{key}: {msg}"
                     break
         if self.sweep.search_alg == "optuna":
             grids = [k for k, d in self.search.items() if d.kind == "grid"]
@@ -514,13 +550,13 @@ class SweepSpec(_Model):
             if key not in MUTABLE_IN_FLIGHT:
                 yield (
                     "sweep.pbt.mutate",
-                    f"{key!r} cannot change inside a running trial; "
+                    f"{shown(key)} cannot change inside a running trial; "
                     f"PBT can mutate: {', '.join(sorted(MUTABLE_IN_FLIGHT))}",
                 )
             elif key not in self.search:
                 yield (
                     "sweep.pbt.mutate",
-                    f"{key!r} is not searched; add it under search: (PBT perturbs within its distribution)",
+                    f"{shown(key)} is not searched; add it under search: (PBT perturbs within its distribution)",
                 )
         if not self.pbt_mutations:
             yield (
@@ -548,7 +584,7 @@ class SweepSpec(_Model):
         if self.sweep.metric is not None and self.sweep.metric not in metrics:
             yield (
                 "sweep.metric",
-                f"{self.sweep.metric!r} is not reported for data {self.trainer.data!r}; "
+                f"{shown(self.sweep.metric)} is not reported for data {shown(self.trainer.data)}; "
                 f"choose one of: {', '.join(metrics)}",
             )
         if self.sweep.metric in BCE_ONLY_METRICS:

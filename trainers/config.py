@@ -175,7 +175,10 @@ class TrainerConfig(BaseModel):
         description="Image models: G's output activation. tanh trains on images in [-1, 1], sigmoid on [0, 1] (the "
         "Keras and fully connected tutorials); the real data is scaled to match, and metrics see [-1, 1] either way.",
     )
-    seed: int = Field(0, ge=0, description="Seed of model init, data order and latent draws.")
+    # torch takes 64-bit seeds, and the loop seeds each rank with seed * 1000 + rank: 32 bits leave room.
+    seed: int = Field(
+        0, ge=0, le=2**32 - 1, description="Seed of model init, data order and latent draws; 0 to 2**32 - 1."
+    )
     eval_samples: int = Field(
         1000,
         ge=64,
