@@ -29,10 +29,10 @@ for _k, _v in {
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
-from rich.markup import escape  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from orchestrator.cluster_cli import cluster_app  # noqa: E402
+from orchestrator.format import ID_HELP, is_safe_id, safe_text  # noqa: E402
 
 # Nothing heavy at module level: `ganops --help` must answer in 0.3 s, so ray, mlflow, torch and
 # pandas (each 0.5-3 s to import) are imported inside the commands that use them.
@@ -118,8 +118,9 @@ def _load(file: Path, overrides: list[str] | None):
         err.print("Nothing was launched. Fix the spec and run `ganops validate FILE` to check it.", style="dim")
         raise typer.Exit(2)
     _print_issues(check)
-    text = file.read_text(encoding="utf-8")
-    return check.spec, text
+    from search_spaces.loader import read_yaml_text
+
+    return check.spec, read_yaml_text(file)  # bounded: at most MAX_SPEC_BYTES, like the check
 
 
 def _print_issues(check) -> None:
@@ -134,8 +135,16 @@ def _print_issues(check) -> None:
 
 
 def _fail(msg: str, code: int = 1) -> None:
-    err.print(f"[bold red]error[/] {escape(msg)}", highlight=False)  # a message may quote `ray[default]` or a log
+    # A message may quote `ray[default]`, a log or an MLflow tag: shown as written, never as markup.
+    err.print(f"[bold red]error[/] {safe_text(msg, keep_newlines=True)}", highlight=False)
     raise typer.Exit(code)
+
+
+def _check_id(ident: str, what: str) -> None:
+    """Exit 2 unless `ident` looks like a sweep, run or trial id: ids reach MLflow's filter
+    strings (a quote made a traceback there) and storage paths (`../..` left the storage root)."""
+    if not is_safe_id(ident):
+        _fail(f"{what} {ident!r} is not an id ganops writes: {ID_HELP}", 2)
 
 
 @app.command()
@@ -170,8 +179,8 @@ def validate(
     if json_:
         return
     err.print(
-        f"[green]valid[/] {file}: sweep [bold]{escape(spec.name)}[/] ({escape(spec.trainer.model)} on "
-        f"{escape(spec.trainer.data)}), "
+        f"[green]valid[/] {safe_text(file)}: sweep [bold]{safe_text(spec.name)}[/] ({safe_text(spec.trainer.model)} on "
+        f"{safe_text(spec.trainer.data)}), "
         f"{spec.trial_count} trials over {', '.join(spec.search) or 'no searched settings'}, "
         f"ranked by {spec.metric} ({spec.mode}); spec hash {spec.spec_hash}",
         highlight=False,
@@ -204,6 +213,8 @@ def sweep(
 
     Example: ganops sweep search_spaces/dcgan.yaml --set sweep.num_samples=4 --require 'fid<80'
     """
+    if sweep_id is not None:
+        _check_id(sweep_id, "--sweep-id")
     _setup_logging()
     spec, text = _load(file, set_)
     from orchestrator import gate
@@ -246,6 +257,7 @@ def resume(
 
     Example: ganops resume dcgan-mnist-20261123-120402
     """
+    _check_id(sweep_id, "sweep")
     _setup_logging()
     from orchestrator import gate
     from orchestrator.sweep import resume_sweep
@@ -376,7 +388,9 @@ def _wait_job(job_id: str, address: str):
     from orchestrator import jobs
 
     try:
-        return jobs.wait(job_id, address, on_status=lambda s: err.print(f"job {job_id}: {s}", highlight=False))
+        return jobs.wait(
+            job_id, address, on_status=lambda s: err.print(f"job {safe_text(job_id)}: {safe_text(s)}", highlight=False)
+        )
     except jobs.JobError as e:
         _fail(str(e), 2)
     except KeyboardInterrupt:
@@ -408,7 +422,9 @@ def status(
         typer.echo(json.dumps(out.to_dict(), default=str))
     else:
         err.print(
-            f"job {out.job_id}: [bold]{out.status}[/]" + (f" ({out.message})" if out.message else ""), highlight=False
+            f"job {safe_text(out.job_id)}: [bold]{safe_text(out.status)}[/]"
+            + (f" ({safe_text(out.message)})" if out.message else ""),
+            highlight=False,
         )
         if out.result is not None:
             _print_leaderboard(out.result)
@@ -481,7 +497,7 @@ def _running(start, launched: bool):
     except StorageLost as e:
         _fail(str(e), 1)
     except SweepInterrupted as e:
-        err.print(f"[yellow]{escape(str(e))}[/]", highlight=False)
+        err.print(f"[yellow]{safe_text(e, keep_newlines=True)}[/]", highlight=False)
         return e
     except KeyboardInterrupt:  # before the sweep had runs to close (or after it closed them)
         _fail("interrupted; finished trials are in MLflow (`ganops ui`); continue with `ganops resume SWEEP`", 130)
@@ -564,25 +580,31 @@ def _print_leaderboard(result) -> None:
 
     searched = list(result.trials[0].config) if result.trials else []
     extra = list(side_columns(result.metric))
-    table = Table(title=f"{result.sweep_id}: best {result.metric} ({result.mode}) first", title_justify="left")
+    # Every cell is rich markup, and trial errors, stop reasons and (from a job) the whole result are foreign text.
+    table = Table(
+        title=safe_text(f"{result.sweep_id}: best {result.metric} ({result.mode}) first"), title_justify="left"
+    )
     for col in ["#", "trial", *searched, result.metric, *extra, "step", "status"]:
-        table.add_column(col, justify="right" if col not in ("trial", "status") else "left")
+        table.add_column(safe_text(col), justify="right" if col not in ("trial", "status") else "left")
     for i, t in enumerate(result.trials, 1):
         style = "bold green" if i == 1 and t.status != "failed" else None
+        status = t.status + (f": {t.stop_reason or t.error}" if (t.stop_reason or t.error) else "")
         table.add_row(
             str(i),
-            t.trial_id,
-            *[fmt(t.config.get(k)) for k in searched],
+            safe_text(t.trial_id),
+            *[safe_text(fmt(t.config.get(k))) for k in searched],
             fmt(t.metrics.get(result.metric, "-")),
             *[fmt(t.metrics.get(k, "-")) for k in extra],
             str(t.step),
-            t.status + (f": {t.stop_reason or t.error}" if (t.stop_reason or t.error) else ""),
+            safe_text(status),
             style=style,
         )
     table_out.print(table)
     err.print(
-        f"{len(result.trials)} trials in {result.wall_seconds:.0f}s. MLflow: {result.tracking_uri}, experiment "
-        f"{result.experiment!r}, sweep run {result.parent_run_id}"
+        safe_text(
+            f"{len(result.trials)} trials in {result.wall_seconds:.0f}s. MLflow: {result.tracking_uri}, experiment "
+            f"{result.experiment!r}, sweep run {result.parent_run_id}"
+        )
     )
     if result.cost_usd > 0:
         err.print(f"Cost: ${result.cost_usd:.2f} (spot saved ${result.spot_saved_usd:.2f} against on demand)")
@@ -596,14 +618,14 @@ def _print_leaderboard(result) -> None:
     )
     if best:
         err.print(
-            f"  ganops sample {best.trial_id} --n 64 --out best.png{_uri_flag(result.tracking_uri)}   # look at the "
-            "best generator",
+            f"  ganops sample {safe_text(best.trial_id)} --n 64 --out best.png{_uri_flag(result.tracking_uri)}   "
+            "# look at the best generator",
             highlight=False,
         )
     if result.registered_model:
         err.print(
-            f"  ganops sample {result.registered_model} --out best.png{_uri_flag(result.tracking_uri)}   # the same, "
-            "from the model registry",
+            f"  ganops sample {safe_text(result.registered_model)} --out best.png{_uri_flag(result.tracking_uri)}   "
+            "# the same, from the model registry",
             highlight=False,
         )
 
@@ -611,7 +633,7 @@ def _print_leaderboard(result) -> None:
 def _uri_flag(uri: str) -> str:
     from orchestrator.local_store import default_tracking_uri
 
-    return "" if uri == default_tracking_uri() else f" --tracking-uri {uri}"
+    return "" if uri == default_tracking_uri() else f" --tracking-uri {safe_text(uri)}"
 
 
 @app.command()
@@ -943,26 +965,28 @@ def compare(
     from trainers.metric_names import BALANCE_COLUMNS, MIXTURE_COLUMNS
 
     extra = [k for k in (*MIXTURE_COLUMNS, *BALANCE_COLUMNS) if k != metric and any(k in t for t in trials)]
+    # Every string here is an MLflow tag: cells are rich markup, so each goes through safe_text.
     table = Table(
-        title=f"{found['sweep_id']} ({found['status']}): best {metric} ({found['mode']}) first", title_justify="left"
+        title=safe_text(f"{found['sweep_id']} ({found['status']}): best {metric} ({found['mode']}) first"),
+        title_justify="left",
     )
     for col in ["#", "trial", *sampled, metric, *extra, "step", "status", "stop reason"]:
-        table.add_column(col)
+        table.add_column(safe_text(col))
     for i, t in enumerate(trials, 1):
         table.add_row(
             str(i),
-            t["trial_id"] or "-",
-            *[fmt(t["sampled"].get(k, "-")) for k in sampled],
-            fmt(t.get(metric) if t.get(metric) is not None else "-"),
+            safe_text(t["trial_id"] or "-"),
+            *[safe_text(fmt(t["sampled"].get(k, "-"))) for k in sampled],
+            safe_text(fmt(t.get(metric) if t.get(metric) is not None else "-")),
             *[fmt(t.get(k, "-")) for k in extra],
             str(t["step"]),
-            t["status"],
-            t["stop_reason"] or "",
+            safe_text(t["status"]),
+            safe_text(t["stop_reason"] or ""),
         )
     table_out.print(table)
     if trials:
         err.print(
-            f"Next: ganops sample {trials[0]['trial_id']} --n 64 --out best.png{_uri_flag(uri)}",
+            f"Next: ganops sample {safe_text(trials[0]['trial_id'])} --n 64 --out best.png{_uri_flag(uri)}",
             style="dim",
             highlight=False,
         )
@@ -991,22 +1015,22 @@ def sweeps(tracking_uri: TrackingOpt = None, json_: JsonOpt = False) -> None:
             highlight=False,
         )
         return
-    table = Table(title=f"sweeps in {uri}, newest first", title_justify="left")
+    table = Table(title=safe_text(f"sweeps in {uri}, newest first"), title_justify="left")
     for col in ("sweep", "status", "trials", "metric", "best", "best trial", "started"):
         table.add_column(col, justify="right" if col in ("trials", "best") else "left")
-    for s in found:
+    for s in found:  # MLflow tags, shown as written (safe_text), never as markup
         table.add_row(
-            s["sweep_id"] or s["parent_run_id"],
-            s["status"],
+            safe_text(s["sweep_id"] or s["parent_run_id"]),
+            safe_text(s["status"]),
             str(s["trials"]),
-            f"{s['metric']} ({s['mode']})",
-            fmt(s["best"]) if s["best"] is not None else "-",
-            s["best_trial"] or "-",
+            safe_text(f"{s['metric']} ({s['mode']})"),
+            safe_text(fmt(s["best"])) if s["best"] is not None else "-",
+            safe_text(s["best_trial"] or "-"),
             (s["start_time"] or "-").replace("T", " "),
         )
     table_out.print(table)
     err.print(
-        f"Next: ganops compare {found[0]['sweep_id'] or found[0]['parent_run_id']}{_uri_flag(uri)}",
+        f"Next: ganops compare {safe_text(found[0]['sweep_id'] or found[0]['parent_run_id'])}{_uri_flag(uri)}",
         style="dim",
         highlight=False,
     )
@@ -1056,6 +1080,8 @@ def _read_store(tracking_uri: str | None, kind: str, ident: str) -> str:
         if local_store.parse_model_uri(ident) is None:
             _fail(f"{ident!r} is not a model URI; {local_store.MODEL_URI_HELP}", 2)
         what = "registered model version"
+    else:
+        _check_id(ident, what)
     _check_login(uri)
     if (path := local_store.missing(uri)) is not None:
         _fail(
@@ -1107,8 +1133,8 @@ def report(
         typer.echo(json.dumps(info))
     else:
         err.print(
-            f"wrote {info['path']}: {info['trials']} trials of sweep "
-            f"{info['sweep_id']} ({info['status']}); open it in a browser",
+            f"wrote {safe_text(info['path'])}: {info['trials']} trials of sweep "
+            f"{safe_text(info['sweep_id'])} ({safe_text(info['status'])}); open it in a browser",
             highlight=False,
         )
 

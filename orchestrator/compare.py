@@ -78,12 +78,12 @@ def _table(parent: Any, children: list) -> dict[str, Any]:
                 "trial_id": r.data.tags.get(local_store.TAG_TRIAL),
                 "run_id": r.info.run_id,
                 "status": r.info.status,
-                "sampled": json.loads(r.data.tags.get("ganops.sampled", "{}")),
+                "sampled": _json_tag(r.data.tags, "ganops.sampled") or {},
                 "step": int(m.get("step", 0)),
                 metric: m.get(metric),
                 **{k: m[k] for k in (*BALANCE_COLUMNS, *MIXTURE_COLUMNS) if k in m and k != metric},
                 "stop_reason": r.data.tags.get("stop_reason"),
-                "stop_evidence": json.loads(r.data.tags["stop_evidence"]) if "stop_evidence" in r.data.tags else None,
+                "stop_evidence": _json_tag(r.data.tags, "stop_evidence"),
             }
         )
     trials = best_first(trials, metric, mode)
@@ -95,6 +95,16 @@ def _table(parent: Any, children: list) -> dict[str, Any]:
         "mode": mode,
         "trials": trials,
     }
+
+
+def _json_tag(tags: dict[str, str], key: str) -> dict[str, Any] | None:
+    """A tag ganops writes as a JSON object; None when absent, or when what is there is not one
+    (anyone can edit a tag in the MLflow UI, and one bad tag must not hide the whole sweep)."""
+    try:
+        value = json.loads(tags[key])
+    except (KeyError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _runs(tracking_uri: str, sweep: str) -> tuple[Any, list]:

@@ -1,10 +1,53 @@
 """How numbers and sweep events read as plain text: table cells, and the progress lines a sweep
-writes when stderr is a file or a CI log rather than a terminal. Pure functions, no Ray."""
+writes when stderr is a file or a CI log rather than a terminal; and what text from outside ganops
+(MLflow tags, trial errors, ids typed on the command line) must look like before it is shown or
+used. Pure functions, no Ray."""
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
+
+from rich.markup import escape
+
+# A sweep id (as `ganops sweep` makes it: name-YYYYmmdd-HHMMSS), an MLflow run id (32 hex) or a
+# Ray trial id (3f2a1_00004): ids reach MLflow filter strings (a quote broke them) and storage
+# paths (`..` left the storage root), so only these characters, and no `..`.
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")  # fullmatch: `$` would let a newline end it
+ID_HELP = "letters, digits and _.- only (at most 200, no '..'), starting with a letter or digit"
+
+# Whole terminal escape sequences (CSI colours and cursor moves, OSC 8 hyperlinks and window
+# titles, 7-bit and C1 forms), then any control character left, and the bidi overrides that make
+# a terminal show text in another order than it is.
+_ESCAPES = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"  # CSI: ESC [ params final
+    r"|(?:\x1b\]|\x9d)[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"  # OSC: ESC ] ... BEL or ST
+    r"|\x1b[@-_]?"  # any other ESC sequence, or a lone ESC
+)
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_BREAKS = re.compile(r"[\t\n]")  # \r is a control: gone already
+
+
+def is_safe_id(ident: str) -> bool:
+    """`ident` is a sweep, run or trial id ganops can look up (SAFE_ID, no `..`)."""
+    return bool(SAFE_ID.fullmatch(ident)) and ".." not in ident
+
+
+def plain_text(value: Any, *, keep_newlines: bool = False) -> str:
+    """`value` as text a terminal shows as written: escape sequences and control characters
+    dropped (an ESC from an MLflow tag could recolour, move the cursor or plant a hyperlink),
+    tabs and line breaks made spaces (one event, one line) unless `keep_newlines`."""
+    text = _CONTROLS.sub("", _ESCAPES.sub("", str(value)))
+    return text if keep_newlines else _BREAKS.sub(" ", text)
+
+
+def safe_text(value: Any, *, keep_newlines: bool = False) -> str:
+    """`plain_text` with rich markup escaped: for every string from MLflow, a trial or the
+    command line that rich prints with markup on (table cells, `Console.print`): `[/oops]`
+    crashed `ganops compare`, and `[link=...]` rendered as a hyperlink."""
+    return escape(plain_text(value, keep_newlines=keep_newlines))
+
 
 STATES = ("pending", "running", "done", "stopped", "failed")
 

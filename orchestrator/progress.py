@@ -31,7 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator import tracking
-from orchestrator.format import STATES, event_line, fmt, summary_line
+from orchestrator.format import STATES, event_line, fmt, plain_text, safe_text, summary_line
 from orchestrator.results import Standings
 
 log = logging.getLogger(__name__)
@@ -178,9 +178,10 @@ class SweepProgress(Callback):
             self.live = None
 
     def _say(self, line: str) -> None:
-        """One plain line on the console's stream, flushed now (a CI log shows it while the sweep runs)."""
+        """One plain line on the console's stream, flushed now (a CI log shows it while the sweep runs).
+        Without control characters: a trial's error or a searched string must not drive the terminal."""
         if self.plain and self.console is not None:
-            self.console.file.write(line + "\n")
+            self.console.file.write(plain_text(line) + "\n")
             self.console.file.flush()
 
     def _event(
@@ -291,25 +292,26 @@ class SweepProgress(Callback):
             "  ",
             (f"failed {counts['failed']}", "red"),
             "  ",
-            f"best {self.metric} " + (f"{fmt(best[1])} ({best[0]})" if best else "-"),
+            plain_text(f"best {self.metric} " + (f"{fmt(best[1])} ({best[0]})" if best else "-")),
         )
         table = Table(box=None, pad_edge=False, show_header=True, header_style="dim")
+        # Cells are rich markup: every string from a spec or a trial goes through safe_text.
         table.add_column("trial")
         for k in self.searched:
-            table.add_column(k)
+            table.add_column(safe_text(k))
         table.add_column("step", justify="right")
-        table.add_column(self.metric, justify="right")
+        table.add_column(safe_text(self.metric), justify="right")
         table.add_column("state")
         shown = self._ranked_trial_ids(TABLE_ROWS)
         for tid in shown:
             r = self.rows[tid]
             state = r["state"] + (f": {r['stop_reason']}" if r.get("stop_reason") else "")
             table.add_row(
-                tid,
-                *[fmt(r["config"].get(k)) for k in self.searched],
+                safe_text(tid),
+                *[safe_text(fmt(r["config"].get(k))) for k in self.searched],
                 f"{r.get('step') or 0}/{self.steps}",
                 fmt(r.get("metric", "-")),
-                state,
+                safe_text(state),
             )
         more = len(self.rows) - len(shown)
         if more > 0:
