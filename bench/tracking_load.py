@@ -363,7 +363,7 @@ def run_load(ctx, plan: Plan, procs: int, timeout: float) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def tracking_store(backend: str, tmp: Path, server_workers: int):
+def tracking_store(backend: str, tmp: Path, server_workers: int, healthcheck_s: int):
     """(tracking URI, login for the writers, a secret to keep out of the output) of a fresh store."""
     if backend == "sqlite":
         yield f"sqlite:///{tmp / 'mlflow.db'}", {}, None
@@ -402,6 +402,10 @@ def tracking_store(backend: str, tmp: Path, server_workers: int):
             s3_endpoint=s3.url,
             s3_creds=creds,
             workers=server_workers,
+            # uvicorn kills a worker that does not answer its supervisor's ping within 5 s (its
+            # default), requests it had accepted included, and a starved machine's restarted
+            # worker is killed again while importing MLflow: measured here at load 15-22.
+            server_args=("--uvicorn-opts", f"--timeout-worker-healthcheck {healthcheck_s}") if healthcheck_s else (),
         ) as srv:
             login = {"MLFLOW_TRACKING_USERNAME": srv.admin, "MLFLOW_TRACKING_PASSWORD": srv.password}
             yield srv.url, login, srv.password
@@ -526,6 +530,12 @@ def main() -> int:
     ap.add_argument("--procs", type=int, default=16, help="Writer processes (writers are threads spread over them).")
     ap.add_argument("--server-workers", type=int, default=4, help="`mlflow server --workers` for the server backends.")
     ap.add_argument(
+        "--healthcheck-s",
+        type=int,
+        default=60,
+        help="The team server's uvicorn --timeout-worker-healthcheck (0: uvicorn's default, 5 s).",
+    )
+    ap.add_argument(
         "--no-warmup", dest="warmup", action="store_false", help="Measure a cold server (no warm-up round first)."
     )
     ap.add_argument("--timeout", type=float, default=900.0, help="Seconds to wait for one (backend, N) run's writers.")
@@ -554,7 +564,7 @@ def main() -> int:
         for backend in args.backend:
             store = Path(scratch) / backend
             store.mkdir()
-            with tracking_store(backend, store, args.server_workers) as (uri, login, secret):
+            with tracking_store(backend, store, args.server_workers, args.healthcheck_s) as (uri, login, secret):
                 saved = {k: os.environ.get(k) for k in login}
                 os.environ.update(login)  # this process's own client: setup and read-back
                 try:
@@ -575,6 +585,7 @@ def main() -> int:
                         if secret:
                             row["first_errors"] = [e.replace(secret, "***") for e in row["first_errors"]]
                         rows.append(row)
+                        print(json.dumps(row), file=sys.stderr, flush=True)  # a long run's figures so far
                 finally:
                     for k, v in saved.items():
                         if v is None:
@@ -582,7 +593,8 @@ def main() -> int:
                         else:
                             os.environ[k] = v
     config = {
-        k: getattr(args, k) for k in ("evals", "steps_per_eval", "log_every", "step_seconds", "procs", "server_workers")
+        k: getattr(args, k)
+        for k in ("evals", "steps_per_eval", "log_every", "step_seconds", "procs", "server_workers", "healthcheck_s")
     }
     render(rows, info, args)
     if args.json:

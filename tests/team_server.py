@@ -163,10 +163,12 @@ def team_mlflow_server(
     s3_creds: dict[str, str],
     workers: int = 2,
     timeout: float = 120.0,
+    server_args: tuple[str, ...] = (),
 ) -> Iterator[TeamServer]:
     """The documented server shape (docs/tracking-server.md): backend store and the auth app's
     users in PostgreSQL, artifacts proxied to S3, basic auth with an admin from `basic_auth.ini`.
-    Database URIs travel in the environment (MLFLOW_BACKEND_STORE_URI), not on the command line."""
+    Database URIs travel in the environment (MLFLOW_BACKEND_STORE_URI), not on the command line.
+    `server_args`: more `mlflow server` options (bench/tracking_load.py passes `--uvicorn-opts`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     backend = pg.create_database("mlflow")
     auth_db = pg.create_database("mlflow_auth")
@@ -197,6 +199,7 @@ def team_mlflow_server(
         str(workers),
         "--artifacts-destination",
         artifacts_destination,
+        *server_args,
     ]
     env = {
         "MLFLOW_BACKEND_STORE_URI": backend,
