@@ -66,6 +66,26 @@ def pids_whose_cmdline_has(*needles: str) -> list[int]:
     return out
 
 
+def stop_processes(*needles: str, grace: float = 3) -> None:
+    """SIGTERM the processes whose command line has every needle (one Ray cluster's temp dir),
+    SIGKILL whatever is left after `grace` seconds, and return once all are gone: polled, where
+    a fixed 3 s sleep followed each signal (Ray's gcs_server outlives a SIGTERM by over 10 s)."""
+    import signal
+    import time
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
+        for pid in pids_whose_cmdline_has(*needles):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while pids_whose_cmdline_has(*needles) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not pids_whose_cmdline_has(*needles):
+            return
+
+
 def mlflow_store_ready(db: Path) -> bool:
     """True once a sweep's SQLite MLflow store exists AND holds its first run. Opening the store
     earlier would race the sweep's schema migrations (two processes migrating one file: the

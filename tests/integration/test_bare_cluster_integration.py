@@ -3,14 +3,16 @@
 The head runs from a virtual env holding `torch` and `ray[default]` at the client's versions
 and nothing else (no ganops, mlflow, typer, torchmetrics, mlxtend, ...): the job must bring
 what ganops needs (pip runtime env, pinned to this client's versions). The env is built once
-and cached in ~/.cache/ganops-tests (or $GANOPS_TEST_CACHE); a broken one is rebuilt."""
+and cached in ~/.cache/ganops-tests (or $GANOPS_TEST_CACHE); a broken one is rebuilt. The head's
+pip reads a local wheelhouse of those pins (tests/wheelhouse.py) instead of the index, as a
+cluster with its own package mirror would: what the job installs is the same, minus minutes of
+resolving and downloading."""
 
 import importlib.metadata as md
 import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -23,8 +25,9 @@ from mlflow import MlflowClient
 
 from orchestrator import jobs, tracking
 from search_spaces.loader import spec_from_text
-from tests.conftest import pids_whose_cmdline_has
+from tests.conftest import stop_processes
 from tests.integration.test_jobs_integration import _free_port
+from tests.wheelhouse import offline_pip_env, wheelhouse
 
 pytestmark = pytest.mark.integration
 
@@ -136,7 +139,12 @@ def bare_head(tmp_path_factory):
     token = secrets.token_hex(16)
     port, dash, agent = _free_port(), _free_port(), _free_port()
     # `python` on the head's PATH is the bare env's, as on a cluster node: the probe and the job run it.
-    env = _env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    env = _env(
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=token,
+        PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        **offline_pip_env(wheelhouse()),  # the job's pip runtime env installs from it
+    )
     r = subprocess.run(
         [
             str(venv / "bin" / "ray"),
@@ -163,13 +171,7 @@ def bare_head(tmp_path_factory):
         _api_ready(address, token)
         yield address, token
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in pids_whose_cmdline_has(str(temp)):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            time.sleep(3)
+        stop_processes(str(temp))
 
 
 def cli(*args, env: dict[str, str], timeout: float = 120):
