@@ -94,6 +94,7 @@ class Plan:
     log_every: int
     step_seconds: float
     generator_file: str
+    spool: str  # the sweep's spool (trainers/spool.py: spool_root(storage, sweep_id)), as a sweep passes it
     login: dict[str, str] = field(default_factory=dict, repr=False)  # MLFLOW_TRACKING_* for the server
 
     def loss_steps(self) -> list[int]:
@@ -114,6 +115,7 @@ class Written:
     open_s: float | None = None
     close_s: float | None = None
     eval_s: list[float] = field(default_factory=list)
+    kept: int = 0  # writes its spool kept (the store did not answer); the sweep's end uploads them
     errors: list[str] = field(default_factory=list)
 
 
@@ -152,6 +154,7 @@ def _one_trial(plan: Plan, i: int, go: threading.Event) -> Written:
     import numpy as np
 
     from orchestrator import tracking
+    from trainers.spool import Spool, is_outage
     from trainers.trial_log import LossLog, MlflowSink
 
     w = Written(i)
@@ -173,8 +176,9 @@ def _one_trial(plan: Plan, i: int, go: threading.Event) -> Written:
             plan.trainer_cfgs[i],
             plan.sampled[i],
         )
-        sink = MlflowSink(plan.uri, w.run_id)
-        sink.client = sink_client
+        sink = MlflowSink(plan.uri, w.run_id, plan.spool)
+        assert sink.spool is not None  # a run and a URI: the sink has its spool
+        sink.client = sink.spool.client = sink_client
         sink.tag("ganops.device", "cpu (bench/tracking_load.py)")  # _open_sink's tags and reads
         sink.tag("ganops.cost", "$0: no node advertised a price (local machine)")
         sink.resume_after(0)
@@ -198,12 +202,25 @@ def _one_trial(plan: Plan, i: int, go: threading.Event) -> Written:
             w.eval_s.append(time.perf_counter() - t0)
         except Exception as err:  # noqa: BLE001 - a real trial would fail here; the bench counts and goes on
             w.errors.append(_error(err, f"eval {e}"))
-    sink.flush()  # before the worker ends (the driver closes the run)
+    sink.close()  # the worker's end: the last loss batch, one more try at what its spool keeps
+    w.kept = sink.spool.kept
     t0 = time.perf_counter()
     try:
-        # orchestrator/trial.py run_trial's `close`: a run the sweep stopped keeps its status.
-        if client.get_run(w.run_id).info.status == "RUNNING":
-            tracking.end_run(client, w.run_id, "FINISHED")
+        # orchestrator/trial.py run_trial's `close` (a nested function there, so repeated here):
+        # behind the spool's writes; a run the sweep stopped keeps its status.
+        kept = Spool(client, plan.uri, w.run_id, plan.spool)
+        closed = False
+        if kept.try_drain(force=True):
+            try:
+                if client.get_run(w.run_id).info.status == "RUNNING":
+                    tracking.end_run(client, w.run_id, "FINISHED")
+                closed = True
+            except Exception as err:
+                if not is_outage(err):
+                    raise
+        if not closed:
+            kept.keep({"op": "close", "status": "FINISHED", "reason": None})
+            w.kept += 1
         w.close_s = time.perf_counter() - t0
     except Exception as err:  # noqa: BLE001
         w.errors.append(_error(err, "close"))
@@ -326,8 +343,12 @@ def run_load(ctx, plan: Plan, procs: int, timeout: float) -> dict[str, Any]:
             p.join(timeout=10)
             if p.is_alive():
                 p.terminate()
+    from trainers.spool import replay_all
+
     t1 = time.perf_counter()
     client = MlflowClient(plan.uri)
+    # The sweep's end (orchestrator/sweep.py): what the trials' spools kept goes up now.
+    uploaded, left = replay_all(client, plan.spool)
     with ThreadPoolExecutor(16) as pool:
         back = list(pool.map(lambda w: _read_back(client, plan, w), written))
     read_s = time.perf_counter() - t1
@@ -347,6 +368,9 @@ def run_load(ctx, plan: Plan, procs: int, timeout: float) -> dict[str, Any]:
         "evals_per_s": len(evals) / wall,
         "errors": sum(len(w["errors"]) for w in written),
         "async_loss_warnings": len(warnings),
+        "spool_kept": sum(w["kept"] for w in written),
+        "spool_uploaded_at_end": uploaded,
+        "spool_left": left,
         "points_expected": sum(b["expected"] for b in back),
         "points_lost": sum(b["lost"] for b in back),
         "points_dup": sum(b["dup"] for b in back),
@@ -419,6 +443,7 @@ def make_plan(uri: str, login: dict[str, str], n: int, args, generator_file: Pat
     from orchestrator import tracking
     from search_spaces.loader import load_spec
     from search_spaces.tune_space import param_space, trial_trainer_config
+    from trainers.spool import spool_root
 
     spec = load_spec(DEMO_SPEC)
     client = MlflowClient(uri)
@@ -442,6 +467,7 @@ def make_plan(uri: str, login: dict[str, str], n: int, args, generator_file: Pat
         log_every=args.log_every,
         step_seconds=args.step_seconds,
         generator_file=str(generator_file),
+        spool=spool_root(str(generator_file.parent / "storage"), sweep_id),
         login=login,
     )
 
@@ -488,7 +514,7 @@ def render(rows: list[dict], info: dict, args) -> None:
     t = Table(title="MLflow tracking under concurrent ganops trials (bench/tracking_load.py)")
     for col in ("backend", "writers", "evals done", "eval p50 ms", "eval p95 ms", "eval max ms", "open p95 ms"):
         t.add_column(col, justify="right")
-    for col in ("evals/s", "errors", "lost / written", "dup", "wall s", "load 1m"):
+    for col in ("evals/s", "errors", "spooled", "lost / written", "dup", "wall s", "load 1m"):
         t.add_column(col, justify="right")
     for r in rows:
         t.add_row(
@@ -501,6 +527,7 @@ def render(rows: list[dict], info: dict, args) -> None:
             ms(r["open_p95_s"]),
             f"{r['evals_per_s']:.1f}",
             str(r["errors"] + r["async_loss_warnings"]),
+            str(r["spool_kept"]),
             f"{r['points_lost']}/{r['points_expected']}",
             str(r["points_dup"]),
             f"{r['wall_s']:.0f}",
