@@ -223,14 +223,22 @@ class SweepProgress(Callback):
     def _close_run(self, trial_id: str, status: str, reason: str, verdict=None) -> None:
         from mlflow import MlflowClient
 
+        from trainers.spool import is_outage
+
         client = MlflowClient(self.tracking_uri)
-        run_id = tracking.find_trial_run(client, trial_id, self.experiment_ids)
-        if not run_id:
-            return
-        if verdict is not None:  # the evidence, for the person asking "why was this stopped?"
-            client.set_tag(run_id, "stop_evidence", json.dumps(verdict.evidence, default=float))
-        if client.get_run(run_id).info.status == "RUNNING" or verdict is not None:
-            tracking.end_run(client, run_id, status, reason)
+        try:
+            run_id = tracking.find_trial_run(client, trial_id, self.experiment_ids)
+            if not run_id:
+                return
+            if verdict is not None:  # the evidence, for the person asking "why was this stopped?"
+                client.set_tag(run_id, "stop_evidence", json.dumps(verdict.evidence, default=float))
+            if client.get_run(run_id).info.status == "RUNNING" or verdict is not None:
+                tracking.end_run(client, run_id, status, reason)
+        except Exception as e:
+            if not is_outage(e):
+                raise
+            # The tracking server is away: the sweep goes on; its end (or `ganops resume`) says so.
+            log.warning("could not close trial %s's run (%s): MLflow did not answer", trial_id, status)
 
     def _refresh_sheet(self, force: bool = False) -> None:
         """Rebuild the parent run's contact sheet in the background, so a person watching the

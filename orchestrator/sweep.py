@@ -611,6 +611,7 @@ def _execute(
     # A tracking server that went away mid-sweep gets GANOPS_TRACKING_WAIT_S (300 s) to come
     # back before the sweep gives up on it; what the trials kept is uploaded then.
     deadline = time.monotonic() + float(os.environ.get("GANOPS_TRACKING_WAIT_S", "300"))
+    waited = False
     while True:
         try:
             return _conclude(
@@ -620,9 +621,13 @@ def _execute(
             if not is_outage(e):
                 raise
             if time.monotonic() < deadline:
-                log.warning(
-                    "MLflow at %s does not answer; waiting for it (GANOPS_TRACKING_WAIT_S)", tracking.redact_uri(uri)
-                )
+                if not waited:
+                    log.warning(
+                        "MLflow at %s does not answer; waiting up to %.0f s for it (GANOPS_TRACKING_WAIT_S)",
+                        tracking.redact_uri(uri),
+                        deadline - time.monotonic(),
+                    )
+                waited = True
                 time.sleep(5)
                 continue
             root = spool_root(storage, sweep_id)
