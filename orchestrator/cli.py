@@ -32,7 +32,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from orchestrator.cluster_cli import cluster_app  # noqa: E402
-from orchestrator.format import ID_HELP, is_safe_id, safe_text  # noqa: E402
+from orchestrator.format import ID_HELP, is_safe_id, redact_uri, safe_text  # noqa: E402
 
 # Nothing heavy at module level: `ganops --help` must answer in 0.3 s, so ray, mlflow, torch and
 # pandas (each 0.5-3 s to import) are imported inside the commands that use them.
@@ -340,13 +340,14 @@ def submit(
     what = (
         "found running job" if handle.existing else (f"resumed {handle.resumes} as" if handle.resumes else "submitted")
     )
-    err.print(f"{what} [bold]{handle.job_id}[/] on {address} (sweep {handle.sweep_id})", highlight=False)
+    shown = redact_uri(address)  # the address as printed: a token in it stays out of logs
+    err.print(f"{what} [bold]{handle.job_id}[/] on {safe_text(shown)} (sweep {handle.sweep_id})", highlight=False)
     if not wait_:
         if json_:
             typer.echo(json.dumps(handle.to_dict()))
         err.print(
-            f"Next: ganops job status {handle.job_id} --address {address}   |   ganops job logs {handle.job_id} "
-            f"--address {address} --follow",
+            f"Next: ganops job status {handle.job_id} --address {safe_text(shown)}   |   ganops job logs "
+            f"{handle.job_id} --address {safe_text(shown)} --follow",
             style="dim",
             highlight=False,
         )
@@ -357,7 +358,7 @@ def submit(
             typer.echo(json.dumps({"job": handle.to_dict(), **outcome.to_dict()}))
         _fail(
             f"job {handle.job_id} ended {outcome.status} without a sweep result ({outcome.message}); see `ganops job "
-            f"logs {handle.job_id} --address {address}`",
+            f"logs {handle.job_id} --address {shown}`",
             1,
         )
     _finish(outcome.result, conditions, json_, extra={"job": {**handle.to_dict(), "status": outcome.status}})
@@ -394,6 +395,7 @@ def _wait_job(job_id: str, address: str):
     except jobs.JobError as e:
         _fail(str(e), 2)
     except KeyboardInterrupt:
+        address = redact_uri(address)
         _fail(
             f"stopped waiting; the job goes on (`ganops job status {job_id} --address {address}`, `ganops job cancel "
             f"{job_id} --address {address}`)",
@@ -602,7 +604,8 @@ def _print_leaderboard(result) -> None:
     table_out.print(table)
     err.print(
         safe_text(
-            f"{len(result.trials)} trials in {result.wall_seconds:.0f}s. MLflow: {result.tracking_uri}, experiment "
+            f"{len(result.trials)} trials in {result.wall_seconds:.0f}s. MLflow: {redact_uri(result.tracking_uri)}, "
+            "experiment "
             f"{result.experiment!r}, sweep run {result.parent_run_id}"
         )
     )
@@ -633,7 +636,7 @@ def _print_leaderboard(result) -> None:
 def _uri_flag(uri: str) -> str:
     from orchestrator.local_store import default_tracking_uri
 
-    return "" if uri == default_tracking_uri() else f" --tracking-uri {safe_text(uri)}"
+    return "" if uri == default_tracking_uri() else f" --tracking-uri {safe_text(redact_uri(uri))}"
 
 
 @app.command()
@@ -653,7 +656,8 @@ def ui(
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
         err.print(
-            f"{uri} is an MLflow tracking server: open it in a browser (it serves the UI itself)", highlight=False
+            f"{redact_uri(uri)} is an MLflow tracking server: open it in a browser (it serves the UI itself)",
+            highlight=False,
         )
         raise typer.Exit(0)
     exe = shutil.which("mlflow") or f"{sys.executable} -m mlflow"
@@ -1010,12 +1014,12 @@ def sweeps(tracking_uri: TrackingOpt = None, json_: JsonOpt = False) -> None:
         return
     if not found:
         err.print(
-            f"no sweeps in {uri} yet. Start one: ganops sweep search_spaces/dcgan.yaml (or point at another store "
-            "with --tracking-uri or GANOPS_HOME)",
+            f"no sweeps in {redact_uri(uri)} yet. Start one: ganops sweep search_spaces/dcgan.yaml (or point at "
+            "another store with --tracking-uri or GANOPS_HOME)",
             highlight=False,
         )
         return
-    table = Table(title=safe_text(f"sweeps in {uri}, newest first"), title_justify="left")
+    table = Table(title=safe_text(f"sweeps in {redact_uri(uri)}, newest first"), title_justify="left")
     for col in ("sweep", "status", "trials", "metric", "best", "best trial", "started"):
         table.add_column(col, justify="right" if col in ("trials", "best") else "left")
     for s in found:  # MLflow tags, shown as written (safe_text), never as markup
@@ -1102,7 +1106,8 @@ def _read_store(tracking_uri: str | None, kind: str, ident: str) -> str:
             if kind == "sweep"
             else "take the id from the sweep's leaderboard or `ganops compare SWEEP`"
         )
-        _fail(f"no {'registered model ' + repr(model) if model else what + ' ' + repr(ident)} in {uri}; {hint}", 2)
+        where = redact_uri(uri)
+        _fail(f"no {'registered model ' + repr(model) if model else what + ' ' + repr(ident)} in {where}; {hint}", 2)
     return uri
 
 

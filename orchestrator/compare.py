@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from orchestrator import local_store
+from orchestrator.format import redact_uri
 from trainers.metric_names import BALANCE_COLUMNS, MIXTURE_COLUMNS, best, best_first
 
 
@@ -18,8 +19,8 @@ def compare(tracking_uri: str, sweep: str) -> dict[str, Any]:
     parent, children = _runs(tracking_uri, sweep)
     if parent is None:
         raise CompareError(
-            f"no sweep {sweep!r} in {tracking_uri}; pass the sweep id the leaderboard prints (name-YYYYmmdd-HHMMSS) "
-            "or its MLflow run id; `ganops sweeps` lists them"
+            f"no sweep {sweep!r} in {redact_uri(tracking_uri)}; pass the sweep id the leaderboard prints "
+            "(name-YYYYmmdd-HHMMSS) or its MLflow run id; `ganops sweeps` lists them"
         )
     return _table(parent, children)
 

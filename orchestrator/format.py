@@ -29,6 +29,20 @@ _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]"
 _BREAKS = re.compile(r"[\t\n]")  # \r is a control: gone already
 
 
+def redact_uri(uri: str) -> str:
+    """`uri` as it may be printed: no user:password@ and no ?query (a token may be either)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(uri)
+        host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    except ValueError:  # a netloc urllib cannot read (an unclosed [, a port that is not a number)
+        return uri.split("?", 1)[0].rsplit("@", 1)[-1]
+    if not parts.netloc:
+        return uri.split("?", 1)[0]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
 def is_safe_id(ident: str) -> bool:
     """`ident` is a sweep, run or trial id ganops can look up (SAFE_ID, no `..`)."""
     return bool(SAFE_ID.fullmatch(ident)) and ".." not in ident

@@ -16,6 +16,9 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Param, RunTag
 
+# Written once, in a module the CLI prints URIs with without importing MLflow.
+from orchestrator.format import redact_uri  # noqa: F401
+
 # Tag names, home and default store live where the CLI's fast paths read them without importing MLflow.
 from orchestrator.local_store import TAG_KIND, TAG_PARENT, TAG_SWEEP, TAG_TRIAL, default_tracking_uri, home  # noqa: F401
 
@@ -41,17 +44,6 @@ CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFL
 
 class TrackingAccessError(Exception):
     """The tracking server refused this process's login (HTTP 401) or its user (HTTP 403)."""
-
-
-def redact_uri(uri: str) -> str:
-    """`uri` as it may be printed: no user:password@ and no ?query (a token may be either)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    if not parts.netloc:
-        return uri.split("?", 1)[0]
-    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def is_server(uri: str) -> bool:

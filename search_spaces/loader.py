@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from search_spaces.spec import SpecProblems, SweepSpec, clip, optional_needs
+from search_spaces.spec import SpecProblems, SweepSpec, clip, optional_needs, redact_secrets
 
 MAX_SPEC_BYTES = 1_000_000
 # A spec nests 5 levels (search.lr_g.choice.[...]); PyYAML's composer recurses once a level, and
@@ -38,11 +38,12 @@ class SpecIssue:
     flag: str | None = None  # the `--set key=value` it came from, blamed instead of a line of the file
 
     def __post_init__(self) -> None:
-        # What a person wrote comes back in every message and `--json`: never more than a glance of it.
+        # What a person wrote comes back in every message and `--json` (and CI logs): never more
+        # than a glance of it, and never a password or token it held.
         object.__setattr__(self, "path", clip(self.path))
-        object.__setattr__(self, "message", clip(self.message, MESSAGE_CHARS))
+        object.__setattr__(self, "message", clip(redact_secrets(self.message), MESSAGE_CHARS))
         if self.flag is not None:
-            object.__setattr__(self, "flag", clip(self.flag))
+            object.__setattr__(self, "flag", clip(redact_secrets(self.flag)))
 
 
 class SpecError(Exception):

@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
@@ -55,6 +56,62 @@ def clip(text: str, limit: int = ECHO_CHARS) -> str:
 def shown(value: Any) -> str:
     """`value` as a message quotes it (its repr), clipped."""
     return clip(repr(value))
+
+
+# Query keys that carry a secret: ?token=, ?access_token=, ?api_key=, S3 presigned X-Amz-Signature, ...
+_SECRET_WORDS = "token|secret|passw|pwd|key|signature|credential|auth"
+_SECRET_KEY = re.compile(rf"{_SECRET_WORDS}|sig$", re.I)
+_DATABASES = ("postgresql", "postgres", "mysql", "mssql", "oracle")  # a user (no password) there is fine
+_WHERE_SECRETS_GO = {
+    "http": "set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment",
+    "s3": "use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, an AWS profile or an instance role",
+    "db": "put the password in ~/.pgpass or PGPASSWORD (PostgreSQL), an option file (MySQL), or serve the store "
+    "with `mlflow server` and point tracking.uri at it",
+}
+
+
+def credential_problem(uri: str) -> str | None:
+    """What in `uri` is a credential (a password, a token before @, a ?token= query), or None.
+    A spec's URIs are logged to MLflow, tagged and printed, so none may carry one; the message
+    never repeats it."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    try:
+        parts = urlsplit(uri)
+        password, user = parts.password, parts.username
+    except ValueError:  # a malformed netloc (e.g. an unclosed [): nothing to read a credential from
+        return None
+    scheme = parts.scheme.lower().split("+")[0]
+    kind = "http" if scheme in ("http", "https") else "db" if scheme in _DATABASES else "s3"
+    if password is not None:
+        what = "a password (user:password@)"
+    elif user is not None and kind != "db":
+        what = "a user name or token before @"
+    elif any(_SECRET_KEY.search(k) for k, _ in parse_qsl(parts.query, keep_blank_values=True)):
+        what = "a secret in its query (a token=, key= or signature= value)"
+    else:
+        return None
+    return f"has {what} in it, and the spec is logged to MLflow and printed; drop it and {_WHERE_SECRETS_GO[kind]}"
+
+
+def _without_credentials(uri: str | None) -> str | None:
+    """`uri`, for a field validator, or ValueError saying what credential it holds."""
+    problem = credential_problem(uri) if uri else None
+    if problem:
+        raise ValueError(problem)
+    return uri
+
+
+def redact_secrets(text: str) -> str:
+    """`text` (e.g. a `--set` flag a message repeats) with any URI's user:password@ and secret
+    query values replaced by ***."""
+    text = re.sub(r"(//)[^/@\s]+@", r"\1***@", text)
+    return re.sub(
+        rf"([?&](?:[^=&\s]*(?:{_SECRET_WORDS})[^=&\s]*|[^=&\s]*sig)=)[^&\s]*",
+        r"\1***",
+        text,
+        flags=re.I,
+    )
 
 
 class SpecProblems(ValueError):
@@ -455,15 +512,7 @@ class Tracking(_Model):
     @field_validator("uri")
     @classmethod
     def _no_credentials(cls, uri: str | None) -> str | None:
-        # The spec is logged to MLflow and printed; a password in the URI would be too.
-        from urllib.parse import urlsplit
-
-        if uri and urlsplit(uri).scheme in ("http", "https") and urlsplit(uri).password is not None:
-            raise ValueError(
-                "has a password in it, and the spec is logged to MLflow; drop user:password@ and set "
-                "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment"
-            )
-        return uri
+        return _without_credentials(uri)
 
 
 class SweepSpec(_Model):
@@ -500,6 +549,11 @@ class SweepSpec(_Model):
         None,
         description="Ray checkpoints and experiment state: a local directory (default ./ganops_runs/ray) or s3://bucket/prefix.",
     )
+
+    @field_validator("storage")
+    @classmethod
+    def _no_storage_credentials(cls, storage: str | None) -> str | None:
+        return _without_credentials(storage)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "SweepSpec":

@@ -229,3 +229,29 @@ def test_the_leaderboard_shows_trial_errors_as_written():
         cli.table_out = saved
     assert "[/oops]" in out.getvalue() and "[link=http://evil.example]x[/link]" in out.getvalue()
     assert "\x1b" not in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "field, uri",
+    [
+        ("tracking.uri", "https://hunter2token@mlflow.example"),
+        ("tracking.uri", "https://mlflow.example/?token=hunter2token"),
+        ("tracking.uri", "postgresql://mlflow:hunter2token@db.example/mlflow"),
+        ("storage", "s3://AKIAHUNTER2:hunter2token@bucket/prefix"),
+    ],
+    ids=["token-in-userinfo", "token-query", "database-password", "s3-key-and-secret"],
+)
+def test_credentials_in_a_spec_uri_are_refused_without_being_repeated(tmp_path, field, uri):
+    """A spec's URIs go to MLflow params, tags and --json: a credential in one is refused, in the file or a --set."""
+    section, _, key = field.rpartition(".")
+    text = OK + (f"{section}:\n  {key}: '{uri}'\n" if section else f"{key}: '{uri}'\n")
+    out = _refused(["validate", str(_spec(tmp_path, text)), "--json"], field)
+    assert "hunter2" not in out
+    out = _refused(["validate", str(_spec(tmp_path, OK)), "--set", f"{field}={uri}"], field)
+    assert "hunter2" not in out
+
+
+def test_printed_tracking_uris_carry_no_token(ganops_home):
+    """A --tracking-uri with a token in it is printed without the token."""
+    r = runner.invoke(app, ["sweeps", "--tracking-uri", f"sqlite:///{ganops_home}/m.db?token=hunter2token"])
+    assert r.exit_code == 0 and "no sweeps in" in r.output and "hunter2" not in r.output
