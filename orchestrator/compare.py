@@ -71,6 +71,8 @@ def _table(parent: Any, children: list) -> dict[str, Any]:
     """A sweep's parent run and trial runs -> compare's table (trials best first)."""
     metric = parent.data.tags.get("ganops.metric", "fid")
     mode = parent.data.tags.get("ganops.mode", "min")
+    if mode not in ("min", "max"):  # a tag edited in the MLflow UI: listed as min (the title says so), not a crash
+        mode = "min"
     trials = []
     for r in children:
         m = r.data.metrics

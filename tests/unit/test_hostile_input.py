@@ -149,7 +149,7 @@ def test_compare_shows_mlflow_markup_as_written_and_strips_escapes(hostile_store
 
 
 def test_sweeps_table_shows_mlflow_tags_as_written(hostile_store):
-    """The sweeps table prints a sweep's tags (its metric) as text, not markup."""
+    """The sweeps table prints a sweep's tags as text, not markup, and survives a mode that is neither min nor max."""
     from mlflow import MlflowClient
 
     uri, sweep_id = hostile_store
@@ -158,12 +158,14 @@ def test_sweeps_table_shows_mlflow_tags_as_written(hostile_store):
         [e.experiment_id for e in client.search_experiments()], filter_string="tags.`ganops.kind` = 'sweep'"
     )[0]
     client.set_tag(parent.info.run_id, "ganops.metric", "[/m]\x1b[2J")
+    client.set_tag(parent.info.run_id, "ganops.mode", "[/mode]")  # not min or max: listed as min
     try:
         r = runner.invoke(app, ["sweeps", "--tracking-uri", uri])
         assert r.exit_code == 0, (r.output, r.exception)
-        assert "[/m]" in r.output and "\x1b" not in r.output
+        assert "[/m] (min)" in r.output and "\x1b" not in r.output
     finally:
         client.set_tag(parent.info.run_id, "ganops.metric", "fid")
+        client.set_tag(parent.info.run_id, "ganops.mode", "min")
 
 
 def test_progress_lines_and_live_table_show_foreign_text_as_written(tmp_path):
