@@ -4,12 +4,15 @@ ganops' own write path; per-eval latency, errors, and points lost on read-back.
 Each writer is one ganops trial, minus the training:
 - as its trial driver (orchestrator/trial.py): `tracking.trial_run` (a search for the trial's
   run, then the child run with the full trainer config of search_spaces/dcgan.yaml as params),
-  and at the end the driver's close (`get_run`, then `tracking.end_run` FINISHED);
-- as its rank-0 worker (trainers/loop.py): `MlflowSink` with `_open_sink`'s two tags and its
-  `resume_after` reads, then `--steps-per-eval` steps through `LossLog` (the step's scalars
-  logged asynchronously every `--log-every` steps and at the eval), and per eval one
-  `MlflowSink.log`: the eval's metrics (one batch), the sample grid (`log_image`: PNG and its
-  webp thumbnail) and the generator checkpoint (`log_artifact`).
+  and at the end the driver's close (behind the trial's spool: `get_run`, then
+  `tracking.end_run` FINISHED);
+- as its rank-0 worker (trainers/loop.py): `MlflowSink` with the sweep's spool
+  (trainers/spool.py: a write the store does not answer is kept and retried), `_open_sink`'s
+  two tags and its `resume_after` reads, then `--steps-per-eval` steps through `LossLog` (the
+  step's scalars logged asynchronously every `--log-every` steps and at the eval), and per
+  eval one `MlflowSink.log`: the eval's metrics (one batch), the sample grid (PNG) and the
+  generator checkpoint; `MlflowSink.close` at the end.
+The sweep's end then uploads what the spools kept (`replay_all`), as orchestrator/sweep.py does.
 Payloads are small (a 64x64 grid, a ~5 KB checkpoint) so that the store's concurrency, not
 bandwidth, is measured; a "step" is `--step-seconds` of sleep in place of training.
 
@@ -19,7 +22,7 @@ pooled connection: MLFLOW_HTTP_POOL_MAXSIZE = threads per process) or separate S
 connections. All writers start together, after every process has imported MLflow.
 
 Eval latency: from `MlflowSink.log` starting to its return (every write of the eval done).
-Lost: after all writers are done, every run is read back (metric histories, artifact
+Lost: after all writers are done and the spools are uploaded, every run is read back (metric histories, artifact
 listings, params, status) and compared with what its writer was asked to write; a point
 written twice (an HTTP retry after a timeout) counts as `dup`.
 
@@ -387,7 +390,7 @@ def run_load(ctx, plan: Plan, procs: int, timeout: float) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def tracking_store(backend: str, tmp: Path, server_workers: int, healthcheck_s: int):
+def tracking_store(backend: str, tmp: Path, server_workers: int, healthcheck_s: int, auth_cache_s: int):
     """(tracking URI, login for the writers, a secret to keep out of the output) of a fresh store."""
     if backend == "sqlite":
         yield f"sqlite:///{tmp / 'mlflow.db'}", {}, None
@@ -430,6 +433,9 @@ def tracking_store(backend: str, tmp: Path, server_workers: int, healthcheck_s: 
             # default), requests it had accepted included, and a starved machine's restarted
             # worker is killed again while importing MLflow: measured here at load 15-22.
             server_args=("--uvicorn-opts", f"--timeout-worker-healthcheck {healthcheck_s}") if healthcheck_s else (),
+            # Without it the auth app checks the password's scrypt hash on every request (0.3-0.6 s
+            # of CPU each here): measured at ~2 requests/s for the whole server.
+            auth_cache_ttl_s=auth_cache_s,
         ) as srv:
             login = {"MLFLOW_TRACKING_USERNAME": srv.admin, "MLFLOW_TRACKING_PASSWORD": srv.password}
             yield srv.url, login, srv.password
@@ -563,6 +569,12 @@ def main() -> int:
         help="The team server's uvicorn --timeout-worker-healthcheck (0: uvicorn's default, 5 s).",
     )
     ap.add_argument(
+        "--auth-cache-s",
+        type=int,
+        default=300,
+        help="The team server's auth_cache_ttl_seconds (basic_auth.ini; 0: MLflow's default, no cache).",
+    )
+    ap.add_argument(
         "--no-warmup", dest="warmup", action="store_false", help="Measure a cold server (no warm-up round first)."
     )
     ap.add_argument("--timeout", type=float, default=900.0, help="Seconds to wait for one (backend, N) run's writers.")
@@ -591,7 +603,11 @@ def main() -> int:
         for backend in args.backend:
             store = Path(scratch) / backend
             store.mkdir()
-            with tracking_store(backend, store, args.server_workers, args.healthcheck_s) as (uri, login, secret):
+            with tracking_store(backend, store, args.server_workers, args.healthcheck_s, args.auth_cache_s) as (
+                uri,
+                login,
+                secret,
+            ):
                 saved = {k: os.environ.get(k) for k in login}
                 os.environ.update(login)  # this process's own client: setup and read-back
                 try:
@@ -621,7 +637,16 @@ def main() -> int:
                             os.environ[k] = v
     config = {
         k: getattr(args, k)
-        for k in ("evals", "steps_per_eval", "log_every", "step_seconds", "procs", "server_workers", "healthcheck_s")
+        for k in (
+            "evals",
+            "steps_per_eval",
+            "log_every",
+            "step_seconds",
+            "procs",
+            "server_workers",
+            "healthcheck_s",
+            "auth_cache_s",
+        )
     }
     render(rows, info, args)
     if args.json:

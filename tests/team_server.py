@@ -164,11 +164,14 @@ def team_mlflow_server(
     workers: int = 2,
     timeout: float = 120.0,
     server_args: tuple[str, ...] = (),
+    auth_cache_ttl_s: int = 0,
 ) -> Iterator[TeamServer]:
     """The documented server shape (docs/tracking-server.md): backend store and the auth app's
     users in PostgreSQL, artifacts proxied to S3, basic auth with an admin from `basic_auth.ini`.
     Database URIs travel in the environment (MLFLOW_BACKEND_STORE_URI), not on the command line.
-    `server_args`: more `mlflow server` options (bench/tracking_load.py passes `--uvicorn-opts`)."""
+    `server_args`: more `mlflow server` options (bench/tracking_load.py passes `--uvicorn-opts`).
+    `auth_cache_ttl_s`: the auth app's login cache (0, MLflow's default: every request checks the
+    password's scrypt hash, ~0.3-0.6 s of CPU here)."""
     workdir.mkdir(parents=True, exist_ok=True)
     backend = pg.create_database("mlflow")
     auth_db = pg.create_database("mlflow_auth")
@@ -181,6 +184,7 @@ def team_mlflow_server(
         f"admin_username = {admin}\n"
         f"admin_password = {password}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        + (f"auth_cache_ttl_seconds = {auth_cache_ttl_s}\n" if auth_cache_ttl_s else "")
     )
     ini.chmod(0o600)
     port = free_port()
