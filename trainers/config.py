@@ -201,6 +201,36 @@ class TrainerConfig(BaseModel):
         le=1e4,
         description="wgan-gp: weight of the gradient penalty (Gulrajani et al. 2017 use 10). Unused by other losses.",
     )
+    pack: int = Field(
+        1,
+        ge=1,
+        le=4,
+        description="PacGAN (Lin et al. 2018): D judges this many samples at once, concatenated (2-D points: "
+        "their coordinates, pack x 2 inputs; images: their channels, pack x C), real packs and fake packs apart, so a "
+        "generator that repeats itself is easier to catch. 1 = one sample at a time; PacGAN uses 2-4. batch_size "
+        "must be a multiple of it; D(x), D(G(z)) and the losses are then per pack. Built-in models except cdcgan28.",
+    )
+    spectral_norm: bool = Field(
+        False,
+        description="Spectral normalisation (Miyato et al. 2018) of every conv and linear layer of D "
+        "(torch.nn.utils.parametrizations.spectral_norm, one power iteration per forward): each layer's largest "
+        "singular value is held near 1, which bounds how fast D can change and steadies its gradients.",
+    )
+    r1: float = Field(
+        0.0,
+        ge=0,
+        le=1e4,
+        description="R1 gradient penalty (Mescheder et al. 2018): D's loss gains r1 / 2 * E||grad_x D(x)||^2 on "
+        "real samples (x a pack when pack > 1), pulling D flat on the data; gamma 0.1-10 is the usual range. "
+        "Reported as the metric r1 (the unweighted expectation). 0 = off. Works with every loss.",
+    )
+    r2: float = Field(
+        0.0,
+        ge=0,
+        le=1e4,
+        description="R2 gradient penalty: as r1, on G's samples instead of the real ones (r2 / 2 * "
+        "E||grad D(G(z))||^2, metric r2). 0 = off.",
+    )
     soft_labels: bool = Field(
         False,
         description="BCE losses: D's targets drawn per sample, real ~ U[0.7, 1.2], fake ~ U[0, 0.3] (ganhacks #6); "
@@ -356,6 +386,23 @@ class TrainerConfig(BaseModel):
                 f"{', '.join(params_model.model_fields)}"
             ) from None
         object.__setattr__(self, "params", checked.model_dump(mode="json"))
+        return self
+
+    @model_validator(mode="after")
+    def _pack_fits(self) -> "TrainerConfig":
+        if self.pack == 1:
+            return self
+        if self.is_plugin or self.is_conditional:
+            raise ValueError(
+                f"pack {self.pack}: packing widens the input of the built-in unconditional Ds only; "
+                f"model {self.model!r} cannot pack, so remove pack or use mlp2d, fc or a dcgan model"
+            )
+        if self.batch_size % self.pack:
+            fit = self.batch_size - self.batch_size % self.pack or self.pack
+            raise ValueError(
+                f"pack {self.pack}: D judges packs of {self.pack} samples, so batch_size must be a multiple of "
+                f"{self.pack} (got batch_size {self.batch_size}); use batch_size {fit} or a pack that divides it"
+            )
         return self
 
     @model_validator(mode="after")

@@ -74,8 +74,13 @@ class Encoder(nn.Module):
         setattr(parent, attr, _widened(layer, cfg.latent_dim))
         self.conditional = cfg.is_conditional
         self.uniform = cfg.latent_dist == "uniform"
+        self.pack = cfg.pack
 
     def forward(self, x: Tensor) -> Tensor:  # x: (B, C, H, W) in G's output range
+        if self.pack > 1:
+            # A packing D (trainer.pack) judges packs: give it each image as a pack of copies of
+            # itself, so E still maps one image to one z. (B * pack, C, H, W)
+            x = x.repeat_interleave(self.pack, dim=0)
         if self.conditional:  # class-blind: D's class input held at class 0
             z = self.net(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
         else:

@@ -155,12 +155,24 @@ def gradient_penalty(
     `scale`: fp16's loss scale, applied to the inner gradient and undone (PyTorch's AMP recipe
     for gradient penalties), so the inner backward does not underflow either."""
     eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), generator=generator, device=generator.device).to(real)
-    x_hat = (eps * real + (1 - eps) * fake.detach()).requires_grad_(True)
+    x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
     out = D(x_hat)
     (grad,) = torch.autograd.grad(out.sum() * scale if scale != 1.0 else out.sum(), x_hat, create_graph=True)
     if scale != 1.0:
         grad = grad / scale
-    return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+    # One norm per judgement of D: per sample, or per pack of trainer.pack samples (PacGAN).
+    return ((grad.reshape(out.shape[0], -1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+def r_penalty(out: Tensor, x: Tensor, scale: float = 1.0) -> Tensor:
+    """E||grad_x D(x)||^2 over D's judgements `out` = D(x) (x must require grad): R1 on real x,
+    R2 on fake x (Mescheder et al. 2018, eq. 9; the loss weighs it gamma / 2). With packing a
+    judgement's gradient spans its pack's samples. create_graph so the penalty trains D;
+    `scale` as in gradient_penalty."""
+    (grad,) = torch.autograd.grad(out.sum() * scale if scale != 1.0 else out.sum(), x, create_graph=True)
+    if scale != 1.0:
+        grad = grad / scale
+    return grad.float().pow(2).reshape(out.shape[0], -1).sum(1).mean()
 
 
 def d_loss(
@@ -334,6 +346,9 @@ def _update_d(
             with torch.set_grad_enabled(last):
                 fake_g = _conditioned(G, y_fake)(z)
             fake = fake_g.detach()
+            # R1 / R2 differentiate D's outputs with respect to its inputs (off by default: no change then).
+            real = real.detach().requires_grad_(True) if cfg.r1 > 0 else real
+            fake = fake.requires_grad_(True) if cfg.r2 > 0 else fake
             opt_d.zero_grad(set_to_none=True)
             # Real and fake in separate batches so D's BN sees all-real / all-fake statistics (ganhacks).
             out_real = _conditioned(D, y_real)(real).view(-1)  # (B,) logits (critic scores for hinge / wgan-gp)
@@ -352,6 +367,10 @@ def _update_d(
                 loss_d = loss_d_real + loss_d_fake
                 if "gp" in extra:
                     loss_d = loss_d + cfg.gp_lambda * extra["gp"]
+            for name, gamma, out, x in (("r1", cfg.r1, out_real, real), ("r2", cfg.r2, out_fake, fake)):
+                if gamma > 0:
+                    extra = {**extra, name: r_penalty(out, x, precision.gp_scale("d"))}
+                    loss_d = loss_d + gamma / 2 * extra[name]
         _apply(D, opt_d, loss_d, "d", cfg, precision, sync_grads, step, grads)
     # Drop D's gradients now: with D frozen below, stale ones would sit there unused.
     opt_d.zero_grad(set_to_none=True)

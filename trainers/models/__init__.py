@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from trainers.config import TrainerConfig
-from trainers.models.common import init_weights
+from trainers.models.common import init_weights, spectral_normalise
 from trainers.models.conditional import CDCGAN28Discriminator, CDCGAN28Generator
 from trainers.models.dcgan import (
     ConvDiscriminator,
@@ -42,7 +42,7 @@ def _build(cfg: TrainerConfig) -> tuple[nn.Module, nn.Module]:
     if cfg.model == "mlp2d":
         # PyTorch's default (Kaiming-uniform) init: N(0, 0.02) starves a 2-layer MLP
         # whose output must reach +-4.
-        return MLP2dGenerator(cfg.latent_dim, cfg.width), MLP2dDiscriminator(cfg.width)
+        return MLP2dGenerator(cfg.latent_dim, cfg.width), MLP2dDiscriminator(cfg.width, cfg.pack)
     shape = cfg.image_shape
     assert shape is not None  # TrainerConfig pairs the 2-D mixtures with mlp2d only: the rest are image models
     c, h, w = shape
@@ -51,10 +51,10 @@ def _build(cfg: TrainerConfig) -> tuple[nn.Module, nn.Module]:
         D: nn.Module = CDCGAN28Discriminator(cfg.d_width, cfg.leaky_slope)
     elif cfg.model == "fc":
         G = FCGenerator(cfg.latent_dim, (c, h, w), cfg.norm, cfg.output)
-        D = FCDiscriminator((c, h, w), cfg.leaky_slope, cfg.norm, cfg.dropout)
+        D = FCDiscriminator((c, h, w), cfg.leaky_slope, cfg.norm, cfg.dropout, cfg.pack)
     else:
         G = _CONV_G[cfg.model](cfg.latent_dim, cfg.g_width, c, cfg.norm, cfg.output)
-        D = ConvDiscriminator(cfg.d_width, cfg.leaky_slope, c, cfg.norm, cfg.dropout, size=h)
+        D = ConvDiscriminator(cfg.d_width, cfg.leaky_slope, c, cfg.norm, cfg.dropout, size=h, pack=cfg.pack)
     init_weights(G, cfg.init)
     init_weights(D, cfg.init)
     return G, D
@@ -78,11 +78,13 @@ def build_models(cfg: TrainerConfig) -> tuple[nn.Module, nn.Module]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         G, D = gan_for(cfg).build()
-    if not (isinstance(G, nn.Module) and isinstance(D, nn.Module)):
-        raise TypeError(
-            f"{cfg.model}.build() must return (G, D) as two torch.nn.Module, "
-            f"got ({type(G).__name__}, {type(D).__name__})"
-        )
+        if not (isinstance(G, nn.Module) and isinstance(D, nn.Module)):
+            raise TypeError(
+                f"{cfg.model}.build() must return (G, D) as two torch.nn.Module, "
+                f"got ({type(G).__name__}, {type(D).__name__})"
+            )
+        if cfg.spectral_norm:  # after the init, a plugin's D too; its u, v drawn from the seeded RNG
+            spectral_normalise(D)
     return G, D
 
 

@@ -8,7 +8,7 @@ are unchanged.
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
 NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.LayerNorm)
 
@@ -73,3 +73,31 @@ def init_weights(module: nn.Module, kind: str) -> None:
             nn.init.zeros_(m.bias)
 
     module.apply(init)
+
+
+def pack_samples(x: Tensor, pack: int) -> Tensor:
+    """PacGAN's packing (Lin et al. 2018): (B, F) -> (B/pack, pack*F) or (B, C, H, W) ->
+    (B/pack, pack*C, H, W), consecutive samples side by side. pack 1 returns x itself."""
+    if pack == 1:
+        return x
+    if x.shape[0] % pack:
+        raise ValueError(
+            f"D packs {pack} samples per judgement (trainer.pack) but got a batch of {x.shape[0]}; "
+            f"give D a multiple of {pack} samples"
+        )
+    return x.reshape(x.shape[0] // pack, pack * x.shape[1], *x.shape[2:])
+
+
+def spectral_normalise(D: nn.Module) -> nn.Module:
+    """Spectral norm (Miyato et al. 2018) on every conv and linear layer of D, in place. Its
+    vectors u, v start from torch's global RNG (build_models seeds it) and take 15 power
+    iterations there, then one per training forward; the state dict holds each weight as
+    parametrizations.weight.original plus u and v, all plain tensors (weights_only loads them)."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    for m in list(D.modules()):
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            spectral_norm(m)
+        elif isinstance(m, nn.ConvTranspose2d):
+            spectral_norm(m, dim=1)  # its output channels are dim 1
+    return D

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from trainers.models.common import d_activation, has_bias, norm2d, output_activation
+from trainers.models.common import d_activation, has_bias, norm2d, output_activation, pack_samples
 
 
 class ProjectedGenerator(nn.Module):
@@ -110,12 +110,20 @@ class ConvDiscriminator(nn.Module):
     STAGES = {28: 2, 32: 3, 64: 4}
 
     def __init__(
-        self, width: int, slope: float, channels: int = 1, norm: str = "batch", dropout: float = 0.0, size: int = 28
+        self,
+        width: int,
+        slope: float,
+        channels: int = 1,
+        norm: str = "batch",
+        dropout: float = 0.0,
+        size: int = 28,
+        pack: int = 1,
     ) -> None:
         super().__init__()
+        self.pack = pack
         # No norm on the first layer (Radford et al.): it would normalise away the input statistics.
-        # (B, w, size/2, size/2)
-        layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1), *d_activation(slope, dropout)]
+        # PacGAN: a pack's samples come in as pack * channels channels. (B / pack, w, size/2, size/2)
+        layers: list[nn.Module] = [nn.Conv2d(pack * channels, width, 4, 2, 1), *d_activation(slope, dropout)]
         c, side = width, size // 2
         for _ in range(self.STAGES[size] - 1):
             layers += [
@@ -128,4 +136,4 @@ class ConvDiscriminator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:  # x: (B, C, size, size)
-        return self.net(x)  # (B, 1)
+        return self.net(pack_samples(x, self.pack))  # (B / pack, 1)

@@ -12,7 +12,7 @@ import math
 
 from torch import Tensor, nn
 
-from trainers.models.common import d_activation, has_bias, norm1d, output_activation
+from trainers.models.common import d_activation, has_bias, norm1d, output_activation, pack_samples
 
 HIDDEN = (200, 500)  # G's hidden units; D mirrors them (500, 200)
 
@@ -39,11 +39,14 @@ class FCGenerator(nn.Module):
 
 
 class FCDiscriminator(nn.Module):
-    def __init__(self, shape: tuple[int, int, int], slope: float, norm: str = "batch", dropout: float = 0.0) -> None:
+    def __init__(
+        self, shape: tuple[int, int, int], slope: float, norm: str = "batch", dropout: float = 0.0, pack: int = 1
+    ) -> None:
         super().__init__()
+        self.pack = pack
         self.net = nn.Sequential(
-            nn.Flatten(),  # (B, C*H*W)
-            nn.Linear(math.prod(shape), HIDDEN[1]),  # no norm on D's first layer
+            nn.Flatten(),  # (B / pack, pack*C*H*W)
+            nn.Linear(pack * math.prod(shape), HIDDEN[1]),  # no norm on D's first layer
             *d_activation(slope, dropout),
             nn.Linear(HIDDEN[1], HIDDEN[0], bias=has_bias(norm)),
             norm1d(norm, HIDDEN[0]),
@@ -52,4 +55,4 @@ class FCDiscriminator(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:  # x: (B, C, H, W)
-        return self.net(x)  # (B, 1)
+        return self.net(pack_samples(x, self.pack))  # (B / pack, 1)

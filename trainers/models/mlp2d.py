@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from trainers.models.common import pack_samples
+
 
 # mlp2d uses tanh hidden units in both nets. Measured on grid25 (width 128, z 256, batch 512,
 # lr G 1e-3 / D 1e-4): ReLU G + LeakyReLU D collapsed onto 2-3 modes by 12.5k iterations,
@@ -26,10 +28,11 @@ class MLP2dGenerator(nn.Module):
 
 
 class MLP2dDiscriminator(nn.Module):
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, pack: int = 1) -> None:
         super().__init__()
+        self.pack = pack
         self.net = nn.Sequential(
-            nn.Linear(2, width),
+            nn.Linear(2 * pack, width),  # PacGAN: pack points side by side
             nn.Tanh(),
             nn.Linear(width, width),
             nn.Tanh(),
@@ -37,4 +40,4 @@ class MLP2dDiscriminator(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:  # x: (B, 2)
-        return self.net(x)  # (B, 1)
+        return self.net(pack_samples(x, self.pack))  # (B / pack, 1)
