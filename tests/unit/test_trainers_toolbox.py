@@ -207,3 +207,32 @@ def test_defaults_leave_the_toolbox_off():
     assert not any(hasattr(m, "parametrizations") for m in D.modules())
     m = train_step(G, D, og, od, data, cfg, gen)
     assert "r1" not in m and "r2" not in m
+
+
+# ---------------------------------------------------------------- searchable like any setting
+
+
+def test_the_toolbox_knobs_are_searchable_in_a_spec():
+    """search: pack choice, spectral_norm choice, r1 loguniform -> Tune's space; a sampled trial validates."""
+    from search_spaces.loader import spec_from_text
+    from search_spaces.tune_space import param_space, trial_trainer_config
+
+    spec = spec_from_text(
+        "name: t\ntrainer: {model: mlp2d, data: grid25, batch_size: 64}\n"
+        "search:\n  pack: {choice: [1, 2, 4]}\n  spectral_norm: {choice: [false, true]}\n"
+        "  r1: {loguniform: [0.1, 10]}\n  r2: {uniform: [0, 1]}\n"
+    )
+    assert set(param_space(spec)) == {"pack", "spectral_norm", "r1", "r2"}
+    cfg = trial_trainer_config(spec, {"pack": 4, "spectral_norm": True, "r1": 1.5, "r2": 0.5})
+    assert (cfg["pack"], cfg["spectral_norm"], cfg["r1"], cfg["r2"]) == (4, True, 1.5, 0.5)
+
+
+def test_a_spec_whose_batch_pack_does_not_divide_is_refused_with_its_path():
+    """A searched pack that the fixed batch_size cannot hold is a spec error at search.pack, nothing launched."""
+    from search_spaces.loader import SpecError, spec_from_text
+
+    with pytest.raises(SpecError) as e:
+        spec_from_text(
+            "name: t\ntrainer: {model: mlp2d, data: grid25, batch_size: 30}\nsearch: {pack: {choice: [1, 4]}}\n"
+        )
+    assert "search.pack" in str(e.value) and "multiple of 4" in str(e.value)
