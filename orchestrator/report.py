@@ -21,13 +21,13 @@ import io
 import math
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from orchestrator.compare import CompareError, compare
 from orchestrator.contact_sheet import trial_images
+from orchestrator.format import redact_uri
 
 LN2 = math.log(2)
 DETAIL_TRIALS = 50  # trials shown in full (samples and curves), best first; the rest are rows of a table
@@ -48,11 +48,11 @@ def report(tracking_uri: str, sweep: str, out: Path) -> dict:
         raise ReportError(str(e)) from None
     except MlflowException:  # e.g. a quote in the id makes MLflow's filter string invalid
         raise ReportError(
-            f"no sweep {sweep!r} in {_safe_uri(tracking_uri)}; pass the sweep id the leaderboard prints "
+            f"no sweep {sweep!r} in {redact_uri(tracking_uri)}; pass the sweep id the leaderboard prints "
             "(name-YYYYmmdd-HHMMSS) or its MLflow run id"
         ) from None
     parent = client.get_run(table["parent_run_id"])
-    page = render(client, parent, table, _safe_uri(tracking_uri))
+    page = render(client, parent, table, redact_uri(tracking_uri))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(page, encoding="utf-8")
@@ -385,14 +385,6 @@ def _fmt(v) -> str:
     if isinstance(v, str) and v.lstrip("-").isdigit():
         return v
     return f"{x:.4g}"
-
-
-def _safe_uri(uri: str) -> str:
-    """The tracking URI without a user:password part: the page may be shared."""
-    parts = urlsplit(uri)
-    if parts.password or parts.username:
-        return urlunsplit(parts._replace(netloc=(parts.hostname or "") + (f":{parts.port}" if parts.port else "")))
-    return uri
 
 
 def _e(v) -> str:

@@ -9,7 +9,6 @@ import json
 import logging
 import math
 import os
-import re
 import signal
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 from rich.console import Console
 
 from orchestrator import registry, tracking
+from orchestrator.format import is_safe_id
 from orchestrator.interrupt import REASONS, StopRequest, graceful_stop
 from orchestrator.ray_local import aws_keys_to_trials, private_temp_dir, started_here
 from orchestrator.results import SweepResult, TrialSummary  # re-exported: their home before results.py
@@ -312,12 +312,11 @@ def run_sweep(
     )
 
 
-SWEEP_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 STORED_SPEC = "ganops_spec.json"  # the resolved spec, beside Tune's state in the sweep's storage
 
 
 def _check_sweep_id(sweep_id: str) -> None:
-    if not SWEEP_ID.match(sweep_id) or ".." in sweep_id:
+    if not is_safe_id(sweep_id):
         raise SweepError(
             f"sweep id {sweep_id!r}: use letters, digits and _.- only (at most 200), starting with a letter or digit"
         )

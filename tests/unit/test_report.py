@@ -1,12 +1,14 @@
 """The report's pure pieces: what a shared page may show and how its leaderboard reads."""
 
-from orchestrator.report import _csv_table, _safe_uri
+from orchestrator.format import redact_uri
+from orchestrator.report import _csv_table
 
 
 def test_tracking_uri_on_the_page_has_no_credentials():
     """A page is meant to be shared: a user:password in the tracking URI never reaches it."""
-    assert _safe_uri("https://alice:s3cret@mlflow.example.org:5000/path") == "https://mlflow.example.org:5000/path"
-    assert _safe_uri("sqlite:////tmp/ganops_runs/mlflow.db") == "sqlite:////tmp/ganops_runs/mlflow.db"
+    assert redact_uri("https://alice:s3cret@mlflow.example.org:5000/path") == "https://mlflow.example.org:5000/path"
+    assert redact_uri("https://mlflow.example.org/?token=abc") == "https://mlflow.example.org/"  # the page is shared
+    assert redact_uri("sqlite:////tmp/ganops_runs/mlflow.db") == "sqlite:////tmp/ganops_runs/mlflow.db"
 
 
 def test_leaderboard_table_puts_the_metric_beside_the_sampled_values_and_escapes_cells():

@@ -101,4 +101,5 @@ def test_sweep_ids_are_names_not_paths(bad, ganops_home, tmp_path):
     """`ganops sweep --sweep-id` takes names only: no slashes, no .., at most 200 characters."""
     (tmp_path / "s.yaml").write_text("name: trust\ntrainer: {model: mlp2d, data: grid25}\n")
     r = runner.invoke(app, ["sweep", str(tmp_path / "s.yaml"), "--sweep-id", bad])
-    assert r.exit_code == 2 and "sweep id" in r.output, r.output
+    assert r.exit_code == 2 and "--sweep-id" in r.output and "not an id" in r.output, r.output
+    assert not (tmp_path / "ganops_runs").exists()  # refused before anything is created
