@@ -1,6 +1,7 @@
 """cdcgan28 end to end: `ganops sweep` trains the conditional DCGAN on real Ray + MLflow, its
-runs carry class_match and a class-per-column grid, the registry holds G(z, labels), and
-`ganops sample` draws a class and a slerp walk from it."""
+runs carry class_match and a class-per-column grid, the registry holds G(z, labels),
+`ganops sample` draws a class and a slerp walk from it, and `ganops encode` trains an encoder
+from the D in the sweep's own Ray checkpoint that `sample --like` then uses (issue 18)."""
 
 import json
 
@@ -84,3 +85,17 @@ def test_sweep_trains_cdcgan28_and_sample_draws_a_class_and_an_interpolation(gan
         app, ["sample", "models:/ganops-tiny-cond@best", "--class", "9", "--n", "4", "--out", "nines.npy"]
     )
     assert r.exit_code == 0, r.output
+
+    # Issue 18 on the sweep's own checkpoint: `ganops encode` finds D in the trial's newest Ray
+    # checkpoint (GANOPS_HOME/ray), logs E and its curve; `sample --like --all-classes` uses it.
+    r = runner.invoke(app, ["encode", best["trial_id"], "--steps", "20", "--batch-size", "16", "--json"])
+    assert r.exit_code == 0, r.output
+    enc = json.loads(r.stdout)
+    assert enc["run_id"] == best["run_id"] and np.isfinite(enc["recon_error"]), enc
+    assert "checkpoint_" in enc["d_checkpoint"] and str(ganops_home / "ray") in enc["d_checkpoint"], enc
+    curve = client.get_metric_history(best["run_id"], "encoder_recon_error")
+    assert len(curve) >= 2 and curve[-1].step == 20
+    Image.fromarray(np.clip(walk[0, 0] * 127.5 + 127.5, 0, 255).astype(np.uint8)).save("digit.png")
+    r = runner.invoke(app, ["sample", best["run_id"], "--like", "digit.png", "--all-classes", "--out", "like.png"])
+    assert r.exit_code == 0, r.output
+    assert Image.open("like.png").size == (10 * 30 + 2, 32)
