@@ -157,21 +157,30 @@ def gradient_penalty(
     eps = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), generator=generator, device=generator.device).to(real)
     x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
     out = D(x_hat)
-    (grad,) = torch.autograd.grad(out.sum() * scale if scale != 1.0 else out.sum(), x_hat, create_graph=True)
-    if scale != 1.0:
-        grad = grad / scale
+    grad = _input_grad(out, x_hat, scale)
     # One norm per judgement of D: per sample, or per pack of trainer.pack samples (PacGAN).
     return ((grad.reshape(out.shape[0], -1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+def _input_grad(out: Tensor, x: Tensor, scale: float) -> Tensor:
+    """d out.sum() / dx with its graph (create_graph, so a penalty on it trains D). Under fp16
+    the sum is multiplied by the loss `scale` and the gradient divided by it (PyTorch's AMP
+    recipe for gradient penalties, against underflow); if the scaled gradient overflows (the
+    scaler's first steps start at 2**16), it is taken again unscaled, so the penalty stays
+    finite and the scaler, not a DivergenceError, deals with the overflowing update."""
+    if scale != 1.0:
+        (grad,) = torch.autograd.grad(out.sum() * scale, x, create_graph=True)
+        if bool(torch.isfinite(grad).all()):
+            return grad / scale
+    (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    return grad
 
 
 def r_penalty(out: Tensor, x: Tensor, scale: float = 1.0) -> Tensor:
     """E||grad_x D(x)||^2 over D's judgements `out` = D(x) (x must require grad): R1 on real x,
     R2 on fake x (Mescheder et al. 2018, eq. 9; the loss weighs it gamma / 2). With packing a
-    judgement's gradient spans its pack's samples. create_graph so the penalty trains D;
-    `scale` as in gradient_penalty."""
-    (grad,) = torch.autograd.grad(out.sum() * scale if scale != 1.0 else out.sum(), x, create_graph=True)
-    if scale != 1.0:
-        grad = grad / scale
+    judgement's gradient spans its pack's samples. `scale` as in gradient_penalty."""
+    grad = _input_grad(out, x, scale)
     return grad.float().pow(2).reshape(out.shape[0], -1).sum(1).mean()
 
 

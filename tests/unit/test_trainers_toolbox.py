@@ -236,3 +236,13 @@ def test_a_spec_whose_batch_pack_does_not_divide_is_refused_with_its_path():
             "name: t\ntrainer: {model: mlp2d, data: grid25, batch_size: 30}\nsearch: {pack: {choice: [1, 4]}}\n"
         )
     assert "search.pack" in str(e.value) and "multiple of 4" in str(e.value)
+
+
+def test_an_overflowing_scaled_inner_gradient_is_taken_again_unscaled():
+    """fp16's loss scale multiplies the penalty's inner gradient; where that overflows, the penalty is
+    computed unscaled instead of becoming inf (and the scaler, not a divergence, handles the update)."""
+    D = nn.Linear(2, 1)
+    with torch.no_grad():
+        D.weight.copy_(torch.tensor([[3.0, -4.0]]))
+    x = torch.randn(4, 2, requires_grad=True)
+    assert r_penalty(D(x).view(-1), x, scale=1e38).item() == pytest.approx(25.0)  # 4e38 overflows fp32
