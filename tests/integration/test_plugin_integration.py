@@ -137,8 +137,8 @@ def test_the_single_file_example_sweeps_and_a_raising_plugin_fails_only_its_tria
     (tmp_path / "plugin" / "flaky.py").write_text(FAILING)
     (tmp_path / "plugin" / "flaky.yaml").write_text(
         "name: flaky\ntrainer: {model: flaky.py:Flaky, data: mnist, latent_dim: 8}\n"
-        "search:\n  fail: {grid: [false, true]}\nsweep: {num_samples: 1, max_concurrent_trials: 1}\nstopping: "
-        "{mode_collapse: null}\n"
+        # the two trials side by side: one Ray Train start-up to wait for, not two in turn
+        "search:\n  fail: {grid: [false, true]}\nsweep: {num_samples: 1}\nstopping: {mode_collapse: null}\n"
     )
     r = _ganops(["sweep", str(tmp_path / "plugin" / "flaky.yaml"), *SHORT, "--json"], env, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
