@@ -45,7 +45,7 @@ def _profile(path: Path):
     from search_spaces.loader import SpecError, load_profile
 
     try:
-        return load_profile(path)
+        profile = load_profile(path)
     except SpecError as e:
         err.print(
             f"[bold red]profile error[/] ({len(e.issues)} issue{'s' if len(e.issues) != 1 else ''}):", highlight=False
@@ -57,6 +57,9 @@ def _profile(path: Path):
             style="dim",
         )
         raise typer.Exit(2) from None
+    for warning in profile.warnings:  # every command loads the profile here, so every command says it
+        err.print(f"[yellow]warning[/] {escape(warning)}", highlight=False)
+    return profile
 
 
 def _checked_config(
@@ -162,7 +165,7 @@ def _aws_ready(profile) -> str:
     from infra.aws.session import AwsUnavailable, client
 
     if profile.security_group_id:
-        return profile.security_group_id
+        return _audited_group(profile)
     try:
         return ensure_security_group(
             client("ec2", profile.region),
@@ -174,6 +177,20 @@ def _aws_ready(profile) -> str:
         _fail(str(e), 2 if isinstance(e, AwsUnavailable) else 1)
     except Exception as e:  # botocore: no credentials, access denied, endpoint down
         _fail(f"AWS refused or could not be reached while preparing the security group: {type(e).__name__}: {e}")
+
+
+def _audited_group(profile) -> str:
+    """The profile's own security group, once its inbound rules pass the audit (exit 2 if not)."""
+    from infra.aws.network import SecurityGroupError, audit_security_group
+    from infra.aws.session import AwsUnavailable, client
+
+    try:
+        audit_security_group(client("ec2", profile.region), profile.security_group_id, profile.allow_ssh_from_anywhere)
+    except (AwsUnavailable, SecurityGroupError) as e:
+        _fail(f"{e}. Nothing was created", 2)
+    except Exception as e:  # botocore: group not found, access denied, endpoint down
+        _fail(f"could not read security group {profile.security_group_id}: {type(e).__name__}: {e}")
+    return profile.security_group_id
 
 
 def _write(profile, source: str, sg: str, spot_usd: dict[str, float] | None = None, build: bool = True) -> Path:
@@ -224,7 +241,7 @@ def _bucket(profile) -> None:
     verb = "created" if state.created else "found"
     err.print(
         f"bucket {state.name} {verb}: public access blocked {state.public_access_blocked}, default encryption "
-        f"{state.encrypted}. "
+        f"{state.encrypted}, TLS only {state.tls_only}. "
         f"Sweeps store checkpoints there with `storage: s3://{state.name}/ganops` in the spec.",
         highlight=False,
     )
@@ -330,8 +347,8 @@ def prices(
 
 @cluster_app.command()
 def bucket(profile_path: ProfileArg) -> None:
-    """Create the profile's S3 bucket for checkpoints (private, public access blocked, encrypted), or
-    re-apply those settings.
+    """Create the profile's S3 bucket for checkpoints (private, public access blocked, encrypted,
+    TLS only), or re-apply those settings.
 
     Example: ganops cluster bucket infra/clusters/aws-spot-gpu.yaml
     """
@@ -346,6 +363,8 @@ def up(profile_path: ProfileArg, yes: YesOpt = False) -> None:
     """
     profile = _profile(profile_path)
     _preflight_or_exit(profile, profile_path)
+    if profile.security_group_id:
+        _audited_group(profile)  # a group open to the world is refused before anything is asked or created
     kind = "spot" if profile.spot else "on-demand"
     if not yes and not typer.confirm(
         f"Start cluster {profile.name} in {profile.region}: head {profile.head_instance_type} (on demand), up to "
@@ -497,11 +516,14 @@ def _local_checks(profile) -> list[Check]:
 def _aws_checks(profile) -> list[Check]:
     """What AWS must have or accept: the credentials, the region, the image, the security group, the
     bucket, the instance profile, spot offers."""
+    from infra.aws.network import SecurityGroupError, audit_security_group
     from infra.aws.session import client
 
     def ask(name: str, call, found, missing: tuple[bool | None, str] | None = None) -> Check:
         try:
             return Check(name, True, found(call()))
+        except SecurityGroupError as e:  # the audit's own message: which rule, and how to remove it
+            return Check(name, False, str(e))
         except Exception as e:  # noqa: BLE001 - botocore's errors: shown, never raised
             code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
             if missing is not None and any(
@@ -539,8 +561,8 @@ def _aws_checks(profile) -> list[Check]:
         checks.append(
             ask(
                 "security group",
-                lambda: ec2.describe_security_groups(GroupIds=[profile.security_group_id]),
-                lambda _: f"{profile.security_group_id} (from the profile)",
+                lambda: audit_security_group(ec2, profile.security_group_id, profile.allow_ssh_from_anywhere),
+                lambda _: f"{profile.security_group_id} (from the profile; nothing but SSH open to the internet)",
                 (False, f"{profile.security_group_id} not found in {profile.region}"),
             )
         )
@@ -659,6 +681,7 @@ def check(
                     "region": profile.region,
                     "ready": ready,
                     "checks": [asdict(c) for c in checks],
+                    "warnings": profile.warnings,
                 }
             )
         )

@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 _INSTANCE_TYPE = r"^[a-z][a-z0-9-]*\.[a-z0-9]+$"  # g4dn.xlarge, p3.2xlarge, m5.large
 _NAME = r"^[a-z][a-z0-9-]{0,39}$"  # becomes the Ray cluster name and the security group's
+# Widest ssh_cidr accepted without a warning: a /16 is one organisation's network (65,536
+# addresses); a /48 is one IPv6 site. Wider, and SSH is open to much of someone else's internet.
+WIDEST_SSH_PREFIX = {4: 16, 6: 48}
 InstanceType = Annotated[str, Field(pattern=_INSTANCE_TYPE, description="EC2 instance type, e.g. g4dn.xlarge.")]
 
 
@@ -127,6 +130,18 @@ class ClusterProfile(_Strict):
                 "fallback_on_demand: falling back to on demand needs spot: true (workers are on demand already)"
             )
         return self
+
+    @property
+    def warnings(self) -> list[str]:
+        """What is allowed but probably not meant; the CLI shows each on stderr (and in --json)."""
+        net = ipaddress.ip_network(self.ssh_cidr)
+        widest = WIDEST_SSH_PREFIX[net.version]
+        if net.prefixlen >= widest:
+            return []
+        return [
+            f"ssh_cidr: {self.ssh_cidr} is wider than /{widest} ({net.num_addresses:,} addresses can try to log in "
+            "over SSH); give the network you connect from, e.g. 203.0.113.7/32 (`curl https://checkip.amazonaws.com`)"
+        ]
 
     @property
     def iam_instance_profile_ref(self) -> dict[str, str]:

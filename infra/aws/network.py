@@ -4,7 +4,9 @@ Ray's launcher, when it creates a group itself, always adds SSH from 0.0.0.0/0. 
 creates the group first, with exactly two inbound rules: everything from members of the
 group itself (Ray's ports between nodes), and TCP 22 from the profile's `ssh_cidr`. Nodes
 then join it through `SecurityGroupIds`, so Ray leaves the network alone (it picks subnets
-in the group's VPC).
+in the group's VPC). A group the profile names (`security_group_id`) is audited instead:
+nothing but SSH may be open to 0.0.0.0/0 or ::/0, since Ray's ports (6379 GCS, 8265 dashboard
+and job API, 10001 client, workers' ports) would hand the cluster to anyone who finds it.
 """
 
 from __future__ import annotations
@@ -51,6 +53,16 @@ def expected_rules(group_id: str, ssh_cidr: str) -> list[dict[str, Any]]:
     ]
 
 
+def _rule_name(p: dict) -> str:
+    """'tcp 8265', 'tcp 6379-6380', 'all traffic'."""
+    proto, lo, hi = p.get("IpProtocol"), p.get("FromPort"), p.get("ToPort")
+    if proto == "-1":
+        return "all traffic"
+    if lo is None or (lo, hi) in ((-1, -1), (0, 65535)):
+        return f"{proto} all ports"
+    return f"{proto} {lo}" if lo == hi else f"{proto} {lo}-{hi}"
+
+
 def _open_to_world(perms: list[dict], allow_ssh: bool) -> list[str]:
     bad = []
     for p in perms:
@@ -59,8 +71,22 @@ def _open_to_world(perms: list[dict], allow_ssh: bool) -> list[str]:
         for r in p.get("IpRanges", []) + p.get("Ipv6Ranges", []):
             cidr = r.get("CidrIp") or r.get("CidrIpv6")
             if cidr in ("0.0.0.0/0", "::/0"):
-                bad.append(f"{p.get('IpProtocol')} {p.get('FromPort', 'all')}-{p.get('ToPort', 'all')} from {cidr}")
+                bad.append(f"{_rule_name(p)} from {cidr}")
     return bad
+
+
+def audit_security_group(ec2: Ec2SecurityGroups, group_id: str, allow_ssh_from_anywhere: bool = False) -> None:
+    """Refuse a group the user supplies when a rule opens it to the world (SSH aside, when the
+    profile allows it): SecurityGroupError names each rule, and how to remove it."""
+    group = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
+    bad = _open_to_world(group.get("IpPermissions", []), allow_ssh_from_anywhere)
+    if bad:
+        raise SecurityGroupError(
+            f"security_group_id: {group_id} allows {', '.join(bad)}; ganops needs only SSH (TCP 22) from ssh_cidr "
+            "from outside, and Ray's ports must stay closed to the internet. Remove those rules (EC2 console, or "
+            f"`aws ec2 revoke-security-group-ingress --group-id {group_id} ...`), or drop security_group_id from "
+            "the profile and let `ganops cluster up` create a group"
+        )
 
 
 def ensure_security_group(

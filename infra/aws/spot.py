@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 IMDS = "http://169.254.169.254"
 ENDPOINT_ENV = "GANOPS_IMDS_ENDPOINT"  # set it to watch anywhere (tests: a fake IMDS on 127.0.0.1)
 TOKEN_TTL_S = 21600
+# The metadata service is link-local: a proxy from HTTP(S)_PROXY cannot reach it, and one that
+# answered would see the session token. So no proxy, whatever the environment says.
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def instance_action(endpoint: str = IMDS, timeout: float = 1.0) -> dict | None:
@@ -31,13 +34,13 @@ def instance_action(endpoint: str = IMDS, timeout: float = 1.0) -> dict | None:
     put = urllib.request.Request(
         f"{endpoint}/latest/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_S)}
     )
-    with urllib.request.urlopen(put, timeout=timeout) as r:
+    with _NO_PROXY.open(put, timeout=timeout) as r:
         token = r.read().decode()
     get = urllib.request.Request(
         f"{endpoint}/latest/meta-data/spot/instance-action", headers={"X-aws-ec2-metadata-token": token}
     )
     try:
-        with urllib.request.urlopen(get, timeout=timeout) as r:
+        with _NO_PROXY.open(get, timeout=timeout) as r:
             return json.loads(r.read().decode() or "{}")
     except urllib.error.HTTPError as e:
         if e.code == 404:
