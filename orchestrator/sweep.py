@@ -582,9 +582,14 @@ def _execute(
             # Tune prints banners on stdout; stdout is reserved for --json.
             with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
                 grid = tuner.fit()
+            if grid.errors:
+                check_writable(storage, sweep_id)
         status = "FINISHED" if stop.signum is None else "KILLED"
+    except StorageLost:
+        raise
     except OSError as e:
         if "://" not in storage:
+            check_writable(storage, sweep_id)
             raise
         # Ray retried its uploads (pyarrow's S3 retries) and gave up: Tune cannot save the
         # experiment state. What reached the store and MLflow stays; resume picks it up.
@@ -602,6 +607,11 @@ def _execute(
         tracking.close_open_trials(client, experiment_id, parent, "KILLED", reason)
         tracking.end_run(client, parent, "KILLED", reason)
         raise SweepInterrupted(sweep_id, parent, stop.signum or signal.SIGINT) from None
+    except Exception:
+        # Ray only logs the saves a local storage refused and fails the trials; fit() may then
+        # fail reading back the experiment state it could not write ("No experiment snapshot").
+        check_writable(storage, sweep_id)
+        raise
     finally:
         progress.close()
         if status == "FAILED":
@@ -635,6 +645,30 @@ def _execute(
                 f"Training finished; the {spool_pending(root)} writes MLflow could not take are kept in {root}. "
                 f"When the server answers again, `ganops resume {sweep_id}` uploads them and closes the sweep's run"
             ) from None
+
+
+def check_writable(storage: str, sweep_id: str) -> None:
+    """StorageLost when the sweep's local storage cannot take a write (a full disk: ENOSPC, a
+    read-only mount: EROFS, permissions: EACCES/EPERM, the directory replaced or gone), shown
+    with what to do; finished trials and logged steps are in MLflow, `ganops resume` goes on."""
+    if "://" in storage:
+        return
+    probe = Path(storage) / sweep_id / ".ganops-write-probe"
+    try:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(bytes(4096))
+            f.flush()
+            os.fsync(f.fileno())  # a full disk may refuse only at the flush to it
+        probe.unlink()
+    except OSError as e:
+        named = "" if storage == trusted_storage(None) else f" --storage {storage}"
+        raise StorageLost(
+            f"the sweep's storage {storage} cannot be written ({e.strerror or e}: {e.filename or probe}), so Ray "
+            "could neither checkpoint the trials nor save the sweep's state. Finished trials and every logged step "
+            "are kept in MLflow. Free space on that disk or fix its permissions (it must be a writable directory), "
+            f"then continue with `ganops resume {sweep_id}{named}`"
+        ) from None
 
 
 def _conclude(spec, client, uri, grid, progress, stop, experiment, experiment_id, parent, sweep_id, storage, started):
