@@ -3,7 +3,6 @@
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from mlflow import MlflowClient
 
 from orchestrator import jobs, tracking
 from search_spaces.loader import spec_from_text
-from tests.conftest import mlflow_store_ready, pids_whose_cmdline_has
+from tests.conftest import mlflow_store_ready, stop_processes
 
 pytestmark = pytest.mark.integration
 
@@ -82,16 +81,10 @@ def ray_head(tmp_path_factory):
             except Exception:
                 if time.monotonic() > deadline:
                     raise
-                time.sleep(1)
+                time.sleep(0.25)
         yield address
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in pids_whose_cmdline_has(str(temp)):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            time.sleep(3)
+        stop_processes(str(temp))
 
 
 def cli(*args, timeout=120):
@@ -182,7 +175,7 @@ def test_cancel_then_resubmit_resumes_the_sweep(ray_head, tmp_path):
 
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:  # wait until the trial has logged an eval
-        time.sleep(1)
+        time.sleep(0.25)
         if mlflow_store_ready(home / "mlflow.db"):
             try:
                 client, parent, runs = _trial_runs(home, handle.sweep_id)
