@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -175,29 +177,49 @@ def trial_run(
     trainer_cfg: dict,
     sampled: dict,
 ) -> str:
-    """The trial's child run: found again by its trial id when Ray restarts the trial, else created."""
-    found = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{TAG_TRIAL}` = '{trial_id}' and tags.`{TAG_SWEEP}` = '{sweep_id}'",
-        max_results=1,
-    )
-    if found:
-        rid = found[0].info.run_id
-        if TAG_STOP in found[0].data.tags:  # it ended with an error before (e.g. storage lost); it goes on now
-            client.delete_tag(rid, TAG_STOP)
-        client.update_run(rid, status="RUNNING")
-        return rid
-    tags = {
-        TAG_KIND: "trial",
-        TAG_PARENT: parent_run_id,
-        TAG_SWEEP: sweep_id,
-        TAG_TRIAL: trial_id,
-        TAG_SPEC_HASH: spec_hash,
-        "ganops.sampled": json.dumps(sampled, sort_keys=True),
-    }
-    run = client.create_run(experiment_id, tags=tags, run_name=trial_name)
-    client.log_batch(run.info.run_id, params=_params(trainer_cfg))
-    return run.info.run_id
+    """The trial's child run: found again by its trial id when Ray restarts the trial, else
+    created. A store that is away or busy (SQLite's lock, a server's exhausted pool) is asked
+    again for up to `GANOPS_TRACKING_WAIT_S` (300 s) before the trial fails: finding first makes
+    a retry after a lost answer find the run it created."""
+    from trainers.spool import is_outage
+
+    def attempt() -> str:
+        found = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{TAG_TRIAL}` = '{trial_id}' and tags.`{TAG_SWEEP}` = '{sweep_id}'",
+            max_results=1,
+        )
+        if found:
+            rid = found[0].info.run_id
+            if TAG_STOP in found[0].data.tags:  # it ended with an error before (e.g. storage lost); it goes on now
+                client.delete_tag(rid, TAG_STOP)
+            client.update_run(rid, status="RUNNING")
+            return rid
+        tags = {
+            TAG_KIND: "trial",
+            TAG_PARENT: parent_run_id,
+            TAG_SWEEP: sweep_id,
+            TAG_TRIAL: trial_id,
+            TAG_SPEC_HASH: spec_hash,
+            "ganops.sampled": json.dumps(sampled, sort_keys=True),
+        }
+        run = client.create_run(experiment_id, tags=tags, run_name=trial_name)
+        client.log_batch(run.info.run_id, params=_params(trainer_cfg))
+        return run.info.run_id
+
+    deadline = time.monotonic() + float(os.environ.get("GANOPS_TRACKING_WAIT_S", "300"))
+    pause = 1.0
+    while True:
+        try:
+            return attempt()
+        except Exception as e:
+            if not is_outage(e) or time.monotonic() + pause > deadline:
+                raise
+            log.warning(
+                "MLflow did not take trial %s's run (%s); asking again in %.0f s", trial_id, str(e)[:200], pause
+            )
+            time.sleep(pause * (0.5 + random.random()))  # jittered: hundreds of trials may start at once
+            pause = min(pause * 2, 30.0)
 
 
 def find_trial_run(client: MlflowClient, trial_id: str, experiment_ids: list[str] | None = None) -> str | None:

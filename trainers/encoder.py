@@ -71,7 +71,13 @@ class Encoder(nn.Module):
         super().__init__()
         self.net = copy.deepcopy(D)
         parent, attr, layer = _last_head(self.net)
-        setattr(parent, attr, _widened(layer, cfg.latent_dim))
+        self.head = _widened(layer, cfg.latent_dim)
+        setattr(parent, attr, self.head)
+        # z is the head's output, taken as it leaves the head: whatever D does after its logit
+        # layer (a plugin's `.view(-1)`, a squeeze) is for one score per image, not for z.
+        self._z: Tensor | None = None
+        self.head.register_forward_hook(self._keep)
+        self.latent_dim = cfg.latent_dim
         self.conditional = cfg.is_conditional
         self.uniform = cfg.latent_dist == "uniform"
         self.pack = cfg.pack
@@ -82,11 +88,17 @@ class Encoder(nn.Module):
             # itself, so E still maps one image to one z. (B * pack, C, H, W)
             x = x.repeat_interleave(self.pack, dim=0)
         if self.conditional:  # class-blind: D's class input held at class 0
-            z = self.net(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
+            self.net(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device))
         else:
-            z = self.net(x)
-        z = z.flatten(1)  # (B, latent_dim)
+            self.net(x)
+        z, self._z = self._z, None
+        assert z is not None  # the hook ran: the head is on D's path
+        if z.dim() > 2:  # a conv head: (B, latent_dim, h, w), 1x1 in the built-in Ds; patches averaged
+            z = z.flatten(2).mean(2)
         return torch.tanh(z) if self.uniform else z
+
+    def _keep(self, module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        self._z = output
 
 
 def build_encoder(D: nn.Module, cfg: TrainerConfig) -> Encoder:

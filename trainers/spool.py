@@ -45,10 +45,19 @@ REFUSED = {
 }
 
 
+# A store too busy to take the write now, whatever code it answers with: SQLite's writer lock
+# timed out, or the server's database connection pool is exhausted (HTTP 400 from SQLAlchemy's
+# QueuePool; bench/tracking_load.py met both under load).
+BUSY = ("database is locked", "QueuePool limit")
+
+
 def is_outage(error: BaseException) -> bool:
-    """True when `error` says the tracking store did not answer (spool and retry later)."""
+    """True when `error` says the tracking store did not answer, or was too busy to (spool and
+    retry later)."""
     from mlflow.exceptions import MlflowException
 
+    if any(m in str(error) for m in BUSY):
+        return True
     if isinstance(error, MlflowException):
         return error.error_code not in REFUSED
     return isinstance(error, OSError)  # requests' ConnectionError and Timeout are OSErrors

@@ -277,3 +277,20 @@ def test_every_builtin_d_widens_into_an_encoder_that_keeps_its_logit(cfg):
     expected = torch.tanh(logit[:, 0]) if cfg.latent_dist == "uniform" else logit[:, 0]
     torch.testing.assert_close(z[:, 0], expected)
     assert all(torch.equal(v, D.state_dict()[k]) for k, v in before.items())
+
+
+def test_a_plugins_d_becomes_an_encoder_too(home, monkeypatch):
+    """A plugin that exposes its D (the example package's SNGAN, spectral norm and all) gets an
+    encoder the same way: widened from its D, trained with its G frozen, logged on its run."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "examples" / "sngan_hinge"))
+    cfg = TrainerConfig(model="sngan_hinge.model:SNGan", data="mnist", latent_dim=16, batch_size=32)
+    GAN_STEPS[cfg.model] = 20  # the plumbing, not the quality
+    run, _ = _trial(home, cfg)
+    r, info = _cli("encode", run, "--steps", "20", "--batch-size", "16", "--json")
+    assert r.exit_code == 0, r.output
+    assert info["run_id"] == run and np.isfinite(info["recon_error"]), info
+    assert info["d_checkpoint"].endswith("checkpoint_000000/state.pt")
+    names = {f.path for f in MlflowClient(tracking.resolve_tracking_uri(None)).list_artifacts(run, "encoder")}
+    assert names == {"encoder/encoder.pt", "encoder/pairs.png"}

@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from infra.local_services import RestartableMlflowServer
-from trainers.spool import Spool, pending, replay_all
+from trainers.spool import Spool, is_outage, pending, replay_all
 from trainers.trial_log import MlflowSink
 
 pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]  # a real mlflow server started 2x per test
@@ -111,3 +111,38 @@ def test_the_spool_is_bounded_and_says_how_much_it_dropped(server, tmp_path, mon
     c = MlflowClient(server.url)
     assert len(c.get_metric_history(run_id, "loss_d")) == kept
     assert c.get_run(run_id).data.tags["ganops.spool_dropped"] == str(100 - kept)
+
+
+def test_a_busy_store_is_an_outage_not_a_refusal():
+    """SQLite's lock timeout and a server's exhausted connection pool (an HTTP 400 from
+    SQLAlchemy, met by bench/tracking_load.py) are kept and retried, not dropped."""
+    from mlflow.protos.databricks_pb2 import BAD_REQUEST, INVALID_PARAMETER_VALUE
+
+    pool = MlflowException("QueuePool limit of size 5 overflow 10 reached, connection timed out", BAD_REQUEST)
+    assert is_outage(pool) and is_outage(MlflowException("(sqlite3.OperationalError) database is locked"))
+    assert not is_outage(MlflowException("Invalid value for metric", INVALID_PARAMETER_VALUE))
+    assert not is_outage(MlflowException("Bad request", BAD_REQUEST))
+
+
+def test_trial_run_waits_out_a_locked_sqlite_store(tmp_path):
+    """A trial whose run cannot be created because another writer holds SQLite's lock past its
+    timeout asks again, and gets its run once the lock is released (one run, not two)."""
+    import sqlite3
+    import threading
+    import time
+
+    from orchestrator import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("busy")
+    parent = client.create_run(exp).info.run_id
+    lock = sqlite3.connect(tmp_path / "mlflow.db", check_same_thread=False)  # released from a timer thread
+    lock.execute("BEGIN EXCLUSIVE")  # another writer, holding the lock past SQLite's timeout
+    threading.Timer(8.0, lock.rollback).start()
+    started = time.monotonic()
+    args = (client, exp, parent, "sweep-busy", "t_00000", "t_00000", "h", {"lr_g": 1e-3}, {"lr_g": 1e-3})
+    rid = tracking.trial_run(*args)
+    assert time.monotonic() - started >= 7.5  # it did wait for the lock
+    assert tracking.trial_run(*args) == rid  # found again, not created twice
+    lock.close()
