@@ -179,8 +179,11 @@ def test_imds_calls_do_not_go_through_a_proxy_from_the_environment(dead_proxy):
     import urllib.request
 
     with FakeImds() as imds:
-        with pytest.raises(urllib.error.URLError) as e:  # the proxy really is dead: urllib's default fails here
-            urllib.request.urlopen(urllib.request.Request(f"{imds.url}/latest/api/token", method="PUT"), timeout=2)
+        # The proxy really is dead: a default opener fails here. A fresh one, since urlopen's global
+        # opener read the proxy settings when the process first used it (an earlier test did).
+        with pytest.raises(urllib.error.URLError) as e:
+            opener = urllib.request.build_opener()
+            opener.open(urllib.request.Request(f"{imds.url}/latest/api/token", method="PUT"), timeout=2)
         assert not isinstance(e.value, urllib.error.HTTPError)  # refused by the dead proxy, not answered by IMDS
         from infra.aws.spot import InterruptionWatcher, instance_action
 
