@@ -117,6 +117,24 @@ def watch_store(db: Path, proc, timeout: float = 240):
     return MlflowClient(f"sqlite:///{db}")
 
 
+def watch_first_eval(db: Path, proc, trial_runs, log: Path, timeout: float = 240):
+    """An MlflowClient on a sweep's SQLite store once its first trial (`trial_runs(client)`) has
+    logged an eval (metric `step`) while `proc` still runs: the moment to kill, signal or break
+    something. Fails the test with the sweep's log otherwise."""
+    import time
+
+    client = watch_store(db, proc)
+    assert client is not None, log.read_text()[-3000:]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        runs = trial_runs(client)
+        if runs and client.get_metric_history(runs[0].info.run_id, "step"):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, f"the sweep ended before its first eval was seen: {log.read_text()[-3000:]}"
+    return client
+
+
 @pytest.fixture(scope="session")
 def feature_cache(tmp_path_factory):
     """One GANOPS_CACHE for the test run, holding the MNIST feature classifier: trained once

@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from orchestrator import tracking
-from tests.conftest import watch_store
+from tests.conftest import watch_first_eval
 
 pytestmark = pytest.mark.integration
 
@@ -55,15 +54,7 @@ def test_sigterm_closes_every_run_prints_the_trials_so_far_and_resume_finishes_t
             text=True,
         )
         try:
-            client = watch_store(ganops_home / "mlflow.db", proc)
-            assert client is not None, log.read_text()[-3000:]
-            deadline = time.monotonic() + 240
-            while time.monotonic() < deadline and proc.poll() is None:
-                runs = _trial_runs(client)
-                if runs and _steps(client, runs[0].info.run_id):
-                    break
-                time.sleep(0.2)
-            assert proc.poll() is None, f"the sweep ended before it could be terminated: {log.read_text()[-3000:]}"
+            client = watch_first_eval(ganops_home / "mlflow.db", proc, _trial_runs, log)
             proc.send_signal(signal.SIGTERM)
             out, _ = proc.communicate(timeout=120)
         finally:

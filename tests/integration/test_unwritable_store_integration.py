@@ -13,11 +13,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
-from tests.conftest import watch_store
+from tests.conftest import watch_first_eval
 
 pytestmark = pytest.mark.integration
 
@@ -57,15 +56,7 @@ def test_sweep_fails_cleanly_when_its_storage_turns_unwritable_and_resumes_once_
             text=True,
         )
         try:
-            client = watch_store(ganops_home / "mlflow.db", proc)
-            assert client is not None, log.read_text()[-3000:]
-            deadline = time.monotonic() + 240
-            while time.monotonic() < deadline and proc.poll() is None:
-                runs = _trial_runs(client)
-                if runs and _steps(client, runs[0].info.run_id):
-                    break
-                time.sleep(0.2)
-            assert proc.poll() is None, f"the sweep ended before its storage was taken: {log.read_text()[-3000:]}"
+            client = watch_first_eval(ganops_home / "mlflow.db", proc, _trial_runs, log)
             store.rename(aside)
             store.write_text("not a directory: the sweep's storage is unwritable\n")
             out, _ = proc.communicate(timeout=600)
