@@ -640,10 +640,17 @@ def _execute(
                 time.sleep(5)
                 continue
             root = spool_root(storage, sweep_id)
+            remote = uri.startswith(("http://", "https://"))
+            store = f"tracking server {tracking.redact_uri(uri)}" if remote else f"local MLflow store {uri}"
+            back = (
+                "the server answers again"
+                if remote
+                else "its disk can be read and written again (space freed, disk fixed)"
+            )
             raise TrackingLost(
-                f"the tracking server {tracking.redact_uri(uri)} stopped answering ({str(e).splitlines()[0][:200]}). "
+                f"the {store} stopped answering ({str(e).splitlines()[0][:200]}). "
                 f"Training finished; the {spool_pending(root)} writes MLflow could not take are kept in {root}. "
-                f"When the server answers again, `ganops resume {sweep_id}` uploads them and closes the sweep's run"
+                f"When {back}, `ganops resume {sweep_id}` uploads them and closes the sweep's run"
             ) from None
 
 
