@@ -535,8 +535,8 @@ def _finish(result, conditions, json_: bool, extra: dict | None = None) -> None:
         if verdict:
             for c in verdict["conditions"]:
                 err.print(
-                    f"  {'[green]met[/]' if c['met'] else '[red]not met[/]'}  {c['require']}  (best trial: "
-                    f"{c['value']})",
+                    f"  {'[green]met[/]' if c['met'] else '[red]not met[/]'}  {c['require']}  (best trial, "
+                    f"step {verdict['best_step']}: {c['value']})",
                     highlight=False,
                 )
             err.print("[bold green]quality gate passed[/]" if verdict["passed"] else "[bold red]quality gate failed[/]")
@@ -586,17 +586,21 @@ def _print_leaderboard(result) -> None:
     table = Table(
         title=safe_text(f"{result.sweep_id}: best {result.metric} ({result.mode}) first"), title_justify="left"
     )
-    for col in ["#", "trial", *searched, result.metric, *extra, "step", "status"]:
+    # The metric and its side columns are read at the eval each trial is ranked by (its best,
+    # orchestrator/results.py: TrialSummary.judged), "at step"; "step" is how far it trained.
+    for col in ["#", "trial", *searched, result.metric, *extra, "at step", "step", "status"]:
         table.add_column(safe_text(col), justify="right" if col not in ("trial", "status") else "left")
     for i, t in enumerate(result.trials, 1):
         style = "bold green" if i == 1 and t.status != "failed" else None
         status = t.status + (f": {t.stop_reason or t.error}" if (t.stop_reason or t.error) else "")
+        judged, at = t.judged
         table.add_row(
             str(i),
             safe_text(t.trial_id),
             *[safe_text(fmt(t.config.get(k))) for k in searched],
-            fmt(t.metrics.get(result.metric, "-")),
-            *[fmt(t.metrics.get(k, "-")) for k in extra],
+            fmt(judged.get(result.metric, "-")),
+            *[fmt(judged.get(k, "-")) for k in extra],
+            str(at),
             str(t.step),
             safe_text(status),
             style=style,
@@ -622,7 +626,7 @@ def _print_leaderboard(result) -> None:
     if best:
         err.print(
             f"  ganops sample {safe_text(best.trial_id)} --n 64 --out best.png{_uri_flag(result.tracking_uri)}   "
-            "# look at the best generator",
+            f"# look at the best generator (step {best.judged[1]})",
             highlight=False,
         )
     if result.registered_model:
@@ -726,6 +730,13 @@ def sample(
             help="Where the generator runs: cpu, cuda or cuda:N (a generator trained on a GPU samples on a CPU too).",
         ),
     ] = "cpu",
+    latest: Annotated[
+        bool,
+        typer.Option(
+            "--latest",
+            help="A trial's latest eval's generator instead of its best eval's (the one the sweep ranked it by).",
+        ),
+    ] = False,
     like: Annotated[
         Optional[Path],
         typer.Option(
@@ -756,7 +767,9 @@ def sample(
     tracking_uri: TrackingOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Write N samples from a trial's generator, or a latent interpolation strip.
+    """Write N samples from a trial's generator, or a latent interpolation strip. A trial's
+    generator is its best eval's (by the sweep's metric; the latest for runs from before ganops kept
+    it), or with --latest its latest eval's; the output says which, and its step.
 
     Example: ganops sample 3f2a1_00004 --n 2500 --out points.npy   (or: ganops sample models:/ganops-dcgan-mnist@best)
              ganops sample RUN --class 3 --out threes.png
@@ -765,28 +778,35 @@ def sample(
              ganops sample RUN --add v.npy --scale -2,2 --steps 9 --n 4 --out walk.png
     """
     pair = _seed_pair(interpolate)
+    if latest and (like is not None or add is not None or all_classes):
+        _fail("--latest: --like, --add and --all-classes draw from the trial's best generator; leave --latest out", 2)
     if like is not None or add is not None or all_classes:
         _latent_sample(run, like, all_classes, add, scale, n, out, seed, class_, steps, pair, tracking_uri, json_)
         return
-    uri = _read_store(tracking_uri, "run", run)
-    from orchestrator.sample import SampleError
+    from orchestrator.sample import SampleError, check_latest
     from orchestrator.sample import sample as _sample
 
     try:
-        info = _sample(uri, run, n, out, seed, cls=class_, interpolate=pair, steps=steps, device=device)
+        check_latest(run, latest)
     except SampleError as e:
         _fail(str(e), 2)
+    uri = _read_store(tracking_uri, "run", run)
+    try:
+        info = _sample(uri, run, n, out, seed, cls=class_, interpolate=pair, steps=steps, device=device, latest=latest)
+    except SampleError as e:
+        _fail(str(e), 2)
+    which = f"{info['generator']} generator" + (f", step {info['step']}" if info["step"] is not None else "")
     if json_:
         typer.echo(json.dumps(info))
     elif pair is not None:
         err.print(
             f"wrote the slerp from seed {pair[0]} to seed {pair[1]} in {steps} steps ({info['n']} samples "
-            f"{tuple(info['shape'])}) of run {info['run_id']} to {info['out']}",
+            f"{tuple(info['shape'])}) of run {info['run_id']} ({which}) to {info['out']}",
             highlight=False,
         )
     else:
         err.print(
-            f"wrote {info['n']} samples {tuple(info['shape'])} of run {info['run_id']} to {info['out']}",
+            f"wrote {info['n']} samples {tuple(info['shape'])} of run {info['run_id']} ({which}) to {info['out']}",
             highlight=False,
         )
 

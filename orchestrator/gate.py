@@ -1,4 +1,5 @@
-"""Quality gates for CI: `--require 'fid<30'`, conditions on the best trial's last metrics.
+"""Quality gates for CI: `--require 'fid<30'`, conditions on the best trial's best eval (the eval
+the sweep ranked it by, orchestrator/results.py: TrialSummary.judged).
 
 Parsed and checked against the spec before anything launches (a typo is a usage error, exit
 2); evaluated on the sweep's result (exit 0 when every condition holds, 1 otherwise).
@@ -62,11 +63,17 @@ def parse(texts: list[str], spec) -> list[Condition]:
 
 
 def evaluate(conditions: list[Condition], result) -> dict[str, Any]:
-    """{"passed", "best_trial", "conditions": [{"require", "value", "met"}]}; no best trial fails every condition."""
+    """{"passed", "best_trial", "best_step", "conditions": [{"require", "value", "met"}]}: every
+    condition read at the best trial's best eval (`best_step`); no best trial fails every condition."""
     best = result.best
-    metrics = best.metrics if best is not None else {}
+    metrics, step = best.judged if best is not None else ({}, None)
     rows = [
         {"require": str(c), "value": metrics.get(c.metric), "met": best is not None and c.holds(metrics)}
         for c in conditions
     ]
-    return {"passed": all(r["met"] for r in rows), "best_trial": best.trial_id if best else None, "conditions": rows}
+    return {
+        "passed": all(r["met"] for r in rows),
+        "best_trial": best.trial_id if best else None,
+        "best_step": step,
+        "conditions": rows,
+    }

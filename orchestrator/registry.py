@@ -40,10 +40,32 @@ MODEL_NAME = "generator_model"
 ALIAS = "best"
 WEIGHTS = "extra_files/generator.pt"  # inside the model directory: state dict + config, no code
 TAG_REGISTERED = "ganops.registered_model"
+TAG_STEP = "ganops.step"  # on a version: the trial step whose generator it holds (its best eval)
 
 
 def registered_name(spec_name: str) -> str:
     return f"ganops-{spec_name}"
+
+
+def download_trial_generator(
+    client: MlflowClient, run_id: str, dst: Path, latest: bool = False
+) -> tuple[str, str, int | None]:
+    """A trial run's generator file into `dst`: its best eval's (`generator_best/`, trainers/best_eval.py)
+    unless `latest` or the run has none (runs from before ganops kept it), else its latest eval's
+    (`generator/`). Returns (local file, "best" or "latest", the step it was saved at, when the run
+    says). Raises what MLflow raises for a run without a generator."""
+    from trainers.best_eval import BEST_DIR, BEST_STEP, GENERATOR_FILE, LATEST_DIR
+
+    metrics = client.get_run(run_id).data.metrics
+    if not latest and any(a.path == f"{BEST_DIR}/{GENERATOR_FILE}" for a in client.list_artifacts(run_id, BEST_DIR)):
+        step = metrics.get(BEST_STEP)
+        return client.download_artifacts(run_id, f"{BEST_DIR}/{GENERATOR_FILE}", str(dst)), "best", _step(step)
+    local = client.download_artifacts(run_id, f"{LATEST_DIR}/{GENERATOR_FILE}", str(dst))
+    return local, "latest", _step(metrics.get("step"))
+
+
+def _step(value) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and value == value else None
 
 
 def _conditional_example(G, z):
@@ -64,7 +86,8 @@ def _conditional_example(G, z):
 
 
 def _log_generator_model(client: MlflowClient, experiment_id: str, best):
-    """The trial's latest generator as an MLflow PyTorch model on its run (pt2 + the weights file).
+    """The trial's generator as an MLflow PyTorch model on its run (pt2 + the weights file): its best
+    eval's (the eval the sweep ranked it by), or its latest's for runs from before ganops kept the best.
 
     Saved locally and uploaded through the client, not with `mlflow.pytorch.log_model`: that
     one only knows the process-wide tracking URI and active experiment, which a sweep's
@@ -79,7 +102,8 @@ def _log_generator_model(client: MlflowClient, experiment_id: str, best):
     from trainers.models import sample_latent
 
     with tempfile.TemporaryDirectory() as tmp:
-        weights = client.download_artifacts(best.run_id, "generator/generator.pt", tmp)
+        weights, _, saved_at = download_trial_generator(client, best.run_id, Path(tmp), latest=not best.by_best)
+        step = saved_at if saved_at is not None else best.step
         G, cfg = load_generator(weights)  # weights_only, like any reader of a checkpoint
         z = sample_latent(2, cfg, torch.Generator().manual_seed(0))  # (2, latent): batch size stays free
         if cfg.is_conditional:  # G(z, labels): two tensors in, which pt2 wants as explicit TensorSpecs
@@ -111,11 +135,11 @@ def _log_generator_model(client: MlflowClient, experiment_id: str, best):
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
             )
             client.log_model_artifacts(model.model_id, str(local))
-            client.log_outputs(best.run_id, [LoggedModelOutput(model.model_id, step=best.step)])
+            client.log_outputs(best.run_id, [LoggedModelOutput(model.model_id, step=step)])
         except BaseException:
             client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
             raise
-    return client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    return client.finalize_logged_model(model.model_id, LoggedModelStatus.READY), step
 
 
 def register_best(client: MlflowClient, result: "SweepResult", spec_name: str) -> str | None:
@@ -127,9 +151,9 @@ def register_best(client: MlflowClient, result: "SweepResult", spec_name: str) -
     best = result.best
     if best is None or not best.run_id:
         return None
-    value = best.metrics[result.metric]
+    value = result.value(best)
     name = registered_name(spec_name)
-    model = _log_generator_model(client, result.experiment_id, best)
+    model, step = _log_generator_model(client, result.experiment_id, best)
     try:
         client.create_registered_model(
             name,
@@ -157,8 +181,10 @@ def register_best(client: MlflowClient, result: "SweepResult", spec_name: str) -
             "ganops.mode": result.mode,
             "ganops.metric_value": repr(value),
             "ganops.parent_run_id": result.parent_run_id,
+            TAG_STEP: str(step),
         },
-        description=f"sweep {result.sweep_id}, trial {best.trial_id}: {result.metric} {value:.4g} ({result.mode})",
+        description=f"sweep {result.sweep_id}, trial {best.trial_id}, step {step}: "
+        f"{result.metric} {value:.4g} ({result.mode})",
     )
     client.set_registered_model_alias(name, ALIAS, version.version)
     uri = f"models:/{name}/{version.version}"
@@ -177,6 +203,21 @@ def try_register_best(client: MlflowClient, result: "SweepResult", spec_name: st
             exc_info=log.isEnabledFor(logging.DEBUG),
         )
         return None
+
+
+def version_step(client: MlflowClient, uri: str) -> int | None:
+    """The trial step whose generator a registered version holds (its `ganops.step` tag); None
+    for versions registered before ganops tagged it, or a URI that names none."""
+    parsed = parse_model_uri(uri)
+    if parsed is None:
+        return None
+    name, number, alias = parsed
+    try:
+        mv = client.get_model_version(name, number) if number else client.get_model_version_by_alias(name, alias or "")
+    except Exception:  # noqa: BLE001 - the step is a courtesy; download_weights says what is wrong
+        return None
+    step = (mv.tags or {}).get(TAG_STEP, "")
+    return int(step) if step.isdigit() else None
 
 
 def download_weights(client: MlflowClient, uri: str, dst: Path) -> tuple[str, str | None]:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from trainers import metric_names
+from trainers.best_eval import BEST_STEP, best_key
 
 
 @dataclass
@@ -19,6 +20,24 @@ class TrialSummary:
     step: int
     error: str | None = None
     stop_reason: str | None = None  # the balance rule and its evidence, when stopped early
+    # The trial's best eval by the sweep's metric (trainers/best_eval.py) and that eval's report;
+    # None for runs from before ganops kept it, or a trial with no finite score.
+    best_step: int | None = None
+    best_metrics: dict[str, float] | None = None
+
+    @property
+    def by_best(self) -> bool:
+        """Whether the trial is ranked and gated by its best eval: when it has one recorded, and
+        it did not fail (a failed trial is judged by its last report, as before: a good eval
+        before it diverged or crashed does not make it a sweep's winner)."""
+        return bool(self.best_metrics) and self.best_step is not None and self.status != "failed"
+
+    @property
+    def judged(self) -> tuple[dict[str, float], int]:
+        """(metrics, step) of the eval the trial is ranked and gated by: its best, else its last report."""
+        if self.by_best and self.best_metrics is not None and self.best_step is not None:
+            return self.best_metrics, self.best_step
+        return self.metrics, self.step
 
 
 @dataclass
@@ -46,7 +65,11 @@ class SweepResult:
         return metric_names.best_first(self.trials, self._value, self.mode)
 
     def _value(self, trial: TrialSummary) -> Any:
-        return trial.metrics.get(self.metric)
+        return self.value(trial)
+
+    def value(self, trial: TrialSummary) -> Any:
+        """`trial`'s score on the sweep's metric: at its best eval (TrialSummary.judged)."""
+        return trial.judged[0].get(self.metric)
 
     @property
     def cost_usd(self) -> float:
@@ -114,3 +137,34 @@ class Standings:
             return None
         _, v, _, tid = head[0]
         return tid, self._sign * v
+
+
+def numeric(report: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a report (bools and Tune's trial_id left out), as floats."""
+    return {
+        k: float(v)
+        for k, v in report.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("trial_id",)
+    }
+
+
+def best_eval(history: Any, last: dict[str, Any], metric: str) -> tuple[int | None, dict[str, float] | None]:
+    """(best_step, the report of that eval) of a trial whose `last` report says which step was
+    best (`best_step`, trainers/best_eval.py); (None, None) for a trial without one (older runs).
+    `history`: the trial's reports (Ray's `Result.metrics_dataframe`, or None); when it lacks the
+    best eval's row, only the best value is known: {metric, step}."""
+    step = last.get(BEST_STEP)
+    if not metric_names.is_score(step):
+        return None, None
+    step = int(step)
+    if metric_names.is_score(last.get("step")) and int(last["step"]) == step:
+        return step, numeric(last)
+    if history is not None and len(history) and "step" in history.columns:
+        rows = history[history["step"] == step].to_dict("records")
+        scored = [r for r in rows if metric_names.is_score(r.get(metric))]
+        if scored:  # a restored trial may report a step twice: the later report stands
+            # the dataframe's columns are every report's keys (NaN where a report lacked one) and Tune's config/*
+            row = {k: v for k, v in scored[-1].items() if metric_names.is_score(v) and not k.startswith("config/")}
+            return step, numeric(row)
+    value = last.get(best_key(metric))
+    return step, ({metric: float(value), "step": float(step)} if metric_names.is_score(value) else None)

@@ -34,33 +34,55 @@ def resolve_run(client: MlflowClient, run: str) -> str:
     return rid
 
 
-def load_generator(client: MlflowClient, run: str):
+def load_generator(client: MlflowClient, run: str, latest: bool = False):
     """The generator of a run / trial id, or of a registered model version (`models:/NAME/VERSION`,
     `models:/NAME@ALIAS`); returns (G, config, run id). Only ever a state dict read with
-    weights_only=True: never an unpickled model (see orchestrator/registry.py)."""
+    weights_only=True: never an unpickled model (see orchestrator/registry.py). A run's is its
+    best eval's generator unless `latest` (fetch_generator)."""
+    G, cfg, run_id, _ = fetch_generator(client, run, latest)
+    return G, cfg, run_id
+
+
+def check_latest(run: str, latest: bool) -> None:
+    """A registered version is one generator: `--latest` has nothing to choose there."""
+    if latest and run.startswith("models:/"):
+        raise SampleError(
+            f"--latest: {run} is one registered generator (its sweep's best); "
+            "pass the trial's run or trial id to draw from its latest eval"
+        )
+
+
+def fetch_generator(client: MlflowClient, run: str, latest: bool = False):
+    """load_generator, and where the generator came from: (G, config, run id, {"generator": "best",
+    "latest" or "registered", "step": the eval it was saved at, or None where unknown}). A trial's
+    run gives its best eval's generator (trainers/best_eval.py), or with `latest` (and for runs
+    from before ganops kept the best) its latest eval's."""
     from trainers.checkpoint import load_generator as _load
 
     with tempfile.TemporaryDirectory() as tmp:
+        check_latest(run, latest)
         if run.startswith("models:/"):
             try:
                 local, run_id = registry.download_weights(client, run, Path(tmp))
             except LookupError as e:
                 raise SampleError(str(e)) from None
+            source = {"generator": "registered", "step": registry.version_step(client, run)}
         else:
             run_id = resolve_run(client, run)
             try:
-                local = client.download_artifacts(run_id, "generator/generator.pt", tmp)
+                local, which, step = registry.download_trial_generator(client, run_id, Path(tmp), latest)
             except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing artifact
                 raise SampleError(
                     f"run {run_id} has no generator checkpoint yet (it is logged at the trial's first eval): {e}"
                 ) from None
+            source = {"generator": which, "step": step}
         try:
             G, cfg = _load(Path(local))
         except Exception as e:  # noqa: BLE001 - weights_only refusals, missing keys, a config that no longer validates
             raise SampleError(
                 f"{run}: its generator.pt is not a ganops generator file that loads safely (weights only): {e}"
             ) from None
-    return G, cfg, run_id
+    return G, cfg, run_id, source
 
 
 def _check_class(cls: int | None, cfg, source: str) -> None:
@@ -144,6 +166,7 @@ def sample(
     interpolate: tuple[int, int] | None = None,
     steps: int = 10,
     device: str = "cpu",
+    latest: bool = False,
 ) -> dict:
     """Write samples of the run's generator to `out` (.npy or .png); return what was written.
 
@@ -153,6 +176,7 @@ def sample(
       row); a conditional generator draws the walk as class `cls`, or once per class (10 rows).
     - device: where G runs (cpu, cuda, cuda:N). Generators load onto the CPU first, whatever
       device they trained on, and latents are drawn on the CPU: the same seed, the same z anywhere.
+    - latest: a trial's latest eval's generator instead of its best eval's (fetch_generator).
     """
     from trainers.models import sample_latent
     from trainers.models.conditional import NUM_CLASSES, grid_labels
@@ -163,7 +187,7 @@ def sample(
         raise SampleError(f"--steps {steps}: an interpolation needs at least 2 steps (its two ends)")
     dev = _device(device)
     client = MlflowClient(tracking_uri)
-    G, cfg, run_id = load_generator(client, run)
+    G, cfg, run_id, source = fetch_generator(client, run, latest)
     _check_class(cls, cfg, run)
     G.eval()
     classes = [cls] if cls is not None else list(range(NUM_CLASSES))
@@ -196,6 +220,7 @@ def sample(
         "seed": seed,
         "conditional": cfg.is_conditional,
         "device": str(dev),
+        **source,
     }
     if labels is not None:
         info["classes"] = sorted(set(labels.tolist()))

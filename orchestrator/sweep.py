@@ -720,7 +720,10 @@ def _conclude(spec, client, uri, grid, progress, stop, experiment, experiment_id
 
 def _summaries(spec: SweepSpec, grid, progress, runs: dict, interrupted: str | None = None) -> list[TrialSummary]:
     """One TrialSummary per trial Tune knows. `interrupted`: the stop reason of a sweep stopped
-    by a signal; its trials still running (or not yet started) are `unfinished`."""
+    by a signal; its trials still running (or not yet started) are `unfinished`. Each trial's best
+    eval (trainers/best_eval.py) comes from its reports' history (Ray's metrics_dataframe)."""
+    from orchestrator.results import best_eval, numeric
+
     trials = []
     # Ray 2.60: the Trial objects, for the ids of trials that never reported
     analysis = getattr(grid, "_experiment_analysis", None)
@@ -746,21 +749,19 @@ def _summaries(spec: SweepSpec, grid, progress, runs: dict, interrupted: str | N
             # Stopped between its rank-0 worker logging an eval and Tune receiving the report:
             # MLflow has the newer story.
             m = dict(run.data.metrics)
-        numeric = {
-            k: float(v)
-            for k, v in m.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("trial_id",)
-        }
+        best_step, best_metrics = best_eval(getattr(r, "metrics_dataframe", None), m, spec.metric)
         trials.append(
             TrialSummary(
                 trial_id=trial_id,
                 run_id=run_id,
                 status=state,
                 config=config,
-                metrics=numeric,
+                metrics=numeric(m),
                 step=int(m.get("step", 0) or 0),
                 error=_error_line(r.error) if r.error else None,
                 stop_reason=stop_reason,
+                best_step=best_step,
+                best_metrics=best_metrics,
             )
         )
     return trials

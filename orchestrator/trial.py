@@ -135,6 +135,9 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
                     "board": context.get("board"),
                     "pbt": s.pbt_mutations if s.sweep.scheduler == "pbt" else None,
                     "spool": spool,
+                    # rank 0 keeps the best eval's generator by these (trainers/best_eval.py)
+                    "metric": s.metric,
+                    "mode": s.mode,
                 },
             },
             scaling_config=scaling_config(s),

@@ -23,6 +23,7 @@ import torch
 
 from infra.aws.spot import watcher_for_this_node
 from trainers import device as placement
+from trainers.best_eval import GENERATOR_FILE, BestEval
 from trainers.checkpoint import adopt, load_state, restore, save_generator, save_state
 from trainers.config import MUTABLE_IN_FLIGHT, TrainerConfig
 from trainers.cost import trial_rate
@@ -228,6 +229,7 @@ class _Worker:
     exploits: int = 0
     placed: bool = False  # the placement report is written at the first eval, once optimizer state exists
     train_seconds: float = 0.0
+    best: BestEval = field(default_factory=lambda: BestEval(None))  # by the sweep's metric (run["metric"])
 
     def switch(self, cfg: TrainerConfig) -> None:
         self.cfg, self.gan = cfg, gan_for(cfg)
@@ -306,6 +308,7 @@ def _setup(loop_config: dict[str, Any]) -> _Worker:
         device, torch.channels_last if cfg.channels_last and cfg.is_image else torch.preserve_format
     )
     w = _Worker(cfg, gan_for(cfg), run, rank, world, device, G, D, opt_g, opt_d, scheds, ema, precision, gen, data)
+    w.best = BestEval(run.get("metric"), run.get("mode") or "min")
 
     _restore(w, ray.train.get_checkpoint())
     _broadcast_params(world, G, D)
@@ -341,6 +344,7 @@ def _restore(w: _Worker, ckpt) -> None:
         state = load_state(Path(d) / CHECKPOINT_FILE)
     w.step = restore(state, w.G, w.D, w.opt_g, w.opt_d, w.gen, schedulers=w.scheds, ema=w.ema, precision=w.precision)
     w.spent.update({k: v for k, v in state.get("meta", {}).items() if k in w.spent})
+    w.best.restore(state.get("meta", {}))  # a resumed trial remembers its best eval (and does not log a worse one)
     # Settings a PBT exploit changed in flight live in the checkpoint, not in loop_config.
     w.switch(
         TrainerConfig.model_validate(
@@ -444,45 +448,54 @@ def _eval_and_report(w: _Worker, metrics: dict[str, float]) -> None:
     checkpoint = None
     with tempfile.TemporaryDirectory() as tmp:
         if w.rank == 0:
-            assert w.sink is not None and w.noise is not None  # rank 0's, set by _setup
-            if w.evaluator is None:
-                # Built here, not in _setup, so the first losses reach MLflow before it has loaded
-                # (~6 s for MNIST's classifier and real features, measured). Under fork_rng: building
-                # a network draws from the global RNG, which training's dropout reads, so a trial
-                # resumed from a checkpoint (global RNG restored) trains as the uninterrupted one did.
-                features = Path(w.run["feature_cache"]) if w.run.get("feature_cache") else None
-                with torch.random.fork_rng(devices=[]):
-                    w.evaluator = Evaluator(w.cfg, features, w.run.get("features")).to(w.device)
-            t1 = time.perf_counter()
-            G_eval = w.ema.module if w.ema is not None else w.G  # cfg.ema: the averaged G is the product
-            scores, image = w.evaluator.evaluate(G_eval, w.noise)
-            metrics.update(scores)
-            metrics["eval_seconds"] = time.perf_counter() - t1
-            metrics.update(placement.telemetry(w.device))
-            if not w.placed:
-                w.placed = True
-                report = _placement_report(w.device, w.G, w.D, w.opt_g, w.opt_d, w.ema, w.data, w.noise, w.evaluator)
-                w.sink.tag("ganops.placement", placement.report_json(report))
-                if report["off_device"]:
-                    log.warning("not on %s: %s", w.device, ", ".join(report["off_device"]))
-            if w.scheds:
-                metrics["lr_g_scheduled"], metrics["lr_d_scheduled"] = (s.get_last_lr()[0] for s in w.scheds)
-            save_state(
-                Path(tmp) / CHECKPOINT_FILE,
-                w.G,
-                w.D,
-                w.opt_g,
-                w.opt_d,
-                w.step,
-                w.cfg.model_dump(),
-                w.gen,
-                schedulers=w.scheds,
-                ema=w.ema,
-                meta={k: metrics[k] for k in w.spent},
-                precision=w.precision,
-            )
-            gen_file = Path(tmp) / "generator.pt"
-            save_generator(gen_file, G_eval, w.cfg.model_dump())
-            w.sink.log(w.step, {k: v for k, v in metrics.items() if k not in step_keys}, image, gen_file)
+            _rank0_eval(w, metrics, step_keys, Path(tmp))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _rank0_eval(w: _Worker, metrics: dict[str, float], step_keys: set[str], tmp: Path) -> None:
+    """Rank 0's part of an eval: the evaluator's scores and the best eval so far into `metrics`,
+    the checkpoint into `tmp`, and the eval (metrics, grid, generator; the generator also as the
+    best one when this eval is the trial's best, trainers/best_eval.py) to MLflow."""
+    assert w.sink is not None and w.noise is not None  # rank 0's, set by _setup
+    if w.evaluator is None:
+        # Built here, not in _setup, so the first losses reach MLflow before it has loaded
+        # (~6 s for MNIST's classifier and real features, measured). Under fork_rng: building
+        # a network draws from the global RNG, which training's dropout reads, so a trial
+        # resumed from a checkpoint (global RNG restored) trains as the uninterrupted one did.
+        features = Path(w.run["feature_cache"]) if w.run.get("feature_cache") else None
+        with torch.random.fork_rng(devices=[]):
+            w.evaluator = Evaluator(w.cfg, features, w.run.get("features")).to(w.device)
+    t1 = time.perf_counter()
+    G_eval = w.ema.module if w.ema is not None else w.G  # cfg.ema: the averaged G is the product
+    scores, image = w.evaluator.evaluate(G_eval, w.noise)
+    metrics.update(scores)
+    metrics["eval_seconds"] = time.perf_counter() - t1
+    metrics.update(placement.telemetry(w.device))
+    if not w.placed:
+        w.placed = True
+        report = _placement_report(w.device, w.G, w.D, w.opt_g, w.opt_d, w.ema, w.data, w.noise, w.evaluator)
+        w.sink.tag("ganops.placement", placement.report_json(report))
+        if report["off_device"]:
+            log.warning("not on %s: %s", w.device, ", ".join(report["off_device"]))
+    if w.scheds:
+        metrics["lr_g_scheduled"], metrics["lr_d_scheduled"] = (s.get_last_lr()[0] for s in w.scheds)
+    improved = w.best.update(w.step, metrics)
+    metrics.update(w.best.report())
+    save_state(
+        tmp / CHECKPOINT_FILE,
+        w.G,
+        w.D,
+        w.opt_g,
+        w.opt_d,
+        w.step,
+        w.cfg.model_dump(),
+        w.gen,
+        schedulers=w.scheds,
+        ema=w.ema,
+        meta={**{k: metrics[k] for k in w.spent}, **w.best.meta()},
+        precision=w.precision,
+    )
+    gen_file = tmp / GENERATOR_FILE
+    save_generator(gen_file, G_eval, w.cfg.model_dump())
+    w.sink.log(w.step, {k: v for k, v in metrics.items() if k not in step_keys}, image, gen_file, best=improved)

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from trainers.best_eval import BEST_DIR, LATEST_DIR
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.utils.async_logging.run_operations import RunOperations
@@ -68,15 +70,25 @@ class MlflowSink:
         if self.spool is not None:
             self.spool.do({"op": "batch", "tags": {key: value[:5000]}})
 
-    def log(self, step: int, metrics: dict[str, float], image: np.ndarray | None, generator_file: Path | None) -> None:
+    def log(
+        self,
+        step: int,
+        metrics: dict[str, float],
+        image: np.ndarray | None,
+        generator_file: Path | None,
+        best: bool = False,
+    ) -> None:
+        """One eval's metrics, grid and generator (`generator/`); `best`: this eval is the
+        trial's best so far (trainers/best_eval.py), so the generator goes to `generator_best/` too."""
         if self.spool is None or step <= self.logged_through:
             return
         self.spool.do(_batch(step, metrics))
         if image is not None:
             self.spool.do({"op": "image", "key": "samples", "step": step}, _png(image))
         if generator_file is not None:
-            op = {"op": "artifact", "name": generator_file.name, "path": "generator"}
-            self.spool.do(op, generator_file.read_bytes())
+            data = generator_file.read_bytes()
+            for folder in (LATEST_DIR, BEST_DIR) if best else (LATEST_DIR,):
+                self.spool.do({"op": "artifact", "name": generator_file.name, "path": folder}, data)
 
     def log_losses(self, step: int, scalars: dict[str, float]) -> None:
         """The step's scalars between evals: asynchronous (MLflow's async logging), so training
