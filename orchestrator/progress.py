@@ -141,6 +141,8 @@ class SweepProgress(Callback):
         # (that verdict stopped nothing).
         done = (trial.last_result or {}).get("step", 0) >= self.steps
         verdict = self.stopper.verdicts.get(trial.trial_id) if self.stopper and not done else None
+        if self.stopper:
+            self.stopper.forget(trial.trial_id)  # an ended trial reports no more
         self._set_state(row, "done" if done else "stopped")
         if verdict is not None:
             row["stop_reason"] = verdict.describe()

@@ -142,14 +142,34 @@ def mixture_quality(history: History, cfg) -> Verdict | None:
     ) or _below_floors(history, cfg, "mixture_quality", (("hq_pct", cfg.min_hq_pct), ("modes", cfg.min_modes)))
 
 
-def plateau(history: History, cfg, metric: str, mode: str) -> Verdict | None:
-    """The sweep metric has not improved by `min_delta` over its best in the last `patience` evals."""
-    if len(history) <= cfg.patience:
+@dataclass
+class Earlier:
+    """What `plateau` needs of the reports a bounded history no longer holds (BalanceStopper)."""
+
+    count: int = 0
+    best: float = math.inf  # the best oriented value among them (lower is better)
+    all_scores: bool = True  # every one of them had a finite value of the metric
+
+    def add(self, report: dict[str, Any], metric: str, mode: str) -> None:
+        self.count += 1
+        v = report.get(metric)
+        if is_score(v):
+            self.best = min(self.best, oriented(v, mode))
+        else:
+            self.all_scores = False
+
+
+def plateau(history: History, cfg, metric: str, mode: str, earlier: Earlier | None = None) -> Verdict | None:
+    """The sweep metric has not improved by `min_delta` over its best in the last `patience` evals.
+    `earlier`: the reports before `history` (a window of the latest ones), summarised."""
+    earlier = earlier or Earlier()
+    if earlier.count + len(history) <= cfg.patience or not earlier.all_scores:
         return None
     values = [v for r in history if is_score(v := r.get(metric))]
     if len(values) != len(history):  # a missing or non-finite value: nothing to compare yet
         return None
-    best_before = min(oriented(v, mode) for v in values[: -cfg.patience])  # lower is better from here on
+    # lower is better from here on
+    best_before = min([earlier.best, *(oriented(v, mode) for v in values[: -cfg.patience])])
     best_recent = min(oriented(v, mode) for v in values[-cfg.patience :])
     if best_recent > best_before - cfg.min_delta:
         return Verdict(
@@ -168,7 +188,7 @@ RULES: dict[str, Callable[..., Verdict | None]] = {
 }
 
 
-def judge(history: History, stopping, metric: str, mode: str) -> Verdict | None:
+def judge(history: History, stopping, metric: str, mode: str, earlier: Earlier | None = None) -> Verdict | None:
     """First rule (in the order above, then plateau) that fires on this history, if any."""
     if not history:
         return None
@@ -177,8 +197,32 @@ def judge(history: History, stopping, metric: str, mode: str) -> Verdict | None:
         if cfg is not None and (v := rule(history, cfg)):
             return v
     if stopping.plateau is not None:
-        return plateau(history, stopping.plateau, metric, mode)
+        return plateau(history, stopping.plateau, metric, mode, earlier)
     return None
+
+
+# What the rules read of a report; a stopper's history keeps only these (and the sweep metric).
+RULE_KEYS = frozenset(
+    {
+        "step",
+        "diverged",
+        *DIVERGENCE_SIGNALS,
+        "loss_g_nonsat",
+        "d_x",
+        "d_g_z",
+        "class_coverage",
+        "eff_modes",
+        "hq_pct",
+        "modes",
+    }
+)
+
+
+def window(stopping) -> int:
+    """How many of a trial's latest reports the rules look at: the longest patience configured
+    (the plateau rule gets the rest summarised, `Earlier`)."""
+    cfgs = [getattr(stopping, name, None) for name in (*RULES, "plateau")]
+    return max([1, *(c.patience for c in cfgs if c is not None and hasattr(c, "patience"))])
 
 
 @dataclass
@@ -198,6 +242,7 @@ class BalanceStopper(HoldsBoard, Stopper):
     # made a report's cost grow with the sweep (bench/driver_scale.py). None: sum once (a
     # stopper Tune pickled before this field existed, restored by `ganops resume`).
     spent_usd: float | None = None
+    earlier: dict[str, Earlier] | None = None  # per trial: the reports out of its history's window
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         if isinstance(result.get("cost_usd"), (int, float)):
@@ -210,18 +255,34 @@ class BalanceStopper(HoldsBoard, Stopper):
                 return self.board is None
         if "step" not in result or trial_id in self.verdicts:
             return False
+        # Bounded: the keys the rules read, the latest `window` reports and a summary of the
+        # earlier ones. Tune pickles the stopper into every experiment-state save, and whole
+        # reports of every eval made that grow with the sweep's evals (bench/driver_scale.py).
         history = self.histories.setdefault(trial_id, [])
-        history.append({k: v for k, v in result.items() if isinstance(v, (int, float))})
-        verdict = judge(history, self.stopping, self.metric, self.mode)
+        keys = RULE_KEYS | {self.metric}
+        history.append({k: v for k, v in result.items() if k in keys and isinstance(v, (int, float))})
+        if self.earlier is None:  # a stopper pickled before this field existed (`ganops resume`)
+            self.earlier = {}
+        earlier = self.earlier.setdefault(trial_id, Earlier())
+        while len(history) > window(self.stopping):
+            earlier.add(history.pop(0), self.metric, self.mode)
+        verdict = judge(history, self.stopping, self.metric, self.mode, earlier)
         if verdict is None:
             return False
         self.verdicts[trial_id] = verdict
+        self.forget(trial_id)  # judged once and for all
         if self.board is not None:
             # Cooperative stop (orchestrator/board.py): the trial's workers leave their loop and
             # TorchTrainer tears down cleanly.
             self.board.stop.remote(trial_id)
             return False
         return True
+
+    def forget(self, trial_id: str) -> None:
+        """Drop a trial's history once it is judged or has ended (its verdict and cost stay)."""
+        self.histories.pop(trial_id, None)
+        if self.earlier:
+            self.earlier.pop(trial_id, None)
 
     def _over_budget(self) -> bool:
         """Once the trials' costs reach budget.max_usd: every trial still going is stopped

@@ -257,3 +257,75 @@ def test_budget_sum_follows_each_trials_latest_cost_and_a_restored_stopper():
     old.spent_usd = None  # as restored from an experiment state written before the field existed
     assert old("t0", {**BALANCED, "step": 300, "cost_usd": 1.5}) is True  # 8.91 + 1.5 >= 10
     assert old.budget_verdict.evidence["spent_usd"] == pytest.approx(10.41) and old.stop_all()
+
+
+def _random_report(rng, step: int) -> dict:
+    """An eval report that wanders between balance, D winning, G winning, collapse and NaN, with
+    the extra keys a real report carries (which the stopper need not keep)."""
+    nan = float("nan")
+    return {
+        "step": step,
+        "loss_d": rng.choice([1.3, 0.2, 3.0, nan]) if rng.random() < 0.05 else rng.uniform(0.05, 2.0),
+        "loss_g": rng.choice([0.02, 0.7, 6.0, 30.0]),
+        "d_x": rng.choice([0.5, 0.95, 0.99]),
+        "d_g_z": rng.choice([0.01, 0.5, 0.97]),
+        "grad_norm_d": rng.choice([3.0, 5e4]),
+        "grad_norm_g": rng.choice([2.0, 5e4]),
+        "class_coverage": rng.choice([10, 9, 2]),
+        "hq_pct": rng.uniform(0, 100),
+        "modes": rng.choice([25, 24, 3]),
+        "eff_modes": rng.uniform(1, 25),
+        "fid": nan if rng.random() < 0.03 else rng.choice([rng.uniform(5, 80), 50.0]),
+        "mix_score": rng.uniform(0, 1),
+        "inception_score": rng.uniform(1, 9),
+        "train_seconds": step * 0.1,
+        "cost_usd": step * 1e-5,
+    }
+
+
+@pytest.mark.parametrize("metric,mode", [("fid", "min"), ("mix_score", "max")])
+def test_bounded_stopper_history_judges_as_the_whole_history_would(metric, mode):
+    """The stopper keeps only the rules' keys and the latest `window` reports (the plateau rule
+    gets the earlier ones summarised), and stops every trial at the same eval with the same
+    verdict as judging the trial's whole history would, over many random trials and rule sets."""
+    import pickle
+    import random
+
+    from orchestrator.stopping import window
+
+    rng = random.Random(7)
+    setups = [
+        Stopping(),
+        Stopping.model_validate({"plateau": {"patience": 2, "min_delta": 0.5}, "d_overpowers": {"patience": 5}}),
+        Stopping.model_validate({"divergence": None, "d_fooled": {"patience": 1}, "plateau": {"patience": 6}}),
+        Stopping.model_validate({"mixture_quality": {"patience": 4, "after_step": 300}, "plateau": None}),
+    ]
+    fired = 0
+    for stopping in setups:
+        st = BalanceStopper(stopping, metric, mode)
+        for t in range(60):
+            tid, full = f"t{t}", []
+            for e in range(1, 40):
+                report = _random_report(rng, 100 * e)
+                full.append({k: v for k, v in report.items() if isinstance(v, (int, float))})
+                expected = judge(full, stopping, metric, mode)
+                assert st(tid, report) is (expected is not None), (tid, e)
+                assert st.verdicts.get(tid) == expected, (tid, e)
+                assert len(st.histories.get(tid, [])) <= window(stopping)
+                if expected is not None:
+                    fired += 1
+                    break
+            if t == 30:  # Tune pickles the stopper into its experiment state; a restored one goes on
+                st = pickle.loads(pickle.dumps(st))
+    assert fired > 50  # the streams do reach the rules, and not only at the first eval
+
+
+def test_a_stopper_restored_from_before_the_bounded_history_still_judges():
+    """A stopper pickled with whole histories and no summaries (`ganops resume` of an older
+    sweep) trims them at its next report and judges as before."""
+    s = Stopping.model_validate({"plateau": {"patience": 2}})
+    st = BalanceStopper(s, "fid", "min")
+    st.histories["a"] = history({"fid": 100}, {"fid": 90}, {"fid": 95})
+    st.earlier = None  # as restored from an experiment state written before the field existed
+    assert st("a", {**BALANCED, "step": 400, "fid": 91}) is True
+    assert st.verdicts["a"].rule == "plateau" and st.verdicts["a"].evidence["best"] == 90
