@@ -270,6 +270,7 @@ def run_sweep(
         raise SweepError(f"sweep {sweep_id} already exists in {uri}; continue it with `ganops resume {sweep_id}`")
     experiment = spec.tracking.experiment or spec.name
     experiment_id = tracking.ensure_experiment(client, experiment, uri)
+    _check_access(client, uri, (experiment_id, experiment, sweep_id))
     _check_storage(storage)
     write_stored_spec(storage, sweep_id, spec)
     feature_cache = _feature_cache(spec)
@@ -481,10 +482,13 @@ def resume_sweep(
     )
 
 
-def _check_access(client, uri: str) -> None:
-    """A tracking server that refuses this login stops the sweep before anything launches."""
+def _check_access(client, uri: str, write: tuple[str, str, str] | None = None) -> None:
+    """A tracking server that refuses this login, or (`write`: experiment id, name, sweep id)
+    this user's runs in that experiment, stops the sweep before anything launches."""
     try:
         tracking.check_access(client, uri)
+        if write is not None:
+            tracking.check_can_write(client, uri, *write)
     except tracking.TrackingAccessError as e:
         raise SweepError(str(e)) from None
 

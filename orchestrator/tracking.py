@@ -89,6 +89,29 @@ def check_access(client: MlflowClient, uri: str) -> None:
     raise TrackingAccessError(msg)
 
 
+def check_can_write(client: MlflowClient, uri: str, experiment_id: str, experiment: str, sweep_id: str) -> None:
+    """Before a sweep launches anything: the write its runs will need. MLflow's basic-auth app
+    lets a user with READ on an experiment (its default permission) search it but not add runs
+    to it (HTTP 403). The probe is a write the same permission (EDIT) governs: the experiment's
+    tag `ganops.last_sweep`. No-op for local stores."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    if not is_server(uri):
+        return
+    try:
+        client.set_experiment_tag(experiment_id, "ganops.last_sweep", sweep_id)
+    except MlflowException as e:
+        if e.get_http_status_code() != 403:
+            raise
+        user = read_mlflow_creds().username or "of MLFLOW_TRACKING_TOKEN"
+        raise TrackingAccessError(
+            f"tracking server {redact_uri(uri)} lets user {user!r} read experiment {experiment!r} but not add runs "
+            "to it (HTTP 403); ask its owner for EDIT permission on it, or name an experiment of your own in the "
+            "spec's tracking.experiment"
+        ) from None
+
+
 def git_commit() -> str | None:
     """The project's git commit, when it runs from a checkout."""
     try:

@@ -1,11 +1,13 @@
 """The team's tracking server (issue 17 item 1), every part real on 127.0.0.1: PostgreSQL from
 Debian's packages (`.ci/setup-postgres`), `mlflow server` on it with MLflow's basic-auth app,
 artifacts proxied to S3 on moto's server. A 2-trial sweep through the CLI logs in with
-MLFLOW_TRACKING_USERNAME/PASSWORD; a missing or wrong login stops it before launch (exit 2);
+MLFLOW_TRACKING_USERNAME/PASSWORD; a missing or wrong login, or a user who may only read the
+sweep's experiment (HTTP 403), stops it before launch (exit 2);
 the password reaches no output, param, tag, artifact or log."""
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -131,6 +133,21 @@ def test_refused_login_stops_the_sweep_before_launch(team, tmp_path, monkeypatch
             text = " ".join(r.stderr.split())
             assert r.returncode == 2 and says in text and "MLFLOW_TRACKING_USERNAME" in text, (read, r.stderr[-2000:])
             assert wrong not in r.stdout + r.stderr and "Traceback" not in r.stderr
+    # A user the server knows, with only READ (basic_auth.ini's default) on the experiment another
+    # user made: the server would answer 403 to its first run; the sweep says so before launch.
+    from mlflow.server.auth.client import AuthServiceClient
+
+    reader_password = secrets.token_urlsafe(18)
+    AuthServiceClient(url).create_user("reader", reader_password)
+    if admin.get_experiment_by_name("team-server") is None:
+        admin.create_experiment("team-server")
+    login = {"MLFLOW_TRACKING_USERNAME": "reader", "MLFLOW_TRACKING_PASSWORD": reader_password}
+    r = _ganops(["sweep", str(spec), "--json"], _env(tmp_path, **login), tmp_path, timeout=180)
+    text = " ".join(r.stderr.split())
+    assert r.returncode == 2 and r.stdout == "", r.stderr[-3000:]
+    assert "lets user 'reader' read experiment 'team-server' but not add runs to it (HTTP 403)" in text, text
+    assert "EDIT permission" in text and "Nothing was launched" in text and "Traceback" not in r.stderr, text
+    assert reader_password not in r.stdout + r.stderr and "Ray" not in r.stderr, r.stderr
     assert len(_all_runs(admin)) == before
 
 
