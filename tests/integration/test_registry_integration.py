@@ -50,7 +50,10 @@ def test_sweep_registers_its_best_generator_and_sample_reads_it(local_ray, ganop
         best.trial_id,
         "fid",
     )
-    assert float(version.tags["ganops.metric_value"]) == pytest.approx(best.metrics["fid"])
+    # Issue 16: the version holds the trial's best eval's generator, and says which step it is.
+    assert float(version.tags["ganops.metric_value"]) == pytest.approx(result.value(best))
+    assert best.best_metrics is not None and result.value(best) == best.best_metrics["fid"]
+    assert version.tags["ganops.step"] == str(best.best_step) and f"step {best.best_step}:" in version.description
     # Its files sit beside the store's other artifacts, not in a ./mlruns of whatever directory.
     assert client.get_model_version_download_uri("ganops-tiny-registry", "1").startswith(
         (ganops_home / "mlartifacts").as_uri()
@@ -63,7 +66,7 @@ def test_sweep_registers_its_best_generator_and_sample_reads_it(local_ray, ganop
     for args, out in (([best.trial_id], "trial.npy"), (["models:/ganops-tiny-registry/1"], "model.npy")):
         r = runner.invoke(app, ["sample", *args, "--n", "5", "--out", out])
         assert r.exit_code == 0, r.output
-    np.testing.assert_array_equal(np.load("trial.npy"), np.load("model.npy"))
+    np.testing.assert_array_equal(np.load("trial.npy"), np.load("model.npy"))  # both the best eval's generator
 
     # For MLflow's own tools it is a PyTorch model in the pickle-free pt2 format: it loads
     # without ganops' code and maps latents to 28x28 images.

@@ -95,8 +95,23 @@ def test_sweep_records_parent_and_child_runs_with_metrics_images_and_generator(l
         assert sum(p.endswith(".png") and "step+2+" in p for p in images) == 1
         assert sum(p.endswith(".png") and "step+4+" in p for p in images) == 1
         assert [a.path for a in client.list_artifacts(run.info.run_id, "generator")] == ["generator/generator.pt"]
+        # Issue 16: the trial's best eval (first of the lowest fids), its generator and its step.
+        fids = [(m.value, m.step) for m in client.get_metric_history(run.info.run_id, "fid")]
+        best_fid, best_step = min(fids, key=lambda vs: vs[0])
+        assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "best_step")] == [
+            (2, 2.0),
+            (4, float(best_step)),
+        ]
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "generator_best")] == [
+            "generator_best/generator.pt"
+        ]
+        assert t.best_step == best_step and t.best_metrics is not None
+        assert t.best_metrics["fid"] == pytest.approx(best_fid) and t.best_metrics["step"] == best_step
+        assert "loss_d" in t.best_metrics  # that eval's whole report (Ray's history), not only its fid
+        assert t.metrics["best_fid"] == pytest.approx(best_fid) and t.judged[1] == best_step
     best = result.best
-    assert best is not None and best.metrics["fid"] == min(t.metrics["fid"] for t in result.trials)
+    assert best is not None and best.best_metrics is not None
+    assert best.best_metrics["fid"] == min(t.best_metrics["fid"] for t in result.trials if t.best_metrics)
 
     # `ganops compare` reads the same sweep back from MLflow, best first.
     runner = CliRunner()
@@ -106,9 +121,16 @@ def test_sweep_records_parent_and_child_runs_with_metrics_images_and_generator(l
     assert [t["trial_id"] for t in table["trials"]] == [t.trial_id for t in result.trials]
     assert runner.invoke(app, ["compare", "no-such-sweep"]).exit_code == 2
 
-    # `ganops sample` by Ray trial id: raw samples in [-1, 1] and a PNG grid.
+    # `ganops sample` by Ray trial id: raw samples in [-1, 1] and a PNG grid; the best eval's
+    # generator by default, the latest with --latest, each with its step.
     r = runner.invoke(app, ["sample", best.trial_id, "--n", "10", "--out", "s.npy", "--json"])
     assert r.exit_code == 0, r.output
+    assert {k: json.loads(r.stdout)[k] for k in ("generator", "step")} == {"generator": "best", "step": best.best_step}
+    r = runner.invoke(app, ["sample", best.trial_id, "--n", "2", "--out", "l.npy", "--json", "--latest"])
+    assert r.exit_code == 0 and {k: json.loads(r.stdout)[k] for k in ("generator", "step")} == {
+        "generator": "latest",
+        "step": 4,
+    }, r.output
     x = np.load("s.npy")
     assert x.shape == (10, 1, 28, 28) and x.min() >= -1 and x.max() <= 1
     r = runner.invoke(app, ["sample", best.run_id, "--n", "16", "--out", "s.png"])
