@@ -250,3 +250,19 @@ def test_json_keeps_every_old_field_and_round_trips_the_best_eval():
         del t["best_step"], t["best_metrics"]
     old = result_from_dict(d)
     assert old.best is not None and old.best.trial_id == "b" and old.best.best_step is None
+
+
+def test_the_leaderboard_shows_each_trials_best_eval_and_its_step(capsys):
+    """The table's fid is the best eval's, `at step` says which eval, `step` how far the trial trained;
+    the hint to sample the best generator names its step."""
+    from orchestrator.cli import _print_leaderboard
+
+    result = _result(_trial("b", last=30.0, best=30.0, best_step=100), _trial("a", last=60.0, best=20.0, best_step=40))
+    result.trials = result.leaderboard()  # as the sweep leaves them
+    _print_leaderboard(result)
+    out = capsys.readouterr()
+    header = next(line for line in out.out.splitlines() if "trial" in line)
+    assert [c.strip() for c in header.strip("┃ ").split("┃")][-3:] == ["at step", "step", "status"]
+    rows = [[c.strip() for c in line.strip("│ ").split("│")] for line in out.out.splitlines() if line.startswith("│")]
+    assert [(r[1], r[2], r[-3], r[-2]) for r in rows] == [("a", "20", "40", "100"), ("b", "30", "100", "100")]
+    assert "look at the best generator (step 40)" in " ".join(out.err.split())

@@ -62,3 +62,22 @@ def test_sample_refuses_a_generator_file_that_needs_unpickling(ganops_home, tmp_
     r = CliRunner().invoke(app, ["sample", run, "--out", "x.png"])
     assert r.exit_code == 2 and "loads safely" in r.output, r.output
     assert not (ganops_home.parent / "planted-code-ran").exists()
+
+
+def test_a_registered_versions_step_is_its_ganops_step_tag(ganops_home):
+    """`ganops sample models:/...` says which eval's generator a version holds; older versions: unknown."""
+    from mlflow import MlflowClient
+
+    from orchestrator import tracking
+    from orchestrator.registry import TAG_STEP, version_step
+
+    client = MlflowClient(tracking.resolve_tracking_uri(None))
+    tracking.ensure_experiment(client, "steps", client.tracking_uri)  # the store, as a sweep leaves it
+    client.create_registered_model("ganops-steps")
+    source = (ganops_home / "model").as_uri()
+    tagged = client.create_model_version("ganops-steps", source, tags={TAG_STEP: "40"})
+    client.create_model_version("ganops-steps", source)  # registered before ganops tagged the step
+    client.set_registered_model_alias("ganops-steps", "best", tagged.version)
+    assert version_step(client, "models:/ganops-steps/1") == 40 == version_step(client, "models:/ganops-steps@best")
+    assert version_step(client, "models:/ganops-steps/2") is None
+    assert version_step(client, "models:/ganops-nothing/1") is None and version_step(client, "runs:/x/y") is None
