@@ -119,13 +119,16 @@ def test_the_loop_logs_the_best_evals_generator_and_reports_its_step(evaluated):
 
 
 def test_the_best_eval_survives_a_restore_from_the_checkpoint(evaluated):
-    """The step-30 checkpoint's meta holds the best (step 20): a resumed trial's worse eval is not the best."""
-    *_, tmp_path = evaluated
-    meta = load_state(tmp_path / "eval30" / loop.CHECKPOINT_FILE)["meta"]
-    resumed = BestEval("loss_g", "min")
-    resumed.restore(meta)
-    assert resumed.report() == {"best_step": 20, "best_loss_g": 0.5}
-    assert not resumed.update(40, {"loss_g": 0.7}) and resumed.update(50, {"loss_g": 0.4})
+    """The step-30 checkpoint's meta holds the best (step 20): the loop's restore brings it back, and
+    a resumed trial's worse eval is not the best."""
+    from ray.train import Checkpoint
+
+    client, run_id, *_, tmp_path = evaluated
+    assert load_state(tmp_path / "eval30" / loop.CHECKPOINT_FILE)["meta"]["best_step"] == 20
+    w = _worker(tmp_path, client.tracking_uri, run_id)
+    loop._restore(w, Checkpoint.from_directory(str(tmp_path / "eval30")))
+    assert w.step == 30 and w.best.report() == {"best_step": 20, "best_loss_g": 0.5}
+    assert not w.best.update(40, {"loss_g": 0.7}) and w.best.update(50, {"loss_g": 0.4})
     fresh = BestEval("loss_g", "min")
     fresh.restore({"cost_usd": 1.0})  # a checkpoint from before ganops kept the best
     assert fresh.report() == {}
