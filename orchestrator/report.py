@@ -327,11 +327,15 @@ def _rest_table(trials: list[dict], metric: str) -> str:
 
 
 def _csv_table(text: str, metric: str) -> str:
-    """A CSV as an HTML table, the sweep metric moved beside the sampled values (leaderboard.csv lists metrics A-Z)."""
+    """A CSV as an HTML table, the sweep metric moved beside the sampled values (leaderboard.csv
+    lists metrics A-Z): the value the trials are ranked by (`judged_<metric>`, at each trial's
+    best eval) where the CSV has it, else the last report's."""
     rows = list(csv.reader(io.StringIO(text)))
     if not rows:
         return '<p class="note">The leaderboard is empty.</p>'
     params = [j for j, c in enumerate(rows[0]) if c.startswith("param.")]
+    if f"judged_{metric}" in rows[0]:
+        metric = f"judged_{metric}"
     if metric in rows[0] and params:
         i = rows[0].index(metric)
         order = [j for j in range(len(rows[0])) if j != i]

@@ -806,13 +806,16 @@ def _finish_parent(client, result: SweepResult, status: str = "FINISHED", stop_r
     leaderboard so far, rewritten when `ganops resume` finishes it)."""
     from mlflow.entities import Metric, RunTag
 
+    # Ranked by each trial's best eval (TrialSummary.judged), which the metric and "at step" show;
+    # "steps" is how far it trained.
     lines = [
-        f"| rank | trial | status | {result.metric} | step | sampled | stop reason |",
-        "|---|---|---|---|---|---|---|",
+        f"| rank | trial | status | {result.metric} | at step | steps | sampled | stop reason |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for i, t in enumerate(result.trials, 1):
+        judged, at = t.judged
         lines.append(
-            f"| {i} | {t.trial_id} | {t.status} | {t.metrics.get(result.metric, float('nan')):.4g} | {t.step} | "
+            f"| {i} | {t.trial_id} | {t.status} | {judged.get(result.metric, float('nan')):.4g} | {at} | {t.step} | "
             f"{t.config} | {t.stop_reason or t.error or ''} |"
         )
     client.log_text(result.parent_run_id, "\n".join(lines) + "\n", "leaderboard.md")
@@ -833,6 +836,8 @@ def _finish_parent(client, result: SweepResult, status: str = "FINISHED", stop_r
             "run_id",
             "status",
             "step",
+            "judged_step",
+            f"judged_{result.metric}",
             *(f"param.{k}" for k in result.trials[0].config if result.trials),
             *keys,
             "stop_reason",
@@ -847,6 +852,8 @@ def _finish_parent(client, result: SweepResult, status: str = "FINISHED", stop_r
                 t.run_id,
                 t.status,
                 t.step,
+                t.judged[1],
+                result.value(t) if result.value(t) is not None else "",
                 *t.config.values(),
                 *(t.metrics.get(k, "") for k in keys),
                 t.stop_reason or "",
@@ -873,7 +880,8 @@ def _finish_parent(client, result: SweepResult, status: str = "FINISHED", stop_r
     ]
     if best is not None:
         tags += [RunTag("ganops.best_trial", best.trial_id), RunTag("ganops.best_run_id", best.run_id or "")]
-        metrics.append(Metric(f"best_{result.metric}", best.metrics[result.metric], int(time.time() * 1000), 0))
+        metrics.append(Metric(f"best_{result.metric}", float(result.value(best)), int(time.time() * 1000), 0))
+        tags.append(RunTag("ganops.best_step", str(best.judged[1])))
     client.log_batch(result.parent_run_id, metrics=metrics, tags=tags)
     from orchestrator.contact_sheet import log_contact_sheet
 

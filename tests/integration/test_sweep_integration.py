@@ -221,6 +221,13 @@ stopping: {mode_collapse: null}
     with open(client.download_artifacts(result.parent_run_id, "leaderboard.md")) as f:
         board = f.read()
     assert "d_overpowers" in board and "divergence" in board
+    # ranked by each trial's best eval: its value and step, beside how far the trial trained
+    assert "| rank | trial | status | fid | at step | steps |" in board, board
+    best_row = next(line for line in board.splitlines() if f"| {healthy.trial_id} |" in line)
+    assert best_row.startswith("| 1 |") and f"| {healthy.judged[1]} | 400 |" in best_row, board
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.tags["ganops.best_step"] == str(healthy.judged[1])
+    assert parent.data.metrics["best_fid"] == result.value(healthy)
 
 
 def test_mixture_quality_stops_a_grid25_trial_whose_generator_never_leaves_its_first_blob(local_ray, ganops_home):

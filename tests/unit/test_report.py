@@ -19,6 +19,10 @@ def test_leaderboard_table_puts_the_metric_beside_the_sampled_values_and_escapes
     assert heads == ["rank", "trial_id", "step", "param.lr_g", "fid", "d_x"]
     assert "&lt;b&gt;t&lt;/b&gt;" in page and "<b>" not in page
     assert "<td>2614</td>" in page and "<td>0.000325</td>" in page
+    # A sweep ranked by each trial's best eval: that value goes beside the sampled values.
+    page = _csv_table("rank,trial_id,step,judged_step,judged_fid,param.lr_g,fid\n1,t,6,4,12.5,0.0003,20.1\n", "fid")
+    heads = [h.split("</th>")[0] for h in page.split("<th>")[1:]]
+    assert heads == ["rank", "trial_id", "step", "judged_step", "param.lr_g", "judged_fid", "fid"]
 
 
 def _trials(n: int) -> list[dict]:
