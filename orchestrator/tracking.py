@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -204,7 +202,7 @@ def trial_run(
     created. A store that is away or busy (SQLite's lock, a server's exhausted pool) is asked
     again for up to `GANOPS_TRACKING_WAIT_S` (300 s) before the trial fails: finding first makes
     a retry after a lost answer find the run it created."""
-    from trainers.spool import is_outage
+    from trainers.spool import patiently
 
     def attempt() -> str:
         found = client.search_runs(
@@ -230,19 +228,7 @@ def trial_run(
         client.log_batch(run.info.run_id, params=_params(trainer_cfg))
         return run.info.run_id
 
-    deadline = time.monotonic() + float(os.environ.get("GANOPS_TRACKING_WAIT_S", "300"))
-    pause = 1.0
-    while True:
-        try:
-            return attempt()
-        except Exception as e:
-            if not is_outage(e) or time.monotonic() + pause > deadline:
-                raise
-            log.warning(
-                "MLflow did not take trial %s's run (%s); asking again in %.0f s", trial_id, str(e)[:200], pause
-            )
-            time.sleep(pause * (0.5 + random.random()))  # jittered: hundreds of trials may start at once
-            pause = min(pause * 2, 30.0)
+    return patiently(attempt, f"for trial {trial_id}'s run")
 
 
 def find_trial_run(client: MlflowClient, trial_id: str, experiment_ids: list[str] | None = None) -> str | None:

@@ -23,10 +23,11 @@ import io
 import json
 import logging
 import os
+import random
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -61,6 +62,27 @@ def is_outage(error: BaseException) -> bool:
     if isinstance(error, MlflowException):
         return error.error_code not in REFUSED
     return isinstance(error, OSError)  # requests' ConnectionError and Timeout are OSErrors
+
+
+T = TypeVar("T")
+
+
+def patiently(attempt: Callable[[], T], what: str) -> T:
+    """`attempt()`, asked again while the store is away or busy (`is_outage`), with jittered
+    exponential backoff (1 s doubling to 30 s: hundreds of trials may start at once), for up to
+    `GANOPS_TRACKING_WAIT_S` (300 s); then its error. For what cannot be spooled: a trial's run
+    opening, and the reads that tell a restarted trial what it logged before."""
+    deadline = time.monotonic() + float(os.environ.get("GANOPS_TRACKING_WAIT_S", "300"))
+    pause = 1.0
+    while True:
+        try:
+            return attempt()
+        except Exception as e:
+            if not is_outage(e) or time.monotonic() + pause > deadline:
+                raise
+            log.warning("MLflow did not answer %s (%s); asking again in %.0f s", what, _first(e), pause)
+            time.sleep(pause * (0.5 + random.random()))
+            pause = min(pause * 2, 30.0)
 
 
 def spool_root(storage: str, sweep_id: str) -> str:

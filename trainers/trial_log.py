@@ -52,19 +52,25 @@ class MlflowSink:
         logged before it was interrupted stay as they were (one value per step, and on CPU the
         replay computes the same values)."""
         if self.client is not None:
-            before = [step if step > 0 else -1]
-            self.logged_through = max(
-                [int(m.step) for m in self.client.get_metric_history(self.run_id, "step")] + before
-            )
-            self.losses_through = max(
-                [int(m.step) for m in self.client.get_metric_history(self.run_id, LOSS_MARKER)] + before
-            )
+            from trainers.spool import patiently
+
+            client, before = self.client, [step if step > 0 else -1]
+
+            def through(key: str) -> int:
+                return max([int(m.step) for m in client.get_metric_history(self.run_id, key)] + before)
+
+            self.logged_through = patiently(lambda: through("step"), "with what the run logged before")
+            self.losses_through = patiently(lambda: through(LOSS_MARKER), "with what the run logged before")
 
     def count_tags(self, prefix: str) -> int:
         """Tags already on the run under `prefix` (a resumed trial numbers its PBT exploits on)."""
         if self.client is None:
             return 0
-        return sum(k.startswith(prefix) for k in self.client.get_run(self.run_id).data.tags)
+        from trainers.spool import patiently
+
+        client = self.client
+        tags = patiently(lambda: client.get_run(self.run_id).data.tags, "with the run's tags")
+        return sum(k.startswith(prefix) for k in tags)
 
     def tag(self, key: str, value: str) -> None:
         if self.spool is not None:

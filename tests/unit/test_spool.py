@@ -146,3 +146,29 @@ def test_trial_run_waits_out_a_locked_sqlite_store(tmp_path):
     assert time.monotonic() - started >= 7.5  # it did wait for the lock
     assert tracking.trial_run(*args) == rid  # found again, not created twice
     lock.close()
+
+
+def test_a_restarted_trial_waits_out_a_locked_store_to_learn_what_it_logged(tmp_path):
+    """The reads that tell a (re)started trial what its run holds already cannot be spooled:
+    under SQLite's lock they are asked again until the store answers, not raised (which failed
+    the trial's start: bench/tracking_load.py at 200 trials on the server, HTTP 400 QueuePool)."""
+    import sqlite3
+    import threading
+    import time
+
+    from mlflow.entities import Metric
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    rid = client.create_run(client.create_experiment("busy")).info.run_id
+    client.log_batch(rid, metrics=[Metric("step", 500, 0, 500), Metric("step", 1000, 0, 1000)])
+    sink = MlflowSink(uri, rid, str(tmp_path / "spool"))
+    # Held past MLflow's SQLite busy timeout (20 s), so a read fails with "database is locked".
+    lock = sqlite3.connect(tmp_path / "mlflow.db", check_same_thread=False)
+    lock.execute("BEGIN EXCLUSIVE")
+    threading.Timer(24.0, lock.rollback).start()
+    started = time.monotonic()
+    sink.resume_after(0)
+    assert time.monotonic() - started >= 23.5  # it did wait
+    assert sink.logged_through == 1000
+    lock.close()
