@@ -19,6 +19,15 @@ class TrialBoard:
     def __init__(self) -> None:
         self.stopped: set[str] = set()
         self.exploits: dict[str, dict[str, Any]] = {}
+        self.runs: dict[str, str] = {}  # trial id -> its MLflow run id, posted by the trial's driver
+
+    def set_run(self, trial_id: str, run_id: str) -> None:
+        self.runs[trial_id] = run_id
+
+    def run(self, trial_id: str) -> str | None:
+        """The trial's MLflow run id, so the sweep closes a stopped trial's run without a search
+        by tag (one per stop, each scanning the store's tags: it grew with the sweep)."""
+        return self.runs.get(trial_id)
 
     def stop(self, trial_id: str) -> None:
         self.stopped.add(trial_id)

@@ -229,7 +229,7 @@ class SweepProgress(Callback):
 
         client = MlflowClient(self.tracking_uri)
         try:
-            run_id = tracking.find_trial_run(client, trial_id, self.experiment_ids)
+            run_id = self._posted_run(trial_id) or tracking.find_trial_run(client, trial_id, self.experiment_ids)
             if not run_id:
                 return
             if verdict is not None:  # the evidence, for the person asking "why was this stopped?"
@@ -241,6 +241,19 @@ class SweepProgress(Callback):
                 raise
             # The tracking server is away: the sweep goes on; its end (or `ganops resume`) says so.
             log.warning("could not close trial %s's run (%s): MLflow did not answer", trial_id, status)
+
+    def _posted_run(self, trial_id: str) -> str | None:
+        """The run id the trial's driver posted on the board (orchestrator/board.py), if any."""
+        board = getattr(self.stopper, "board", None)
+        if board is None:
+            return None
+        import ray
+
+        try:
+            return ray.get(board.run.remote(trial_id), timeout=30)
+        except Exception as e:  # noqa: BLE001 - the search by tag still finds it
+            log.warning("trial board did not answer for trial %s's run (%s); searching MLflow", trial_id, e)
+            return None
 
     def _refresh_sheet(self, force: bool = False) -> None:
         """Rebuild the parent run's contact sheet in the background, so a person watching the

@@ -11,7 +11,7 @@ import logging
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mlflow import MlflowClient
 from mlflow.entities import Param, RunTag
@@ -197,11 +197,13 @@ def trial_run(
     spec_hash: str,
     trainer_cfg: dict,
     sampled: dict,
+    reopen_check: Callable[[Any], None] | None = None,
 ) -> str:
-    """The trial's child run: found again by its trial id when Ray restarts the trial, else
-    created. A store that is away or busy (SQLite's lock, a server's exhausted pool) is asked
-    again for up to `GANOPS_TRACKING_WAIT_S` (300 s) before the trial fails: finding first makes
-    a retry after a lost answer find the run it created."""
+    """The trial's child run: found again by its trial id when Ray restarts the trial (after
+    `reopen_check(run)`, which may raise to refuse it), else created. A store that is away or
+    busy (SQLite's lock, a server's exhausted pool) is asked again for up to
+    `GANOPS_TRACKING_WAIT_S` (300 s) before the trial fails: finding first makes a retry after
+    a lost answer find the run it created."""
     from trainers.spool import patiently
 
     def attempt() -> str:
@@ -212,6 +214,8 @@ def trial_run(
         )
         if found:
             rid = found[0].info.run_id
+            if reopen_check is not None:
+                reopen_check(found[0])
             if TAG_STOP in found[0].data.tags:  # it ended with an error before (e.g. storage lost); it goes on now
                 client.delete_tag(rid, TAG_STOP)
             client.update_run(rid, status="RUNNING")

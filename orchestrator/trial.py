@@ -92,6 +92,7 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
     spec_dump = spec.model_dump(mode="json")
 
     def run_trial(config: dict[str, Any]) -> None:
+        import ray
         from mlflow import MlflowClient
         from ray.train import CheckpointConfig, FailureConfig, RunConfig
         from ray.train.torch import TorchTrainer
@@ -105,11 +106,13 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
         ctx = tune.get_context()
         trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
         client = MlflowClient(context["tracking_uri"])
-        earlier = tracking.find_trial_run(client, trial_id, [context["experiment_id"]])
-        if earlier is not None and client.get_run(earlier).data.tags.get(tracking.TAG_STOP) == "divergence":
+
+        def not_diverged(earlier) -> None:
             # A resumed sweep retries its failed trials from their checkpoints; a diverged one
             # would only diverge again (same seed, same state).
-            raise RuntimeError(f"trial {trial_id} diverged before the sweep was resumed; not retried")
+            if earlier.data.tags.get(tracking.TAG_STOP) == "divergence":
+                raise RuntimeError(f"trial {trial_id} diverged before the sweep was resumed; not retried")
+
         run_id = tracking.trial_run(
             client,
             context["experiment_id"],
@@ -120,7 +123,11 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
             s.spec_hash,
             trainer_cfg,
             {k: config[k] for k in s.search},
+            reopen_check=not_diverged,
         )
+        if context.get("board"):
+            # The sweep closes a stopped trial's run by this id (orchestrator/progress.py).
+            ray.get(ray.get_actor(context["board"]).set_run.remote(trial_id, run_id))
         spool = spool_root(context["storage"], context["sweep_id"])
         trainer = TorchTrainer(
             train_per_worker,

@@ -83,6 +83,13 @@ def _kill_after_first_eval(server, proc, name: str, log) -> None:
     raise AssertionError(f"no first eval to kill the server after: {log.read_text()[-3000:]}")
 
 
+def _wait_for_line(log, text: str, proc, timeout: float) -> None:
+    """Until `text` is in the sweep's log (rich may wrap it), the sweep exits or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None and text not in " ".join(log.read_text().split()):
+        time.sleep(0.5)
+
+
 def _nothing_lost(server, name: str) -> None:
     """Every eval, image, loss point and the generator are in MLflow once; every run FINISHED."""
     client = MlflowClient(server.url)
@@ -104,7 +111,9 @@ def test_server_back_a_minute_later_loses_nothing_and_the_sweep_succeeds(tmp_pat
     proc = _sweep(tmp_path, ganops_home, server, "back", 300, "sweep", "back.yaml", "--json")
     try:
         _kill_after_first_eval(server, proc, "back", log)
-        time.sleep(60)
+        # Back once the sweep, its training done and the later writes kept, waits for the server:
+        # polled, where a fixed minute was slept (the minute stays the most it is away).
+        _wait_for_line(log, "does not answer; waiting up to", proc, timeout=60)
         server.up()
         out, _ = proc.communicate(timeout=600)
     finally:
