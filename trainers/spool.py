@@ -85,6 +85,14 @@ def patiently(attempt: Callable[[], T], what: str) -> T:
             pause = min(pause * 2, 30.0)
 
 
+def image_name(key: str, step: int) -> str:
+    """A time-stepped image's file name as MlflowClient.log_image makes it (the UI's image
+    view reads key, step and time from it), fixed once per image."""
+    import uuid
+
+    return f"{key.replace('/', '~')}+step+{step}+timestamp+{int(time.time() * 1000)}+{uuid.uuid4()}"
+
+
 def spool_root(storage: str, sweep_id: str) -> str:
     return f"{storage.rstrip('/')}/{sweep_id}/spool"
 
@@ -105,11 +113,27 @@ def apply(client: MlflowClient, run_id: str, op: dict[str, Any], payload: bytes 
         tags = [RunTag(k, v) for k, v in op.get("tags", {}).items()]
         client.log_batch(run_id, metrics=metrics, tags=tags)
     elif kind == "image":
-        import numpy as np
         from PIL import Image
 
         assert payload is not None
-        client.log_image(run_id, np.asarray(Image.open(io.BytesIO(payload))), key=op["key"], step=op["step"])
+        image = Image.open(io.BytesIO(payload))
+        if "name" not in op:  # kept by an older ganops: MLflow names it
+            import numpy as np
+
+            client.log_image(run_id, np.asarray(image), key=op["key"], step=op["step"])
+            return
+        from mlflow.tracking.multimedia import compress_image_size
+        from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_IMAGES
+
+        # MLflow's own layout for a time-stepped image (MlflowClient.log_image: the full PNG and
+        # a compressed WebP under images/, the run tagged as having images), under the name
+        # fixed when the write was first tried: a retry after an upload whose answer was lost
+        # overwrites that upload instead of adding a second image for the step.
+        with tempfile.TemporaryDirectory() as d:
+            image.save(Path(d) / f"{op['name']}.png")
+            compress_image_size(image).save(Path(d) / f"{op['name']}+compressed.webp")
+            client.log_artifacts(run_id, d, artifact_path="images")
+        client.set_tag(run_id, MLFLOW_LOGGED_IMAGES, "True")
     elif kind == "artifact":
         assert payload is not None
         with tempfile.TemporaryDirectory() as d:
@@ -155,6 +179,8 @@ class Spool:
 
     def do(self, op: dict[str, Any], payload: bytes | None = None) -> None:
         """Write `op` now, or keep it (and all later ones, in order) while the store is away."""
+        if op["op"] == "image" and "name" not in op:
+            op = {**op, "name": image_name(op["key"], op["step"])}
         if self.offline and not self.try_drain():
             self.keep(op, payload)
             return

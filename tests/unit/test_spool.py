@@ -172,3 +172,30 @@ def test_a_restarted_trial_waits_out_a_locked_store_to_learn_what_it_logged(tmp_
     assert time.monotonic() - started >= 23.5  # it did wait
     assert sink.logged_through == 1000
     lock.close()
+
+
+def test_an_image_written_again_after_a_lost_answer_is_not_duplicated(tmp_path):
+    """A write whose answer was lost (the server took the upload, then went away) is kept and
+    replayed: the replayed image overwrites the first upload, in MLflow's own layout (full PNG
+    and compressed WebP named key+step+N+timestamp+T+id, the run tagged as having images)."""
+    import io
+
+    from PIL import Image
+
+    from trainers.spool import apply, image_name
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("images", artifact_location=(tmp_path / "artifacts").as_uri())
+    rid = client.create_run(exp).info.run_id
+    buf = io.BytesIO()
+    Image.fromarray(_grid()).save(buf, format="PNG")
+    op = {"op": "image", "key": "samples", "step": 500, "name": image_name("samples", 500)}
+    apply(client, rid, op, buf.getvalue())
+    apply(client, rid, op, buf.getvalue())  # the replay
+    files = sorted(a.path for a in client.list_artifacts(rid, "images"))
+    assert files == [f"images/{op['name']}+compressed.webp", f"images/{op['name']}.png"], files
+    assert op["name"].startswith("samples+step+500+timestamp+")
+    assert client.get_run(rid).data.tags["mlflow.loggedImages"] == "True"
+    with open(client.download_artifacts(rid, f"images/{op['name']}.png", str(tmp_path)), "rb") as f:
+        assert (np.asarray(Image.open(f)) == _grid()).all()
