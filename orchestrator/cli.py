@@ -994,7 +994,7 @@ def compare(
         title=safe_text(f"{found['sweep_id']} ({found['status']}): best {metric} ({found['mode']}) first"),
         title_justify="left",
     )
-    for col in ["#", "trial", *sampled, metric, *extra, "step", "status", "stop reason"]:
+    for col in ["#", "trial", *sampled, metric, "at step", *extra, "step", "status", "stop reason"]:
         table.add_column(safe_text(col))
     for i, t in enumerate(trials, 1):
         table.add_row(
@@ -1002,6 +1002,7 @@ def compare(
             safe_text(t["trial_id"] or "-"),
             *[safe_text(fmt(t["sampled"].get(k, "-"))) for k in sampled],
             safe_text(fmt(t.get(metric) if t.get(metric) is not None else "-")),
+            str(t.get("at_step", t["step"])),
             *[fmt(t.get(k, "-")) for k in extra],
             str(t["step"]),
             safe_text(t["status"]),

@@ -76,6 +76,9 @@ def _table(parent: Any, children: list) -> dict[str, Any]:
     trials = []
     for r in children:
         m = r.data.metrics
+        # Ranked by the trial's best eval (trainers/best_eval.py logs best_<metric> and best_step
+        # at every eval), as the sweep ranks it; a failed trial, and a run from before, by its last.
+        by_best = f"best_{metric}" in m and "best_step" in m and r.info.status != "FAILED"
         trials.append(
             {
                 "trial_id": r.data.tags.get(local_store.TAG_TRIAL),
@@ -83,7 +86,9 @@ def _table(parent: Any, children: list) -> dict[str, Any]:
                 "status": r.info.status,
                 "sampled": _json_tag(r.data.tags, "ganops.sampled") or {},
                 "step": int(m.get("step", 0)),
-                metric: m.get(metric),
+                metric: m[f"best_{metric}"] if by_best else m.get(metric),
+                "at_step": int(m["best_step"]) if by_best else int(m.get("step", 0)),
+                f"last_{metric}": m.get(metric),
                 **{k: m[k] for k in (*BALANCE_COLUMNS, *MIXTURE_COLUMNS) if k in m and k != metric},
                 "stop_reason": r.data.tags.get("stop_reason"),
                 "stop_evidence": _json_tag(r.data.tags, "stop_evidence"),

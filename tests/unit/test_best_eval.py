@@ -269,3 +269,33 @@ def test_the_leaderboard_shows_each_trials_best_eval_and_its_step(capsys):
     rows = [[c.strip() for c in line.strip("│ ").split("│")] for line in out.out.splitlines() if line.startswith("│")]
     assert [(r[1], r[2], r[-3], r[-2]) for r in rows] == [("a", "20", "40", "100"), ("b", "30", "100", "100")]
     assert "look at the best generator (step 40)" in " ".join(out.err.split())
+
+
+def test_compare_ranks_trials_by_their_best_eval_like_the_sweep(tmp_path):
+    """`ganops compare` reads each trial run's best_<metric> and best_step (logged at every eval)
+    and ranks by them, as the sweep does; a FAILED run keeps its last value; older runs without
+    them keep theirs."""
+    from mlflow.entities import Metric
+
+    from tests.unit.test_cli_conventions import _bench
+
+    home = tmp_path / "ganops_runs"
+    sweep_id = _bench().build_sweep(home)
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    runner = CliRunner()
+    before = json.loads(runner.invoke(app, ["compare", sweep_id, "--tracking-uri", uri, "--json"]).stdout)["trials"]
+    last, failed = before[-1], before[-2]
+    client = MlflowClient(uri)
+    # the last-ranked trial had a far better eval earlier; so did one that then failed
+    for t in (last, failed):
+        client.log_batch(t["run_id"], metrics=[Metric("best_fid", -1.0, 0, 100), Metric("best_step", 100, 0, 100)])
+    client.set_terminated(failed["run_id"], "FAILED")
+    r = runner.invoke(app, ["compare", sweep_id, "--tracking-uri", uri, "--json"])
+    trials = json.loads(r.stdout)["trials"]
+    assert trials[0]["trial_id"] == last["trial_id"] and trials[0]["fid"] == -1.0 and trials[0]["at_step"] == 100
+    assert trials[0]["last_fid"] == last["fid"]
+    by_id = {t["trial_id"]: t for t in trials}
+    assert by_id[failed["trial_id"]]["fid"] == failed["fid"]  # a failed trial: its last report
+    assert trials[1]["trial_id"] == before[0]["trial_id"] and trials[1]["at_step"] == trials[1]["step"]
+    table = runner.invoke(app, ["compare", sweep_id, "--tracking-uri", uri]).stdout
+    assert "at step" in table
