@@ -288,11 +288,17 @@ def _read_back(client, plan: Plan, w: dict) -> dict[str, int]:
         status=1,
     )
     if w["run_id"] is None:
-        return {"expected": sum(expected.values()), "lost": sum(expected.values()), "dup": 0}
+        return {
+            "expected": sum(expected.values()),
+            "lost": sum(expected.values()),
+            "dup": 0,
+            "lost_by_kind": {"no run": sum(expected.values())},
+        }
     for keys, steps in ((STEP_KEYS, loss_steps), (EVAL_KEYS, eval_steps)):
+        kind = "loss metrics" if keys is STEP_KEYS else "eval metrics"
         for k in keys:
             got = [m.step for m in client.get_metric_history(w["run_id"], k)]
-            lost["metrics"] += len(set(steps) - set(got))
+            lost[kind] += len(set(steps) - set(got))
             dup += len(got) - len(set(got))
     pngs = [a.path for a in client.list_artifacts(w["run_id"], "images") if a.path.endswith(".png")]
     found = Counter(int(p.split("+step+", 1)[1].split("+", 1)[0]) for p in pngs if "+step+" in p)
@@ -303,7 +309,7 @@ def _read_back(client, plan: Plan, w: dict) -> dict[str, int]:
     run = client.get_run(w["run_id"])
     lost["params"] = n_params - len(run.data.params)
     lost["status"] = 0 if run.info.status == "FINISHED" else 1
-    return {"expected": sum(expected.values()), "lost": sum(lost.values()), "dup": dup}
+    return {"expected": sum(expected.values()), "lost": sum(lost.values()), "dup": dup, "lost_by_kind": lost}
 
 
 # ---------------------------------------------------------------- one (backend, N) run
@@ -376,6 +382,8 @@ def run_load(ctx, plan: Plan, procs: int, timeout: float) -> dict[str, Any]:
         "spool_left": left,
         "points_expected": sum(b["expected"] for b in back),
         "points_lost": sum(b["lost"] for b in back),
+        # which writes the lost points were: loss metrics, eval metrics, grids, generator, params, status
+        "lost_by_kind": dict(sum((Counter(b.get("lost_by_kind", {})) for b in back), Counter())),
         "points_dup": sum(b["dup"] for b in back),
         "wall_s": wall,
         "read_back_s": read_s,

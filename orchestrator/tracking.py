@@ -219,6 +219,11 @@ def trial_run(
             if TAG_STOP in found[0].data.tags:  # it ended with an error before (e.g. storage lost); it goes on now
                 client.delete_tag(rid, TAG_STOP)
             client.update_run(rid, status="RUNNING")
+            # A first attempt may have created the run and then lost its params to a busy store.
+            have = found[0].data.params
+            missing = [p for p in _params(trainer_cfg) if p.key not in have]
+            if missing:
+                client.log_batch(rid, params=missing)
             return rid
         tags = {
             TAG_KIND: "trial",

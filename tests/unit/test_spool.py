@@ -199,3 +199,22 @@ def test_an_image_written_again_after_a_lost_answer_is_not_duplicated(tmp_path):
     assert client.get_run(rid).data.tags["mlflow.loggedImages"] == "True"
     with open(client.download_artifacts(rid, f"images/{op['name']}.png", str(tmp_path)), "rb") as f:
         assert (np.asarray(Image.open(f)) == _grid()).all()
+
+
+def test_trial_run_found_again_gets_the_params_a_busy_store_lost(tmp_path):
+    """A first attempt that created the trial's run and then lost its params write to a busy
+    store (bench/tracking_load.py at 200 trials: 1,504 params lost) is finished by the retry,
+    which finds the run: every param is there, once."""
+    from orchestrator import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("busy")
+    parent = client.create_run(exp).info.run_id
+    cfg = {"lr_g": 1e-3, "lr_d": 4e-4, "params": {"width": 8}}
+    tags = {tracking.TAG_TRIAL: "t_00000", tracking.TAG_SWEEP: "sweep-busy", tracking.TAG_KIND: "trial"}
+    first = client.create_run(exp, tags=tags).info.run_id  # the params write never landed
+    client.log_batch(first, params=[p for p in tracking._params(cfg) if p.key == "lr_g"])  # or only part of it
+    rid = tracking.trial_run(client, exp, parent, "sweep-busy", "t_00000", "t_00000", "h", cfg, {"lr_g": 1e-3})
+    assert rid == first
+    assert client.get_run(rid).data.params == {"lr_g": "0.001", "lr_d": "0.0004", "params.width": "8"}
