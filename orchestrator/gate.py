@@ -64,9 +64,13 @@ def parse(texts: list[str], spec) -> list[Condition]:
 
 def evaluate(conditions: list[Condition], result) -> dict[str, Any]:
     """{"passed", "best_trial", "best_step", "conditions": [{"require", "value", "met"}]}: every
-    condition read at the best trial's best eval (`best_step`); no best trial fails every condition."""
+    condition read at the best trial's best eval (`best_step`), but `step`, which asks how far
+    the trial trained (`step>=4000`: it finished), from its last report; no best trial fails
+    every condition."""
     best = result.best
     metrics, step = best.judged if best is not None else ({}, None)
+    if best is not None:
+        metrics = {**metrics, "step": best.step}
     rows = [
         {"require": str(c), "value": metrics.get(c.metric), "met": best is not None and c.holds(metrics)}
         for c in conditions

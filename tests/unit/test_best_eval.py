@@ -212,6 +212,9 @@ def test_the_gate_reads_the_best_trials_best_eval_and_names_its_step():
     gate = evaluate(parse(["fid<25", "class_coverage>=9"], spec_from_text("name: t\n")), _result(_trial("a", 60, 20)))
     assert gate["passed"] and gate["best_trial"] == "a" and gate["best_step"] == 40
     assert [c["value"] for c in gate["conditions"]] == [20.0, 9.0]
+    # `step` asks how far the trial trained (CI's "it finished"), not where its best eval was
+    gate = evaluate(parse(["step>=100", "fid<25"], spec_from_text("name: t\n")), _result(_trial("a", 60, 20)))
+    assert gate["passed"] and [c["value"] for c in gate["conditions"]] == [100, 20.0], gate
 
 
 def test_best_eval_reads_the_best_row_of_the_reports_history():
