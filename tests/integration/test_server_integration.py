@@ -149,8 +149,9 @@ def test_sweep_logs_to_a_tracking_server_with_artifacts_in_s3(services, clean_ra
     version = client.get_model_version_by_alias(name, "best")
     assert str(version.version) == "1" and version.run_id == best.run_id
     assert version.tags["ganops.sweep_id"] == result.sweep_id and version.tags["ganops.trial_id"] == best.trial_id
+    # the value at the best trial's best eval, the one it was ranked by
     assert version.tags["ganops.metric"] == "fid" and float(version.tags["ganops.metric_value"]) == pytest.approx(
-        best.metrics["fid"]
+        result.value(best)
     )
     assert client.get_run(result.parent_run_id).data.tags["ganops.registered_model"] == result.registered_model
     model_files = {k.rsplit("/artifacts/", 1)[1] for k in _objects(services) if "/models/m-" in k}
