@@ -33,6 +33,8 @@ from rich.text import Text
 from orchestrator import tracking
 from orchestrator.format import STATES, event_line, fmt, plain_text, safe_text, summary_line
 from orchestrator.results import Standings
+from trainers.best_eval import BEST_STEP, best_key
+from trainers.metric_names import is_score
 
 log = logging.getLogger(__name__)
 SHEET_EVERY_S = 60.0  # refresh the parent run's contact sheet at most this often (and at each trial end)
@@ -131,8 +133,21 @@ class SweepProgress(Callback):
         row["step"] = result.get("step")
         if self.metric in result:
             row["metric"] = result[self.metric]
-            self.standings.update(trial.trial_id, row["metric"])
-            self._event(trial.trial_id, "eval", step=row["step"], value=row["metric"])
+            # A trial stands by its best eval (trainers/best_eval.py reports it with every eval), as the
+            # sweep's result, leaderboard and gate judge it; a trial from before best_<metric> by its latest.
+            best, at = result.get(best_key(self.metric)), result.get(BEST_STEP)
+            if not is_score(best):
+                best, at = row["metric"], row["step"]
+            row["best"], row["best_step"] = best, at
+            self.standings.update(trial.trial_id, best)
+            later = is_score(at) and at != row["step"] and is_score(best)
+            self._event(
+                trial.trial_id,
+                "eval",
+                step=row["step"],
+                value=row["metric"],
+                detail=f"best {fmt(best)} at step {int(at)}" if later else None,
+            )
         self._refresh_sheet()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -324,6 +339,7 @@ class SweepProgress(Callback):
             table.add_column(safe_text(k))
         table.add_column("step", justify="right")
         table.add_column(safe_text(self.metric), justify="right")
+        table.add_column("best (at step)", justify="right")
         table.add_column("state")
         shown = self._ranked_trial_ids(TABLE_ROWS)
         for tid in shown:
@@ -334,6 +350,9 @@ class SweepProgress(Callback):
                 *[safe_text(fmt(r["config"].get(k))) for k in self.searched],
                 f"{r.get('step') or 0}/{self.steps}",
                 fmt(r.get("metric", "-")),
+                f"{fmt(r['best'])} ({int(r['best_step'])})"
+                if is_score(r.get("best_step"))
+                else fmt(r.get("best", "-")),
                 safe_text(state),
             )
         more = len(self.rows) - len(shown)

@@ -290,6 +290,42 @@ def test_live_table_shows_the_best_trials_and_counts_the_rest(tmp_path):
     assert p._counts()["running"] == n and p._ranked_trial_ids(n)[-1] == "t_00001"
 
 
+def test_live_progress_ranks_trials_by_their_best_eval_not_their_latest(tmp_path):
+    """GAN quality oscillates: a trial whose latest eval got worse still stands by its best eval
+    (best_<metric>, reported with every eval), as the sweep's result and leaderboard judge it;
+    the plain line says where the best was and the table shows it beside the latest."""
+    from ray.tune.experiment import Trial
+
+    from orchestrator.progress import SweepProgress
+
+    sink = io.StringIO()
+    p = SweepProgress(
+        metric="fid",
+        mode="min",
+        steps=100,
+        searched=["lr_g"],
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        console=Console(file=sink, width=200),
+        experiment_ids=["0"],
+    )
+    a, b = (Trial("__fake", config={"lr_g": 1e-4}, trial_id=f"t_0000{i}", stub=True) for i in range(2))
+    p.setup()  # stderr is not a terminal here: plain lines
+    p.on_trial_start(0, [a, b], a)
+    p.on_trial_start(0, [a, b], b)
+    p.on_trial_result(1, [a, b], a, {"step": 50, "fid": 30.0, "best_fid": 30.0, "best_step": 50})
+    p.on_trial_result(1, [a, b], b, {"step": 50, "fid": 40.0, "best_fid": 40.0, "best_step": 50})
+    p.on_trial_result(2, [a, b], a, {"step": 100, "fid": 60.0, "best_fid": 30.0, "best_step": 50})
+    p.on_trial_result(2, [a, b], b, {"step": 100, "fid": 50.0, "best_fid": 40.0, "best_step": 50})
+    assert p.best() == ("t_00000", 30.0) and p._ranked_trial_ids(2) == ["t_00000", "t_00001"]
+    assert "trial t_00000 eval step 100/100: fid 60; best 30 at step 50" in sink.getvalue()
+    table = io.StringIO()
+    Console(file=table, width=200, color_system=None).print(p._render())
+    row = next(ln for ln in table.getvalue().splitlines() if ln.startswith("t_00000"))
+    assert row.split()[2:5] == ["100/100", "60", "30"] and "(50)" in row
+    p.on_trial_result(3, [a, b], b, {"step": 100, "fid": 50.0})  # a trial without best_<metric>: its latest
+    assert p.best() == ("t_00000", 30.0) and p.rows["t_00001"]["best"] == 50.0
+
+
 @pytest.mark.parametrize("mode", ["min", "max"])
 def test_standings_rank_as_best_first_does_while_values_change(mode):
     """The driver's kept-in-order standings give metric_names.best_first's order (missing and
