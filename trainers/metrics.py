@@ -430,35 +430,110 @@ def feature_network_problem(ref: str, image_shape: tuple[int, int, int]) -> str 
     return _probe(ref, stamp, tuple(image_shape))
 
 
+class _Given(nn.Module):
+    """The feature "network" of a scorer fed features computed elsewhere: torchmetrics' metric
+    then only accumulates them (one featurisation of the fakes serves FID and the rest)."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: Tensor) -> Tensor:
+        return features
+
+
+@torch.no_grad()
+def featurise(extractor: nn.Module, images: Tensor, batch_size: int = 500) -> Tensor:
+    """(N, D) features of `images` on the extractor's device, returned on the CPU as float32."""
+    dev = _device(extractor)
+    return torch.cat([extractor(c.to(dev)).float().cpu() for c in images.detach().float().split(batch_size)])
+
+
+def _fingerprint(extractor: nn.Module, real: Tensor) -> str | None:
+    """A hash of the real set and the feature network's weights (None: a network without a
+    state_dict, which is then featurised afresh)."""
+    h = hashlib.sha256()
+    try:
+        state = extractor.state_dict()
+    except Exception:  # noqa: BLE001 - an exotic callable: no cache, nothing lost
+        return None
+    h.update(type(extractor).__qualname__.encode())
+    for name, t in state.items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    x = real.detach().float().cpu().contiguous()
+    h.update(str(tuple(x.shape)).encode())
+    h.update(x.numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def cached_real_features(
+    extractor: nn.Module, real: Tensor, cache_dir: Path | None, compute: Callable[[], Tensor]
+) -> Tensor:
+    """The real set's features, computed once per (real set, feature network) and kept under
+    `cache_dir`/real_features: every trial of a sweep, and every sweep after, loads them instead
+    of featurising the same 5,000 digits again. `compute()` makes them when no file matches; a
+    file that cannot be read or written costs only the cache."""
+    key = _fingerprint(extractor, real) if cache_dir is not None else None
+    if key is None:
+        return compute()
+    assert cache_dir is not None
+    path = cache_dir / "real_features" / f"{key}.pt"
+    try:
+        feats = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(feats, Tensor) and feats.ndim == 2 and feats.shape[0] == real.shape[0]:
+            return feats
+    except Exception:  # noqa: BLE001 - absent, truncated or not a tensor (weights_only refuses it): compute it
+        pass
+    feats = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        torch.save(feats.cpu(), tmp)
+        os.replace(tmp, path)  # atomic: a trial beside this one reads a whole file or none
+    except OSError as e:
+        log.debug("real features not cached at %s: %s", path, e)
+    return feats
+
+
 class FidScorer:
     """FID against a fixed real set whose statistics are computed once, at construction, in the
     feature space of `extractor` (MnistFeatures, a FeatureNetwork, or any module mapping images
-    in [-1, 1] to (N, D) features that has a `num_features` attribute)."""
+    in [-1, 1] to (N, D) features that has a `num_features` attribute). `real_features`: the
+    real set already featurised by `extractor` (cached_real_features), else done here."""
 
-    def __init__(self, extractor: nn.Module, real: Tensor, batch_size: int = 500) -> None:
+    def __init__(
+        self, extractor: nn.Module, real: Tensor, batch_size: int = 500, real_features: Tensor | None = None
+    ) -> None:
         from torchmetrics.image.fid import FrechetInceptionDistance  # lazy: ~2 s import
 
         self.extractor = extractor.eval()
         self.batch_size = batch_size
+        if real_features is None:
+            real_features = featurise(self.extractor, real, batch_size)
         # sync_on_compute=False: only one Ray worker scores; a sync would wait for the others forever.
-        self._fid = FrechetInceptionDistance(feature=self.extractor, reset_real_features=False, sync_on_compute=False)
-        self._update(real, real=True)
+        self._fid = FrechetInceptionDistance(
+            feature=_Given(real_features.shape[1]), reset_real_features=False, sync_on_compute=False
+        )
+        self._update(real_features, real=True)
 
     def to(self, device: torch.device | str) -> "FidScorer":
-        """Featurise on `device` (the extractor and the real statistics move there)."""
+        """Keep the statistics on `device` (the extractor moves with the Evaluator's networks)."""
         self._fid.to(device)
         return self
 
-    def _update(self, images: Tensor, real: bool) -> None:
-        with torch.no_grad():
-            for chunk in images.detach().float().split(self.batch_size):
-                self._fid.update(chunk.to(self._fid.device), real=real)
+    def _update(self, features: Tensor, real: bool) -> None:
+        for chunk in features.split(self.batch_size):
+            self._fid.update(chunk.to(self._fid.device), real=real)
 
-    def score(self, fakes: Tensor) -> float:
+    def score(self, fakes: Tensor, features: Tensor | None = None) -> float:
         """FID of (N, C, H, W) fakes in [-1, 1], shaped like the reals; use N >= ~500 (128-d
-        features; more for wider ones, e.g. Inception's 2,048)."""
+        features; more for wider ones, e.g. Inception's 2,048). `features`: the fakes already
+        featurised by the extractor (the Evaluator shares one pass between its scores)."""
         self._fid.reset()  # keeps the real statistics
-        self._update(fakes, real=False)
+        self._update(features if features is not None else featurise(self.extractor, fakes, self.batch_size), False)
         return float(self._fid.compute())
 
     def class_coverage(self, fakes: Tensor) -> tuple[int, float]:
@@ -550,7 +625,14 @@ class FeatureScorer:
     `metrics.features`) has no class logits, so no inception_score.
     """
 
-    def __init__(self, extractor: nn.Module, real: Tensor, batch_size: int = 500, seed: int = 0) -> None:
+    def __init__(
+        self,
+        extractor: nn.Module,
+        real: Tensor,
+        batch_size: int = 500,
+        seed: int = 0,
+        real_features: Tensor | None = None,
+    ) -> None:
         from torchmetrics.image.kid import KernelInceptionDistance  # lazy: ~2 s import
 
         clf = getattr(extractor, "classifier", None)
@@ -558,7 +640,9 @@ class FeatureScorer:
         self.extractor = extractor.eval()
         self.batch_size = batch_size
         self.seed = seed
-        self.real_features, _ = self.features_and_logits(real)  # (R, D): D = 128 for the classifier
+        if real_features is None:  # (R, D): D = 128 for the classifier
+            real_features, _ = self.features_and_logits(real)
+        self.real_features = real_features
         # A fixed order of the reals: precision/recall/density take the first len(fakes) of
         # them, so both sets have the same size (the k-NN radii depend on it).
         perm = torch.randperm(self.real_features.shape[0], generator=torch.Generator().manual_seed(seed))
@@ -605,10 +689,11 @@ class FeatureScorer:
             mean, _std = self._kid.compute()
         return float(mean)
 
-    def score(self, fakes: Tensor) -> dict[str, float]:
+    def score(self, fakes: Tensor, features: tuple[Tensor, Tensor | None] | None = None) -> dict[str, float]:
         """Every score of (N, C, H, W) fakes in [-1, 1] (N >= ~500 for stable numbers);
-        inception_score only with the MNIST classifier."""
-        f, logits = self.features_and_logits(fakes)
+        inception_score only with the MNIST classifier. `features`: features_and_logits(fakes),
+        when the caller has them already."""
+        f, logits = features if features is not None else self.features_and_logits(fakes)
         # k-NN scores on equal-size sets, at most 5,000 each (the N x N distances grow fast)
         m = min(f.shape[0], self.real_shuffled.shape[0], 5000)
         real, fk = self.real_shuffled[:m], f[:m]

