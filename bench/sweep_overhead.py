@@ -4,8 +4,11 @@ Runs `ganops sweep SPEC --json` as a user would (a fresh process, a fresh MLflow
 storage in a temp dir), then reads the trials' own timings back from MLflow:
 
 - ideal = sum of the trials' pure training seconds / trials running at once;
-- per trial: MLflow run duration split into training, evaluation (FID, grids) and the rest
-  (TorchTrainer start and teardown, checkpoints, MLflow writes);
+- per trial (means), its MLflow run's duration split without double counting into: TorchTrainer
+  start (run start to the worker's entry: process start and imports), worker set-up (models,
+  data, MLflow run), evaluator set-up, training, evaluation (each eval once), checkpoint writes
+  with Ray's report, MLflow writes, and the rest (teardown and what no timer covers), from the
+  timings each trial reports (trainers/loop.py);
 - seconds from launching `ganops sweep` to the first metric stored in MLflow.
 
     python bench/sweep_overhead.py search_spaces/dcgan.yaml
@@ -21,6 +24,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+# the trial's time outside training and evaluation (trainers/loop.py's timers; the first from its run's start)
+PARTS = ("torchtrainer_start", "setup", "evaluator", "checkpoint", "mlflow")
 
 
 def main() -> None:
@@ -57,14 +63,21 @@ def main() -> None:
             [result["experiment_id"]], filter_string=f"tags.`mlflow.parentRunId` = '{result['parent_run_id']}'"
         )
         train = evals = durations = 0.0
+        parts = dict.fromkeys(PARTS, 0.0)
         first_metric_ms = None
         for r in runs:
             hist = client.get_metric_history(r.info.run_id, "train_seconds")
             train += max((m.value for m in hist), default=0.0)
             evals += sum(m.value for m in client.get_metric_history(r.info.run_id, "eval_seconds"))
             durations += (r.info.end_time - r.info.start_time) / 1000
-            if hist:
-                first = min(m.timestamp for m in hist)
+            last = r.data.metrics  # the cumulative timers' latest values
+            if "worker_entered_at" in last:
+                parts["torchtrainer_start"] += last["worker_entered_at"] - r.info.start_time / 1000
+            for k in PARTS[1:]:
+                parts[k] += last.get(f"{k}_seconds", 0.0)
+            first_loss = client.get_metric_history(r.info.run_id, "loss_d")
+            if first_loss or hist:
+                first = min(m.timestamp for m in [*first_loss, *hist])
                 first_metric_ms = first if first_metric_ms is None else min(first_metric_ms, first)
         # Trials that can TRAIN at once: the CPU slots (ganops starts one more trial ahead,
         # but it only waits for a CPU; counting it would flatter the ideal).
@@ -98,6 +111,11 @@ def main() -> None:
             "train_s_sum": round(train, 1),
             "eval_s_sum": round(evals, 1),
             "trial_rest_s_mean": round((durations - train - evals) / max(1, len(runs)), 1),
+            # the time outside training and evaluation, per trial (means); each second counted once
+            "trial_breakdown_s_mean": {
+                **{k: round(v / max(1, len(runs)), 2) for k, v in parts.items()},
+                "untimed": round((durations - train - evals - sum(parts.values())) / max(1, len(runs)), 2),
+            },
             "outside_trials_s": round(wall - durations / concurrent, 1),
             "first_metric_s": round(first_metric_ms / 1000 - launched, 1) if first_metric_ms else None,
             "best": {k: result["best"][k] for k in ("trial_id", "config")}

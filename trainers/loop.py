@@ -10,6 +10,7 @@ writes the checkpoint it reports to Ray.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -49,6 +50,10 @@ _MlflowSink = MlflowSink  # the name tests/unit/test_mlflow_sink.py imports
 CHECKPOINT_FILE = "state.pt"
 FIXED_NOISE_SEED = 20240229  # sweep-wide: every trial's grid is drawn from the same z
 FIXED_NOISE_N = 64
+
+
+# The trial's timers (cumulative seconds, and the unix time its worker started), reported with each eval.
+TIMINGS = ("setup_seconds", "evaluator_seconds", "checkpoint_seconds", "mlflow_seconds", "worker_entered_at")
 
 
 def fixed_noise(cfg: TrainerConfig) -> torch.Tensor:
@@ -229,6 +234,10 @@ class _Worker:
     exploits: int = 0
     placed: bool = False  # the placement report is written at the first eval, once optimizer state exists
     train_seconds: float = 0.0
+    # Where the rest of a trial's time goes (cumulative, reported with every eval; bench/sweep_overhead.py
+    # breaks a sweep's wall time down with them): this process' set-up,
+    # the evaluator's, checkpoint writes and Ray's report of them, and MLflow writes (rank 0).
+    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMINGS, 0.0))
     best: BestEval = field(default_factory=lambda: BestEval(None))  # by the sweep's metric (run["metric"])
 
     def switch(self, cfg: TrainerConfig) -> None:
@@ -237,7 +246,10 @@ class _Worker:
 
 def train_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point. `loop_config` = {"trainer": TrainerConfig dump, "run": {...}}."""
+    entered, t_setup = time.time(), time.perf_counter()
     w = _setup(loop_config)
+    w.timings["setup_seconds"] = time.perf_counter() - t_setup
+    w.timings["worker_entered_at"] = entered  # unix time: the trial's run start to here is TorchTrainer's start
     losses = LossLog(w.sink, w.cfg.log_every)
     window: dict[str, list[float]] = {}
     try:
@@ -272,13 +284,23 @@ def train_per_worker(loop_config: dict[str, Any]) -> None:
                 window.setdefault(k, []).append(v)
             urgent = _spot_vote(w)
             due = urgent or w.step % w.cfg.eval_every == 0 or w.step == w.cfg.steps
-            losses.add(w.step, m, due)
+            with _timed(w, "mlflow_seconds"):
+                losses.add(w.step, m, due)
             if due:
                 _eval_and_report(w, {k: float(np.mean(v)) for k, v in window.items()})
                 window.clear()
     finally:
         if w.sink is not None:
             w.sink.close()
+
+
+@contextlib.contextmanager
+def _timed(w: _Worker, key: str):
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        w.timings[key] += time.perf_counter() - t
 
 
 def _setup(loop_config: dict[str, Any]) -> _Worker:
@@ -450,7 +472,8 @@ def _eval_and_report(w: _Worker, metrics: dict[str, float]) -> None:
         if w.rank == 0:
             _rank0_eval(w, metrics, step_keys, Path(tmp))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint)
+        with _timed(w, "checkpoint_seconds"):  # persists the checkpoint to the run's storage
+            ray.train.report(metrics, checkpoint=checkpoint)
 
 
 def _rank0_eval(w: _Worker, metrics: dict[str, float], step_keys: set[str], tmp: Path) -> None:
@@ -464,7 +487,7 @@ def _rank0_eval(w: _Worker, metrics: dict[str, float], step_keys: set[str], tmp:
         # a network draws from the global RNG, which training's dropout reads, so a trial
         # resumed from a checkpoint (global RNG restored) trains as the uninterrupted one did.
         features = Path(w.run["feature_cache"]) if w.run.get("feature_cache") else None
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _timed(w, "evaluator_seconds"):
             w.evaluator = Evaluator(w.cfg, features, w.run.get("features")).to(w.device)
     t1 = time.perf_counter()
     G_eval = w.ema.module if w.ema is not None else w.G  # cfg.ema: the averaged G is the product
@@ -482,6 +505,7 @@ def _rank0_eval(w: _Worker, metrics: dict[str, float], step_keys: set[str], tmp:
         metrics["lr_g_scheduled"], metrics["lr_d_scheduled"] = (s.get_last_lr()[0] for s in w.scheds)
     improved = w.best.update(w.step, metrics)
     metrics.update(w.best.report())
+    t_ckpt = time.perf_counter()
     save_state(
         tmp / CHECKPOINT_FILE,
         w.G,
@@ -498,4 +522,7 @@ def _rank0_eval(w: _Worker, metrics: dict[str, float], step_keys: set[str], tmp:
     )
     gen_file = tmp / GENERATOR_FILE
     save_generator(gen_file, G_eval, w.cfg.model_dump())
-    w.sink.log(w.step, {k: v for k, v in metrics.items() if k not in step_keys}, image, gen_file, best=improved)
+    w.timings["checkpoint_seconds"] += time.perf_counter() - t_ckpt
+    metrics.update(w.timings)  # all but this eval's own MLflow write and Ray report, counted at the next
+    with _timed(w, "mlflow_seconds"):
+        w.sink.log(w.step, {k: v for k, v in metrics.items() if k not in step_keys}, image, gen_file, best=improved)

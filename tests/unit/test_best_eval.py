@@ -109,6 +109,12 @@ def test_the_loop_logs_the_best_evals_generator_and_reports_its_step(evaluated):
     """An eval that beats the best logs generator_best/ too; every eval reports best_step and best_<metric>."""
     client, run_id, _, reports, tmp_path = evaluated
     assert [(r["best_step"], r["best_loss_g"]) for r in reports.values()] == [(10, 1.0), (20, 0.5), (20, 0.5)]
+    # the timers: the evaluator is built once (first eval); checkpoint and MLflow time only grow
+    ev = [r["evaluator_seconds"] for r in reports.values()]
+    assert ev[0] > 0 and ev[0] == ev[1] == ev[2]
+    ckpt, logged = ([r[k] for r in reports.values()] for k in ("checkpoint_seconds", "mlflow_seconds"))
+    assert 0 < ckpt[0] < ckpt[1] < ckpt[2]  # each eval's checkpoint counts in its own report
+    assert logged[0] == 0 < logged[1] < logged[2]  # each eval's MLflow write counts in the next one's
     history = client.get_metric_history(run_id, "best_step")
     assert [(m.step, m.value) for m in history] == [(10, 10.0), (20, 20.0), (30, 20.0)]
     assert [a.path for a in client.list_artifacts(run_id, BEST_DIR)] == [f"{BEST_DIR}/generator.pt"]
