@@ -2,7 +2,10 @@
 
 The reference is pytorch/examples' dcgan loop written inline (D on real then on detached
 fakes, G on the same fakes with the non-saturating loss, Adam), same models, batch, threads
-and data. Runs alternate (reference, ganops, reference, ...) so drift hits both alike.
+and data. A second reference adds the known trick of freezing D (requires_grad False) during
+G's step, so no gradient of D's weights is computed there: ganops' ratio to it shows what ganops
+adds beyond that trick. Each repeat runs the three loops in a rotated order (reference, frozen,
+ganops; then frozen, ganops, reference; ...), so drift and warm caches hit all alike.
 dcgan32 / dcgan64 train on an image_folder of MNIST digits written to a temp dir (RGB for 64).
 
     python bench/step_throughput.py --iters 150 --repeats 3 --width 16 --width 32
@@ -64,7 +67,7 @@ def setup(cfg: TrainerConfig):
     return G, D, opt_g, opt_d, torch.Generator().manual_seed(cfg.seed), make_data(cfg)
 
 
-def reference_loop(cfg: TrainerConfig, iters: int) -> float:
+def reference_loop(cfg: TrainerConfig, iters: int, frozen_d: bool = False) -> float:
     G, D, opt_g, opt_d, gen, data = setup(cfg)
     B = cfg.batch_size
     t0 = time.perf_counter()
@@ -88,10 +91,14 @@ def reference_loop(cfg: TrainerConfig, iters: int) -> float:
         opt_d.step()
         # (2) Update G: maximize log(D(G(z)))
         G.zero_grad()
+        if frozen_d:
+            D.requires_grad_(False)  # no grads of D's weights in G's backward
         out = (D(fake, y_fake) if cond else D(fake)).view(-1)
         err_g = F.binary_cross_entropy_with_logits(out, torch.ones_like(out))
         err_g.backward()
         opt_g.step()
+        if frozen_d:
+            D.requires_grad_(True)
         # the same host syncs ganops makes
         _ = (
             (err_real + err_fake).item(),
@@ -125,19 +132,29 @@ def main() -> None:
     folder = digits_folder(Path(tmp.name))
     for model, width in ((m, w) for m in models for w in (args.width or [16, 32])):
         cfg = config(model, width, args.batch, folder)
-        ganops_loop(cfg, 10), reference_loop(cfg, 10)  # warm-up
-        ref, ours = [], []
-        for _ in range(args.repeats):
-            ref.append(reference_loop(cfg, args.iters))
-            ours.append(ganops_loop(cfg, args.iters))
+        loops = {
+            "reference": lambda n, cfg=cfg: reference_loop(cfg, n),
+            "frozen_d": lambda n, cfg=cfg: reference_loop(cfg, n, frozen_d=True),
+            "ganops": lambda n, cfg=cfg: ganops_loop(cfg, n),
+        }
+        for run in loops.values():
+            run(10)  # warm-up
+        rates: dict[str, list[float]] = {k: [] for k in loops}
+        names = list(loops)
+        for r in range(args.repeats):
+            for name in names[r % 3 :] + names[: r % 3]:  # rotated order
+                rates[name].append(loops[name](args.iters))
+        med = {k: statistics.median(v) for k, v in rates.items()}
         row = {
             "model": model,
             "width": width,
             "batch": args.batch,
             "threads": args.threads,
-            "reference_img_s": round(statistics.median(ref), 1),
-            "ganops_img_s": round(statistics.median(ours), 1),
-            "ratio": round(statistics.median(ours) / statistics.median(ref), 3),
+            "reference_img_s": round(med["reference"], 1),
+            "frozen_d_img_s": round(med["frozen_d"], 1),
+            "ganops_img_s": round(med["ganops"], 1),
+            "ratio": round(med["ganops"] / med["reference"], 3),
+            "ratio_to_frozen_d": round(med["ganops"] / med["frozen_d"], 3),
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
