@@ -7,9 +7,12 @@ demo sweep's payloads:
 
 - trial driver (orchestrator/trial.py): `tracking.trial_run` (child run + the full trainer
   config as params), and at the end `get_run` + `tracking.end_run`;
-- rank 0 per eval (trainers/loop.py `_MlflowSink.log`): one `log_batch` of the eval's metrics,
-  `log_image` of the fixed-noise grid, `log_artifact` of generator.pt. Metric names, the grid
-  and the generator come from a real eval of search_spaces/dcgan.yaml's model (width 16);
+- rank 0 every `log_every` steps (trainers/trial_log.py `LossLog`): the step's scalars, as a
+  trial logs them between evals;
+- rank 0 per eval (`MlflowSink.log`): one `log_batch` of the eval's metrics, `log_image` of the
+  fixed-noise grid, `log_artifact` of generator.pt (and generator_best/ when the eval is the
+  best so far). Metric names, the grid and the generator come from a real eval of
+  search_spaces/dcgan.yaml's model, so the metric count is today's;
 - in place of training, each eval burns `--busy-seconds` of CPU (1 thread), so the server
   answers while the machine is busy, as it is in a real sweep.
 
@@ -18,10 +21,13 @@ The sweep's driver then does what run_sweep does once: the parent run, the trial
 
 MLflow time is what those calls take; Tune and the CPU burn are not counted. A trial's MLflow
 calls delay that trial, so they add to the sweep's wall (N x per-trial / trials at once) plus
-the driver's once-per-sweep calls. The share is against the demo sweep's measured wall time
-(docs/benchmarks.md, "The demo sweep": 525 s for 8 trials, 2 at a time).
+the driver's once-per-sweep calls. The denominator is measured in the same run: first the
+real demo sweep (`ganops sweep search_spaces/dcgan.yaml`, tracked by the same server) runs,
+and its trials' own timers (`mlflow_seconds`, trainers/loop.py) give its MLflow share
+directly; its wall and mean trial time are what the synthetic figures are compared with.
 
-    python bench/mlflow_logging_cost.py [--trials 200] [--evals 5] [--busy-seconds 1.0]
+    python bench/mlflow_logging_cost.py [--trials 8] [--evals 5] [--busy-seconds S]
+    python bench/mlflow_logging_cost.py --trials 4 --demo-set sweep.num_samples=2   # a quick check
 """
 
 from __future__ import annotations
@@ -40,10 +46,47 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 DEMO_SPEC = REPO / "search_spaces" / "dcgan.yaml"
-# docs/benchmarks.md "The demo sweep" (bench/sweep_overhead.py): 525 s wall for 8 trials, 2 at a time;
-# a trial ran 577 s / 8 of training plus 34.5 s outside training on average.
-DEMO_WALL_S, DEMO_TRIALS, DEMO_CONCURRENT = 525.0, 8, 2
-DEMO_TRIAL_S = 577.0 / 8 + 34.5  # 106.6 s
+
+
+def measure_demo(uri: str, tmp: Path, overrides: list[str]) -> dict:
+    """Run the demo sweep for real against the tracking server `uri`; its wall, its trials' mean
+    time, and their MLflow time as their own timers counted it (rank 0's writes)."""
+    import subprocess
+
+    from mlflow import MlflowClient
+
+    env = {**os.environ, "GANOPS_HOME": str(tmp / "demo")}
+    sets = sum((["--set", o] for o in [f"tracking.uri={uri}", *overrides]), [])
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "sweep", str(DEMO_SPEC), "--json", *sets],
+        env=env,
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - t0
+    if out.returncode != 0:
+        sys.exit(f"the demo sweep failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout)
+    client = MlflowClient(uri)
+    runs = client.search_runs(
+        [result["experiment_id"]], filter_string=f"tags.`mlflow.parentRunId` = '{result['parent_run_id']}'"
+    )
+    durations = [(r.info.end_time - r.info.start_time) / 1000 for r in runs]
+    logged = [r.data.metrics.get("mlflow_seconds", 0.0) for r in runs]
+    evals = [len(client.get_metric_history(r.info.run_id, "eval_seconds")) for r in runs]
+    trained = [r.data.metrics.get("train_seconds", 0.0) for r in runs]
+    return {
+        "overrides": overrides,
+        "wall_s": wall,
+        "trials": len(runs),
+        "concurrent": 2,  # dcgan.yaml: 1 CPU per trial on this 2-CPU machine
+        "trial_s_mean": statistics.mean(durations),
+        "mlflow_s_mean": statistics.mean(logged),
+        "mlflow_share_of_trial": sum(logged) / sum(durations),
+        "train_s_per_eval": sum(trained) / max(1, sum(evals)),
+    }
 
 
 def _timed(record: dict[str, float], name: str, fn):
@@ -59,7 +102,7 @@ def _timed(record: dict[str, float], name: str, fn):
     return wrapper
 
 
-def real_eval_payload(spec, tmp: Path) -> tuple[dict[str, float], object, Path]:
+def real_eval_payload(spec, tmp: Path) -> tuple[dict[str, float], dict[str, float], object, Path]:
     """One real eval of the demo's model: its metrics (names and count), grid and generator file."""
     import numpy as np
     import torch
@@ -76,13 +119,14 @@ def real_eval_payload(spec, tmp: Path) -> tuple[dict[str, float], object, Path]:
     torch.manual_seed(0)
     G, D = build_models(cfg)
     opt_g, opt_d = build_optimizers(G, D, cfg)
-    metrics = train_step(G, D, opt_g, opt_d, make_data(cfg), cfg, torch.Generator().manual_seed(0), step=1)
+    step_scalars = train_step(G, D, opt_g, opt_d, make_data(cfg), cfg, torch.Generator().manual_seed(0), step=1)
+    metrics = dict(step_scalars)
     scores, image = Evaluator(cfg).evaluate(G, fixed_noise(cfg))
     metrics = {k: float(np.mean(v)) for k, v in {**metrics, **scores}.items()}
     metrics.update(step=cfg.eval_every, train_seconds=10.0, eval_seconds=0.5)
     gen_file = tmp / "generator.pt"
     save_generator(gen_file, G, cfg.model_dump())
-    return metrics, image, gen_file
+    return step_scalars, metrics, image, gen_file
 
 
 def make_trial(
@@ -91,6 +135,7 @@ def make_trial(
     experiment_id: str,
     parent: str,
     sweep_id: str,
+    step_scalars,
     metrics,
     image,
     gen_file: Path,
@@ -110,7 +155,7 @@ def make_trial(
 
         from orchestrator import tracking
         from search_spaces.spec import SweepSpec
-        from trainers.loop import _MlflowSink
+        from trainers.trial_log import LossLog, MlflowSink
 
         torch.set_num_threads(1)
         started = time.perf_counter()
@@ -134,20 +179,31 @@ def make_trial(
         )
         open_s = time.perf_counter() - t0
         # Rank 0 (trainers/loop.py): one sink.log per eval.
-        sink = _MlflowSink(uri, run_id)
+        sink = MlflowSink(uri, run_id)
+        assert sink.client is not None
         for name in ("log_batch", "log_image", "log_artifact"):
             setattr(sink.client, name, _timed(calls, name, getattr(sink.client, name)))
-        eval_s = []
+        losses = LossLog(sink, s.trainer.log_every)
+        eval_s, loss_s = [], 0.0
         x = torch.randn(256, 256)
+        every = s.trainer.eval_every
         for e in range(1, evals + 1):
-            until = time.perf_counter() + busy  # "training": keep a CPU busy, like a real trial
-            while time.perf_counter() < until:
-                x = torch.tanh(x @ x.T / 256)
-            step = e * s.trainer.eval_every
+            # "training": keep a CPU busy, like a real trial, and log the losses as it does
+            per_step = busy / every
+            for step in range((e - 1) * every + 1, e * every + 1):
+                until = time.perf_counter() + per_step
+                while time.perf_counter() < until:
+                    x = torch.tanh(x @ x.T / 256)
+                t0 = time.perf_counter()
+                losses.add(step, step_scalars, step == e * every)
+                loss_s += time.perf_counter() - t0
+            step = e * every
             t0 = time.perf_counter()
-            sink.log(step, {**metrics, "step": step, "fid": metrics["fid"] * (1 + 0.01 * e)}, image, gen_file)
+            best = e == 1 or e % 2 == 0  # the generator_best/ upload, on about half the evals
+            sink.log(step, {**metrics, "step": step, "fid": metrics["fid"] * (1 + 0.01 * e)}, image, gen_file, best)
             eval_s.append(time.perf_counter() - t0)
             tune.report({"step": step, "fid": metrics["fid"]})
+        sink.close()
         # The trial driver closes the run (orchestrator/trial.py `close`).
         t0 = time.perf_counter()
         if client.get_run(run_id).info.status == "RUNNING":
@@ -162,6 +218,7 @@ def make_trial(
                     {
                         "open": open_s,
                         "evals": eval_s,
+                        "losses": loss_s,
                         "close": close_s,
                         "calls": calls,
                         "wall": time.perf_counter() - started,
@@ -175,12 +232,24 @@ def make_trial(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=200)
+    ap.add_argument("--trials", type=int, default=8)
     ap.add_argument(
         "--evals", type=int, default=5, help="Evals per trial (dcgan.yaml: 1500 steps / eval_every 300 = 5)."
     )
-    ap.add_argument("--busy-seconds", type=float, default=1.0, help="CPU burned per eval in place of training.")
+    ap.add_argument(
+        "--busy-seconds",
+        type=float,
+        default=None,
+        help="CPU burned per eval in place of training (default: the demo's measured training seconds per eval, "
+        "so losses reach the server at a real trial's pace).",
+    )
     ap.add_argument("--json", action="store_true", help="Print the figures as JSON on stdout.")
+    ap.add_argument(
+        "--demo-set",
+        action="append",
+        default=[],
+        help="An override for the real demo sweep that gives the denominator (e.g. sweep.num_samples=2).",
+    )
     args = ap.parse_args()
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -199,10 +268,13 @@ def main() -> None:
     spec = load_spec(DEMO_SPEC, [f"sweep.num_samples={args.trials}"])
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(scratch)
-        metrics, image, gen_file = real_eval_payload(spec, tmp)
+        step_scalars, metrics, image, gen_file = real_eval_payload(spec, tmp)
         gen_bytes = gen_file.stat().st_size
         with mlflow_server(tmp / "server") as srv:
             uri = srv.url
+            demo = measure_demo(uri, tmp, args.demo_set)
+            if args.busy_seconds is None:
+                args.busy_seconds = demo["train_s_per_eval"]
             client = MlflowClient(uri)
             once: dict[str, float] = {}
             t0 = time.perf_counter()
@@ -226,7 +298,17 @@ def main() -> None:
                 t_sweep = time.perf_counter()
                 tuner = tune.Tuner(
                     make_trial(
-                        spec, uri, exp, parent, sweep_id, metrics, image, gen_file, args.evals, args.busy_seconds
+                        spec,
+                        uri,
+                        exp,
+                        parent,
+                        sweep_id,
+                        step_scalars,
+                        metrics,
+                        image,
+                        gen_file,
+                        args.evals,
+                        args.busy_seconds,
                     ),
                     param_space=param_space(spec),
                     tune_config=tune.TuneConfig(
@@ -287,16 +369,16 @@ def main() -> None:
             once["leaderboard + contact sheet"] = time.perf_counter() - t0
 
     per_eval = [e for _, t, _ in rows for e in t["evals"]]
-    per_trial = [t["open"] + sum(t["evals"]) + t["close"] for _, t, _ in rows]
+    per_trial = [t["open"] + t["losses"] + sum(t["evals"]) + t["close"] for _, t, _ in rows]
     calls = {
         k: sum(t["calls"].get(k, 0.0) for _, t, _ in rows) / len(per_eval)
         for k in ("log_batch", "log_image", "log_artifact")
     }
     trial_s = statistics.mean(per_trial)
     once_s = sum(once.values())
-    demo_trial_wall = DEMO_TRIAL_S
-    sweep_wall = DEMO_WALL_S / DEMO_TRIALS * args.trials  # the demo sweep, scaled to N trials
-    added = args.trials * trial_s / DEMO_CONCURRENT + once_s
+    demo_trial_wall = demo["trial_s_mean"]  # measured above, in this run
+    sweep_wall = demo["wall_s"] / demo["trials"] * args.trials  # the demo sweep, scaled to N trials
+    added = args.trials * trial_s / demo["concurrent"] + once_s
     out = {
         "trials": args.trials,
         "evals_per_trial": args.evals,
@@ -313,10 +395,12 @@ def main() -> None:
         "per_trial_s": {
             "mean": trial_s,
             "open_mean": statistics.mean(t["open"] for _, t, _ in rows),
+            "losses_mean": statistics.mean(t["losses"] for _, t, _ in rows),
             "close_mean": statistics.mean(t["close"] for _, t, _ in rows),
             "max": max(per_trial),
         },
         "per_sweep_once_s": once,
+        "demo_measured": demo,
         "share_of_demo_trial": trial_s / demo_trial_wall,
         "demo_trial_wall_s": demo_trial_wall,
         "sweep": {"demo_wall_scaled_s": sweep_wall, "mlflow_added_s": added, "share": added / sweep_wall},
@@ -339,10 +423,16 @@ def main() -> None:
         f"generator.pt {calls['log_artifact'] * 1000:.0f})"
     )
     print(
-        f"per trial : {trial_s:.2f} s (open run + params {pt['open_mean']:.2f}, {args.evals} evals, close "
+        f"per trial : {trial_s:.2f} s (open run + params {pt['open_mean']:.2f}, losses {pt['losses_mean']:.2f}, "
+        f"{args.evals} evals, close "
         f"{pt['close_mean']:.2f}); max {pt['max']:.2f} s"
     )
     print(f"          = {100 * out['share_of_demo_trial']:.2f}% of a demo trial's {demo_trial_wall:.1f} s")
+    print(
+        f"demo      : {demo['trials']} trials, {demo['wall_s']:.0f} s wall, measured in this run; its trials' own "
+        f"timers: {demo['mlflow_s_mean']:.2f} s of MLflow writes per trial = "
+        f"{100 * demo['mlflow_share_of_trial']:.2f}% of a trial"
+    )
     print("per sweep : " + ", ".join(f"{k} {v:.1f} s" for k, v in once.items()))
     print(
         f"sweep     : {added:.0f} s of MLflow in a {sweep_wall:.0f} s {args.trials}-trial demo sweep = "
