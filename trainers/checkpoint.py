@@ -30,7 +30,9 @@ def _unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)
 
 
-def _atomic_save(obj: Any, path: str | os.PathLike) -> None:
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to `path` through a temporary file in its folder and os.replace: a reader beside
+    the writer sees a whole file or none, and a failed write leaves no temporary behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -74,7 +76,7 @@ def save_state(
         extras["schedulers"] = [s.state_dict() for s in schedulers]
     if ema is not None:
         extras["ema"] = ema.state_dict()
-    _atomic_save(
+    atomic_save(
         {
             "G": _unwrap(G).state_dict(),
             "D": _unwrap(D).state_dict(),
@@ -173,7 +175,7 @@ def adopt(
 def save_generator(path: str | os.PathLike, G: nn.Module, cfg_dict: dict[str, Any]) -> None:
     """Write G's weights with the config that rebuilds it (for `ganops sample`). With cfg.ema
     the loop passes the averaged G (`ema.module`), whose keys are G's own."""
-    _atomic_save({"G": _unwrap(G).state_dict(), "config": dict(cfg_dict)}, path)
+    atomic_save({"G": _unwrap(G).state_dict(), "config": dict(cfg_dict)}, path)
 
 
 def load_generator(path: str | os.PathLike) -> tuple[nn.Module, TrainerConfig]:

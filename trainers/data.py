@@ -56,14 +56,16 @@ def _decoded_mnist() -> tuple[np.ndarray, np.ndarray]:
 
     X, y = mnist_data()  # (5000, 784) float64 in [0, 255], (5000,) int64, sorted by class
     x8, y64 = X.astype(np.uint8), y.astype(np.int64)
+    tmp = None
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".npz")
+        fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=f".{cached.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             np.savez(f, x=x8, y=y64)
         os.replace(tmp, cached)  # atomic: a worker beside this one reads a whole file or none
-    except OSError:
-        pass  # a read-only cache costs only the decode next time
+    except OSError:  # a read-only cache costs only the decode next time
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
     return x8, y64
 
 

@@ -487,12 +487,10 @@ def cached_real_features(
     except Exception:  # noqa: BLE001 - absent, truncated or not a tensor (weights_only refuses it): compute it
         pass
     feats = compute()
+    from trainers.checkpoint import atomic_save  # lazy: checkpoint imports the models
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        torch.save(feats.cpu(), tmp)
-        os.replace(tmp, path)  # atomic: a trial beside this one reads a whole file or none
+        atomic_save(feats.cpu(), path)  # a trial beside this one reads a whole file or none
     except OSError as e:
         log.debug("real features not cached at %s: %s", path, e)
     return feats
