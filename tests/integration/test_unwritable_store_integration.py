@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -114,6 +115,19 @@ def test_sweep_fails_cleanly_when_its_storage_turns_unwritable_and_resumes_once_
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
 
 
+def _block_journal(journal, wait_s=30.0):
+    """A directory where SQLite writes its rollback journal: every later query fails. A write
+    in flight holds the journal file for a moment, so wait for it to go."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return journal.mkdir()
+        except FileExistsError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
 @pytest.mark.timeout(900)
 def test_sweep_keeps_its_evals_when_the_local_mlflow_store_fails_and_resume_uploads_them(ganops_home, tmp_path):
     """mlflow.db unreadable and unwritable after the first eval: the trial trains to the end,
@@ -134,7 +148,7 @@ def test_sweep_keeps_its_evals_when_the_local_mlflow_store_fails_and_resume_uplo
         parent = client.search_runs([exp.experiment_id], "tags.`ganops.kind` = 'sweep'")[0]
         (trial,) = _trial_runs(client)
         sweep_id = parent.data.tags["ganops.sweep_id"]
-        journal.mkdir()  # from here SQLite answers every query with "disk I/O error"
+        _block_journal(journal)  # from here SQLite answers every query with "disk I/O error"
         out, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
