@@ -22,6 +22,9 @@ pooled connection: MLFLOW_HTTP_POOL_MAXSIZE = threads per process) or separate S
 connections. All writers start together, after every process has imported MLflow.
 
 Eval latency: from `MlflowSink.log` starting to its return (every write of the eval done).
+Hung: a writer with no account by `--timeout` (stuck inside an MLflow call); its process is
+terminated and what it wrote is read back like the rest. For the server, the row then also
+holds PostgreSQL's sessions by state at that moment (`store_sessions_at_timeout`).
 Lost: after all writers are done and the spools are uploaded, every run is read back (metric histories, artifact
 listings, params, status) and compared with what its writer was asked to write; a point
 written twice (an HTTP retry after a timeout) counts as `dup`.
@@ -47,6 +50,7 @@ import logging
 import math
 import multiprocessing as mp
 import os
+import queue
 import sys
 import tempfile
 import threading
@@ -248,14 +252,15 @@ def _writer_process(plan: Plan, indices: list[int], ready, go, out) -> None:
     logging.getLogger("urllib3").setLevel(logging.ERROR)
     warned = _Warnings()
     logging.getLogger("trainers.trial_log").addHandler(warned)
-    results: list[Written] = []
     local_go = threading.Event()
 
     def run(i: int) -> None:
+        # Each writer's account goes out as soon as it ends: a writer that hangs (a store that stops
+        # answering) costs only its own account, which run_load then counts as hung.
         try:
-            results.append(_one_trial(plan, i, local_go))
+            out.put(("trial", asdict(_one_trial(plan, i, local_go))))
         except BaseException as e:  # noqa: BLE001 - the bench must report, never hang
-            results.append(Written(i, errors=[_error(e, "writer") + " " + traceback.format_exc()[-400:]]))
+            out.put(("trial", asdict(Written(i, errors=[_error(e, "writer") + " " + traceback.format_exc()[-400:]]))))
 
     threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in indices]
     for t in threads:
@@ -265,7 +270,34 @@ def _writer_process(plan: Plan, indices: list[int], ready, go, out) -> None:
     local_go.set()
     for t in threads:
         t.join()
-    out.put(([asdict(r) for r in results], warned.messages))
+    out.put(("warnings", warned.messages))
+
+
+def _hung(plan: Plan, i: int, timeout: float) -> Written:
+    """Writer i's account when it gave none by the deadline: its run, if the store can say."""
+    from orchestrator import tracking
+
+    w = Written(i, errors=[f"hung: no account within --timeout {timeout:g} s"])
+    with contextlib.suppress(Exception):
+        w.run_id = tracking.find_trial_run(_own_client(plan.uri), f"{plan.sweep_id}_{i:05d}", [plan.experiment_id])
+    return w
+
+
+def _store_sessions(pg) -> dict[str, int]:
+    """The team server's PostgreSQL sessions by database and state (pg_stat_activity): sessions
+    left "idle in transaction" are connections its pools checked out and never gave back."""
+    try:
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=pg.port, user=pg.user, password=pg.password, dbname="postgres")
+        with contextlib.closing(conn), conn.cursor() as cur:
+            cur.execute(
+                "SELECT datname, state, count(*) FROM pg_stat_activity WHERE datname IS NOT NULL "
+                "AND pid <> pg_backend_pid() GROUP BY 1, 2"
+            )
+            return {f"{db} {state}": n for db, state, n in cur.fetchall()}
+    except Exception as e:  # noqa: BLE001 - a diagnostic; the row goes on without it
+        return {f"unavailable: {type(e).__name__}": 0}
 
 
 # ---------------------------------------------------------------- read back
@@ -322,7 +354,7 @@ def _percentile(xs: list[float], q: float) -> float | None:
     return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))]  # nearest rank
 
 
-def run_load(ctx, plan: Plan, procs: int, timeout: float) -> dict[str, Any]:
+def run_load(ctx, plan: Plan, procs: int, timeout: float, sessions=None) -> dict[str, Any]:
     """Start the writers, release them together, collect their accounts, read every run back."""
     from mlflow import MlflowClient
 
@@ -339,19 +371,31 @@ def run_load(ctx, plan: Plan, procs: int, timeout: float) -> dict[str, Any]:
         load_before = os.getloadavg()[0]
         t0 = time.perf_counter()
         go.set()
-        written: list[dict] = []
+        accounts: dict[int, dict] = {}
         warnings: list[str] = []
-        for _ in workers:
-            ws, warned = out.get(timeout=timeout)
-            written += ws
-            warnings += warned
+        deadline, ended = time.monotonic() + timeout, 0
+        while ended < len(workers) and time.monotonic() < deadline:
+            try:
+                kind, body = out.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if kind == "trial":
+                accounts[body["index"]] = body
+            else:
+                warnings += body
+                ended += 1
         wall = time.perf_counter() - t0
         load_after = os.getloadavg()[0]
+        stuck = sessions() if sessions and len(accounts) < n else None  # why they hang, before they go
     finally:
         for p in workers:
-            p.join(timeout=10)
+            p.join(timeout=10 if len(accounts) == n else 0.1)
             if p.is_alive():
                 p.terminate()
+    # A writer with no account by the deadline hung in an MLflow call: what it wrote is read back
+    # like any other's, against everything it was asked to write.
+    hung = sorted(set(range(n)) - set(accounts))
+    written = [accounts[i] if i in accounts else asdict(_hung(plan, i, timeout)) for i in range(n)]
     from trainers.spool import replay_all
 
     t1 = time.perf_counter()
@@ -376,6 +420,8 @@ def run_load(ctx, plan: Plan, procs: int, timeout: float) -> dict[str, Any]:
         "close_p95_s": _percentile([w["close_s"] for w in written if w["close_s"] is not None], 0.95),
         "evals_per_s": len(evals) / wall,
         "errors": sum(len(w["errors"]) for w in written),
+        "hung": len(hung),  # writers still inside an MLflow call at --timeout (terminated, then read back)
+        "store_sessions_at_timeout": stuck,  # PostgreSQL sessions by state when writers hung (server backend)
         "async_loss_warnings": len(warnings),
         "spool_kept": sum(w["kept"] for w in written),
         "spool_uploaded_at_end": uploaded,
@@ -399,15 +445,16 @@ def run_load(ctx, plan: Plan, procs: int, timeout: float) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def tracking_store(backend: str, tmp: Path, server_workers: int, healthcheck_s: int, auth_cache_s: int):
-    """(tracking URI, login for the writers, a secret to keep out of the output) of a fresh store."""
+    """(tracking URI, login for the writers, a secret to keep out of the output, a function giving
+    its database sessions by state or None) of a fresh store."""
     if backend == "sqlite":
-        yield f"sqlite:///{tmp / 'mlflow.db'}", {}, None
+        yield f"sqlite:///{tmp / 'mlflow.db'}", {}, None, None
         return
     from infra.local_services import mlflow_server
 
     if backend == "sqlite-server":
         with mlflow_server(tmp / "mlflow", workers=server_workers) as srv:
-            yield srv.url, {}, None
+            yield srv.url, {}, None, None
         return
     import boto3
 
@@ -446,7 +493,7 @@ def tracking_store(backend: str, tmp: Path, server_workers: int, healthcheck_s: 
             auth_cache_ttl_s=auth_cache_s,
         ) as srv:
             login = {"MLFLOW_TRACKING_USERNAME": srv.admin, "MLFLOW_TRACKING_PASSWORD": srv.password}
-            yield srv.url, login, srv.password
+            yield srv.url, login, srv.password, lambda: _store_sessions(pg)
 
 
 def make_plan(uri: str, login: dict[str, str], n: int, args, generator_file: Path) -> Plan:
@@ -528,7 +575,7 @@ def render(rows: list[dict], info: dict, args) -> None:
     t = Table(title="MLflow tracking under concurrent ganops trials (bench/tracking_load.py)")
     for col in ("backend", "writers", "evals done", "eval p50 ms", "eval p95 ms", "eval max ms", "open p95 ms"):
         t.add_column(col, justify="right")
-    for col in ("evals/s", "errors", "spooled", "lost / written", "dup", "wall s", "load 1m"):
+    for col in ("evals/s", "errors", "hung", "spooled", "lost / written", "dup", "wall s", "load 1m"):
         t.add_column(col, justify="right")
     for r in rows:
         t.add_row(
@@ -541,6 +588,7 @@ def render(rows: list[dict], info: dict, args) -> None:
             ms(r["open_p95_s"]),
             f"{r['evals_per_s']:.1f}",
             str(r["errors"] + r["async_loss_warnings"]),
+            str(r["hung"]),
             str(r["spool_kept"]),
             f"{r['points_lost']}/{r['points_expected']}",
             str(r["points_dup"]),
@@ -556,6 +604,9 @@ def render(rows: list[dict], info: dict, args) -> None:
         f"per writer; server workers {args.server_workers}"
     )
     for r in rows:
+        if r["store_sessions_at_timeout"]:
+            sessions = r["store_sessions_at_timeout"]
+            err.print(f"  {r['backend']} x{r['writers']}: database sessions when writers hung: {sessions}")
         for e in r["first_errors"]:
             err.print(f"  {r['backend']} x{r['writers']}: {e}", markup=False, highlight=False)
 
@@ -615,6 +666,7 @@ def main() -> int:
                 uri,
                 login,
                 secret,
+                sessions,
             ):
                 saved = {k: os.environ.get(k) for k in login}
                 os.environ.update(login)  # this process's own client: setup and read-back
@@ -631,7 +683,7 @@ def main() -> int:
                         print(f"{backend}: {n} writers ...", file=sys.stderr, flush=True)
                         row = {
                             "backend": backend,
-                            **run_load(ctx, make_plan(uri, login, n, args, gen), args.procs, args.timeout),
+                            **run_load(ctx, make_plan(uri, login, n, args, gen), args.procs, args.timeout, sessions),
                         }
                         if secret:
                             row["first_errors"] = [e.replace(secret, "***") for e in row["first_errors"]]

@@ -218,7 +218,7 @@ def sweep(
     _setup_logging()
     spec, text = _load(file, set_)
     from orchestrator import gate
-    from orchestrator.api import run_sweep
+    from orchestrator.sweep import run_sweep  # not via orchestrator.api, which imports torch: the sweep starts sooner
 
     try:
         conditions = gate.parse(require or [], spec)
@@ -783,6 +783,7 @@ def sample(
     if like is not None or add is not None or all_classes:
         _latent_sample(run, like, all_classes, add, scale, n, out, seed, class_, steps, pair, tracking_uri, json_)
         return
+    uri = _read_store(tracking_uri, "run", run)  # before importing torch and mlflow: an unknown id answers at once
     from orchestrator.sample import SampleError, check_latest
     from orchestrator.sample import sample as _sample
 
@@ -790,7 +791,6 @@ def sample(
         check_latest(run, latest)
     except SampleError as e:
         _fail(str(e), 2)
-    uri = _read_store(tracking_uri, "run", run)
     try:
         info = _sample(uri, run, n, out, seed, cls=class_, interpolate=pair, steps=steps, device=device, latest=latest)
     except SampleError as e:
