@@ -39,6 +39,7 @@ One store per backend, one experiment (sweep) per N.
 
     python bench/tracking_load.py --writers 50,200,500 --backend sqlite,server --evals 3 [--json]
     python bench/tracking_load.py --writers 2 --evals 1 --backend sqlite   # smoke: 24-29 s at load 2-10 here
+    python bench/tracking_load.py --writers 500 --backend server --db-pool 30,15   # a pool above the threads
 """
 
 from __future__ import annotations
@@ -444,7 +445,9 @@ def run_load(ctx, plan: Plan, procs: int, timeout: float, sessions=None) -> dict
 
 
 @contextlib.contextmanager
-def tracking_store(backend: str, tmp: Path, server_workers: int, healthcheck_s: int, auth_cache_s: int):
+def tracking_store(
+    backend: str, tmp: Path, server_workers: int, healthcheck_s: int, auth_cache_s: int, db_pool: list[int] | None
+):
     """(tracking URI, login for the writers, a secret to keep out of the output, a function giving
     its database sessions by state or None) of a fresh store."""
     if backend == "sqlite":
@@ -469,7 +472,13 @@ def tracking_store(backend: str, tmp: Path, server_workers: int, healthcheck_s: 
         "AWS_SECRET_ACCESS_KEY": "fake",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    with local_postgres(pg_bin) as pg, moto_s3(tmp / "moto.log", creds) as s3:
+    pool_env, max_connections = {}, None
+    if db_pool:
+        size, overflow = db_pool
+        pool_env = {"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(size), "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(overflow)}
+        # each worker's pool on the runs database, its auth app's (MLflow's 5 + 10), and a few to spare
+        max_connections = server_workers * (size + overflow + 15) + 20
+    with local_postgres(pg_bin, max_connections=max_connections) as pg, moto_s3(tmp / "moto.log", creds) as s3:
         boto3.client(
             "s3",
             endpoint_url=s3.url,
@@ -491,6 +500,7 @@ def tracking_store(backend: str, tmp: Path, server_workers: int, healthcheck_s: 
             # Without it the auth app checks the password's scrypt hash on every request (0.3-0.6 s
             # of CPU each here): measured at ~2 requests/s for the whole server.
             auth_cache_ttl_s=auth_cache_s,
+            server_env=pool_env,
         ) as srv:
             login = {"MLFLOW_TRACKING_USERNAME": srv.admin, "MLFLOW_TRACKING_PASSWORD": srv.password}
             yield srv.url, login, srv.password, lambda: _store_sessions(pg)
@@ -601,7 +611,8 @@ def render(rows: list[dict], info: dict, args) -> None:
         f"machine: {info['cpus']} CPUs, load average {info['load_1m_5m_15m_at_start']} at start, "
         f"MLflow {info['mlflow']}; "
         f"{args.evals} evals x {args.steps_per_eval} steps ({args.step_seconds}s each, losses every {args.log_every}) "
-        f"per writer; server workers {args.server_workers}"
+        f"per writer; server workers {args.server_workers}, database pool per worker "
+        f"{'%d + %d' % tuple(args.db_pool) if args.db_pool else '5 + 10 (MLflow default)'}"
     )
     for r in rows:
         if r["store_sessions_at_timeout"]:
@@ -634,6 +645,13 @@ def main() -> int:
         help="The team server's auth_cache_ttl_seconds (basic_auth.ini; 0: MLflow's default, no cache).",
     )
     ap.add_argument(
+        "--db-pool",
+        type=_ints,
+        default=None,
+        help="SIZE,OVERFLOW: the team server's database pool per worker (MLFLOW_SQLALCHEMYSTORE_POOL_SIZE and "
+        "_MAX_OVERFLOW; default MLflow's 5,10); PostgreSQL's max_connections is raised to fit.",
+    )
+    ap.add_argument(
         "--no-warmup", dest="warmup", action="store_false", help="Measure a cold server (no warm-up round first)."
     )
     ap.add_argument("--timeout", type=float, default=900.0, help="Seconds to wait for one (backend, N) run's writers.")
@@ -644,6 +662,8 @@ def main() -> int:
             ap.error(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
     if args.step_seconds < 0:
         ap.error("--step-seconds must be 0 or more")
+    if args.db_pool is not None and len(args.db_pool) != 2:
+        ap.error(f"--db-pool takes SIZE,OVERFLOW (two numbers), got {args.db_pool}")
 
     from orchestrator.sweep import SWEEP_ENV
 
@@ -662,7 +682,9 @@ def main() -> int:
         for backend in args.backend:
             store = Path(scratch) / backend
             store.mkdir()
-            with tracking_store(backend, store, args.server_workers, args.healthcheck_s, args.auth_cache_s) as (
+            with tracking_store(
+                backend, store, args.server_workers, args.healthcheck_s, args.auth_cache_s, args.db_pool
+            ) as (
                 uri,
                 login,
                 secret,
@@ -706,6 +728,7 @@ def main() -> int:
             "server_workers",
             "healthcheck_s",
             "auth_cache_s",
+            "db_pool",
         )
     }
     render(rows, info, args)

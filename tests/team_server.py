@@ -72,9 +72,10 @@ class Postgres:
 
 
 @contextmanager
-def local_postgres(bin_dir: Path, timeout: float = 60.0) -> Iterator[Postgres]:
+def local_postgres(bin_dir: Path, timeout: float = 60.0, max_connections: int | None = None) -> Iterator[Postgres]:
     """initdb + pg_ctl start a cluster on 127.0.0.1 on a free port, in a fresh temp dir (its
     unix socket there too, not /var/run/postgresql); `pg_ctl stop` and the dir removed after.
+    `max_connections`: PostgreSQL's limit (its default is 100).
 
     PostgreSQL refuses to run as root, so as root the cluster runs as the `postgres` user
     (`runuser`), in a temp dir under /tmp that user owns (pytest's tmp dirs are root's 0700)."""
@@ -118,6 +119,8 @@ def local_postgres(bin_dir: Path, timeout: float = 60.0) -> Iterator[Postgres]:
         )
         # A throwaway cluster: no durability needed (fsync off).
         opts = f"-c listen_addresses={HOST} -p {port} -k {top} -c fsync=off -c full_page_writes=off"
+        if max_connections:
+            opts += f" -c max_connections={int(max_connections)}"
         run(
             str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", opts, "-w", "-t", str(int(timeout)), "start"
         )
@@ -165,13 +168,15 @@ def team_mlflow_server(
     timeout: float = 120.0,
     server_args: tuple[str, ...] = (),
     auth_cache_ttl_s: int = 0,
+    server_env: dict[str, str] | None = None,
 ) -> Iterator[TeamServer]:
     """The documented server shape (docs/tracking-server.md): backend store and the auth app's
     users in PostgreSQL, artifacts proxied to S3, basic auth with an admin from `basic_auth.ini`.
     Database URIs travel in the environment (MLFLOW_BACKEND_STORE_URI), not on the command line.
     `server_args`: more `mlflow server` options (bench/tracking_load.py passes `--uvicorn-opts`).
     `auth_cache_ttl_s`: the auth app's login cache (0, MLflow's default: every request checks the
-    password's scrypt hash, ~0.3-0.6 s of CPU here)."""
+    password's scrypt hash, ~0.3-0.6 s of CPU here). `server_env`: more of the server's environment
+    (bench/tracking_load.py sizes the database pool with MLFLOW_SQLALCHEMYSTORE_*)."""
     workdir.mkdir(parents=True, exist_ok=True)
     backend = pg.create_database("mlflow")
     auth_db = pg.create_database("mlflow_auth")
@@ -214,6 +219,7 @@ def team_mlflow_server(
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
         **s3_creds,
+        **(server_env or {}),
     }
     env = {k: v for k, v in _server_env(env).items() if not k.startswith("MLFLOW_TRACKING_")}  # the server is no client
     svc = _start("mlflow server (basic-auth)", cmd, workdir / "mlflow-server.log", env, port, "/health", timeout)
