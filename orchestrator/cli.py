@@ -783,14 +783,17 @@ def sample(
     if like is not None or add is not None or all_classes:
         _latent_sample(run, like, all_classes, add, scale, n, out, seed, class_, steps, pair, tracking_uri, json_)
         return
+    if latest:  # a flag that cannot apply is said before the store is asked
+        from orchestrator.sample import SampleError, check_latest
+
+        try:
+            check_latest(run, latest)
+        except SampleError as e:
+            _fail(str(e), 2)
     uri = _read_store(tracking_uri, "run", run)  # before importing torch and mlflow: an unknown id answers at once
-    from orchestrator.sample import SampleError, check_latest
+    from orchestrator.sample import SampleError
     from orchestrator.sample import sample as _sample
 
-    try:
-        check_latest(run, latest)
-    except SampleError as e:
-        _fail(str(e), 2)
     try:
         info = _sample(uri, run, n, out, seed, cls=class_, interpolate=pair, steps=steps, device=device, latest=latest)
     except SampleError as e:
