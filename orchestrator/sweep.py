@@ -178,6 +178,9 @@ def _init_ray(address: str | None) -> None:
     # Ray's session logs (runtime environments among them) in a directory only this user can
     # enter, not world-readable /tmp/ray (issue 15 item 2; orchestrator/ray_local.py).
     kwargs["_temp_dir"] = private_temp_dir()
+    # Ray Train's PreemptionWatcher (a process per trial, ~4 CPU-s each here) watches for nodes
+    # being drained, which a Ray on this machine never is; its workers inherit this environment.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     try:
         ray.init(include_dashboard=False, **kwargs)
     except Exception as e:  # noqa: BLE001

@@ -86,6 +86,27 @@ def scaling_config(spec: SweepSpec):
     )
 
 
+def lean_torch_trainer():
+    """Ray Train's TorchTrainer, less the Ray Data actor it starts for every run whether or not
+    the run has datasets (Ray 2.60's DatasetsCallback: a `DatasetManager` process importing Ray
+    Data, per trial). ganops' trainers load their own data; a run given `datasets=` keeps it."""
+    from ray.train.torch import TorchTrainer
+
+    try:  # a private module: a Ray that moved it gets the plain trainer
+        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    except ImportError:
+        return TorchTrainer
+
+    class LeanTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+    return LeanTorchTrainer
+
+
 def make_trainable(spec: SweepSpec, context: dict[str, Any]):
     """Build the Tune trainable for `spec`. `context`: tracking_uri, experiment_id,
     parent_run_id, sweep_id, storage (Ray storage path), feature_cache."""
@@ -95,7 +116,6 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
         import ray
         from mlflow import MlflowClient
         from ray.train import CheckpointConfig, FailureConfig, RunConfig
-        from ray.train.torch import TorchTrainer
         from ray.tune.integration.ray_train import TuneReportCallback
 
         from trainers.loop import train_per_worker
@@ -129,7 +149,7 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
             # The sweep closes a stopped trial's run by this id (orchestrator/progress.py).
             ray.get(ray.get_actor(context["board"]).set_run.remote(trial_id, run_id))
         spool = spool_root(context["storage"], context["sweep_id"])
-        trainer = TorchTrainer(
+        trainer = lean_torch_trainer()(
             train_per_worker,
             train_loop_config={
                 "trainer": trainer_cfg,

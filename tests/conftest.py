@@ -8,6 +8,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+# Every process this test run starts inherits this mark (Ray's, MLflow's, PostgreSQL's, moto's):
+# `no_servers_left_behind` finds a module's leftovers by it, and nobody else's processes.
+RUN_MARK = f"GANOPS_TEST_RUN={os.getpid()}"
+os.environ["GANOPS_TEST_RUN"] = str(os.getpid())
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = sorted((REPO / "search_spaces").glob("*.yaml"))
@@ -22,6 +26,55 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.integration)
             if item.get_closest_marker("core") is None:
                 item.add_marker(pytest.mark.slow)
+
+
+# What a module's servers leave running when they do not stop: Ray (its daemons and workers), an
+# `mlflow server` and its uvicorn workers, moto's S3, PostgreSQL.
+SERVER_NEEDLES = (
+    *("raylet", "gcs_server", "ray::", "ray/_private", "ray/dashboard"),
+    *("mlflow", "uvicorn", "moto", "postgres"),
+)
+
+
+def servers_of_this_run() -> dict[int, str]:
+    """pid -> command line of the server processes this test run started (they carry RUN_MARK)."""
+    out = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if RUN_MARK.encode() + b"\0" not in (proc / "environ").read_bytes() + b"\0":
+                continue
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(proc.name) != os.getpid() and any(n in cmd for n in SERVER_NEEDLES):
+            out[int(proc.name)] = cmd
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_servers_left_behind(request):
+    """A server a module started and did not stop (a Ray cluster, an mlflow server, PostgreSQL)
+    would slow every later test on a 2-core machine, and push CI past its limit: once the
+    module's own fixtures are torn down, whatever of this run's servers it left is given 20 s
+    to go, then killed, with a warning naming it."""
+    import signal
+    import time
+    import warnings
+
+    before = set(servers_of_this_run())
+    yield
+    deadline = time.monotonic() + 20
+    while (left := {p: c for p, c in servers_of_this_run().items() if p not in before}) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if left:
+        names = "; ".join(sorted({c[:120] for c in left.values()})[:5])
+        what = f"{request.module.__name__} left {len(left)} server processes running (killed): {names}"
+        warnings.warn(what, stacklevel=1)
 
 
 # Credentials moto accepts; never real ones (tests check they reach no output or MLflow field).

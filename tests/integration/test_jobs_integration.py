@@ -30,7 +30,7 @@ stopping: {d_overpowers: null, d_fooled: null, mixture_quality: null}
 
 LONG = """
 name: jobs-long
-trainer: {model: mlp2d, data: grid25, steps: 4000, eval_every: 500, batch_size: 256, width: 64, eval_samples: 500}
+trainer: {model: mlp2d, data: grid25, steps: 2000, eval_every: 250, batch_size: 256, width: 64, eval_samples: 500}
 search:
   lr_d: {grid: [1.0e-3]}
 sweep: {num_samples: 1}
@@ -203,7 +203,7 @@ def test_cancel_then_resubmit_resumes_the_sweep(ray_head, tmp_path):
         "--wait",
         "--json",
         "--require",
-        "step>=4000",
+        "step>=2000",
         timeout=400,
     )
     assert r.returncode == 0, r.stderr[-3000:]
@@ -212,8 +212,8 @@ def test_cancel_then_resubmit_resumes_the_sweep(ray_head, tmp_path):
     client, parent, runs = _trial_runs(home, handle.sweep_id)
     assert len(runs) == 1 and parent.data.tags["ganops.resumes"] == "1"
     run = client.get_run(runs[0].info.run_id)
-    assert run.info.status == "FINISHED" and int(run.data.tags["ganops.resumed_from_step"]) >= 500
-    assert [int(m.step) for m in client.get_metric_history(run.info.run_id, "step")] == list(range(500, 4001, 500))
+    assert run.info.status == "FINISHED" and int(run.data.tags["ganops.resumed_from_step"]) >= 250
+    assert [int(m.step) for m in client.get_metric_history(run.info.run_id, "step")] == list(range(250, 2001, 250))
 
 
 def test_unreachable_cluster_is_a_usage_error(tmp_path):

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 SPEC = """
 name: spotnotice
-trainer: {model: mlp2d, data: grid25, steps: 4000, eval_every: 1000, batch_size: 256, width: 64, eval_samples: 500}
+trainer: {model: mlp2d, data: grid25, steps: 2000, eval_every: 500, batch_size: 256, width: 64, eval_samples: 500}
 sweep: {num_samples: 1}
 stopping: {d_overpowers: null, d_fooled: null, mixture_quality: null, plateau: null, mode_collapse: null}
 """
@@ -60,9 +60,9 @@ def test_notice_checkpoints_between_evals_and_the_trial_goes_on(ganops_home, tmp
     result = json.loads(out)
     assert result["trials"][0]["status"] == "done"
     steps = [int(m.step) for m in client.get_metric_history(run_id, "step")]
-    off_cycle = [s for s in steps if s % 1000]
+    off_cycle = [s for s in steps if s % 500]
     # one checkpoint, on notice, then back to the schedule
-    assert len(off_cycle) == 1 and 1000 < off_cycle[0] < 4000, steps
-    assert [s for s in steps if s % 1000 == 0] == [1000, 2000, 3000, 4000]
+    assert len(off_cycle) == 1 and 500 < off_cycle[0] < 2000, steps
+    assert [s for s in steps if s % 500 == 0] == [500, 1000, 1500, 2000]
     notice = json.loads(client.get_run(run_id).data.tags["ganops.spot_notice"])
     assert notice["step"] == off_cycle[0] and notice["action"] == "terminate"

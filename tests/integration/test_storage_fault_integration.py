@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 SPEC = """
 name: s3fault
-trainer: {model: mlp2d, data: grid25, steps: 4000, eval_every: 500, batch_size: 256, width: 64, eval_samples: 500}
+trainer: {model: mlp2d, data: grid25, steps: 2000, eval_every: 250, batch_size: 256, width: 64, eval_samples: 500}
 sweep: {num_samples: 1}
 stopping: {d_overpowers: null, d_fooled: null, mixture_quality: null, plateau: null, mode_collapse: null}
 storage: s3://ganops-fault/sweeps
@@ -70,7 +70,7 @@ def test_sweep_fails_cleanly_when_s3_goes_away_and_resumes_when_it_is_back(ganop
         sweep_id = parent.data.tags["ganops.sweep_id"]
         trial = client.search_runs([exp.experiment_id], "tags.`ganops.kind` = 'trial'")[0]
         logged_before = [int(m.step) for m in client.get_metric_history(trial.info.run_id, "step")]
-        assert logged_before and logged_before[0] == 500
+        assert logged_before and logged_before[0] == 250
 
         proxy.up()  # the endpoint is back
         assert f"ganops resume {sweep_id} --storage s3://ganops-fault/sweeps" in " ".join(stderr.split())
@@ -85,7 +85,7 @@ def test_sweep_fails_cleanly_when_s3_goes_away_and_resumes_when_it_is_back(ganop
                 "s3://ganops-fault/sweeps",
                 "--json",
                 "--require",
-                "step>=4000",
+                "step>=2000",
             ],
             cwd=tmp_path,
             env=env,
@@ -99,5 +99,5 @@ def test_sweep_fails_cleanly_when_s3_goes_away_and_resumes_when_it_is_back(ganop
     assert [t["status"] for t in result["trials"]] == ["done"]
     trial = client.get_run(trial.info.run_id)
     assert trial.info.status == "FINISHED" and "stop_reason" not in trial.data.tags
-    assert [int(m.step) for m in client.get_metric_history(trial.info.run_id, "step")] == list(range(500, 4001, 500))
+    assert [int(m.step) for m in client.get_metric_history(trial.info.run_id, "step")] == list(range(250, 2001, 250))
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
