@@ -2,6 +2,8 @@
 `mlflow server` stopped and started again on its port and database: nothing is lost, the order
 holds, the closing status comes last, a refused write still raises, and the spool is bounded."""
 
+import uuid
+
 import numpy as np
 import pytest
 from mlflow import MlflowClient
@@ -14,20 +16,28 @@ from trainers.trial_log import MlflowSink
 pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]  # a real mlflow server started 2x per test
 
 
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    """A real server; `server.down()` stops it, `server.up()` starts it again on its port."""
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail at once, not after MLflow's ~4 min
-    monkeypatch.setenv("GANOPS_SPOOL_RETRY_S", "0")
-    s = RestartableMlflowServer(tmp_path / "mlflow", workers=1)
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory):
+    """One real server for the module (each start costs ~15 s here); each test its own experiment."""
+    s = RestartableMlflowServer(tmp_path_factory.mktemp("mlflow"), workers=1)
     s.up()
     yield s
     s.down()
 
 
+@pytest.fixture
+def server(module_server, monkeypatch):
+    """The module's server, up; `server.down()` stops it, `server.up()` starts it again on its port."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail at once, not after MLflow's ~4 min
+    monkeypatch.setenv("GANOPS_SPOOL_RETRY_S", "0")
+    if module_server.svc is None:  # a test that failed while it was down
+        module_server.up()
+    return module_server
+
+
 def _run(url: str) -> str:
     c = MlflowClient(url)
-    return c.create_run(c.create_experiment("spool")).info.run_id
+    return c.create_run(c.create_experiment(f"spool-{uuid.uuid4().hex[:8]}")).info.run_id
 
 
 def _grid() -> np.ndarray:
