@@ -94,6 +94,7 @@ class _Barrier:
         return self.seen
 
 
+@pytest.mark.long
 @pytest.mark.timeout(300)
 def test_four_quarter_gpu_trials_hold_one_gpu_at_once(ray_with_a_gpu):
     """gpus_per_worker: 0.25 on a one-GPU Ray: ganops' default concurrency is 4, and four trials

@@ -166,6 +166,7 @@ def test_submit_waits_gates_and_is_idempotent(ray_head, tmp_path):
     assert r.returncode == 1 and json.loads(r.stdout)["gate"]["passed"] is False
 
 
+@pytest.mark.long
 @pytest.mark.timeout(900)
 def test_cancel_then_resubmit_resumes_the_sweep(ray_head, tmp_path):
     (tmp_path / "long.yaml").write_text(LONG)

@@ -31,6 +31,7 @@ def cli(*args, env):
     )
 
 
+@pytest.mark.long
 def test_contact_sheet_compare_and_report_while_the_sweep_runs(ganops_home, tmp_path):
     (tmp_path / "live.yaml").write_text(SPEC)
     env = {**os.environ, "GANOPS_HOME": str(ganops_home)}

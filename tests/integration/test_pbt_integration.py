@@ -34,7 +34,9 @@ def local_ray():
     ray.shutdown()
 
 
-@pytest.mark.parametrize("workers", [1, 2], ids=["1-worker", "2-workers"])
+@pytest.mark.parametrize(
+    "workers", [pytest.param(1, marks=pytest.mark.long), 2], ids=["1-worker", "2-workers"]
+)  # CI runs the 2-worker case, which also broadcasts the donor's weights
 def test_pbt_exploit_moves_the_worse_trial_onto_the_better_ones_weights_and_settings(local_ray, ganops_home, workers):
     """With 2 workers per trial (half a CPU each), rank 0 takes the order and every worker loads the donor."""
     result = run_sweep(

@@ -25,6 +25,7 @@ storage: s3://ganops-fault/sweeps
 """
 
 
+@pytest.mark.long
 @pytest.mark.timeout(900)
 def test_sweep_fails_cleanly_when_s3_goes_away_and_resumes_when_it_is_back(ganops_home, tmp_path, monkeypatch):
     import boto3
