@@ -574,8 +574,15 @@ def _execute(
             stop=stopper,
             # Train restarts workers; a failed driver is a failed trial
             failure_config=tune.FailureConfig(max_failures=0),
+            # Trials training in their own process checkpoint through Tune (orchestrator/trial.py):
+            # keep each one's newest two, as Ray Train keeps its workers'.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),
     )
+    if spec.resources.in_process:
+        # Tune snapshots its state whenever a trial has written num_to_keep checkpoints since the
+        # last snapshot (so a restore never names a deleted one), and warns each time it does.
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     status = "FAILED"
     stop = StopRequest()
     try:

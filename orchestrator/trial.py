@@ -4,6 +4,10 @@ Ray Train V2 layering: Tune schedules the trial driver (this function, asking fo
 so the workers can have them all), the driver opens the trial's MLflow run and starts
 `TorchTrainer(train_per_worker, ScalingConfig(...))`, and `TuneReportCallback` carries
 the workers' reports back to Tune's schedulers, stoppers and progress display.
+
+With `resources.in_process` (one CPU worker) the driver asks for the worker's CPUs and runs
+the same loop itself (`train_in_trial`), reporting straight to Tune: no Ray Train controller,
+worker group or helper actors start for the trial.
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ log = logging.getLogger(__name__)
 # The driver only waits on its workers: a token of memory instead of a CPU, or a 2-worker
 # trial could never be scheduled on a 2-CPU machine.
 DRIVER_RESOURCES: dict[str, float] = {"cpu": 0, "memory": 64 * 1024**2}
+
+
+def in_process_resources(spec: SweepSpec) -> dict[str, float]:
+    """What a trial that trains in its own process asks for: its one worker's CPUs."""
+    return {"cpu": spec.resources.cpus_per_worker, "memory": DRIVER_RESOURCES["memory"]}
 
 
 def driver_resources(cluster_resources: dict[str, float]) -> dict[str, float]:
@@ -118,7 +127,7 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
         from ray.train import CheckpointConfig, FailureConfig, RunConfig
         from ray.tune.integration.ray_train import TuneReportCallback
 
-        from trainers.loop import train_per_worker
+        from trainers.loop import train_in_trial, train_per_worker
         from trainers.spool import Spool, is_outage, spool_root
 
         s = SweepSpec.model_validate(spec_dump)  # re-validate at the process boundary
@@ -149,40 +158,47 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
             # The sweep closes a stopped trial's run by this id (orchestrator/progress.py).
             ray.get(ray.get_actor(context["board"]).set_run.remote(trial_id, run_id))
         spool = spool_root(context["storage"], context["sweep_id"])
-        trainer = lean_torch_trainer()(
-            train_per_worker,
-            train_loop_config={
-                "trainer": trainer_cfg,
-                "run": {
-                    "tracking_uri": context["tracking_uri"],
-                    "run_id": run_id,
-                    "feature_cache": context.get("feature_cache"),
-                    "features": s.metrics.features,
-                    "trial_id": trial_id,
-                    "board": context.get("board"),
-                    "pbt": s.pbt_mutations if s.sweep.scheduler == "pbt" else None,
-                    "spool": spool,
-                    # rank 0 keeps the best eval's generator by these (trainers/best_eval.py)
-                    "metric": s.metric,
-                    "mode": s.mode,
-                },
+        loop_config = {
+            "trainer": trainer_cfg,
+            "run": {
+                "tracking_uri": context["tracking_uri"],
+                "run_id": run_id,
+                "feature_cache": context.get("feature_cache"),
+                "features": s.metrics.features,
+                "trial_id": trial_id,
+                "board": context.get("board"),
+                "pbt": s.pbt_mutations if s.sweep.scheduler == "pbt" else None,
+                "spool": spool,
+                # rank 0 keeps the best eval's generator by these (trainers/best_eval.py)
+                "metric": s.metric,
+                "mode": s.mode,
             },
-            scaling_config=scaling_config(s),
-            run_config=RunConfig(
-                name=trial_id,
-                storage_path=f"{context['storage']}/{context['sweep_id']}/train",
-                # mypy reads ray.train's V1 RunConfig and FailureConfig (the first of its two
-                # imports); Train V2, which runs here, takes a UserCallback and controller_failure_limit.
-                callbacks=[TuneReportCallback()],  # type: ignore[list-item]  # V2 RunConfig, see above
-                # Worker or node lost -> restart from the last checkpoint; a controller that
-                # cannot start fails at once instead of retrying forever.
-                failure_config=FailureConfig(  # type: ignore[call-arg]  # V2's, see above
-                    max_failures=s.sweep.max_failures, controller_failure_limit=0
+        }
+
+        def fit() -> dict[str, Any]:
+            """Train the trial; its last report."""
+            if s.resources.in_process:
+                return train_in_trial(loop_config)
+            trainer = lean_torch_trainer()(
+                train_per_worker,
+                train_loop_config=loop_config,
+                scaling_config=scaling_config(s),
+                run_config=RunConfig(
+                    name=trial_id,
+                    storage_path=f"{context['storage']}/{context['sweep_id']}/train",
+                    # mypy reads ray.train's V1 RunConfig and FailureConfig (the first of its two
+                    # imports); Train V2, which runs here, takes a UserCallback and controller_failure_limit.
+                    callbacks=[TuneReportCallback()],  # type: ignore[list-item]  # V2 RunConfig, see above
+                    # Worker or node lost -> restart from the last checkpoint; a controller that
+                    # cannot start fails at once instead of retrying forever.
+                    failure_config=FailureConfig(  # type: ignore[call-arg]  # V2's, see above
+                        max_failures=s.sweep.max_failures, controller_failure_limit=0
+                    ),
+                    # PBT donors' checkpoints must outlive the exploit orders that name them.
+                    checkpoint_config=CheckpointConfig(num_to_keep=4 if s.sweep.scheduler == "pbt" else 2),
                 ),
-                # PBT donors' checkpoints must outlive the exploit orders that name them.
-                checkpoint_config=CheckpointConfig(num_to_keep=4 if s.sweep.scheduler == "pbt" else 2),
-            ),
-        )
+            )
+            return trainer.fit().metrics or {}
 
         def close(status: str, reason: str | None = None) -> None:
             # A trial the sweep stopped was already closed (KILLED, with its reason) by the
@@ -202,7 +218,7 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
             log.warning("MLflow is away: trial %s's run closes (%s) when its spool is uploaded", trial_id, status)
 
         try:
-            result = trainer.fit()
+            metrics = fit()
         except Exception as e:
             # This trial fails, never the sweep: what went wrong (a plugin's exception, say) goes
             # on its run as a tag, and the whole traceback as an artifact.
@@ -217,9 +233,12 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
             finally:
                 close("FAILED", "error")
             raise
-        metrics = result.metrics or {}
         if metrics.get("diverged"):
             close("FAILED", "divergence")
+            if s.resources.in_process:
+                # Its last report (diverged) reached Tune before this return does: the stopper's
+                # divergence verdict ends it, as a Ray Train trial's does, and resume never retries it.
+                return
             raise RuntimeError(f"trial diverged at step {metrics.get('step')} (non-finite loss or gradient)")
         if metrics.get("step", 0) < trainer_cfg["steps"]:
             return  # the sweep stopped it; its callback closes the run with the reason
@@ -227,4 +246,6 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
 
     import ray
 
+    if spec.resources.in_process:
+        return tune.with_resources(run_trial, in_process_resources(spec))
     return tune.with_resources(run_trial, driver_resources(ray.cluster_resources()))

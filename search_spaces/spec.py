@@ -273,6 +273,14 @@ class Resources(_Model):
         "(0.25: four at once); "
         "more than 1 must be a whole number.",
     )
+    in_process: bool = Field(
+        False,
+        description="Train a one-worker CPU trial in its Tune trial's own process instead of a Ray Train worker: "
+        "no Ray Train controller, worker or helper processes per trial, so each trial starts sooner and costs "
+        "fewer CPU-seconds (docs/benchmarks.md). A crash fails the trial at once (no in-flight restart from its "
+        "checkpoint: `ganops resume` goes on from it). Needs workers_per_trial 1 and gpus_per_worker 0; not with "
+        "scheduler pbt.",
+    )
 
     @field_validator("gpus_per_worker")
     @classmethod
@@ -286,6 +294,16 @@ class Resources(_Model):
         if v and round(v, 4) != v:
             raise ValueError(f"{v!r}: Ray schedules GPU fractions in steps of 0.0001; round it (e.g. 0.3333)")
         return v
+
+    @model_validator(mode="after")
+    def _in_process_alone(self) -> "Resources":
+        if self.in_process and (self.workers_per_trial > 1 or self.gpus_per_worker):
+            raise ValueError(
+                "in_process trains one CPU worker in the trial's own process; with "
+                f"workers_per_trial: {self.workers_per_trial} and gpus_per_worker: {self.gpus_per_worker:g} leave it "
+                "out (Ray Train's workers then train the trial)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_gpu_per_rank(self) -> "Resources":
@@ -595,6 +613,11 @@ class SweepSpec(_Model):
     def _scheduler_problems(self) -> Iterator[tuple[str, str]]:
         if self.sweep.scheduler != "pbt":
             return
+        if self.resources.in_process:
+            yield (
+                "resources.in_process",
+                "PBT's exploits load Ray Train checkpoints in flight; leave in_process out with scheduler: pbt",
+            )
         if self.sweep.search_alg != "random":
             yield (
                 "sweep.search_alg",

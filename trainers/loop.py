@@ -1,4 +1,9 @@
-"""The Ray Train per-worker loop: the one module that calls `ray.train.report` / `get_checkpoint`.
+"""The Ray Train per-worker loop: the one module that reports to Ray and reads its checkpoints.
+
+Two entry points run the same loop: `train_per_worker` in each Ray Train worker (reports with
+`ray.train.report`), and `train_in_trial` in the Tune trial's own process for a one-worker CPU
+trial with `resources.in_process` (reports with `ray.tune.report`; orchestrator/trial.py). Only
+`_Session` tells them apart.
 
 Every worker runs the pure `train_step` on the device Ray gives it (`ray.train.torch.get_device()`:
 its GPU, or the CPU); gradients are averaged across workers before each optimizer step, and
@@ -198,6 +203,86 @@ def _placement_report(device, G, D, opt_g, opt_d, ema, data, noise, evaluator) -
     return placement.placement(device, **groups)
 
 
+def _stored_checkpoints() -> list:
+    """This Tune trial's checkpoints on its storage (local or remote), newest first."""
+    import pyarrow.fs
+    from ray import tune
+    from ray.train._internal.session import get_session
+
+    session = get_session()
+    storage = getattr(session, "storage", None)  # Ray's private StorageContext; a Ray without it: none found
+    if storage is None or storage.storage_filesystem is None:
+        return []
+    fs, trial = storage.storage_filesystem, storage.trial_fs_path
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(trial, allow_not_found=True))
+    except OSError as e:
+        log.warning("could not list %s for checkpoints (%s); resuming from Tune's", trial, e)
+        return []
+    dirs = sorted(
+        (i.path for i in infos if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith("checkpoint_")),
+        reverse=True,
+    )
+    return [tune.Checkpoint(d, filesystem=fs) for d in dirs]
+
+
+class _Session:
+    """Where the loop reports and finds its checkpoint: Ray Train's worker session, or (in_trial)
+    the Tune trial's own session, for a trial that trains in its driver's process: one rank, on
+    the CPU, its checkpoints persisted by Tune. Keeps the last report (the trial's result)."""
+
+    def __init__(self, in_trial: bool) -> None:
+        self.in_trial = in_trial
+        self.last: dict[str, Any] = {}
+
+    def rank_world(self) -> tuple[int, int]:
+        if self.in_trial:
+            return 0, 1
+        import ray.train
+
+        ctx = ray.train.get_context()
+        return ctx.get_world_rank(), ctx.get_world_size()
+
+    def device(self) -> torch.device:
+        if self.in_trial:
+            return torch.device("cpu")
+        import ray.train.torch
+
+        return ray.train.torch.get_device()  # this worker's GPU (a share of one, with fractional GPUs), or the CPU
+
+    def checkpoints(self) -> list:
+        """The checkpoints to resume from, newest first (empty: start afresh).
+
+        Ray Train's worker gets its run's newest. A trial training in its own process takes the
+        newest one on its storage, not only the one Tune's saved state names: a sweep stopped (or
+        killed) between a checkpoint's upload and Tune's next state save would otherwise replay
+        every step since that save. Older ones follow, in case the newest upload was cut short."""
+        if not self.in_trial:
+            import ray.train
+
+            ckpt = ray.train.get_checkpoint()
+            return [ckpt] if ckpt is not None else []
+        from ray import tune
+
+        known = tune.get_checkpoint()
+        found = _stored_checkpoints()
+        return found or ([known] if known is not None else [])
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
+        """Report `metrics` (and the checkpoint in `checkpoint_dir`, persisted to the run's storage)."""
+        self.last = dict(metrics)
+        if self.in_trial:
+            from ray import tune
+
+            ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+            tune.report(metrics, checkpoint=ckpt)
+            return
+        import ray.train
+
+        ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=ckpt)
+
+
 @dataclass
 class _Worker:
     """One worker's part of a trial: what `_setup` builds once and every step reads."""
@@ -238,6 +323,7 @@ class _Worker:
     # breaks a sweep's wall time down with them): this process' set-up,
     # the evaluator's, checkpoint writes and Ray's report of them, and MLflow writes (rank 0).
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMINGS, 0.0))
+    session: _Session = field(default_factory=lambda: _Session(in_trial=False))
     best: BestEval = field(default_factory=lambda: BestEval(None))  # by the sweep's metric (run["metric"])
 
     def switch(self, cfg: TrainerConfig) -> None:
@@ -246,8 +332,20 @@ class _Worker:
 
 def train_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point. `loop_config` = {"trainer": TrainerConfig dump, "run": {...}}."""
+    _train(loop_config, _Session(in_trial=False))
+
+
+def train_in_trial(loop_config: dict[str, Any]) -> dict[str, Any]:
+    """The same loop in the calling Tune trial's process (one rank, CPU), reporting to Tune.
+    Returns the last report, as `TorchTrainer.fit()`'s result.metrics would."""
+    session = _Session(in_trial=True)
+    _train(loop_config, session)
+    return session.last
+
+
+def _train(loop_config: dict[str, Any], session: _Session) -> None:
     entered, t_setup = time.time(), time.perf_counter()
-    w = _setup(loop_config)
+    w = _setup(loop_config, session)
     w.timings["setup_seconds"] = time.perf_counter() - t_setup
     w.timings["worker_entered_at"] = entered  # unix time: the trial's run start to here is TorchTrainer's start
     losses = LossLog(w.sink, w.cfg.log_every)
@@ -303,18 +401,16 @@ def _timed(w: _Worker, key: str):
         w.timings[key] += time.perf_counter() - t
 
 
-def _setup(loop_config: dict[str, Any]) -> _Worker:
+def _setup(loop_config: dict[str, Any], session: _Session) -> _Worker:
     """Models, optimizers, data and RNG on this worker's device, restored from the trial's
     checkpoint if it has one; then the spot watcher, and on rank 0 the MLflow sink."""
-    import ray.train
-    import ray.train.torch
+    import ray
 
     cfg = TrainerConfig.model_validate(loop_config["trainer"])  # re-validate at the boundary
     run = loop_config.get("run", {})
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = session.rank_world()
     torch.set_num_threads(cfg.threads)
-    device = ray.train.torch.get_device()  # this worker's GPU (a share of one, with fractional GPUs), or the CPU
+    device = session.device()
     device_info = placement.prepare(device, cfg.tf32)
 
     torch.manual_seed(cfg.seed)  # same init on every rank; broadcast makes sure of it
@@ -330,9 +426,10 @@ def _setup(loop_config: dict[str, Any]) -> _Worker:
         device, torch.channels_last if cfg.channels_last and cfg.is_image else torch.preserve_format
     )
     w = _Worker(cfg, gan_for(cfg), run, rank, world, device, G, D, opt_g, opt_d, scheds, ema, precision, gen, data)
+    w.session = session
     w.best = BestEval(run.get("metric"), run.get("mode") or "min")
 
-    _restore(w, ray.train.get_checkpoint())
+    _restore(w, session.checkpoints())
     _broadcast_params(world, G, D)
     if w.cfg.compile:
         # In place (nn.Module.compile): state_dict keys stay G's own, so checkpoints load anywhere.
@@ -358,12 +455,22 @@ def _setup(loop_config: dict[str, Any]) -> _Worker:
     return w
 
 
-def _restore(w: _Worker, ckpt) -> None:
-    """Pick up the trial where its last checkpoint left it: weights, optimizers, RNG, cost so far."""
-    if ckpt is None:
+def _restore(w: _Worker, checkpoints: list) -> None:
+    """Pick up the trial where its newest readable checkpoint (`checkpoints`, newest first) left
+    it: weights, optimizers, RNG, cost so far."""
+    state, unreadable = None, None
+    for ckpt in checkpoints:
+        try:
+            with ckpt.as_directory() as d:
+                state = load_state(Path(d) / CHECKPOINT_FILE)
+            break
+        except Exception as e:  # cut short, or gone; the next older one may do
+            log.warning("checkpoint %s unreadable (%s); trying an older one", ckpt.path, e)
+            unreadable = e
+    if state is None:
+        if unreadable is not None:  # never start afresh silently over a trial's checkpoints
+            raise unreadable
         return
-    with ckpt.as_directory() as d:
-        state = load_state(Path(d) / CHECKPOINT_FILE)
     w.step = restore(state, w.G, w.D, w.opt_g, w.opt_d, w.gen, schedulers=w.scheds, ema=w.ema, precision=w.precision)
     w.spent.update({k: v for k, v in state.get("meta", {}).items() if k in w.spent})
     w.best.restore(state.get("meta", {}))  # a resumed trial remembers its best eval (and does not log a worse one)
@@ -428,14 +535,12 @@ def _obey_orders(w: _Worker) -> bool:
 def _report_divergence(w: _Worker, e: DivergenceError) -> None:
     """Not a crash to retry from a checkpoint (it would diverge again): the trial ends here and
     reports why, so the stopper and the leaderboard can say so."""
-    import ray.train
-
     log.warning("trial diverged: %s", e)
     report = {"diverged": 1.0, "step": w.step + 1, "train_seconds": w.train_seconds}
     if w.sink is not None:
         w.sink.log(w.step + 1, report, None, None)
         w.sink.tag("divergence", str(e))
-    ray.train.report(report)
+    w.session.report(report)
 
 
 def _spot_vote(w: _Worker) -> bool:
@@ -458,8 +563,6 @@ def _eval_and_report(w: _Worker, metrics: dict[str, float]) -> None:
     """The eval: the window's step means (`metrics`) plus cost; rank 0 adds the evaluator's scores,
     logs to MLflow (the step means already went there through LossLog) and writes the
     checkpoint; every rank reports to Ray (the stopper and the scheduler read these)."""
-    import ray.train
-
     step_keys = set(metrics)
     metrics.update(step=w.step, train_seconds=w.train_seconds)
     hours = (time.monotonic() - w.held_since) / 3600
@@ -467,13 +570,11 @@ def _eval_and_report(w: _Worker, metrics: dict[str, float]) -> None:
     metrics["spot_saved_usd"] = (
         w.spent["spot_saved_usd"] + (w.rate.on_demand_usd_per_hour - w.rate.usd_per_hour) * hours
     )
-    checkpoint = None
     with tempfile.TemporaryDirectory() as tmp:
         if w.rank == 0:
             _rank0_eval(w, metrics, step_keys, Path(tmp))
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
         with _timed(w, "checkpoint_seconds"):  # persists the checkpoint to the run's storage
-            ray.train.report(metrics, checkpoint=checkpoint)
+            w.session.report(metrics, Path(tmp) if w.rank == 0 else None)
 
 
 def _rank0_eval(w: _Worker, metrics: dict[str, float], step_keys: set[str], tmp: Path) -> None:

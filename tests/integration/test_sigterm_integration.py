@@ -1,6 +1,8 @@
 """SIGTERM keeps the story (issue 15, item 3): `ganops sweep --json` terminated after its first
 eval exits 143, prints the trials so far, leaves no run RUNNING (each KILLED with reason
-`terminated`), and `ganops resume` finishes the sweep with every step of every trial."""
+`terminated`), and `ganops resume` finishes the sweep with every step of every trial: trials
+trained by Ray Train workers (resumed from Ray Train's checkpoints) and trials trained in their
+own Tune process (`resources.in_process`, resumed from Tune's)."""
 
 import json
 import os
@@ -38,10 +40,13 @@ def _steps(client, run_id, key="step"):
 
 
 @pytest.mark.timeout(600)
-def test_sigterm_closes_every_run_prints_the_trials_so_far_and_resume_finishes_the_sweep(ganops_home, tmp_path):
+@pytest.mark.parametrize("in_process", [False, True], ids=["ray-train", "in-process"])
+def test_sigterm_closes_every_run_prints_the_trials_so_far_and_resume_finishes_the_sweep(
+    ganops_home, tmp_path, in_process
+):
     """SIGTERM after the first eval: exit 143, JSON with the trials so far, every run KILLED
     (stop_reason terminated); `ganops resume` then finishes every trial with all its steps."""
-    (tmp_path / "spec.yaml").write_text(SPEC)
+    (tmp_path / "spec.yaml").write_text(SPEC + f"resources: {{in_process: {str(in_process).lower()}}}\n")
     env = {**os.environ, "GANOPS_HOME": str(ganops_home)}
     log = tmp_path / "sweep.log"
     with log.open("w") as stderr:

@@ -4,6 +4,7 @@ import io
 import json
 import re
 import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -233,6 +234,45 @@ stopping: {mode_collapse: null}
     parent = client.get_run(result.parent_run_id)
     assert parent.data.tags["ganops.best_step"] == str(healthy.judged[1])
     assert parent.data.metrics["best_fid"] == result.value(healthy)
+
+
+@pytest.mark.core
+def test_in_process_trials_train_in_their_tune_process_with_the_same_fates_and_checkpoints(local_ray, ganops_home):
+    """`resources.in_process`: the three fates above, each trial trained inside its Tune trial's
+    process (no Ray Train run: nothing under the sweep's `train/` storage), reporting to Tune
+    straight, with the same outcomes: divergence stopped and FAILED, the D-dominated trial
+    stopped by the board's order and KILLED, the healthy one FINISHED with its best eval, and
+    each trial's newest two checkpoints kept in its Tune trial directory."""
+    text = """
+name: three-fates-in-process
+trainer: {model: dcgan28, data: mnist, steps: 400, eval_every: 40, batch_size: 64, width: 16, eval_samples: 200, \
+optimizer_d: sgd, momentum: 0.9}
+search:
+  lr_d: {grid: [1.0, 1.0e-2, 1.0e-4]}
+sweep: {num_samples: 1}
+stopping: {mode_collapse: null}
+resources: {in_process: true}
+"""
+    result = run_sweep(spec_from_text(text))
+    by_lr = {t.config["lr_d"]: t for t in result.trials}
+    client = MlflowClient(result.tracking_uri)
+    diverged, dominated, healthy = by_lr[1.0], by_lr[1.0e-2], by_lr[1.0e-4]
+    assert diverged.status == "stopped" and diverged.stop_reason.startswith("divergence"), diverged
+    assert client.get_run(diverged.run_id).info.status == "FAILED"
+    assert dominated.status == "stopped" and dominated.stop_reason.startswith("d_overpowers"), dominated
+    assert dominated.step < 400 and client.get_run(dominated.run_id).info.status == "KILLED"
+    assert healthy.status == "done" and healthy.step == 400 and result.best.trial_id == healthy.trial_id
+    run = client.get_run(healthy.run_id)
+    assert run.info.status == "FINISHED"
+    assert [int(m.step) for m in client.get_metric_history(healthy.run_id, "fid")] == list(range(40, 401, 40))
+    assert {a.path for a in client.list_artifacts(healthy.run_id)} >= {"generator", "generator_best", "images"}
+
+    sweep_dir = Path(result.storage) / result.sweep_id
+    assert not (sweep_dir / "train").exists()  # no Ray Train run was started
+    (trial_dir,) = [d for d in sweep_dir.iterdir() if d.is_dir() and healthy.trial_id in d.name]
+    kept = sorted(d.name for d in trial_dir.glob("checkpoint_*"))
+    assert kept == ["checkpoint_000008", "checkpoint_000009"], kept  # 10 evals, the newest two kept
+    assert {p.name for p in (trial_dir / kept[-1]).iterdir()} >= {"state.pt", "generator.pt"}
 
 
 def test_mixture_quality_stops_a_grid25_trial_whose_generator_never_leaves_its_first_blob(local_ray, ganops_home):

@@ -132,7 +132,7 @@ def test_the_best_eval_survives_a_restore_from_the_checkpoint(evaluated):
     client, run_id, *_, tmp_path = evaluated
     assert load_state(tmp_path / "eval30" / loop.CHECKPOINT_FILE)["meta"]["best_step"] == 20
     w = _worker(tmp_path, client.tracking_uri, run_id)
-    loop._restore(w, Checkpoint.from_directory(str(tmp_path / "eval30")))
+    loop._restore(w, [Checkpoint.from_directory(str(tmp_path / "eval30"))])
     assert w.step == 30 and w.best.report() == {"best_step": 20, "best_loss_g": 0.5}
     assert not w.best.update(40, {"loss_g": 0.7}) and w.best.update(50, {"loss_g": 0.4})
     fresh = BestEval("loss_g", "min")

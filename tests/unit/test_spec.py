@@ -189,6 +189,24 @@ def test_pbt_settings_that_cannot_work_are_refused(extra, message):
     assert message in i.message
 
 
+@pytest.mark.parametrize(
+    "resources,message",
+    [
+        ("{in_process: true, workers_per_trial: 2}", "in_process trains one CPU worker"),
+        ("{in_process: true, gpus_per_worker: 0.5}", "in_process trains one CPU worker"),
+    ],
+)
+def test_in_process_needs_one_cpu_worker(resources, message):
+    (i,) = issues(f"name: t\nresources: {resources}\n")
+    assert i.path.startswith("resources") and message in i.message
+
+
+def test_in_process_is_refused_with_pbt_and_kept_otherwise():
+    (i,) = issues(GOOD + "sweep: {scheduler: pbt}\nresources: {in_process: true}\n")
+    assert i.path == "resources.in_process" and "leave in_process out with scheduler: pbt" in i.message
+    assert spec_from_text("name: t\nresources: {in_process: true, cpus_per_worker: 2}\n").resources.in_process
+
+
 def test_pbt_needs_a_mutable_searched_setting():
     (i,) = issues(
         "name: t\ntrainer: {model: mlp2d, data: grid25}\nsearch:\n  width: {choice: [64, 128]}\nsweep: {scheduler: "
