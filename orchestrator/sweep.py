@@ -572,8 +572,9 @@ def _execute(
             callbacks=[progress],
             verbose=0,
             stop=stopper,
-            # Train restarts workers; a failed driver is a failed trial
-            failure_config=tune.FailureConfig(max_failures=0),
+            # Train restarts workers, and a failed driver is a failed trial; a trial training in
+            # its own process is restarted by Tune, from its newest checkpoint (trainers/loop.py).
+            failure_config=tune.FailureConfig(max_failures=spec.sweep.max_failures if spec.resources.in_process else 0),
             # Trials training in their own process checkpoint through Tune (orchestrator/trial.py):
             # keep each one's newest two, as Ray Train keeps its workers'.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),

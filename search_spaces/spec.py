@@ -254,7 +254,11 @@ class Sweep(_Model):
         description="Seed of the search algorithm (same seed, same sampled configs); 0 to 2**32 - 1.",
     )
     max_failures: int = Field(
-        1, ge=0, le=100, description="Restarts of a trial from its last checkpoint after a worker or node is lost."
+        1,
+        ge=0,
+        le=100,
+        description="Restarts of a trial from its last checkpoint after a worker or node is lost (or, with "
+        "in_process, after its process fails).",
     )
 
 
@@ -277,9 +281,8 @@ class Resources(_Model):
         False,
         description="Train a one-worker CPU trial in its Tune trial's own process instead of a Ray Train worker: "
         "no Ray Train controller, worker or helper processes per trial, so each trial starts sooner and costs "
-        "fewer CPU-seconds (docs/benchmarks.md). A crash fails the trial at once (no in-flight restart from its "
-        "checkpoint: `ganops resume` goes on from it). Needs workers_per_trial 1 and gpus_per_worker 0; not with "
-        "scheduler pbt.",
+        "fewer CPU-seconds (docs/benchmarks.md). A crashed trial is restarted by Tune (sweep.max_failures times) "
+        "from its newest checkpoint. Needs workers_per_trial 1 and gpus_per_worker 0; not with scheduler pbt.",
     )
 
     @field_validator("gpus_per_worker")

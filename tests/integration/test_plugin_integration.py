@@ -152,3 +152,58 @@ def test_the_single_file_example_sweeps_and_a_raising_plugin_fails_only_its_tria
     assert len(failed) == 1 and failed[0].info.status == "FAILED"
     text = client.download_artifacts(failed[0].info.run_id, "error/traceback.txt", str(tmp_path))
     assert "plugin G blew up on purpose" in Path(text).read_text()
+
+
+CRASH_ONCE = """
+from pathlib import Path
+
+from pydantic import BaseModel
+from torch import nn
+from trainers.plugin import GanPlugin
+
+
+class CrashOnce(nn.Module):
+    def __init__(self, inner, marker):
+        super().__init__()
+        self.inner, self.marker, self.calls = inner, marker, 0
+
+    def forward(self, z):
+        self.calls += 1
+        if self.calls > 30 and not Path(self.marker).exists():  # past the first checkpoint (step 20)
+            Path(self.marker).write_text("crashed")
+            raise RuntimeError("crashed once on purpose")
+        return self.inner(z)
+
+
+class Once(GanPlugin):
+    class Params(BaseModel):
+        marker: str = ""
+
+    def build(self):
+        G = nn.Sequential(nn.Linear(self.cfg.latent_dim, 784), nn.Tanh(), nn.Unflatten(1, (1, 28, 28)))
+        D = nn.Sequential(nn.Flatten(), nn.Linear(784, 1))
+        return CrashOnce(G, self.params.marker), D
+"""
+
+
+@pytest.mark.timeout(600)
+def test_an_in_process_trial_that_crashes_is_restarted_from_its_newest_checkpoint(tmp_path):
+    """`resources.in_process`: a trial whose process fails (here its plugin raises once, after
+    the first eval's checkpoint) is restarted by Tune (sweep.max_failures) from its newest
+    checkpoint, in the same MLflow run, and finishes; every eval is logged once."""
+    (tmp_path / "once.py").write_text(CRASH_ONCE)
+    marker = tmp_path / "crashed"
+    (tmp_path / "once.yaml").write_text(
+        f"name: once\ntrainer: {{model: once.py:Once, data: mnist, latent_dim: 8, params: {{marker: '{marker}'}}}}\n"
+        "sweep: {num_samples: 1, max_failures: 1}\nstopping: {mode_collapse: null}\nresources: {in_process: true}\n"
+    )
+    env = _env(tmp_path)
+    r = _ganops(["sweep", str(tmp_path / "once.yaml"), *SHORT, "--json"], env, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert marker.read_text() == "crashed"  # it did crash once
+    (trial,) = json.loads(r.stdout)["trials"]
+    assert trial["status"] == "done" and trial["metrics"]["step"] == 40, trial
+    client = MlflowClient(json.loads(r.stdout)["tracking_uri"])
+    run = client.get_run(trial["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["ganops.resumed_from_step"] == "20", run.data.tags
+    assert [int(m.step) for m in client.get_metric_history(run.info.run_id, "fid")] == [20, 40]
