@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 TAG_SPEC_HASH = "ganops.spec_hash"
 TAG_STOP = "stop_reason"
+TAG_ERROR = "ganops.error"  # a failed trial's error (record_error)
 TAG_STORAGE = "ganops.storage"  # where Ray keeps the sweep's experiment state and checkpoints (for `ganops resume`)
 
 
@@ -216,8 +217,11 @@ def trial_run(
             rid = found[0].info.run_id
             if reopen_check is not None:
                 reopen_check(found[0])
-            if TAG_STOP in found[0].data.tags:  # it ended with an error before (e.g. storage lost); it goes on now
-                client.delete_tag(rid, TAG_STOP)
+            # It ended with an error before (e.g. storage lost, a crash); it goes on now. The
+            # error's traceback stays among its artifacts (error/traceback.txt).
+            for tag in (TAG_STOP, TAG_ERROR):
+                if tag in found[0].data.tags:
+                    client.delete_tag(rid, tag)
             client.update_run(rid, status="RUNNING")
             # A first attempt may have created the run and then lost its params to a busy store.
             have = found[0].data.params
@@ -253,7 +257,7 @@ def record_error(client: MlflowClient, run_id: str, error: BaseException) -> Non
 
     text = "".join(traceback.format_exception(error))
     last = next((ln.strip() for ln in reversed(str(error).strip().splitlines()) if ln.strip()), type(error).__name__)
-    client.set_tag(run_id, "ganops.error", last[:5000])
+    client.set_tag(run_id, TAG_ERROR, last[:5000])
     client.log_text(run_id, text, "error/traceback.txt")
 
 

@@ -206,4 +206,7 @@ def test_an_in_process_trial_that_crashes_is_restarted_from_its_newest_checkpoin
     client = MlflowClient(json.loads(r.stdout)["tracking_uri"])
     run = client.get_run(trial["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["ganops.resumed_from_step"] == "20", run.data.tags
+    assert "ganops.error" not in run.data.tags  # the crash's traceback stays as an artifact
+    traceback = client.download_artifacts(run.info.run_id, "error/traceback.txt", str(tmp_path))
+    assert "crashed once on purpose" in Path(traceback).read_text()
     assert [int(m.step) for m in client.get_metric_history(run.info.run_id, "fid")] == [20, 40]
