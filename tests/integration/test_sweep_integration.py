@@ -181,14 +181,8 @@ resources: {workers_per_trial: 2, cpus_per_worker: 1}
         assert FAKE_SECRET.encode() not in data and FAKE_KEY_ID.encode() not in data, p
 
 
-@pytest.mark.core
-def test_balance_rules_stop_the_diverging_and_the_d_dominated_trial_and_let_the_healthy_one_finish(
-    local_ray, ganops_home
-):
-    """One real Tune run, three DCGAN trials that differ only in D's SGD learning rate:
-    lr_d 1.0 blows up (non-finite loss: FAILED, divergence), 1e-2 lets D overpower G
-    (KILLED, d_overpowers, with the evidence), 1e-4 trains to its end (FINISHED)."""
-    text = """
+# Three DCGAN trials that differ only in D's SGD learning rate (the balance rules' three fates).
+THREE_FATES = """
 name: three-fates
 trainer: {model: dcgan28, data: mnist, steps: 400, eval_every: 40, batch_size: 64, width: 16, eval_samples: 200, \
 optimizer_d: sgd, momentum: 0.9}
@@ -197,7 +191,16 @@ search:
 sweep: {num_samples: 1}
 stopping: {mode_collapse: null}
 """
-    result = run_sweep(spec_from_text(text))
+
+
+@pytest.mark.core
+def test_balance_rules_stop_the_diverging_and_the_d_dominated_trial_and_let_the_healthy_one_finish(
+    local_ray, ganops_home
+):
+    """One real Tune run, three DCGAN trials that differ only in D's SGD learning rate:
+    lr_d 1.0 blows up (non-finite loss: FAILED, divergence), 1e-2 lets D overpower G
+    (KILLED, d_overpowers, with the evidence), 1e-4 trains to its end (FINISHED)."""
+    result = run_sweep(spec_from_text(THREE_FATES))
     by_lr = {t.config["lr_d"]: t for t in result.trials}
     client = MlflowClient(result.tracking_uri)
 
@@ -243,17 +246,7 @@ def test_in_process_trials_train_in_their_tune_process_with_the_same_fates_and_c
     straight, with the same outcomes: divergence stopped and FAILED, the D-dominated trial
     stopped by the board's order and KILLED, the healthy one FINISHED with its best eval, and
     each trial's newest two checkpoints kept in its Tune trial directory."""
-    text = """
-name: three-fates-in-process
-trainer: {model: dcgan28, data: mnist, steps: 400, eval_every: 40, batch_size: 64, width: 16, eval_samples: 200, \
-optimizer_d: sgd, momentum: 0.9}
-search:
-  lr_d: {grid: [1.0, 1.0e-2, 1.0e-4]}
-sweep: {num_samples: 1}
-stopping: {mode_collapse: null}
-resources: {in_process: true}
-"""
-    result = run_sweep(spec_from_text(text))
+    result = run_sweep(spec_from_text(THREE_FATES + "resources: {in_process: true}\n"))
     by_lr = {t.config["lr_d"]: t for t in result.trials}
     client = MlflowClient(result.tracking_uri)
     diverged, dominated, healthy = by_lr[1.0], by_lr[1.0e-2], by_lr[1.0e-4]
