@@ -231,6 +231,14 @@ class TrainerConfig(BaseModel):
         description="R2 gradient penalty: as r1, on G's samples instead of the real ones (r2 / 2 * "
         "E||grad D(G(z))||^2, metric r2). 0 = off.",
     )
+    reg_every: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Lazy regularization (Karras et al. 2020, StyleGAN2's d_reg_interval): r1 and r2 are computed on "
+        "every reg_every-th iteration only and weighted reg_every times as much, so the penalty's double backward "
+        "costs 1/reg_every as much for about the same pull. 1 = every iteration; StyleGAN2 uses 16.",
+    )
     soft_labels: bool = Field(
         False,
         description="BCE losses: D's targets drawn per sample, real ~ U[0.7, 1.2], fake ~ U[0, 0.3] (ganhacks #6); "

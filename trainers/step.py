@@ -301,7 +301,7 @@ def train_step(
     All randomness (real batches, z) comes from `generator`, on its device (the loop gives each
     worker one on its own device), so restoring its state replays the run. A conditional model
     (cfg.is_conditional) sees real images with their labels and fakes with classes drawn
-    uniformly. `step` only labels a DivergenceError. After the updates the lr `schedulers` step
+    uniformly. `step` labels a DivergenceError and times lazy R1/R2 (cfg.reg_every; None: every step). After the updates the lr `schedulers` step
     once and `ema` (build_ema) averages G's new weights in. `precision` (trainers/precision.py):
     autocast around the forward passes and, for fp16, a loss scaler per network. `gan`:
     gan_for(cfg), which a loop builds once rather than per step (None: built here).
@@ -356,8 +356,11 @@ def _update_d(
                 fake_g = _conditioned(G, y_fake)(z)
             fake = fake_g.detach()
             # R1 / R2 differentiate D's outputs with respect to its inputs (off by default: no change then).
-            real = real.detach().requires_grad_(True) if cfg.r1 > 0 else real
-            fake = fake.requires_grad_(True) if cfg.r2 > 0 else fake
+            # Lazily (cfg.reg_every > 1) only on every reg_every-th iteration, weighted reg_every times.
+            lazy = step is None or step % cfg.reg_every == 0
+            r1, r2 = (cfg.r1, cfg.r2) if lazy else (0.0, 0.0)
+            real = real.detach().requires_grad_(True) if r1 > 0 else real
+            fake = fake.requires_grad_(True) if r2 > 0 else fake
             opt_d.zero_grad(set_to_none=True)
             # Real and fake in separate batches so D's BN sees all-real / all-fake statistics (ganhacks).
             out_real = _conditioned(D, y_real)(real).view(-1)  # (B,) logits (critic scores for hinge / wgan-gp)
@@ -376,10 +379,10 @@ def _update_d(
                 loss_d = loss_d_real + loss_d_fake
                 if "gp" in extra:
                     loss_d = loss_d + cfg.gp_lambda * extra["gp"]
-            for name, gamma, out, x in (("r1", cfg.r1, out_real, real), ("r2", cfg.r2, out_fake, fake)):
+            for name, gamma, out, x in (("r1", r1, out_real, real), ("r2", r2, out_fake, fake)):
                 if gamma > 0:
                     extra = {**extra, name: r_penalty(out, x, precision.gp_scale("d"))}
-                    loss_d = loss_d + gamma / 2 * extra[name]
+                    loss_d = loss_d + gamma / 2 * cfg.reg_every * extra[name]
         _apply(D, opt_d, loss_d, "d", cfg, precision, sync_grads, step, grads)
     # Drop D's gradients now: with D frozen below, stale ones would sit there unused.
     opt_d.zero_grad(set_to_none=True)

@@ -189,6 +189,21 @@ def test_r1_r2_are_reported_and_weighted_gamma_over_2_into_ds_loss(knob):
     assert m["loss_d"] == pytest.approx(m["loss_d_real"] + m["loss_d_fake"] + 2.0 * m[knob], rel=1e-5)
 
 
+@pytest.mark.parametrize("knob", ["r1", "r2"])
+def test_lazy_penalty_runs_every_reg_every_th_step_weighted_reg_every_times(knob):
+    """reg_every 4 (StyleGAN2's lazy regularization): steps 1-3 compute no penalty and their loss_d is the
+    plain loss; step 4 reports it and weighs it gamma / 2 * 4 into loss_d."""
+    cfg = _tiny("mlp2d", "grid25", reg_every=4, **{knob: 4.0})
+    G, D, og, od, data, gen = _setup(cfg)
+    for step in (1, 2, 3):
+        m = train_step(G, D, og, od, data, cfg, gen, step=step)
+        assert knob not in m
+        assert m["loss_d"] == pytest.approx(m["loss_d_real"] + m["loss_d_fake"], rel=1e-6)
+    m = train_step(G, D, og, od, data, cfg, gen, step=4)
+    assert m[knob] > 0
+    assert m["loss_d"] == pytest.approx(m["loss_d_real"] + m["loss_d_fake"] + 2.0 * 4 * m[knob], rel=1e-5)
+
+
 def test_r1_trains_d_through_the_penalty():
     """The penalty is differentiable in D's weights: with an lr, D's update differs from the same step without R1."""
     moved = {}
