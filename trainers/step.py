@@ -301,8 +301,9 @@ def train_step(
     All randomness (real batches, z) comes from `generator`, on its device (the loop gives each
     worker one on its own device), so restoring its state replays the run. A conditional model
     (cfg.is_conditional) sees real images with their labels and fakes with classes drawn
-    uniformly. `step` labels a DivergenceError and times lazy R1/R2 (cfg.reg_every; None: every step). After the updates the lr `schedulers` step
-    once and `ema` (build_ema) averages G's new weights in. `precision` (trainers/precision.py):
+    uniformly. `step` labels a DivergenceError and times lazy R1/R2 (cfg.reg_every; None: every
+    step). After the updates the lr `schedulers` step once and `ema` (build_ema) averages G's new
+    weights in. `precision` (trainers/precision.py):
     autocast around the forward passes and, for fp16, a loss scaler per network. `gan`:
     gan_for(cfg), which a loop builds once rather than per step (None: built here).
     Raises DivergenceError before an optimizer step that would apply a non-finite gradient.
