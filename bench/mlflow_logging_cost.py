@@ -234,7 +234,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument(
-        "--evals", type=int, default=5, help="Evals per trial (dcgan.yaml: 1500 steps / eval_every 300 = 5)."
+        "--evals", type=int, default=5, help="Evals per trial (dcgan.yaml: 5000 steps / eval_every 1000 = 5)."
     )
     ap.add_argument(
         "--busy-seconds",

@@ -118,12 +118,27 @@ def main() -> None:
             },
             "outside_trials_s": round(wall - durations / concurrent, 1),
             "first_metric_s": round(first_metric_ms / 1000 - launched, 1) if first_metric_ms else None,
-            "best": {k: result["best"][k] for k in ("trial_id", "config")}
-            | {result["metric"]: result["best"]["metrics"][result["metric"]]}
-            if result.get("best")
-            else None,
+            "best": _best(result),
         }
         print(json.dumps(report, indent=1))
+
+
+# what the best trial scored at the eval it is judged by (its best, as `best` and `sample` use it)
+SCORES = ("fid", "inception_score", "class_coverage", "kid", "precision", "recall", "mix_score", "modes", "hq_pct")
+
+
+def _best(result: dict) -> dict | None:
+    best = result.get("best")
+    if not best:
+        return None
+    judged = best.get("best_metrics") or best["metrics"]
+    return {
+        "trial_id": best["trial_id"],
+        "config": best["config"],
+        "at_step": best.get("best_step") or best["step"],
+        **{k: round(judged[k], 4) for k in SCORES if k in judged},
+        f"last_{result['metric']}": best["metrics"].get(result["metric"]),
+    }
 
 
 if __name__ == "__main__":
