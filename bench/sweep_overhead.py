@@ -27,6 +27,8 @@ from pathlib import Path
 
 # the trial's time outside training and evaluation (trainers/loop.py's timers; the first from its run's start)
 PARTS = ("torchtrainer_start", "setup", "evaluator", "checkpoint", "mlflow")
+# what the best trial scored at the eval it is judged by (its best, as `best` and `sample` use it)
+SCORES = ("fid", "inception_score", "class_coverage", "kid", "precision", "recall", "mix_score", "modes", "hq_pct")
 
 
 def main() -> None:
@@ -121,10 +123,6 @@ def main() -> None:
             "best": _best(result),
         }
         print(json.dumps(report, indent=1))
-
-
-# what the best trial scored at the eval it is judged by (its best, as `best` and `sample` use it)
-SCORES = ("fid", "inception_score", "class_coverage", "kid", "precision", "recall", "mix_score", "modes", "hq_pct")
 
 
 def _best(result: dict) -> dict | None:

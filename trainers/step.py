@@ -303,9 +303,9 @@ def train_step(
     (cfg.is_conditional) sees real images with their labels and fakes with classes drawn
     uniformly. `step` labels a DivergenceError and times lazy R1/R2 (cfg.reg_every; None: every
     step). After the updates the lr `schedulers` step once and `ema` (build_ema) averages G's new
-    weights in. `precision` (trainers/precision.py):
-    autocast around the forward passes and, for fp16, a loss scaler per network. `gan`:
-    gan_for(cfg), which a loop builds once rather than per step (None: built here).
+    weights in. `precision` (trainers/precision.py): autocast around the forward passes and, for
+    fp16, a loss scaler per network. `gan`: gan_for(cfg), which a loop builds once rather than per
+    step (None: built here).
     Raises DivergenceError before an optimizer step that would apply a non-finite gradient.
     """
     G.train()
@@ -339,6 +339,8 @@ def _update_d(
     ###########################
     device = next(G.parameters()).device
     B = cfg.batch_size
+    # R1 / R2 (off by default); lazily (reg_every > 1) on every reg_every-th iteration, weighted reg_every times.
+    r1, r2 = (cfg.r1, cfg.r2) if step is None or step % cfg.reg_every == 0 else (0.0, 0.0)
     for i in range(cfg.d_steps):
         if cfg.is_conditional:
             real, y_real = data.sample_labeled(B, generator)  # (B, 1, 28, 28), (B,)
@@ -356,10 +358,7 @@ def _update_d(
             with torch.set_grad_enabled(last):
                 fake_g = _conditioned(G, y_fake)(z)
             fake = fake_g.detach()
-            # R1 / R2 differentiate D's outputs with respect to its inputs (off by default: no change then).
-            # Lazily (cfg.reg_every > 1) only on every reg_every-th iteration, weighted reg_every times.
-            lazy = step is None or step % cfg.reg_every == 0
-            r1, r2 = (cfg.r1, cfg.r2) if lazy else (0.0, 0.0)
+            # R1 / R2 differentiate D's outputs with respect to its inputs.
             real = real.detach().requires_grad_(True) if r1 > 0 else real
             fake = fake.requires_grad_(True) if r2 > 0 else fake
             opt_d.zero_grad(set_to_none=True)
