@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from trainers.data import MixtureSource
 from trainers.metrics import mixture_scores
+from trainers.models.common import pack_samples
 
 
 class Maxout(nn.Module):
@@ -62,17 +63,17 @@ def main() -> None:
     opt_g = torch.optim.Adam(G.parameters(), args.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), args.lr, betas=(0.5, 0.999))
     data, gen = MixtureSource("grid25"), torch.Generator().manual_seed(args.seed + 1)
-    n, b = args.packs_per_batch * args.pack, args.packs_per_batch
+    n = args.packs_per_batch * args.pack
     t0 = time.perf_counter()
     for step in range(1, args.steps + 1):
         real, fake = data.sample(n, gen), G(torch.randn(n, args.latent, generator=gen))
-        out_real, out_fake = D(real.view(b, -1)), D(fake.detach().view(b, -1))
+        out_real, out_fake = D(pack_samples(real, args.pack)), D(pack_samples(fake.detach(), args.pack))
         loss_d = F.binary_cross_entropy_with_logits(out_real, torch.ones_like(out_real))
         loss_d = loss_d + F.binary_cross_entropy_with_logits(out_fake, torch.zeros_like(out_fake))
         opt_d.zero_grad()
         loss_d.backward()
         opt_d.step()
-        out = D(fake.view(b, -1))
+        out = D(pack_samples(fake, args.pack))
         loss_g = F.binary_cross_entropy_with_logits(out, torch.ones_like(out))  # non-saturating
         opt_g.zero_grad()
         loss_g.backward()
