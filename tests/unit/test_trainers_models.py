@@ -199,11 +199,11 @@ def test_fc_has_the_published_layer_sizes():
 
 
 def test_dcgan28_default_weights_outputs_and_first_step_are_unchanged_by_the_package_split():
-    """Seed 0, width 16: the hashes taken from trainers/models.py before it became a package.
-    The init and G's output are exact on every CPU seen; D's output and the step's weights went
-    through oneDNN kernels that round differently on another CPU (seen on 2026-12-01: both hashes
-    differed on unchanged code), so those are checked for determinism instead: D's output and the
-    step's weights bit for bit against a second, identically seeded build on the same machine."""
+    """Seed 0, width 16: the init's hash taken from trainers/models.py before it became a package
+    (exact on every CPU seen). G's and D's outputs and the step's weights go through oneDNN kernels
+    that round differently on another CPU (D's and the step's hashes differed on unchanged code on
+    2026-12-01, G's on 2026-12-03), so those are checked for determinism instead: bit for bit
+    against a second, identically seeded build on the same machine."""
     cfg = TrainerConfig(width=16)
     G, D = build_models(cfg)
 
@@ -215,9 +215,10 @@ def test_dcgan28_default_weights_outputs_and_first_step_are_unchanged_by_the_pac
 
     assert h(*G.state_dict().values(), *D.state_dict().values()) == "356ce4c520940b46"
     out = G(sample_latent(8, cfg, torch.Generator().manual_seed(0)))
-    assert h(out) == "48b18777befa0b0b"
     G2, D2 = build_models(cfg)
-    assert torch.equal(D(out), D2(G2(sample_latent(8, cfg, torch.Generator().manual_seed(0)))))
+    out2 = G2(sample_latent(8, cfg, torch.Generator().manual_seed(0)))
+    assert torch.equal(out, out2) and out.abs().sum() > 0
+    assert torch.equal(D(out), D2(out2))
     after = []
     for g_, d_ in ((G, D), (G2, D2)):
         opt_g, opt_d = build_optimizers(g_, d_, cfg)
