@@ -74,6 +74,7 @@ def measure_demo(uri: str, tmp: Path, overrides: list[str]) -> dict:
     runs = client.search_runs(
         [result["experiment_id"]], filter_string=f"tags.`mlflow.parentRunId` = '{result['parent_run_id']}'"
     )
+    best = result.get("best") or {}
     durations = [(r.info.end_time - r.info.start_time) / 1000 for r in runs]
     logged = [r.data.metrics.get("mlflow_seconds", 0.0) for r in runs]
     evals = [len(client.get_metric_history(r.info.run_id, "eval_seconds")) for r in runs]
@@ -88,13 +89,13 @@ def measure_demo(uri: str, tmp: Path, overrides: list[str]) -> dict:
         "mlflow_share_of_trial": sum(logged) / sum(durations),
         "train_s_per_eval": sum(trained) / max(1, sum(evals)),
         "best": {  # the demo's own result, for the record (this bench does not judge it)
-            "config": (result.get("best") or {}).get("config"),
+            "config": best.get("config"),
             "metrics": {
                 k: v
-                for k, v in ((result.get("best") or {}).get("metrics") or {}).items()
+                for k, v in (best.get("metrics") or {}).items()
                 if k in ("fid", "inception_score", "class_coverage")
             },
-            "best_step": (result.get("best") or {}).get("best_step"),
+            "best_step": best.get("best_step"),
         },
     }
 

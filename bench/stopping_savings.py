@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from search_spaces.spec import Stopping
+from trainers.metric_names import best_first
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,9 +80,9 @@ def false_positives(final: dict[str, float], stopped: set[str], mode: str, top: 
     the control's median) is looser: in a space where most trials fail, the median is a failed
     trial, and a stop above it can still be right."""
     sign = 1 if mode == "max" else -1
-    ranked = sorted(final, key=lambda k: sign * final[k], reverse=True)  # best first
+    ranked = best_first(final, final.get, mode)  # trial keys, best first; a missing/NaN metric last
     best_few = set(ranked[:top])
-    median = statistics.median(final.values())
+    median = statistics.median([v for v in final.values() if v == v])  # NaN (no metric) left out
     above_median = sorted(k for k in stopped if k in final and sign * final[k] > sign * median)
     fps = sorted(k for k in stopped if k in best_few)
     return {
