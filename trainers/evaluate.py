@@ -173,6 +173,9 @@ class Evaluator:
                     "near_pct": float(s["near_pct"]),
                     # one number to rank trials: mode coverage times sample quality, in [0, 1]
                     "mix_score": float(s["modes"]) / k * float(s["hq_pct"]) / 100.0,
+                    # the same with the spread over the means: a G that piles its samples on a
+                    # few of them (high reverse KL) ranks lower; a perfect G scores about 0.98
+                    "mix_balanced": float(s["eff_modes"]) / k * float(s["hq_pct"]) / 100.0,
                 }
                 picture = scatter_png(points, self.cfg.data)
             return scores, picture

@@ -34,6 +34,7 @@ DIRECTION: dict[str, Mode] = {
     "kl": "min",  # stacked_mnist: KL of the 1,000 3-digit classes to uniform (VEEGAN / PacGAN Table 2)
     # 2-D mixtures (PacGAN Table 1 protocol) and stacked_mnist's modes of 1,000
     "mix_score": "max",
+    "mix_balanced": "max",
     "modes": "max",
     "hq_pct": "max",
     "reverse_kl": "min",
@@ -61,7 +62,7 @@ IMAGE_METRICS = _table(
 )
 CONDITIONAL_METRICS = {**IMAGE_METRICS, **_table("class_match")}
 STACKED_METRICS = _table("modes", "kl")
-MIXTURE_METRICS = _table("mix_score", "modes", "hq_pct", "reverse_kl", "loss_g", "loss_d")
+MIXTURE_METRICS = _table("mix_score", "mix_balanced", "modes", "hq_pct", "reverse_kl", "loss_g", "loss_d")
 
 # Image metrics that need the MNIST feature classifier: reported for data: mnist only.
 CLASSIFIER_METRICS = ("fid", "class_coverage", "kid", "inception_score", "precision", "recall", "coverage")
@@ -82,7 +83,7 @@ DIVERGENCE_SIGNALS = ("loss_d", "loss_g", "grad_norm_d", "grad_norm_g")
 
 def side_columns(metric: str) -> tuple[str, ...]:
     """The columns a trial table shows beside `metric`: a mixture's quality or the balance signals."""
-    cols = MIXTURE_COLUMNS if metric in (*MIXTURE_COLUMNS, "mix_score") else BALANCE_COLUMNS
+    cols = MIXTURE_COLUMNS if metric in (*MIXTURE_COLUMNS, "mix_score", "mix_balanced") else BALANCE_COLUMNS
     return tuple(c for c in cols if c != metric)
 
 

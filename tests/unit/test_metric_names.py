@@ -98,6 +98,7 @@ def test_the_spec_tables_are_the_ones_written_here_with_their_directions_unchang
     assert metric_names.STACKED_METRICS == {"modes": "max", "kl": "min"}
     assert metric_names.MIXTURE_METRICS == {
         "mix_score": "max",
+        "mix_balanced": "max",
         "modes": "max",
         "hq_pct": "max",
         "reverse_kl": "min",
@@ -111,6 +112,7 @@ def test_the_spec_tables_are_the_ones_written_here_with_their_directions_unchang
 
 def test_side_columns_are_a_mixtures_quality_or_the_balance_signals_without_the_metric():
     assert side_columns("mix_score") == ("modes", "hq_pct", "reverse_kl")
+    assert side_columns("mix_balanced") == ("modes", "hq_pct", "reverse_kl")
     assert side_columns("modes") == ("hq_pct", "reverse_kl")
     assert side_columns("fid") == ("loss_d", "loss_g", "d_x", "d_g_z")
     assert side_columns("loss_g") == ("loss_d", "d_x", "d_g_z")

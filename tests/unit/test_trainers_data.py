@@ -1,6 +1,7 @@
 """The image datasets beyond MNIST: stacked MNIST, a folder of images, torchvision on disk,
 and what evaluation makes of them."""
 
+import math
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from trainers.data import (
     load_mnist,
     load_mnist_labels,
     make_data,
+    mixture_means,
     stacked_mnist_batch,
 )
 from trainers.data_files import torchvision_problem
@@ -183,3 +185,29 @@ def test_mnist_is_decoded_once_into_the_cache_and_read_back_unchanged(tmp_path, 
     cached.write_bytes(b"truncated")
     assert np.array_equal(data._decoded_mnist()[0], X)
     assert torch.equal(load_mnist(), torch.as_tensor(X, dtype=torch.float32).view(-1, 1, 28, 28) / 127.5 - 1.0)
+
+
+def test_mix_balanced_ranks_a_g_that_piles_samples_on_few_means_below_an_even_one():
+    """Two Gs with every mode and every sample high quality: mix_score cannot tell them apart,
+    mix_balanced ((eff_modes / K) x high-quality fraction) ranks the one that puts 80% of its
+    samples on one mean lower, by exp(-reverse_kl)."""
+    cfg = TrainerConfig(model="mlp2d", data="grid25", latent_dim=4)
+    means = mixture_means("grid25")  # (25, 2)
+
+    class OnMeans(torch.nn.Module):
+        def __init__(self, piled: bool) -> None:
+            super().__init__()
+            self.piled = piled
+
+        def forward(self, z):  # every sample exactly on a mean: 100% high quality
+            idx = torch.arange(z.shape[0]) % 25
+            if self.piled:
+                idx[: int(0.8 * z.shape[0])] = 0
+            return means[idx]
+
+    even, _ = Evaluator(cfg).evaluate(OnMeans(False), fixed_noise(cfg))
+    piled, _ = Evaluator(cfg).evaluate(OnMeans(True), fixed_noise(cfg))
+    assert even["mix_score"] == piled["mix_score"] == 1.0 and piled["modes"] == 25
+    assert even["mix_balanced"] == pytest.approx(1.0, abs=1e-3)
+    assert piled["mix_balanced"] == pytest.approx(math.exp(-piled["reverse_kl"]), rel=1e-6)
+    assert piled["mix_balanced"] < 0.5 * even["mix_balanced"]

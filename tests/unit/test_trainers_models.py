@@ -284,6 +284,19 @@ def test_sigmoid_output_lies_in_0_1_with_real_data_in_0_1_and_metrics_see_minus1
     )
 
 
+def test_mlp2d_layers_set_each_networks_hidden_depth_and_default_keeps_the_old_weights():
+    """g_layers / d_layers: hidden tanh layers of G and D apart; the default 2 keeps the old state-dict keys."""
+    G, D = build_models(MLP.model_copy(update={"g_layers": 3, "d_layers": 1}))
+    assert [type(m) for m in G.net] == [nn.Linear, nn.Tanh] * 3 + [nn.Linear]
+    assert [type(m) for m in D.net] == [nn.Linear, nn.Tanh, nn.Linear]
+    assert G.net[2].in_features == G.net[2].out_features == MLP.width
+    z = sample_latent(5, MLP, torch.Generator().manual_seed(0))
+    assert D(G(z)).shape == (5, 1)
+    G2, D2 = build_models(MLP)
+    assert list(G2.state_dict()) == [f"net.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")]
+    assert list(D2.state_dict()) == list(G2.state_dict())
+
+
 def test_ngf_and_ndf_override_width_per_network():
     """ngf / ndf set G's and D's base widths apart; width is the default of both."""
     G, D = build_models(_small("dcgan28", "mnist", ngf=12, ndf=6))
@@ -298,6 +311,7 @@ def test_ngf_and_ndf_override_width_per_network():
         ({"model": "dcgan64", "data": "image_folder", "data_dir": "x", "image_size": 32}, "or image_size: 64"),
         ({"model": "dcgan28", "data": "grid25"}, "use data: mnist"),
         ({"model": "mlp2d", "data": "grid25", "norm": "none"}, "has no norm"),
+        ({"model": "dcgan28", "data": "mnist", "g_layers": 3}, "g_layers set the depth of model 'mlp2d' only"),
         ({"model": "dcgan28", "data": "mnist", "image_size": 32}, "is 1x28x28"),
         ({"model": "dcgan28", "data": "image_folder"}, "needs trainer.data_dir"),
         ({"model": "dcgan28", "data": "torchvision:Nope", "data_dir": "x"}, "torchvision:CIFAR10"),

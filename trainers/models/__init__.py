@@ -42,7 +42,10 @@ def _build(cfg: TrainerConfig) -> tuple[nn.Module, nn.Module]:
     if cfg.model == "mlp2d":
         # PyTorch's default (Kaiming-uniform) init: N(0, 0.02) starves a 2-layer MLP
         # whose output must reach +-4.
-        return MLP2dGenerator(cfg.latent_dim, cfg.width), MLP2dDiscriminator(cfg.width, cfg.pack)
+        return (
+            MLP2dGenerator(cfg.latent_dim, cfg.width, cfg.g_layers),
+            MLP2dDiscriminator(cfg.width, cfg.pack, cfg.d_layers),
+        )
     shape = cfg.image_shape
     assert shape is not None  # TrainerConfig pairs the 2-D mixtures with mlp2d only: the rest are image models
     c, h, w = shape
