@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,6 +46,22 @@ def driver_resources(cluster_resources: dict[str, float]) -> dict[str, float]:
     if cluster_resources.get(DRIVER_RESOURCE, 0) >= 1:
         return {**DRIVER_RESOURCES, DRIVER_RESOURCE: 1}
     return DRIVER_RESOURCES
+
+
+def tune_stop_event() -> threading.Event | None:
+    """The event Tune sets when it stops this trial (a signal stopped the sweep, the scheduler
+    ended the trial); call it at the trial's start, since Tune's cleanup drops the session right
+    after setting it (`Trainable.stop` -> `cleanup` -> `session.finish`, `shutdown_session`).
+    Tune then frees the trial's placement group, which takes the trial's Ray Train controller
+    with it: `TorchTrainer.fit` raises ActorDiedError in the driver, which is not the trial's
+    error. Ray 2.60's function session (private); None where it is missing."""
+    try:
+        from ray.train._internal.session import get_session
+
+        event = getattr(get_session(), "stop_event", None)
+    except Exception:
+        return None
+    return event if isinstance(event, threading.Event) else None
 
 
 @contextlib.contextmanager
@@ -134,6 +151,7 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
         trainer_cfg = trial_trainer_config(s, config)
         ctx = tune.get_context()
         trial_id, trial_name = ctx.get_trial_id(), ctx.get_trial_name()
+        tune_stopping = tune_stop_event()
         client = MlflowClient(context["tracking_uri"])
 
         def not_diverged(earlier) -> None:
@@ -220,6 +238,11 @@ def make_trainable(spec: SweepSpec, context: dict[str, Any]):
         try:
             metrics = fit()
         except Exception as e:
+            if tune_stopping is not None and tune_stopping.is_set():
+                # Its Ray Train controller died with the placement group Tune freed: an ending
+                # the sweep records (KILLED, with the signal's or the scheduler's reason).
+                log.info("trial %s stopped by Tune (%s)", trial_id, str(e).splitlines()[0][:200])
+                return
             # This trial fails, never the sweep: what went wrong (a plugin's exception, say) goes
             # on its run as a tag, and the whole traceback as an artifact.
             try:

@@ -1,8 +1,11 @@
 """The trial board (orchestrator/board.py) as the sweep's driver uses it, on a real local Ray and
 a real MLflow store: a trial's driver posts its run id, and the sweep closes a stopped trial's
-run by that id, with no search of the store by tag."""
+run by that id, with no search of the store by tag. And the other way a trial is stopped, by
+Tune itself (a signal, the scheduler): its driver sees the stop, so the error that Tune's
+teardown raises in it is not taken for the trial's."""
 
 import math
+import threading
 
 import pytest
 import ray
@@ -12,6 +15,7 @@ from ray.tune.experiment import Trial
 from orchestrator.board import start_board
 from orchestrator.progress import SweepProgress
 from orchestrator.stopping import BalanceStopper
+from orchestrator.trial import tune_stop_event
 from search_spaces.spec import Stopping
 
 pytestmark = pytest.mark.timeout(300)
@@ -56,3 +60,36 @@ def test_a_stopped_trials_run_is_closed_by_the_id_its_driver_posted(local_ray, t
     run = client.get_run(run_id)
     assert run.info.status == "FAILED" and run.data.tags["stop_reason"] == "divergence", run.data.tags
     assert "loss_d" in run.data.tags["stop_evidence"]
+
+
+def test_a_driver_blocked_in_fit_sees_that_tune_stopped_its_trial(local_ray, tmp_path):
+    """A real Tune function trainable whose driver reports as TorchTrainer's TuneReportCallback
+    does and then waits, as a driver waits in `fit()`. Tune's stop (what a SIGTERM'd sweep or the
+    scheduler does; it then frees the placement group, and `fit()` raises ActorDiedError) sets
+    the event the driver took at its start, though Tune drops the session itself."""
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    seen: dict[str, bool] = {}
+    fit_returns = threading.Event()
+    done = threading.Event()
+
+    def driver(config):
+        stopping = tune_stop_event()
+        assert stopping is not None
+        seen["at_start"] = stopping.is_set()
+        TuneReportCallback().after_report(None, [{"step": 100}], None)  # type: ignore[arg-type]
+        fit_returns.wait(60)
+        seen["after_stop"] = stopping.is_set()
+        done.set()
+
+    storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="sweep", trial_dir_name="t_00000")
+    trainable = wrap_function(driver)(config={}, storage=storage)
+    assert trainable.train()["step"] == 100
+    assert tune_stop_event() is not None and not tune_stop_event().is_set()  # a running trial: no stop
+    trainable.stop()
+    assert tune_stop_event() is None  # Tune dropped the session: only the event taken at the start tells
+    fit_returns.set()
+    assert done.wait(30)
+    assert seen == {"at_start": False, "after_stop": True}
