@@ -1,6 +1,6 @@
 """Bench: what ganops' MLflow logging costs a sweep, through a real `mlflow server`.
 
-A real Ray Tune sweep of N trivial function trials (default 200, 2 at a time on 1 CPU each),
+A real Ray Tune sweep of N trivial function trials (default 8, 2 at a time on 1 CPU each),
 tracked by a real `mlflow server` (SQLite backend, proxied artifacts) on 127.0.0.1. Each trial
 makes exactly the MLflow calls a ganops trial makes, through ganops' own functions, with the
 demo sweep's payloads:
@@ -26,8 +26,8 @@ real demo sweep (`ganops sweep search_spaces/dcgan.yaml`, tracked by the same se
 and its trials' own timers (`mlflow_seconds`, trainers/loop.py) give its MLflow share
 directly; its wall and mean trial time are what the synthetic figures are compared with.
 
-    python bench/mlflow_logging_cost.py [--trials 8] [--evals 5] [--busy-seconds S]
-    python bench/mlflow_logging_cost.py --trials 4 --demo-set sweep.num_samples=2   # a quick check
+    python bench/mlflow_logging_cost.py [--trials 8] [--evals E] [--busy-seconds S]
+    python bench/mlflow_logging_cost.py --trials 4 --demo-set trainer.steps=1000   # a quick check
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ def measure_demo(uri: str, tmp: Path, overrides: list[str]) -> dict:
         "mlflow_s_mean": statistics.mean(logged),
         "mlflow_share_of_trial": sum(logged) / sum(durations),
         "train_s_per_eval": sum(trained) / max(1, sum(evals)),
+        "evals_per_trial": round(statistics.mean(evals)),
         "best": {  # the demo's own result, for the record (this bench does not judge it)
             "config": best.get("config"),
             "metrics": {
@@ -245,7 +246,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument(
-        "--evals", type=int, default=5, help="Evals per trial (dcgan.yaml: 5000 steps / eval_every 1000 = 5)."
+        "--evals",
+        type=int,
+        default=None,
+        help="Evals per trial (default: as many as the demo's trials made in this run; dcgan.yaml: 3).",
     )
     ap.add_argument(
         "--busy-seconds",
@@ -286,6 +290,8 @@ def main() -> None:
             demo = measure_demo(uri, tmp, args.demo_set)
             if args.busy_seconds is None:
                 args.busy_seconds = demo["train_s_per_eval"]
+            if args.evals is None:
+                args.evals = demo["evals_per_trial"]
             client = MlflowClient(uri)
             once: dict[str, float] = {}
             t0 = time.perf_counter()

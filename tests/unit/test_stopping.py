@@ -329,3 +329,34 @@ def test_a_stopper_restored_from_before_the_bounded_history_still_judges():
     st.earlier = None  # as restored from an experiment state written before the field existed
     assert st("a", {**BALANCED, "step": 400, "fid": 91}) is True
     assert st.verdicts["a"].rule == "plateau" and st.verdicts["a"].evidence["best"] == 90
+
+
+def _bench(name: str):
+    """A bench/ script as a module (bench/ is not a package; its scripts import each other by name)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
+
+
+def test_stopping_bench_counts_false_positives_and_the_ceiling_any_rule_has():
+    """The issue's false positive is a stop of a control top-3 trial. With 1 trial of 8 learning
+    (ring8_bad_regions, seed 2), stopping all 7 failures scores 2 however they are chosen, and
+    the most a rule could save at 0 is the 5 worst stopped at the first eval."""
+    bench = _bench("stopping_savings")
+    final = {"learnt": 0.674, **{f"failed{i}": 0.002 / (i + 1) for i in range(7)}}
+    stopped = {f"failed{i}" for i in range(7)}
+    fp = bench.false_positives(final, stopped, "max")
+    assert fp["false_positives"] == 2 and fp["false_positive_trials"] == ["failed0", "failed1"]
+    steps = dict.fromkeys(final, 6000)
+    ceiling = bench.ceiling(final, steps, "max", first_eval=500)
+    assert ceiling == {"oracle_saved_pct": round(100 * 5 * 5500 / 48000, 1), "stoppable_without_fp": 5}
+    # min mode ranks the other way: the lowest FID is best
+    fid = {"a": 10.0, "b": 20.0, "c": 30.0, "d": 400.0}
+    assert bench.ceiling(fid, dict.fromkeys(fid, 1000), "min", first_eval=100)["stoppable_without_fp"] == 1
+    assert bench.false_positives(fid, {"d"}, "min")["false_positives"] == 0
