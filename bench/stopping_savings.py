@@ -95,11 +95,9 @@ def false_positives(final: dict[str, float], stopped: set[str], mode: str, top: 
     }
 
 
-def thresholds(spec: str, overrides: list[str]) -> dict:
-    """The balance rules' thresholds as the sweep will load them, and the commit of the code."""
-    from search_spaces.loader import load_spec
-
-    loaded = load_spec(Path(spec), overrides)
+def thresholds(loaded) -> dict:
+    """The balance rules' thresholds as the sweep will load them (`loaded`: the spec with the
+    run's overrides), and the commit of the code."""
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
     dirty = subprocess.run(
         ["git", "status", "--porcelain", "--", "orchestrator/stopping.py", "search_spaces/spec.py"],
@@ -184,10 +182,11 @@ def main() -> None:
     )
     args = ap.parse_args()
     keep = args.keep.resolve() if args.keep else None
-    frozen = thresholds(args.spec, args.overrides)  # read before any sweep runs
     from search_spaces.loader import load_spec
 
-    first_eval = load_spec(Path(args.spec), args.overrides).trainer.eval_every
+    loaded = load_spec(Path(args.spec), args.overrides)
+    frozen = thresholds(loaded)  # read before any sweep runs
+    first_eval = loaded.trainer.eval_every
     print(json.dumps({"thresholds": frozen}), file=sys.stderr, flush=True)
 
     def run(where: Path | None, overrides: list[str]) -> tuple[dict, float]:
@@ -224,13 +223,7 @@ def main() -> None:
             "least_false_positives_for_these_stops": sum(r["least_false_positives_for_these_stops"] for r in per_seed),
             # the oracle (`ceiling`) over every seed: stop each seed's trials outside its top 3 at the first eval
             "oracle_saved_pct": round(
-                100
-                * (
-                    1
-                    - (steps_without - sum(r["oracle_saved_pct"] * r["trial_steps"]["without"] / 100 for r in per_seed))
-                    / steps_without
-                ),
-                1,
+                sum(r["oracle_saved_pct"] * r["trial_steps"]["without"] for r in per_seed) / steps_without, 1
             ),
         },
     }
