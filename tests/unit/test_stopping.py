@@ -360,3 +360,24 @@ def test_stopping_bench_counts_false_positives_and_the_ceiling_any_rule_has():
     fid = {"a": 10.0, "b": 20.0, "c": 30.0, "d": 400.0}
     assert bench.ceiling(fid, dict.fromkeys(fid, 1000), "min", first_eval=100)["stoppable_without_fp"] == 1
     assert bench.false_positives(fid, {"d"}, "min")["false_positives"] == 0
+
+
+def test_replay_judges_the_reports_the_stopper_got_not_every_logged_loss_point():
+    """MLflow holds the losses every `log_every` steps (each point the mean since the previous
+    one); the live stopper got one report per eval, its losses the mean over the eval window.
+    The replay rebuilds those reports: on the kept MNIST and ring controls it then gives the
+    live runs' trial-steps exactly (bench/stopping_replay.py)."""
+    replay = _bench("stopping_replay")
+    points = [
+        {"step": 10, "loss_g": 9.0, "d_x": 1.0},
+        {"step": 20, "loss_g": 7.0, "d_x": 0.9},
+        {"step": 30, "loss_g": 2.0, "d_x": 0.6, "fid": 300.0},  # eval 1: window of 30 steps
+        {"step": 50, "loss_g": 1.0, "d_x": 0.5},  # a point 20 steps after the last
+        {"step": 60, "loss_g": 4.0, "d_x": 0.8, "fid": 250.0},  # eval 2: window of 30 steps
+    ]
+    reports = replay.as_reports(points, "fid")
+    assert [r["step"] for r in reports] == [30, 60] and [r["fid"] for r in reports] == [300.0, 250.0]
+    assert reports[0]["loss_g"] == pytest.approx(6.0) and reports[0]["d_x"] == pytest.approx(2.5 / 3)
+    assert reports[1]["loss_g"] == pytest.approx((20 * 1.0 + 10 * 4.0) / 30)
+    # evals that log every step (no loss points between them) pass through as they are
+    assert replay.as_reports(points[2:3], "fid") == [points[2]]
